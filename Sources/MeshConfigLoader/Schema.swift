@@ -1,0 +1,339 @@
+import MeshCore
+
+// The one table describing meshd's configuration keys. Unknown-key detection, the
+// `MESHD_*` environment names, rendering and the documented `Config/meshd.yaml`
+// (checked by tests) all derive from it.
+
+/// The shape of a configuration value.
+enum FieldType: Sendable, Hashable {
+    case string
+    case int
+    case double
+    case bool
+    case stringList
+
+    /// How the type is named in messages ("expected an integer").
+    var expectation: String {
+        switch self {
+        case .string: "a string"
+        case .int: "an integer"
+        case .double: "a number"
+        case .bool: "a boolean (true/false)"
+        case .stringList: "a list of strings"
+        }
+    }
+}
+
+/// A value read from the file or the environment, before it is stored in the model.
+enum FieldValue: Sendable, Hashable {
+    case string(String)
+    case int(Int)
+    case double(Double)
+    case bool(Bool)
+    case list([String])
+}
+
+/// Something wrong with one value. `index` points into a list value.
+struct FieldProblem: Error, Sendable, Hashable {
+    var reason: String
+    var index: Int? = nil
+}
+
+/// One scalar or scalar-list key of the configuration file.
+struct Field: Sendable {
+    /// YAML path, `["http", "listen"]`.
+    let path: [String]
+    let type: FieldType
+    /// Never printed: redacted in output and in messages.
+    let secret: Bool
+    /// Validates `value` and stores it into the configuration; returns what is wrong instead.
+    let apply: @Sendable (inout MeshdConfig, FieldValue) -> [FieldProblem]
+    /// The current value, for rendering.
+    let read: @Sendable (MeshdConfig) -> FieldValue
+
+    /// `http.listen`
+    var dotted: String { path.joined(separator: ".") }
+    /// `MESHD_HTTP_LISTEN`
+    var environmentName: String { Schema.environmentPrefix + path.joined(separator: "_").uppercased() }
+}
+
+/// One key of an `engines:` entry (file only).
+struct EngineField: Sendable {
+    let name: String
+    let type: FieldType
+    /// Kinds the key applies to; for others it is ignored with a warning.
+    let kinds: Set<EngineKind>
+    /// Kinds for which the key must be present.
+    let requiredFor: Set<EngineKind>
+    let apply: @Sendable (inout EngineConfig, FieldValue) -> [FieldProblem]
+    /// The current value for rendering, nil when unset.
+    let read: @Sendable (EngineConfig) -> FieldValue?
+}
+
+enum Schema {
+    static let environmentPrefix = "MESHD_"
+    /// The top-level key holding the engine list (file only).
+    static let enginesKey = "engines"
+    /// Top-level section after which `engines:` is rendered.
+    static let enginesAfter = "admin"
+    /// What redacted secrets are printed as.
+    static let redacted = "***"
+
+    static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    static let fields: [Field] = [
+        .string(["node", "name"], \.nodeName, check: Check.name),
+        .string(["state_dir"], \.stateDir, check: Check.path),
+
+        .hostPort(["http", "listen"], \.http.listen),
+        .stringList(["http", "api_keys"], \.http.apiKeys, secret: true, check: Check.apiKey),
+        .oneOf(["http", "auth"], \.http.auth),
+        .int(["http", "max_body_bytes"], \.http.maxBodyBytes, min: 1024),
+        .int(["http", "threads"], \.http.threads, min: 1, max: 64),
+        .double(["http", "shutdown_grace_seconds"], \.http.shutdownGraceSeconds, min: 0),
+
+        .string(["admin", "socket"], \.admin.socket, check: Check.path),
+
+        .int(["timeouts", "connect_ms"], \.timeouts.connectMs, min: 1),
+        .int(["timeouts", "first_byte_ms"], \.timeouts.firstByteMs, min: 1),
+        .int(["timeouts", "between_chunks_ms"], \.timeouts.betweenChunksMs, min: 1),
+
+        .int(["engine_poll", "interval_ms"], \.enginePoll.intervalMs, min: 1),
+
+        .logLevel(["logging", "level"], \.logging.level),
+
+        .hostPort(["mesh", "listen"], \.mesh.listen),
+        .hostPortList(["mesh", "peers"], \.mesh.peers),
+        .string(["mesh", "secret_file"], \.mesh.secretFile, check: Check.path),
+        .int(["mesh", "heartbeat_ms"], \.mesh.heartbeatMs, min: 1),
+        .int(["mesh", "dead_after_missed"], \.mesh.deadAfterMissed, min: 1),
+
+        .bool(["discovery", "mdns"], \.discovery.mdns),
+    ]
+
+    static let engineFields: [EngineField] = [
+        EngineField(
+            name: "kind", type: .string, kinds: Set(EngineKind.allCases), requiredFor: Set(EngineKind.allCases),
+            apply: { engine, value in
+                guard case .string(let text) = value else { return [] }
+                guard let kind = EngineKind(rawValue: text) else {
+                    let names = EngineKind.allCases.map(\.rawValue)
+                    return [FieldProblem(reason: "unknown engine kind \"\(text)\"; expected one of \(names.joined(separator: ", "))"
+                                         + Suggest.phrase(for: text, among: names))]
+                }
+                engine.kind = kind
+                return []
+            },
+            read: { .string($0.kind.rawValue) }),
+        EngineField(
+            name: "url", type: .string, kinds: [.ollama, .openai], requiredFor: [.ollama, .openai],
+            apply: { engine, value in
+                guard case .string(let text) = value else { return [] }
+                if let reason = Check.url(text) { return [FieldProblem(reason: reason)] }
+                engine.url = text
+                return []
+            },
+            read: { $0.url.map(FieldValue.string) }),
+        EngineField(
+            name: "api_key_file", type: .string, kinds: [.openai], requiredFor: [],
+            apply: { engine, value in
+                guard case .string(let text) = value else { return [] }
+                if let reason = Check.path(text) { return [FieldProblem(reason: reason)] }
+                engine.apiKeyFile = text
+                return []
+            },
+            read: { $0.apiKeyFile.map(FieldValue.string) }),
+        EngineField(
+            name: "model", type: .string, kinds: [.llamaCpp], requiredFor: [.llamaCpp],
+            apply: { engine, value in
+                guard case .string(let text) = value else { return [] }
+                if let reason = Check.path(text) { return [FieldProblem(reason: reason)] }
+                engine.model = text
+                return []
+            },
+            read: { $0.model.map(FieldValue.string) }),
+        EngineField(
+            name: "alias", type: .string, kinds: [.llamaCpp], requiredFor: [],
+            apply: { engine, value in
+                guard case .string(let text) = value else { return [] }
+                if let reason = Check.name(text) { return [FieldProblem(reason: reason)] }
+                engine.alias = text
+                return []
+            },
+            read: { $0.alias.map(FieldValue.string) }),
+        EngineField(
+            name: "args", type: .stringList, kinds: [.llamaCpp], requiredFor: [],
+            apply: { engine, value in
+                guard case .list(let items) = value else { return [] }
+                engine.args = items
+                return []
+            },
+            read: { $0.args.isEmpty ? nil : .list($0.args) }),
+        EngineField(
+            name: "binary", type: .string, kinds: [.llamaCpp], requiredFor: [],
+            apply: { engine, value in
+                guard case .string(let text) = value else { return [] }
+                if let reason = Check.path(text) { return [FieldProblem(reason: reason)] }
+                engine.binary = text
+                return []
+            },
+            read: { $0.binary.map(FieldValue.string) }),
+    ]
+
+    static let fieldsByEnvironmentName: [String: Field] =
+        Dictionary(uniqueKeysWithValues: fields.map { ($0.environmentName, $0) })
+
+    /// Names allowed directly under the mapping at `prefix` (`[]` is the top level).
+    static func childNames(of prefix: [String]) -> [String] {
+        var names: [String] = []
+        for field in fields where field.path.count > prefix.count && Array(field.path.prefix(prefix.count)) == prefix {
+            let name = field.path[prefix.count]
+            if !names.contains(name) { names.append(name) }
+        }
+        if prefix.isEmpty, let at = names.firstIndex(of: enginesAfter) {
+            names.insert(enginesKey, at: at + 1)
+        }
+        return names
+    }
+
+    static func field(at path: [String]) -> Field? {
+        fields.first { $0.path == path }
+    }
+}
+
+// MARK: - Field constructors
+
+extension Field {
+    static func string(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, String> & Sendable,
+                       check: @escaping @Sendable (String) -> String?) -> Field {
+        Field(path: path, type: .string, secret: false,
+              apply: { config, value in
+                  guard case .string(let text) = value else { return [] }
+                  if let reason = check(text) { return [FieldProblem(reason: reason)] }
+                  config[keyPath: keyPath] = text
+                  return []
+              },
+              read: { .string($0[keyPath: keyPath]) })
+    }
+
+    static func int(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, Int> & Sendable,
+                    min: Int, max: Int? = nil) -> Field {
+        Field(path: path, type: .int, secret: false,
+              apply: { config, value in
+                  guard case .int(let number) = value else { return [] }
+                  if let max, !(min...max).contains(number) {
+                      return [FieldProblem(reason: "\(number) is out of range \(min)...\(max)")]
+                  }
+                  if number < min {
+                      let what = min == 1 ? "must be positive" : "must be at least \(min)"
+                      return [FieldProblem(reason: "\(what), got \(number)")]
+                  }
+                  config[keyPath: keyPath] = number
+                  return []
+              },
+              read: { .int($0[keyPath: keyPath]) })
+    }
+
+    static func double(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, Double> & Sendable,
+                       min: Double) -> Field {
+        Field(path: path, type: .double, secret: false,
+              apply: { config, value in
+                  guard case .double(let number) = value else { return [] }
+                  guard number.isFinite, number >= min else {
+                      return [FieldProblem(reason: "must be a finite number of at least \(Render.number(min)), got \(number)")]
+                  }
+                  config[keyPath: keyPath] = number
+                  return []
+              },
+              read: { .double($0[keyPath: keyPath]) })
+    }
+
+    static func bool(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, Bool> & Sendable) -> Field {
+        Field(path: path, type: .bool, secret: false,
+              apply: { config, value in
+                  guard case .bool(let flag) = value else { return [] }
+                  config[keyPath: keyPath] = flag
+                  return []
+              },
+              read: { .bool($0[keyPath: keyPath]) })
+    }
+
+    static func stringList(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, [String]> & Sendable,
+                           secret: Bool, check: @escaping @Sendable (String) -> String?) -> Field {
+        Field(path: path, type: .stringList, secret: secret,
+              apply: { config, value in
+                  guard case .list(let items) = value else { return [] }
+                  let problems = items.enumerated().compactMap { index, item in
+                      check(item).map { FieldProblem(reason: $0, index: index) }
+                  }
+                  if problems.isEmpty { config[keyPath: keyPath] = items }
+                  return problems
+              },
+              read: { .list($0[keyPath: keyPath]) })
+    }
+
+    static func hostPort(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, HostPort> & Sendable) -> Field {
+        Field(path: path, type: .string, secret: false,
+              apply: { config, value in
+                  guard case .string(let text) = value else { return [] }
+                  switch Check.hostPort(text, allowEmptyHost: true) {
+                  case .success(let hostPort):
+                      config[keyPath: keyPath] = hostPort
+                      return []
+                  case .failure(let problem):
+                      return [problem]
+                  }
+              },
+              read: { .string($0[keyPath: keyPath].description) })
+    }
+
+    static func hostPortList(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, [HostPort]> & Sendable) -> Field {
+        Field(path: path, type: .stringList, secret: false,
+              apply: { config, value in
+                  guard case .list(let items) = value else { return [] }
+                  var parsed: [HostPort] = []
+                  var problems: [FieldProblem] = []
+                  for (index, item) in items.enumerated() {
+                      switch Check.hostPort(item, allowEmptyHost: false) {
+                      case .success(let hostPort): parsed.append(hostPort)
+                      case .failure(var problem):
+                          problem.index = index
+                          problems.append(problem)
+                      }
+                  }
+                  if problems.isEmpty { config[keyPath: keyPath] = parsed }
+                  return problems
+              },
+              read: { .list($0[keyPath: keyPath].map(\.description)) })
+    }
+
+    static func oneOf(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, HTTPAuthMode> & Sendable) -> Field {
+        Field(path: path, type: .string, secret: false,
+              apply: { config, value in
+                  guard case .string(let text) = value else { return [] }
+                  guard let mode = HTTPAuthMode(rawValue: text) else {
+                      let names = ["keys", "none"]
+                      return [FieldProblem(reason: "unknown value \"\(text)\"; expected one of \(names.joined(separator: ", "))"
+                                           + Suggest.phrase(for: text, among: names))]
+                  }
+                  config[keyPath: keyPath] = mode
+                  return []
+              },
+              read: { .string($0[keyPath: keyPath].rawValue) })
+    }
+
+    static func logLevel(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, String> & Sendable) -> Field {
+        Field(path: path, type: .string, secret: false,
+              apply: { config, value in
+                  guard case .string(let text) = value else { return [] }
+                  let level = text.lowercased()
+                  guard Schema.logLevels.contains(level) else {
+                      return [FieldProblem(reason: "unknown log level \"\(text)\"; expected one of \(Schema.logLevels.joined(separator: ", "))"
+                                           + Suggest.phrase(for: level, among: Schema.logLevels))]
+                  }
+                  config[keyPath: keyPath] = level
+                  return []
+              },
+              read: { .string($0[keyPath: keyPath]) })
+    }
+}

@@ -1,0 +1,207 @@
+/// A `host:port` pair as written in the configuration (`127.0.0.1:11435`, `[::1]:11435`).
+public struct HostPort: Sendable, Hashable, Codable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `host:port`, `[v6]:port` or `:port` (all interfaces). Returns nil when malformed.
+    public init?(parsing text: String) {
+        let t = text.trimmingSpaces()
+        let hostPart: Substring
+        let portPart: Substring
+        if t.hasPrefix("[") {
+            guard let close = t.firstIndex(of: "]") else { return nil }
+            hostPart = t[t.index(after: t.startIndex)..<close]
+            let rest = t[t.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            portPart = rest.dropFirst()
+        } else {
+            guard let colon = t.lastIndex(of: ":") else { return nil }
+            hostPart = t[..<colon]
+            portPart = t[t.index(after: colon)...]
+            if hostPart.contains(":") { return nil }
+        }
+        guard let port = Int(portPart), (0...65535).contains(port) else { return nil }
+        self.host = hostPart.isEmpty ? "0.0.0.0" : String(hostPart)
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Whether `host` is a loopback address or name (127.0.0.0/8, ::1, localhost).
+    public var isLoopback: Bool {
+        let h = host.lowercased()
+        if h == "localhost" || h == "::1" || h == "0:0:0:0:0:0:0:1" { return true }
+        let parts = h.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+}
+
+/// How clients authenticate to the HTTP API.
+public enum HTTPAuthMode: String, Sendable, Hashable, Codable {
+    /// Keys required when `api_keys` is non-empty; refused at start when bound off loopback with no keys.
+    case keys
+    /// Explicitly no authentication, even off loopback.
+    case none
+}
+
+/// `http:` section.
+public struct HTTPConfig: Sendable, Hashable, Codable {
+    public var listen: HostPort = HostPort(host: "127.0.0.1", port: 11435)
+    /// Client API keys accepted as `Authorization: Bearer KEY`. Never logged.
+    public var apiKeys: [String] = []
+    public var auth: HTTPAuthMode = .keys
+    /// Largest request body accepted, in bytes (413 beyond).
+    public var maxBodyBytes: Int = 8 * 1024 * 1024
+    /// Event-loop threads serving HTTP.
+    public var threads: Int = 1
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    public var shutdownGraceSeconds: Double = 30
+    public init() {}
+}
+
+/// `admin:` section.
+public struct AdminConfig: Sendable, Hashable, Codable {
+    /// Unix socket meshctl talks to.
+    public var socket: String = "/run/meshd/meshd.sock"
+    public init() {}
+}
+
+/// One entry of `engines:`.
+public struct EngineConfig: Sendable, Hashable, Codable {
+    public var kind: EngineKind
+    /// Base URL for `ollama` and `openai` engines; for a managed `llama.cpp` engine, meshd picks it.
+    public var url: String?
+    /// GGUF file for a managed `llama.cpp` engine.
+    public var model: String?
+    /// Name clients use for the managed model (default: the file name without `.gguf`).
+    public var alias: String?
+    /// Extra `llama-server` arguments for a managed engine.
+    public var args: [String] = []
+    /// `llama-server` binary for a managed engine (default: found on PATH or in the meshd cache).
+    public var binary: String?
+    /// API key sent to an OpenAI-compatible engine (`Authorization: Bearer`), read from this file.
+    public var apiKeyFile: String?
+
+    public init(kind: EngineKind, url: String? = nil, model: String? = nil, alias: String? = nil,
+                args: [String] = [], binary: String? = nil, apiKeyFile: String? = nil) {
+        self.kind = kind
+        self.url = url
+        self.model = model
+        self.alias = alias
+        self.args = args
+        self.binary = binary
+        self.apiKeyFile = apiKeyFile
+    }
+
+    /// The model name a managed engine serves.
+    public var managedModelName: String? {
+        if let alias { return alias }
+        guard let model else { return nil }
+        var base = model.split(separator: "/").last.map(String.init) ?? model
+        if base.hasSuffix(".gguf") { base.removeLast(5) }
+        return base
+    }
+}
+
+/// `timeouts:` section: outbound HTTP to engines.
+public struct TimeoutConfig: Sendable, Hashable, Codable {
+    public var connectMs: Int = 2000
+    /// Until the engine sends response headers (includes queueing and prompt processing).
+    public var firstByteMs: Int = 120_000
+    /// Longest silence between two chunks of a stream.
+    public var betweenChunksMs: Int = 60_000
+    public init() {}
+}
+
+/// `engine_poll:` settings: how often engines are asked for models, health and load.
+public struct EnginePollConfig: Sendable, Hashable, Codable {
+    public var intervalMs: Int = 1000
+    public init() {}
+}
+
+/// `logging:` section.
+public struct LoggingConfig: Sendable, Hashable, Codable {
+    /// trace, debug, info, notice, warning, error, critical
+    public var level: String = "info"
+    public init() {}
+}
+
+/// `mesh:` section: links to peer meshd nodes (upcoming feature; parsed and validated now).
+public struct MeshConfig: Sendable, Hashable, Codable {
+    /// Address the node-to-node listener binds.
+    public var listen: HostPort = HostPort(host: "0.0.0.0", port: 11436)
+    /// Peers to connect to, as `host:port`.
+    public var peers: [HostPort] = []
+    /// File holding the shared secret that authenticates peers.
+    public var secretFile: String = "/etc/meshd/mesh.secret"
+    /// Interval between heartbeats sent to peers.
+    public var heartbeatMs: Int = 1000
+    /// A peer is considered dead after this many missed heartbeats.
+    public var deadAfterMissed: Int = 3
+    public init() {}
+}
+
+/// `discovery:` section (upcoming feature; parsed and validated now).
+public struct DiscoveryConfig: Sendable, Hashable, Codable {
+    /// Announce and discover peers on the local network with mDNS (Avahi).
+    public var mdns: Bool = true
+    public init() {}
+}
+
+/// The whole effective configuration of a node.
+public struct MeshdConfig: Sendable, Hashable, Codable {
+    public var nodeName: String
+    public var stateDir: String = "/var/lib/meshd"
+    public var http = HTTPConfig()
+    public var admin = AdminConfig()
+    /// nil means "not configured": auto-detect Ollama at :11434 and llama-server at :8080.
+    public var engines: [EngineConfig]? = nil
+    public var timeouts = TimeoutConfig()
+    public var enginePoll = EnginePollConfig()
+    public var logging = LoggingConfig()
+    public var mesh = MeshConfig()
+    public var discovery = DiscoveryConfig()
+
+    public init(nodeName: String) {
+        self.nodeName = nodeName
+    }
+
+    /// Engines probed when none are configured.
+    public static let autodetectEngines: [EngineConfig] = [
+        EngineConfig(kind: .ollama, url: "http://127.0.0.1:11434"),
+        EngineConfig(kind: .openai, url: "http://127.0.0.1:8080"),
+    ]
+
+    /// The engines to use: configured ones, or the auto-detected defaults.
+    public var effectiveEngines: [EngineConfig] { engines ?? Self.autodetectEngines }
+}
+
+/// One problem found in a configuration: where, which key, and why.
+public struct ConfigIssue: Sendable, Hashable, CustomStringConvertible {
+    public enum Severity: String, Sendable { case error, warning }
+    /// File (or `environment`) the value came from.
+    public var source: String
+    /// Dotted key path, `engines[1].url`.
+    public var key: String
+    public var reason: String
+    public var line: Int?
+    public var severity: Severity
+
+    public init(source: String, key: String, reason: String, line: Int? = nil, severity: Severity = .error) {
+        self.source = source
+        self.key = key
+        self.reason = reason
+        self.line = line
+        self.severity = severity
+    }
+
+    public var description: String {
+        let loc = line.map { "\(source):\($0)" } ?? source
+        return "\(loc): \(severity.rawValue): \(key): \(reason)"
+    }
+}

@@ -1,0 +1,146 @@
+/// The HTTP dialect a client speaks to meshd or meshd speaks to an engine.
+public enum Dialect: String, Sendable, Hashable, Codable {
+    case openai
+    case ollama
+}
+
+/// How meshd reaches an engine: an Ollama server, any OpenAI-compatible server
+/// (llama-server, vLLM, LM Studio), or a llama-server meshd starts and supervises itself.
+public enum EngineKind: String, Sendable, Hashable, Codable, CaseIterable {
+    case ollama
+    case openai
+    case llamaCpp = "llama.cpp"
+
+    /// The API dialect meshd uses to talk to this kind of engine.
+    public var dialect: Dialect { self == .ollama ? .ollama : .openai }
+}
+
+/// One model an engine can serve.
+public struct ModelInfo: Sendable, Hashable, Codable {
+    /// The name clients use (Ollama names carry a tag, e.g. `llama3.1:8b`).
+    public var name: String
+    /// Whether the model is resident in memory now (a request to it starts without a cold load).
+    public var loaded: Bool
+    /// Size on disk or in memory in bytes, when the engine says.
+    public var sizeBytes: Int64?
+    /// Bytes of accelerator memory it holds while loaded, when known.
+    public var vramBytes: Int64?
+    /// Maximum context length in tokens, when known.
+    public var contextLength: Int?
+    /// Model family (`llama`, `qwen2`...), when known.
+    public var family: String?
+    /// Parameter count as the engine prints it (`8.0B`), when known.
+    public var parameterSize: String?
+    /// Quantisation as the engine prints it (`Q4_K_M`), when known.
+    public var quantization: String?
+    /// Whether the engine can embed with it, when known.
+    public var embeddings: Bool?
+
+    public init(name: String, loaded: Bool, sizeBytes: Int64? = nil, vramBytes: Int64? = nil,
+                contextLength: Int? = nil, family: String? = nil, parameterSize: String? = nil,
+                quantization: String? = nil, embeddings: Bool? = nil) {
+        self.name = name
+        self.loaded = loaded
+        self.sizeBytes = sizeBytes
+        self.vramBytes = vramBytes
+        self.contextLength = contextLength
+        self.family = family
+        self.parameterSize = parameterSize
+        self.quantization = quantization
+        self.embeddings = embeddings
+    }
+}
+
+/// Load signals an engine exposes, plus meshd's own count of requests it sent there.
+public struct EngineLoad: Sendable, Hashable, Codable {
+    /// Requests meshd has in flight to this engine right now.
+    public var inFlight: Int
+    /// Requests the engine reports as running (llama-server busy slots, vLLM running), if it says.
+    public var running: Int?
+    /// Requests the engine reports as waiting (vLLM waiting), if it says.
+    public var waiting: Int?
+    /// Parallel slots (llama-server `total_slots`), if known.
+    public var slots: Int?
+
+    public init(inFlight: Int = 0, running: Int? = nil, waiting: Int? = nil, slots: Int? = nil) {
+        self.inFlight = inFlight
+        self.running = running
+        self.waiting = waiting
+        self.slots = slots
+    }
+
+    /// Best estimate of requests ahead of a new one: what the engine says, else what meshd sent.
+    public var busy: Int { max(inFlight, (running ?? 0) + (waiting ?? 0)) }
+}
+
+/// Measured speeds of an engine, carried in node state for routing (exponentially smoothed).
+public struct EngineSpeeds: Sendable, Hashable, Codable {
+    /// Prompt tokens per second (prefill), when measured.
+    public var prefillTokensPerSecond: Double?
+    /// Generated tokens per second (decode), when measured.
+    public var decodeTokensPerSecond: Double?
+    /// Recent mean service time of a request in seconds, when measured.
+    public var meanServiceSeconds: Double?
+
+    public init(prefillTokensPerSecond: Double? = nil, decodeTokensPerSecond: Double? = nil, meanServiceSeconds: Double? = nil) {
+        self.prefillTokensPerSecond = prefillTokensPerSecond
+        self.decodeTokensPerSecond = decodeTokensPerSecond
+        self.meanServiceSeconds = meanServiceSeconds
+    }
+}
+
+/// A point-in-time view of one engine, as the routing core sees it.
+public struct EngineSnapshot: Sendable, Hashable, Codable {
+    /// Stable id within the node (`ollama@127.0.0.1:11434`, `llama.cpp:meshd-tiny`).
+    public var id: String
+    public var kind: EngineKind
+    /// Base URL meshd sends requests to.
+    public var url: String
+    public var healthy: Bool
+    /// Human-readable reason when not healthy.
+    public var healthDetail: String?
+    public var models: [ModelInfo]
+    public var load: EngineLoad
+    public var speeds: EngineSpeeds
+
+    public init(id: String, kind: EngineKind, url: String, healthy: Bool, healthDetail: String? = nil,
+                models: [ModelInfo] = [], load: EngineLoad = .init(), speeds: EngineSpeeds = .init()) {
+        self.id = id
+        self.kind = kind
+        self.url = url
+        self.healthy = healthy
+        self.healthDetail = healthDetail
+        self.models = models
+        self.load = load
+        self.speeds = speeds
+    }
+
+    /// The model entry matching `name` (see ``ModelName/matches(_:_:)``).
+    public func model(named name: String) -> ModelInfo? {
+        models.first { ModelName.matches($0.name, name) }
+    }
+}
+
+/// Model-name rules shared by routing and the APIs.
+public enum ModelName {
+    /// Ollama treats `llama3` and `llama3:latest` as the same model; so does meshd.
+    public static func normalized(_ name: String) -> String {
+        let trimmed = name.trimmingSpaces()
+        if trimmed.contains(":") { return trimmed }
+        return trimmed + ":latest"
+    }
+
+    /// Whether two names denote the same model.
+    public static func matches(_ a: String, _ b: String) -> Bool {
+        a == b || normalized(a) == normalized(b)
+    }
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\n" || f == "\r" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\n" || l == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}

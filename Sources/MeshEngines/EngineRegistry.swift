@@ -1,0 +1,376 @@
+import Logging
+import MeshCore
+import Synchronization
+
+/// What happened to one request meshd proxied to an engine (for in-flight counts and speeds).
+public struct EngineRequestOutcome: Sendable, Hashable {
+    /// Whether the engine produced a complete answer. Failed requests update no speeds.
+    public var succeeded: Bool
+    /// Prompt tokens the engine reported processing.
+    public var promptTokens: Int?
+    /// Tokens generated.
+    public var generatedTokens: Int?
+    /// Time from sending the request to the first generated token. Only pass this when measured
+    /// on a stream; for a non-streamed answer it would equal `totalTime` and skew prefill speed.
+    public var timeToFirstToken: Duration?
+    /// Time from sending the request to the end of the answer.
+    public var totalTime: Duration?
+
+    public init(succeeded: Bool, promptTokens: Int? = nil, generatedTokens: Int? = nil,
+                timeToFirstToken: Duration? = nil, totalTime: Duration? = nil) {
+        self.succeeded = succeeded
+        self.promptTokens = promptTokens
+        self.generatedTokens = generatedTokens
+        self.timeToFirstToken = timeToFirstToken
+        self.totalTime = totalTime
+    }
+
+    public static let failed = EngineRequestOutcome(succeeded: false)
+}
+
+/// All engines of the node: polls them, caches their latest state, and keeps meshd's own in-flight
+/// counts and measured speeds. `snapshot()` never does I/O.
+///
+/// Each engine is polled by its own task every `pollInterval` (a slow engine does not delay the
+/// others); a dead engine is seen at the next poll, one that comes back at the poll after.
+public final class EngineRegistry: Sendable {
+    public let pollInterval: Duration
+    /// Whether these engines are the auto-detected defaults (absence is then logged quietly).
+    public let autodetected: Bool
+    private let adapters: [any EngineAdapter]
+    private let logger: Logger
+    private let state: Mutex<State>
+
+    /// Weight of a new sample in the smoothed speeds.
+    static let speedAlpha = 0.3
+
+    struct EngineState {
+        var snapshot: EngineSnapshot
+        var inFlight = 0
+        var speeds = EngineSpeeds()
+        var mark: (reason: String, at: ContinuousClock.Instant)?
+        var polled = false
+        var loggedHealthy: Bool?
+    }
+
+    struct State {
+        var engines: [String: EngineState] = [:]
+        var tasks: [Task<Void, Never>] = []
+        var started = false
+        var shutDown = false
+        var subscribers: [Int: AsyncStream<[EngineSnapshot]>.Continuation] = [:]
+        var nextSubscriber = 0
+        var signature: [Signature] = []
+    }
+
+    /// What `changes()` watches: which engines are healthy and which models they have.
+    struct Signature: Hashable {
+        var id: String
+        var healthy: Bool
+        var models: [String]
+    }
+
+    // MARK: construction
+
+    /// The registry for a node configuration: configured engines, or the auto-detected defaults
+    /// (then missing engines are logged once at info, not every poll).
+    public convenience init(config: MeshdConfig, httpClient: any EngineHTTPTransport, logger: Logger,
+                            managedOptions: ManagedEngineOptions = .init()) {
+        self.init(engines: config.effectiveEngines, httpClient: httpClient, logger: logger,
+                  pollInterval: .milliseconds(max(50, config.enginePoll.intervalMs)),
+                  autodetected: config.engines == nil, managedOptions: managedOptions)
+    }
+
+    public convenience init(engines: [EngineConfig], httpClient: any EngineHTTPTransport, logger: Logger,
+                            pollInterval: Duration = .seconds(1), autodetected: Bool = false,
+                            managedOptions: ManagedEngineOptions = .init()) {
+        let adapters = Self.makeAdapters(engines: engines, transport: httpClient, logger: logger,
+                                         pollInterval: pollInterval, managedOptions: managedOptions)
+        self.init(adapters: adapters, logger: logger, pollInterval: pollInterval, autodetected: autodetected)
+    }
+
+    /// A registry over ready-made adapters (tests, custom engines). Ids must be unique.
+    public init(adapters: [any EngineAdapter], logger: Logger, pollInterval: Duration = .seconds(1), autodetected: Bool = false) {
+        self.adapters = adapters
+        self.logger = logger
+        self.pollInterval = pollInterval
+        self.autodetected = autodetected
+        var s = State()
+        for a in adapters {
+            s.engines[a.id] = EngineState(snapshot: EngineSnapshot(id: a.id, kind: a.kind, url: a.baseURL, healthy: false,
+                                                                   healthDetail: "not polled yet"))
+        }
+        s.signature = Self.signature(adapters.map { s.engines[$0.id]!.snapshot })
+        self.state = Mutex(s)
+    }
+
+    /// One adapter per engine entry; duplicate ids get a `#2`, `#3`... suffix.
+    public static func makeAdapters(engines: [EngineConfig], transport: any EngineHTTPTransport, logger: Logger,
+                                    pollInterval: Duration = .seconds(1),
+                                    managedOptions: ManagedEngineOptions = .init()) -> [any EngineAdapter] {
+        let timeout = min(max(pollInterval * 3, .seconds(2)), .seconds(5))
+        var seen: [String: Int] = [:]
+        var out: [any EngineAdapter] = []
+        for e in engines {
+            let base: String
+            switch e.kind {
+            case .llamaCpp: base = "llama.cpp:\(e.managedModelName ?? "llama.cpp")"
+            case .ollama, .openai: base = engineID(kind: e.kind, url: e.url)
+            }
+            let n = (seen[base] ?? 0) + 1
+            seen[base] = n
+            let id = n == 1 ? base : "\(base)#\(n)"
+            switch e.kind {
+            case .ollama:
+                out.append(OllamaAdapter(url: e.url ?? "", transport: transport, id: id, timeout: timeout))
+            case .openai:
+                out.append(OpenAIAdapter(url: e.url ?? "", transport: transport, apiKeyFile: e.apiKeyFile, id: id, timeout: timeout))
+            case .llamaCpp:
+                var opts = managedOptions
+                opts.requestTimeout = timeout
+                out.append(ManagedLlamaCppEngine(config: e, transport: transport, logger: logger, options: opts, id: id))
+            }
+        }
+        return out
+    }
+
+    // MARK: lifecycle
+
+    /// Starts managed engines and the polling; returns after the first poll of every engine
+    /// (managed engines are then usually still starting).
+    public func start() async {
+        let go = state.withLock { s -> Bool in
+            guard !s.started, !s.shutDown else { return false }
+            s.started = true
+            return true
+        }
+        guard go else { return }
+        for a in adapters { await a.start() }
+        await refreshNow()
+        let tasks = adapters.map { a in
+            Task { [self] in await self.pollLoop(a) }
+        }
+        let keep = state.withLock { s -> Bool in
+            if s.shutDown { return false }
+            s.tasks = tasks
+            return true
+        }
+        if !keep { for t in tasks { t.cancel() } }
+    }
+
+    /// Polls every engine once now, concurrently, and waits for the results.
+    public func refreshNow() async {
+        await withTaskGroup(of: Void.self) { group in
+            for a in adapters {
+                group.addTask { [self] in await self.pollOnce(a) }
+            }
+        }
+    }
+
+    /// Stops polling and every managed process; ends all `changes()` streams.
+    public func shutdown() async {
+        let (tasks, subs) = state.withLock { s in
+            s.shutDown = true
+            defer { s.tasks = []; s.subscribers = [:] }
+            return (s.tasks, Array(s.subscribers.values))
+        }
+        for t in tasks { t.cancel() }
+        for t in tasks { await t.value }
+        await withTaskGroup(of: Void.self) { group in
+            for a in adapters { group.addTask { await a.stop() } }
+        }
+        for c in subs { c.finish() }
+    }
+
+    private func pollLoop(_ adapter: any EngineAdapter) async {
+        var next = ContinuousClock.now + pollInterval
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: max(next - ContinuousClock.now, .milliseconds(10)))
+            } catch { return }
+            next = ContinuousClock.now + pollInterval
+            await pollOnce(adapter)
+        }
+    }
+
+    private func pollOnce(_ adapter: any EngineAdapter) async {
+        let startedAt = ContinuousClock.now
+        let snap = await adapter.refresh()
+        apply(snap, pollStartedAt: startedAt)
+    }
+
+    // MARK: state
+
+    private func apply(_ snap: EngineSnapshot, pollStartedAt: ContinuousClock.Instant) {
+        enum LogEvent { case none, up(Int), down(String, first: Bool), detail(String) }
+        let (event, published): (LogEvent, [EngineSnapshot]?) = state.withLock { s in
+            guard var e = s.engines[snap.id], !s.shutDown else { return (.none, nil) }
+            let before = e.snapshot
+            e.snapshot = snap
+            // A failure reported by the proxy after this poll began outlives the poll's result.
+            if let m = e.mark, m.at < pollStartedAt { e.mark = nil }
+            let healthy = snap.healthy && e.mark == nil
+            var event = LogEvent.none
+            if e.loggedHealthy != healthy {
+                event = healthy ? .up(snap.models.count) : .down(e.mark?.reason ?? snap.healthDetail ?? "unhealthy", first: !e.polled)
+                e.loggedHealthy = healthy
+            } else if !healthy, before.healthDetail != snap.healthDetail, let d = snap.healthDetail {
+                event = .detail(d)
+            }
+            e.polled = true
+            s.engines[snap.id] = e
+            return (event, publishIfChanged(&s))
+        }
+        var meta: Logger.Metadata = ["engine": "\(snap.id)", "url": "\(snap.url)"]
+        switch event {
+        case .none: break
+        case .up(let n):
+            meta["models"] = "\(n)"
+            logger.info("engine healthy", metadata: meta)
+        case .down(let reason, let first):
+            meta["reason"] = "\(reason)"
+            if first && autodetected {
+                logger.info("no engine answering (auto-detected default); will keep probing", metadata: meta)
+            } else {
+                logger.warning("engine unhealthy", metadata: meta)
+            }
+        case .detail(let d):
+            meta["reason"] = "\(d)"
+            logger.debug("engine still unhealthy", metadata: meta)
+        }
+        if let published { send(published) }
+    }
+
+    /// Recomputes the signature; returns the snapshots to publish when it changed.
+    private func publishIfChanged(_ s: inout State) -> [EngineSnapshot]? {
+        let snaps = compose(s)
+        let sig = Self.signature(snaps)
+        guard sig != s.signature else { return nil }
+        s.signature = sig
+        return s.subscribers.isEmpty ? nil : snaps
+    }
+
+    private func send(_ snaps: [EngineSnapshot]) {
+        let subs = state.withLock { Array($0.subscribers.values) }
+        for c in subs { c.yield(snaps) }
+    }
+
+    private static func signature(_ snaps: [EngineSnapshot]) -> [Signature] {
+        snaps.map { Signature(id: $0.id, healthy: $0.healthy,
+                              models: $0.healthy ? $0.models.map { "\($0.name)|\($0.loaded)" }.sorted() : []) }
+    }
+
+    private func compose(_ s: State) -> [EngineSnapshot] {
+        adapters.compactMap { a in s.engines[a.id].map(Self.compose) }
+    }
+
+    private static func compose(_ e: EngineState) -> EngineSnapshot {
+        var snap = e.snapshot
+        snap.load.inFlight = e.inFlight
+        snap.speeds = e.speeds
+        if let m = e.mark {
+            snap.healthy = false
+            snap.healthDetail = m.reason
+        }
+        return snap
+    }
+
+    // MARK: public queries and updates
+
+    /// The latest state of every engine, in configuration order. No I/O.
+    public func snapshot() -> [EngineSnapshot] {
+        state.withLock { compose($0) }
+    }
+
+    /// The latest state of one engine. No I/O.
+    public func snapshot(_ engineID: String) -> EngineSnapshot? {
+        state.withLock { $0.engines[engineID].map(Self.compose) }
+    }
+
+    /// The adapter with this id (to reach a managed engine's status and output, for instance).
+    public func adapter(_ engineID: String) -> (any EngineAdapter)? {
+        adapters.first { $0.id == engineID }
+    }
+
+    /// Headers to send with every request proxied to this engine (an API key, if configured).
+    public func requestHeaders(for engineID: String) -> [(String, String)] {
+        adapter(engineID)?.requestHeaders ?? []
+    }
+
+    /// A request is being sent to the engine.
+    public func beginRequest(_ engineID: String) {
+        state.withLock { s in s.engines[engineID]?.inFlight += 1 }
+    }
+
+    /// A request begun with `beginRequest` ended; successful outcomes update the smoothed speeds.
+    public func endRequest(_ engineID: String, outcome: EngineRequestOutcome) {
+        state.withLock { s in
+            guard var e = s.engines[engineID] else { return }
+            e.inFlight = max(0, e.inFlight - 1)
+            if outcome.succeeded { e.speeds = Self.updated(e.speeds, with: outcome) }
+            s.engines[engineID] = e
+        }
+    }
+
+    /// A proxied request could not reach the engine: unhealthy until a poll that starts later succeeds.
+    public func markUnhealthy(_ engineID: String, reason: String) {
+        let published: [EngineSnapshot]? = state.withLock { s in
+            guard s.engines[engineID] != nil else { return nil }
+            s.engines[engineID]!.mark = (reason, ContinuousClock.now)
+            s.engines[engineID]!.loggedHealthy = false
+            return publishIfChanged(&s)
+        }
+        logger.warning("engine marked unhealthy", metadata: ["engine": "\(engineID)", "reason": "\(reason)"])
+        if let published { send(published) }
+    }
+
+    /// A stream of all snapshots, yielding the current state first and then whenever the set of
+    /// healthy engines or their models changes (load changes do not count). Each call is a new
+    /// subscriber; slow consumers see only the newest state. Ends at `shutdown()`.
+    public func changes() -> AsyncStream<[EngineSnapshot]> {
+        let (stream, continuation) = AsyncStream.makeStream(of: [EngineSnapshot].self, bufferingPolicy: .bufferingNewest(1))
+        let (id, current, alive): (Int, [EngineSnapshot], Bool) = state.withLock { s in
+            guard !s.shutDown else { return (0, [], false) }
+            let id = s.nextSubscriber
+            s.nextSubscriber += 1
+            s.subscribers[id] = continuation
+            return (id, compose(s), true)
+        }
+        guard alive else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
+        }
+        continuation.yield(current)
+        return stream
+    }
+
+    // MARK: speeds
+
+    static func updated(_ old: EngineSpeeds, with o: EngineRequestOutcome) -> EngineSpeeds {
+        func smooth(_ prev: Double?, _ sample: Double?) -> Double? {
+            guard let sample, sample.isFinite, sample > 0 else { return prev }
+            guard let prev else { return sample }
+            return prev + speedAlpha * (sample - prev)
+        }
+        func seconds(_ d: Duration?) -> Double? {
+            guard let d else { return nil }
+            let (s, a) = d.components
+            return Double(s) + Double(a) / 1e18
+        }
+        var new = old
+        let total = seconds(o.totalTime)
+        let ttft = seconds(o.timeToFirstToken)
+        if let ttft, ttft > 0, let p = o.promptTokens, p > 0 {
+            new.prefillTokensPerSecond = smooth(old.prefillTokensPerSecond, Double(p) / ttft)
+        }
+        // Decode speed needs the first-token time: tokens after the first over the time after it.
+        if let g = o.generatedTokens, g >= 2, let total, let ttft, total > ttft {
+            new.decodeTokensPerSecond = smooth(old.decodeTokensPerSecond, Double(g - 1) / (total - ttft))
+        }
+        new.meanServiceSeconds = smooth(old.meanServiceSeconds, total)
+        return new
+    }
+}

@@ -1,0 +1,387 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+import Logging
+import MeshCore
+import Synchronization
+
+/// Timing knobs of a managed engine (defaults are the production values).
+public struct ManagedEngineOptions: Sendable, Hashable {
+    /// How long a started llama-server may take to answer `GET /health` with 200.
+    public var startupTimeout: Duration = .seconds(120)
+    /// How often `/health` is polled while starting.
+    public var healthPollInterval: Duration = .milliseconds(100)
+    /// First restart delay; doubled after every crash up to `maxBackoff`.
+    public var initialBackoff: Duration = .milliseconds(500)
+    public var maxBackoff: Duration = .seconds(30)
+    /// A process that ran healthy this long before it died restarts after `initialBackoff` again.
+    public var backoffResetAfter: Duration = .seconds(60)
+    /// How long `stop()` waits after SIGTERM before SIGKILL.
+    public var stopGrace: Duration = .seconds(5)
+    /// Output lines kept for diagnostics.
+    public var logLines: Int = 200
+    /// Limit for each HTTP poll request to the engine.
+    public var requestTimeout: Duration = .seconds(3)
+
+    public init() {}
+}
+
+/// What a managed engine's supervisor is doing.
+public struct ManagedEngineStatus: Sendable, Hashable {
+    public enum Phase: Sendable, Hashable {
+        /// `start()` not called yet.
+        case idle
+        /// Process started, waiting for `GET /health` == 200.
+        case starting
+        /// Healthy process serving at `port`.
+        case running
+        /// Process ended (or could not be started); waiting `nextRestartDelay` before the next try.
+        case restarting
+        /// `stop()` was called.
+        case stopped
+    }
+
+    public var phase: Phase = .idle
+    public var pid: Int32?
+    public var port: Int?
+    /// Processes started so far.
+    public var launches: Int = 0
+    public var lastExit: ProcessExit?
+    /// Delay before the pending restart (set while `.restarting`).
+    public var nextRestartDelay: Duration?
+    /// Human-readable reason when not running.
+    public var detail: String?
+}
+
+/// A llama-server meshd starts and supervises itself (`kind: llama.cpp`).
+///
+/// Starts `llama-server -m MODEL --host 127.0.0.1 --port FREEPORT --alias NAME [args...]`, keeps
+/// the last output lines, waits for `GET /health` == 200, then behaves like an ``OpenAIAdapter`` at
+/// that URL. A process that dies is restarted with exponential backoff; `stop()` sends SIGTERM,
+/// then SIGKILL after `stopGrace`. Children get `PR_SET_PDEATHSIG=SIGKILL` through `setpriv` when
+/// available (see ``ChildProcess``), so they die with meshd even on SIGKILL; without setpriv, meshd's
+/// shutdown path (`EngineRegistry.shutdown()`) is what stops them.
+public final class ManagedLlamaCppEngine: EngineAdapter {
+    public let id: String
+    public let kind: EngineKind = .llamaCpp
+    public let config: EngineConfig
+    public let options: ManagedEngineOptions
+    /// The model name clients use.
+    public let alias: String
+
+    private let transport: any EngineHTTPTransport
+    private let logger: Logger
+    private let inner: OpenAIAdapter
+    private let state = Mutex(State())
+    private let output: Mutex<LineRing>
+
+    struct State {
+        var status = ManagedEngineStatus()
+        var url: String = ""
+        var child: ChildProcess?
+        var task: Task<Void, Never>?
+        var stopping = false
+        var lastStderr: String?
+    }
+
+    /// - Parameter id: defaults to `llama.cpp:ALIAS`.
+    public init(config: EngineConfig, transport: any EngineHTTPTransport, logger: Logger,
+                options: ManagedEngineOptions = .init(), id: String? = nil) {
+        self.config = config
+        self.options = options
+        self.alias = config.managedModelName ?? "llama.cpp"
+        self.id = id ?? "llama.cpp:\(alias)"
+        self.transport = transport
+        var l = logger
+        l[metadataKey: "engine"] = "\(self.id)"
+        self.logger = l
+        self.inner = OpenAIAdapter(url: "http://127.0.0.1:1", transport: transport, apiKeyFile: config.apiKeyFile,
+                                   id: "llama.cpp:\(alias)", kind: .llamaCpp, timeout: options.requestTimeout)
+        self.output = Mutex(LineRing(capacity: max(1, options.logLines)))
+    }
+
+    public var baseURL: String { state.withLock { $0.url } }
+    public var requestHeaders: [(String, String)] { inner.requestHeaders }
+
+    /// What the supervisor is doing now.
+    public var status: ManagedEngineStatus { state.withLock { $0.status } }
+
+    /// The last output lines of the process (stdout and stderr, `[stderr] ` marks the latter), oldest first.
+    public func recentOutput() -> [String] { output.withLock { $0.lines } }
+
+    // MARK: lifecycle
+
+    public func start() async {
+        state.withLock { s in
+            guard s.task == nil, !s.stopping else { return }
+            s.status.phase = .starting
+            s.status.detail = "starting llama-server"
+            s.task = Task { [self] in await self.supervise() }
+        }
+    }
+
+    public func stop() async {
+        let (task, child): (Task<Void, Never>?, ChildProcess?) = state.withLock { s in
+            s.stopping = true
+            s.status.phase = .stopped
+            s.status.detail = "stopped"
+            s.status.nextRestartDelay = nil
+            return (s.task, s.child)
+        }
+        task?.cancel()
+        if let child { await terminate(child) }
+        await task?.value
+        state.withLock { s in
+            s.child = nil
+            s.status.pid = nil
+        }
+    }
+
+    /// SIGTERM, wait `stopGrace`, then SIGKILL.
+    private func terminate(_ child: ChildProcess) async {
+        if child.exitStatus != nil { return }
+        child.signal(SIGTERM)
+        if await child.waitForExit(timeout: options.stopGrace) != nil { return }
+        logger.warning("llama-server did not exit within \(options.stopGrace) of SIGTERM; sending SIGKILL", metadata: ["pid": "\(child.pid)"])
+        child.signal(SIGKILL)
+        _ = await child.waitForExit()
+    }
+
+    private var isStopping: Bool { state.withLock { $0.stopping } }
+
+    private func supervise() async {
+        var backoff = options.initialBackoff
+        while !isStopping {
+            let outcome = await runOnce()
+            if isStopping { break }
+            if let ranHealthy = outcome.ranHealthy, ranHealthy >= options.backoffResetAfter {
+                backoff = options.initialBackoff
+            }
+            let delay = backoff
+            var detail = "\(outcome.reason); restarting in \(formatSeconds(delay))"
+            if let last = outcome.lastLine, !last.isEmpty { detail += " (last output: \(last))" }
+            state.withLock { s in
+                guard !s.stopping else { return }
+                s.status.phase = .restarting
+                s.status.nextRestartDelay = delay
+                s.status.detail = detail
+                s.status.pid = nil
+                s.child = nil
+            }
+            logger.warning("\(detail)")
+            try? await Task.sleep(for: delay)
+            backoff = min(backoff * 2, options.maxBackoff)
+        }
+    }
+
+    private struct RunOutcome {
+        var reason: String
+        var lastLine: String?
+        var ranHealthy: Duration?
+    }
+
+    /// Starts one process and returns once it is gone (or could not be started).
+    private func runOnce() async -> RunOutcome {
+        guard let model = config.model, !model.isEmpty else {
+            return RunOutcome(reason: "no model configured for the managed llama.cpp engine")
+        }
+        guard access(model, R_OK) == 0 else {
+            return RunOutcome(reason: "model file \(model) not found or not readable")
+        }
+        let binary: String
+        switch Self.resolveBinary(config.binary) {
+        case .success(let b): binary = b
+        case .failure(let e): return RunOutcome(reason: e.message)
+        }
+        let port: Int
+        do { port = try freeLoopbackPort() } catch { return RunOutcome(reason: "cannot find a free port: \(error)") }
+        let url = "http://127.0.0.1:\(port)"
+        let args = ["-m", model, "--host", "127.0.0.1", "--port", "\(port)", "--alias", alias] + config.args
+
+        state.withLock { s in s.lastStderr = nil }
+        let child: ChildProcess
+        do {
+            child = try await ChildProcess.spawn(
+                executable: binary, arguments: args,
+                onLine: { [self] line, isStderr in self.record(line, isStderr: isStderr) })
+        } catch {
+            return RunOutcome(reason: "cannot start llama-server: \(error)")
+        }
+        let accepted: Bool = state.withLock { s in
+            guard !s.stopping else { return false }
+            s.child = child
+            s.url = url
+            s.status.phase = .starting
+            s.status.pid = child.pid
+            s.status.port = port
+            s.status.launches += 1
+            s.status.nextRestartDelay = nil
+            s.status.detail = "starting llama-server (loading model)"
+            return true
+        }
+        guard accepted else {
+            await terminate(child)
+            return RunOutcome(reason: "stopped")
+        }
+        inner.setBaseURL(url)
+        logger.info("started llama-server", metadata: ["pid": "\(child.pid)", "port": "\(port)", "binary": "\(binary)"])
+
+        // Wait for /health == 200, the process to die, or the startup timeout.
+        let startedAt = ContinuousClock.now
+        var healthy = false
+        while !isStopping, child.exitStatus == nil {
+            if let r = try? await transport.get(url + "/health", headers: inner.requestHeaders, timeout: .seconds(2)), r.status == 200 {
+                healthy = true
+                break
+            }
+            if ContinuousClock.now - startedAt >= options.startupTimeout { break }
+            try? await Task.sleep(for: options.healthPollInterval)
+        }
+        var healthySince: ContinuousClock.Instant?
+        var reason: String?
+        if healthy {
+            healthySince = .now
+            let took = ContinuousClock.now - startedAt
+            state.withLock { s in
+                guard !s.stopping else { return }
+                s.status.phase = .running
+                s.status.detail = nil
+            }
+            logger.info("llama-server is healthy", metadata: ["after": "\(formatSeconds(took))", "url": "\(url)"])
+        } else if child.exitStatus == nil && !isStopping {
+            reason = "llama-server did not become healthy within \(formatSeconds(options.startupTimeout))"
+            logger.warning("\(reason!); stopping it")
+            await terminate(child)
+        }
+        let exit = await child.waitForExit()
+        let lastLine: String? = state.withLock { s in
+            s.status.lastExit = exit
+            return s.lastStderr
+        }
+        return RunOutcome(reason: reason ?? "llama-server \(exit)", lastLine: lastLine,
+                          ranHealthy: healthySince.map { ContinuousClock.now - $0 })
+    }
+
+    private func record(_ line: String, isStderr: Bool) {
+        output.withLock { $0.append(isStderr ? "[stderr] " + line : line) }
+        if isStderr, !line.allSatisfy({ $0 == " " || $0 == "\t" }) {
+            state.withLock { $0.lastStderr = String(line.prefix(300)) }
+        }
+        logger.debug("\(line)", metadata: ["stream": isStderr ? "stderr" : "stdout"])
+    }
+
+    // MARK: polling
+
+    public func refresh() async -> EngineSnapshot {
+        let (status, url) = state.withLock { ($0.status, $0.url) }
+        guard status.phase == .running else {
+            return EngineSnapshot(id: id, kind: kind, url: url, healthy: false,
+                                  healthDetail: status.detail ?? "llama-server is not running")
+        }
+        var snap = await inner.refresh()
+        snap.id = id
+        snap.kind = kind
+        if !snap.healthy, let d = snap.healthDetail { snap.healthDetail = "llama-server: \(d)" }
+        // A process that died after the poll began is reported as such.
+        let now = state.withLock { $0.status }
+        if now.phase != .running {
+            snap.healthy = false
+            snap.models = []
+            snap.healthDetail = now.detail ?? snap.healthDetail
+        }
+        return snap
+    }
+
+    // MARK: binary lookup
+
+    /// The cache directory: `$MESHD_CACHE`, else `~/.cache/meshd`.
+    public static var cacheDirectory: String {
+        let env = ProcessInfo.processInfo.environment
+        if let c = env["MESHD_CACHE"], !c.isEmpty { return c }
+        return (env["HOME"] ?? NSHomeDirectory()) + "/.cache/meshd"
+    }
+
+    /// Where the bundled llama-server is built.
+    public static var cachedBinaryPath: String {
+        cacheDirectory + "/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server"
+    }
+
+    /// `configured` (a path, or a name looked up on PATH), else `llama-server` on PATH, else the cache build.
+    static func resolveBinary(_ configured: String?) -> Result<String, DetailError> {
+        if let configured, !configured.isEmpty {
+            if configured.contains("/") {
+                return access(configured, X_OK) == 0 ? .success(configured)
+                    : .failure(DetailError("llama-server binary \(configured) not found or not executable"))
+            }
+            if let p = searchPath(configured) { return .success(p) }
+            return .failure(DetailError("\(configured) not found on PATH"))
+        }
+        if let p = searchPath("llama-server") { return .success(p) }
+        let cached = cachedBinaryPath
+        if access(cached, X_OK) == 0 { return .success(cached) }
+        return .failure(DetailError("llama-server not found on PATH nor at \(cached)"))
+    }
+
+    static func searchPath(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for dir in path.split(separator: ":") where !dir.isEmpty {
+            let candidate = "\(dir)/\(name)"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+}
+
+/// A fixed-size ring of text lines.
+struct LineRing: Sendable {
+    let capacity: Int
+    private var storage: [String] = []
+    private var head = 0
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    mutating func append(_ line: String) {
+        if storage.count < capacity {
+            storage.append(line)
+        } else {
+            storage[head] = line
+            head = (head + 1) % capacity
+        }
+    }
+
+    var lines: [String] { Array(storage[head...] + storage[..<head]) }
+}
+
+/// `0.5 s`, `2 s`, `120 s`.
+func formatSeconds(_ d: Duration) -> String {
+    let (s, atto) = d.components
+    let value = Double(s) + Double(atto) / 1e18
+    if value == value.rounded() { return "\(Int(value)) s" }
+    return "\((value * 10).rounded() / 10) s"
+}
+
+/// A loopback TCP port that was free a moment ago (bind 127.0.0.1:0, read it back, close).
+public func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw DetailError("socket: \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = 0
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else { throw DetailError("bind: \(String(cString: strerror(errno)))") }
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let rc2 = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
+    guard rc2 == 0 else { throw DetailError("getsockname: \(String(cString: strerror(errno)))") }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}

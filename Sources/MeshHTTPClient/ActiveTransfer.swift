@@ -1,0 +1,288 @@
+import CCurl
+
+/// Loop-thread-only state of one transfer: the easy handle, its header list, timers and the head parser.
+///
+/// A retained reference (`Unmanaged.passRetained`) is handed to curl as `WRITEDATA`/`HEADERDATA`/`PRIVATE`
+/// and released in ``cleanup()``, after the easy handle has been destroyed.
+final class ActiveTransfer {
+    let state: TransferState
+    let easy: UnsafeMutableRawPointer
+    private let loop: CurlLoop
+    private var headerList: UnsafeMutablePointer<curl_slist>?
+    private let errorBuffer: UnsafeMutablePointer<CChar>
+    private var retainedSelf: UnsafeMutableRawPointer?
+
+    private let firstByteDeadline: ContinuousClock.Instant?
+    private let idleTimeout: Duration?
+    private var lastActivity: ContinuousClock.Instant
+    private var headReceived = false
+    private var paused = false
+
+    // Head parser (final response only; 1xx blocks are skipped).
+    private var parsedStatus = 0
+    private var parsedHeaders: [(String, String)] = []
+
+    init(
+        request: HTTPClientRequest,
+        state: TransferState,
+        configuration: HTTPClientConfiguration,
+        loop: CurlLoop,
+        now: ContinuousClock.Instant
+    ) throws(HTTPClientError) {
+        let firstByte = request.firstByteTimeout ?? configuration.firstByteTimeout
+        let idle = request.idleTimeout ?? configuration.idleTimeout
+        self.state = state
+        self.loop = loop
+        self.firstByteDeadline = firstByte > .zero ? now + firstByte : nil
+        self.idleTimeout = idle > .zero ? idle : nil
+        self.lastActivity = now
+
+        let headerLines = try Self.headerLines(for: request)
+        guard let easy = curl_easy_init() else {
+            throw .transport(code: -1, message: "curl_easy_init failed")
+        }
+        self.easy = easy
+        errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE))
+        errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
+        loop.liveEasyHandles.add(1, ordering: .relaxed)
+        loop.liveContexts.add(1, ordering: .relaxed)
+        let context = Unmanaged.passRetained(self).toOpaque()
+        retainedSelf = context
+
+        for line in headerLines {
+            guard let appended = curl_slist_append(headerList, line) else {
+                cleanup()
+                throw .transport(code: Int(CURLE_OUT_OF_MEMORY.rawValue), message: "curl_slist_append failed")
+            }
+            headerList = appended
+        }
+
+        var rc = CURLE_OK
+        func set(_ result: CURLcode) { if rc == CURLE_OK { rc = result } }
+        set(meshd_curl_easy_setopt_ptr(easy, CURLOPT_ERRORBUFFER, errorBuffer))
+        set(meshd_curl_easy_setopt_str(easy, CURLOPT_URL, request.url))
+        set(meshd_curl_easy_setopt_str(easy, CURLOPT_PROTOCOLS_STR, "http,https"))
+        set(meshd_curl_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1))
+        set(meshd_curl_easy_setopt_long(easy, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1)))
+        set(meshd_curl_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, max(1, configuration.connectTimeout.meshCeilMilliseconds)))
+        set(meshd_curl_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1))
+        set(meshd_curl_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1))
+        // Ignore http_proxy & co. from the environment: engines are local, and a stray proxy would break them.
+        set(meshd_curl_easy_setopt_str(easy, CURLOPT_PROXY, ""))
+        if let caFile = configuration.caFile {
+            set(meshd_curl_easy_setopt_str(easy, CURLOPT_CAINFO, caFile))
+        }
+        set(meshd_curl_easy_setopt_ptr(easy, CURLOPT_PRIVATE, context))
+        set(meshd_curl_easy_setopt_datacb(easy, CURLOPT_WRITEFUNCTION, curlWriteCallback))
+        set(meshd_curl_easy_setopt_ptr(easy, CURLOPT_WRITEDATA, context))
+        set(meshd_curl_easy_setopt_datacb(easy, CURLOPT_HEADERFUNCTION, curlHeaderCallback))
+        set(meshd_curl_easy_setopt_ptr(easy, CURLOPT_HEADERDATA, context))
+        set(meshd_curl_easy_setopt_slist(easy, CURLOPT_HTTPHEADER, headerList))
+
+        let method = request.method
+        if !request.body.isEmpty || method == "POST" || method == "PUT" || method == "PATCH" {
+            set(meshd_curl_easy_setopt_off(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count)))
+            if request.body.isEmpty {
+                set(meshd_curl_easy_setopt_str(easy, CURLOPT_COPYPOSTFIELDS, ""))
+            } else {
+                set(request.body.withUnsafeBytes { bytes in
+                    meshd_curl_easy_setopt_ptr(easy, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress))
+                })
+            }
+            if method != "POST" {
+                set(meshd_curl_easy_setopt_str(easy, CURLOPT_CUSTOMREQUEST, method))
+            }
+        } else if method == "HEAD" {
+            set(meshd_curl_easy_setopt_long(easy, CURLOPT_NOBODY, 1))
+        } else if method == "GET" {
+            set(meshd_curl_easy_setopt_long(easy, CURLOPT_HTTPGET, 1))
+        } else {
+            set(meshd_curl_easy_setopt_str(easy, CURLOPT_CUSTOMREQUEST, method))
+        }
+
+        guard rc == CURLE_OK else {
+            let message = String(cString: curl_easy_strerror(rc))
+            cleanup()
+            throw .transport(code: Int(rc.rawValue), message: message)
+        }
+    }
+
+    deinit {
+        loop.liveContexts.subtract(1, ordering: .relaxed)
+    }
+
+    /// Header lines for the slist; rejects CR/LF injection and lets curl own `Content-Length`.
+    private static func headerLines(for request: HTTPClientRequest) throws(HTTPClientError) -> [String] {
+        let method = request.method
+        guard !method.isEmpty, method.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw .transport(code: Int(CURLE_BAD_FUNCTION_ARGUMENT.rawValue), message: "invalid HTTP method")
+        }
+        var lines: [String] = []
+        var hasExpect = false
+        var hasContentType = false
+        for (name, value) in request.headers {
+            let invalidName = name.isEmpty || name.utf8.contains { $0 <= 0x20 || $0 == UInt8(ascii: ":") || $0 >= 0x7F }
+            let invalidValue = value.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 }
+            if invalidName || invalidValue {
+                throw .transport(code: Int(CURLE_BAD_FUNCTION_ARGUMENT.rawValue), message: "invalid header \(name.debugDescription)")
+            }
+            switch name.lowercased() {
+            case "content-length": continue
+            case "expect": hasExpect = true
+            case "content-type": hasContentType = true
+            default: break
+            }
+            // "Name;" is curl's syntax for a header with an empty value ("Name:" would remove it).
+            lines.append(value.isEmpty ? "\(name);" : "\(name): \(value)")
+        }
+        if !hasExpect { lines.append("Expect:") }
+        if !hasContentType { lines.append("Content-Type:") }
+        return lines
+    }
+
+    /// Frees the easy handle, header list, error buffer and the context reference held for curl.
+    /// The easy handle must already be detached from the multi handle.
+    func cleanup() {
+        curl_easy_cleanup(easy)
+        curl_slist_free_all(headerList)
+        headerList = nil
+        errorBuffer.deallocate()
+        loop.liveEasyHandles.subtract(1, ordering: .relaxed)
+        if let retainedSelf {
+            self.retainedSelf = nil
+            Unmanaged<ActiveTransfer>.fromOpaque(retainedSelf).release()
+        }
+    }
+
+    // MARK: timers
+
+    /// The next instant at which this transfer may time out, if any.
+    var nextDeadline: ContinuousClock.Instant? {
+        if !headReceived { return firstByteDeadline }
+        if paused { return nil }
+        return idleTimeout.map { lastActivity + $0 }
+    }
+
+    func expiredError(now: ContinuousClock.Instant) -> HTTPClientError? {
+        guard let deadline = nextDeadline, now >= deadline else { return nil }
+        return headReceived ? .idleTimeout : .firstByteTimeout
+    }
+
+    // MARK: events (loop thread)
+
+    func resume(now: ContinuousClock.Instant) {
+        state.prepareResume()
+        paused = false
+        lastActivity = now
+        _ = curl_easy_pause(easy, CURLPAUSE_CONT)
+    }
+
+    /// Transfer finished (successfully or not) according to `CURLMSG_DONE`.
+    func complete(code: CURLcode) {
+        if code == CURLE_OK {
+            if !headReceived { deliverHead() }
+            state.finish()
+            return
+        }
+        var message = String(cString: errorBuffer)
+        if message.isEmpty { message = String(cString: curl_easy_strerror(code)) }
+        if !headReceived, Self.isConnectFailure(code) {
+            state.fail(.connectFailed(message))
+        } else {
+            state.fail(.transport(code: Int(code.rawValue), message: message))
+        }
+    }
+
+    private static func isConnectFailure(_ code: CURLcode) -> Bool {
+        switch code {
+        case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY,
+            CURLE_OPERATION_TIMEDOUT,  // only the connect timeout is configured in curl
+            CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE,
+            CURLE_SSL_CERTPROBLEM, CURLE_SSL_ISSUER_ERROR, CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+            return true
+        default:
+            return false
+        }
+    }
+
+    private func deliverHead() {
+        headReceived = true
+        lastActivity = ContinuousClock.now
+        var status = parsedStatus
+        if status == 0 {
+            var code = 0
+            _ = meshd_curl_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &code)
+            status = code
+        }
+        state.deliverHead(HTTPClientResponseHead(status: status, headers: parsedHeaders))
+        parsedHeaders = []
+    }
+
+    fileprivate func onHeaderLine(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        if headReceived { return true }  // trailers
+        if state.isCompleted { return false }
+        var line = bytes[...]
+        while let last = line.last, last == 0x0A || last == 0x0D { line = line.dropLast() }
+        if line.isEmpty {
+            if parsedStatus >= 100 && parsedStatus < 200 {
+                parsedStatus = 0
+                parsedHeaders = []
+            } else {
+                deliverHead()
+            }
+            return true
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        if text.hasPrefix("HTTP/") {
+            let parts = text.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: true)
+            parsedStatus = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
+            parsedHeaders = []
+        } else if let first = line.first, first == 0x20 || first == 0x09 {
+            if let last = parsedHeaders.popLast() {  // obsolete line folding
+                parsedHeaders.append((last.0, last.1 + " " + trimmed(text)))
+            }
+        } else if let colon = text.firstIndex(of: ":") {
+            parsedHeaders.append((trimmed(text[..<colon]), trimmed(text[text.index(after: colon)...])))
+        }
+        return true
+    }
+
+    fileprivate func onBody(_ bytes: UnsafeRawBufferPointer) -> Int {
+        if !headReceived { deliverHead() }
+        guard !bytes.isEmpty else { return 0 }
+        switch state.offer(bytes) {
+        case .accepted:
+            lastActivity = ContinuousClock.now
+            return bytes.count
+        case .pause:
+            paused = true
+            return Int(CURL_WRITEFUNC_PAUSE)
+        case .reject:
+            return 0  // aborts the transfer with CURLE_WRITE_ERROR; it has already been failed
+        }
+    }
+}
+
+private func trimmed(_ text: some StringProtocol) -> String {
+    var scalars = Substring(text).unicodeScalars[...]
+    while let first = scalars.first, first == " " || first == "\t" { scalars = scalars.dropFirst() }
+    while let last = scalars.last, last == " " || last == "\t" { scalars = scalars.dropLast() }
+    return String(String.UnicodeScalarView(scalars))
+}
+
+private func curlWriteCallback(
+    _ pointer: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ userdata: UnsafeMutableRawPointer?
+) -> Int {
+    guard let userdata else { return 0 }
+    let transfer = Unmanaged<ActiveTransfer>.fromOpaque(userdata).takeUnretainedValue()
+    return transfer.onBody(UnsafeRawBufferPointer(start: pointer, count: size * count))
+}
+
+private func curlHeaderCallback(
+    _ pointer: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ userdata: UnsafeMutableRawPointer?
+) -> Int {
+    guard let userdata else { return 0 }
+    let transfer = Unmanaged<ActiveTransfer>.fromOpaque(userdata).takeUnretainedValue()
+    let total = size * count
+    return transfer.onHeaderLine(UnsafeRawBufferPointer(start: pointer, count: total)) ? total : 0
+}

@@ -1,0 +1,238 @@
+import MeshCore
+import MeshHTTPServer
+import NIOCore
+import NIOHTTP1
+
+/// The node's client API: a small route table over the OpenAI and Ollama endpoints, health,
+/// readiness and metrics, with bearer-key checks when keys are configured.
+public struct APIResponder: HTTPResponder {
+    public static let version = "0.1.0"
+
+    let proxy: InferenceProxy
+    let engines: any EngineDirectory
+    let metrics: NodeMetrics
+    let apiKeys: [[UInt8]]
+    let clock: any WallClock
+    let nodeName: String
+
+    public init(nodeName: String, proxy: InferenceProxy, engines: any EngineDirectory, metrics: NodeMetrics, apiKeys: [String], clock: any WallClock) {
+        self.nodeName = nodeName
+        self.proxy = proxy
+        self.engines = engines
+        self.metrics = metrics
+        self.apiKeys = apiKeys.map { Array($0.utf8) }
+        self.clock = clock
+    }
+
+    enum Route {
+        case root, healthz, readyz, metrics
+        case inference(InferenceRoute)
+        case openaiModels, openaiModel(String)
+        case ollamaTags, ollamaPs, ollamaShow, ollamaVersion
+    }
+
+    /// The route table: (method, path) → route; nil with `allowed` methods when the path exists but not the method.
+    static func match(_ method: HTTPMethod, _ path: String) -> (Route?, [HTTPMethod]) {
+        let get: [HTTPMethod] = [.GET, .HEAD]
+        switch path {
+        case "/", "": return get.contains(method) ? (.root, get) : (nil, get)
+        case "/healthz": return get.contains(method) ? (.healthz, get) : (nil, get)
+        case "/readyz": return get.contains(method) ? (.readyz, get) : (nil, get)
+        case "/metrics": return get.contains(method) ? (.metrics, get) : (nil, get)
+        case "/v1/models": return get.contains(method) ? (.openaiModels, get) : (nil, get)
+        case "/api/tags": return get.contains(method) ? (.ollamaTags, get) : (nil, get)
+        case "/api/ps": return get.contains(method) ? (.ollamaPs, get) : (nil, get)
+        case "/api/version": return get.contains(method) ? (.ollamaVersion, get) : (nil, get)
+        case "/api/show": return method == .POST ? (.ollamaShow, [.POST]) : (nil, [.POST])
+        default:
+            if let r = InferenceRoute(rawValue: path) {
+                return method == .POST ? (.inference(r), [.POST]) : (nil, [.POST])
+            }
+            if path.hasPrefix("/v1/models/") {
+                let id = String(path.dropFirst("/v1/models/".count))
+                return get.contains(method) ? (.openaiModel(id.removingPercentEncoding()), get) : (nil, get)
+            }
+            return (nil, [])
+        }
+    }
+
+    static func dialect(forPath path: String) -> Dialect { path.hasPrefix("/api/") ? .ollama : .openai }
+
+    public func respond(to request: HTTPServerRequest) async -> HTTPServerResponse {
+        let path = request.path
+        let dialect = Self.dialect(forPath: path)
+        let (route, allowed) = Self.match(request.method, path)
+        guard let route else {
+            if allowed.isEmpty {
+                return error(APIError(status: 404, message: "no route for \(request.method) \(path)", code: "not_found"), dialect)
+            }
+            var h = HTTPHeaders()
+            h.add(name: "Allow", value: allowed.map(\.rawValue).joined(separator: ", "))
+            return error(APIError(status: 405, message: "method \(request.method) not allowed on \(path); use \(allowed.map(\.rawValue).joined(separator: " or "))",
+                                  code: "method_not_allowed"), dialect, headers: h)
+        }
+        switch route {
+        case .healthz, .readyz, .root: break
+        default:
+            if !authorized(request) {
+                var h = HTTPHeaders()
+                h.add(name: "WWW-Authenticate", value: "Bearer")
+                return error(.unauthorized, dialect, headers: h)
+            }
+        }
+        switch route {
+        case .root: return .text(.ok, "meshd is running")
+        case .healthz: return .json(.ok, ["status": "ok", "node": .string(nodeName)])
+        case .readyz:
+            let healthy = engines.snapshot().filter(\.healthy).map(\.id)
+            return healthy.isEmpty
+                ? .json(.serviceUnavailable, ["status": "not ready", "reason": "no healthy engine"])
+                : .json(.ok, ["status": "ready", "engines": .array(healthy.map(JSON.string))])
+        case .metrics:
+            return .bytes(.ok, metrics.render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        case .inference(let r):
+            return await proxy.handle(route: r, request: request)
+        case .openaiModels:
+            return .json(.ok, ["object": "list", "data": .array(modelList().map { openAIModel($0.0) })], headers: nodeHeader)
+        case .openaiModel(let id):
+            guard let m = modelList().first(where: { ModelName.matches($0.0.name, id) }) else {
+                return error(.modelNotFound(id, available: modelList().map(\.0.name)), .openai)
+            }
+            return .json(.ok, openAIModel(m.0), headers: nodeHeader)
+        case .ollamaTags:
+            return .json(.ok, ["models": .array(modelList().map { ollamaTag($0.0) })], headers: nodeHeader)
+        case .ollamaPs:
+            return .json(.ok, ["models": .array(modelList().filter(\.0.loaded).map { ollamaPs($0.0) })], headers: nodeHeader)
+        case .ollamaVersion:
+            return .json(.ok, ["version": .string(Self.version)], headers: nodeHeader)
+        case .ollamaShow:
+            return show(request)
+        }
+    }
+
+    public func serverError(status: HTTPResponseStatus, message: String, code: String, path: String) -> HTTPServerResponse {
+        error(APIError(status: Int(status.code), message: message, code: code), Self.dialect(forPath: path))
+    }
+
+    // MARK: helpers
+
+    var nodeHeader: HTTPHeaders {
+        var h = HTTPHeaders()
+        h.add(name: "X-Meshd-Node", value: nodeName)
+        return h
+    }
+
+    func error(_ e: APIError, _ dialect: Dialect, headers: HTTPHeaders = HTTPHeaders()) -> HTTPServerResponse {
+        var h = headers
+        h.replaceOrAdd(name: "X-Meshd-Node", value: nodeName)
+        return .json(HTTPResponseStatus(statusCode: e.status), e.body(for: dialect), headers: h)
+    }
+
+    func authorized(_ request: HTTPServerRequest) -> Bool {
+        if apiKeys.isEmpty { return true }
+        guard let auth = request.header("authorization") else { return false }
+        let parts = auth.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return false }
+        let presented = Array(parts[1].utf8)
+        var ok = false
+        for k in apiKeys where Self.constantTimeEqual(k, presented) { ok = true }
+        return ok
+    }
+
+    /// Compares without an early exit, so timing does not reveal how much of a key matched.
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var diff = UInt8(a.count == b.count ? 0 : 1)
+        for i in 0..<max(a.count, b.count) {
+            diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
+        }
+        return diff == 0
+    }
+
+    /// Models of healthy engines, deduplicated by name (first engine wins), with the engine.
+    func modelList() -> [(ModelInfo, EngineSnapshot)] {
+        var seen = Set<String>()
+        var out: [(ModelInfo, EngineSnapshot)] = []
+        for e in engines.snapshot() where e.healthy {
+            for m in e.models where seen.insert(m.name).inserted { out.append((m, e)) }
+        }
+        return out
+    }
+
+    var createdSeconds: Int64 { Int64(clock.nowNanos() / 1_000_000_000) }
+
+    func openAIModel(_ m: ModelInfo) -> JSON {
+        ["id": .string(m.name), "object": "model", "created": .int(createdSeconds), "owned_by": .string("meshd:\(nodeName)")]
+    }
+
+    func details(_ m: ModelInfo) -> JSON {
+        [
+            "parent_model": "", "format": "gguf", "family": .string(m.family ?? ""),
+            "families": m.family.map { JSON.array([.string($0)]) } ?? .null,
+            "parameter_size": .string(m.parameterSize ?? ""), "quantization_level": .string(m.quantization ?? ""),
+        ]
+    }
+
+    func ollamaTag(_ m: ModelInfo) -> JSON {
+        [
+            "name": .string(m.name), "model": .string(m.name), "modified_at": .string(ISO8601.format(nanos: clock.nowNanos())),
+            "size": .int(m.sizeBytes ?? 0), "digest": .string(Self.digest(m.name)), "details": details(m),
+        ]
+    }
+
+    func ollamaPs(_ m: ModelInfo) -> JSON {
+        [
+            "name": .string(m.name), "model": .string(m.name), "size": .int(m.sizeBytes ?? 0), "digest": .string(Self.digest(m.name)),
+            "details": details(m), "expires_at": .string(ISO8601.format(nanos: clock.nowNanos() + 300_000_000_000)),
+            "size_vram": .int(m.vramBytes ?? 0), "context_length": m.contextLength.map { .integer($0) } ?? .null,
+        ]
+    }
+
+    func show(_ request: HTTPServerRequest) -> HTTPServerResponse {
+        let body: JSON
+        do {
+            body = try JSONParser.parse(request.bodyBytes)
+        } catch {
+            return self.error(.badJSON(error), .ollama)
+        }
+        guard let name = body["model"]?.stringValue ?? body["name"]?.stringValue else {
+            return self.error(.missing("model"), .ollama)
+        }
+        guard let (m, e) = modelList().first(where: { ModelName.matches($0.0.name, name) }) else {
+            return self.error(.modelNotFound(name, available: modelList().map(\.0.name)), .ollama)
+        }
+        var info: [(String, JSON)] = [("general.architecture", .string(m.family ?? "unknown"))]
+        if let c = m.contextLength { info.append(("\(m.family ?? "general").context_length", .integer(c))) }
+        var caps: [JSON] = [m.embeddings == true ? "embedding" : "completion"]
+        if m.embeddings == nil { caps.append("embedding") }
+        return .json(.ok, [
+            "modelfile": "", "parameters": "", "template": "", "details": details(m), "model_info": .object(info),
+            "capabilities": .array(caps), "modified_at": .string(ISO8601.format(nanos: clock.nowNanos())),
+            "meshd": ["node": .string(nodeName), "engine": .string(e.id)],
+        ], headers: nodeHeader)
+    }
+
+    /// A stable pseudo digest for engines that do not report one (FNV-1a, hex).
+    static func digest(_ s: String) -> String {
+        var h: UInt64 = 0xcbf29ce484222325
+        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100000001b3 }
+        let hex = String(h, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+}
+
+extension String {
+    /// Decodes `%XX` escapes (model ids with `:` or `/` arrive escaped).
+    func removingPercentEncoding() -> String {
+        var out: [UInt8] = []
+        var it = Array(utf8)[...]
+        while let c = it.popFirst() {
+            if c == UInt8(ascii: "%"), it.count >= 2, let v = UInt8(String(decoding: it.prefix(2), as: UTF8.self), radix: 16) {
+                out.append(v)
+                it = it.dropFirst(2)
+            } else {
+                out.append(c)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

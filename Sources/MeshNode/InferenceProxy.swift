@@ -1,0 +1,270 @@
+import Logging
+import MeshCore
+import MeshHTTPClient
+import MeshHTTPServer
+import NIOCore
+import NIOHTTP1
+
+/// What the proxy needs from the engine layer: the current view and bookkeeping hooks.
+public protocol EngineDirectory: Sendable {
+    /// Latest known state of every engine (cached; no I/O).
+    func snapshot() -> [EngineSnapshot]
+    /// Extra headers for requests to an engine (its API key).
+    func requestHeaders(engineID: String) -> [(String, String)]
+    /// A request to `engineID` starts.
+    func requestStarted(engineID: String)
+    /// It ended; `usage` and timings feed the measured speeds.
+    func requestFinished(engineID: String, usage: TokenUsage?, firstTokenSeconds: Double?, totalSeconds: Double, ok: Bool)
+    /// A request could not reach the engine: take it out of rotation until the next poll says otherwise.
+    func engineUnreachable(engineID: String, reason: String)
+}
+
+/// Serves inference routes: parse, route, translate, relay. Same-dialect bodies and streams are
+/// relayed as they come; cross-dialect ones are translated chunk by chunk, never buffered.
+public struct InferenceProxy: Sendable {
+    public let nodeName: String
+    let engines: any EngineDirectory
+    let client: CurlHTTPClient
+    let metrics: NodeMetrics
+    let clock: any WallClock
+    let logger: Logger
+    let timeouts: TimeoutConfig
+
+    public init(nodeName: String, engines: any EngineDirectory, client: CurlHTTPClient, metrics: NodeMetrics,
+                clock: any WallClock, timeouts: TimeoutConfig, logger: Logger) {
+        self.nodeName = nodeName
+        self.engines = engines
+        self.client = client
+        self.metrics = metrics
+        self.clock = clock
+        self.timeouts = timeouts
+        self.logger = logger
+    }
+
+    /// Answers one inference request.
+    public func handle(route: InferenceRoute, request: HTTPServerRequest) async -> HTTPServerResponse {
+        let started = ContinuousClock.now
+        let startNanos = clock.nowNanos()
+        let api = route.dialect.rawValue
+        metrics.begin()
+        let req: InferenceRequest
+        do {
+            req = try RequestParser.parse(route: route, body: request.bodyBytes)
+        } catch {
+            metrics.end(api: api, route: route.rawValue, model: "", status: error.status, duration: ContinuousClock.now - started)
+            return errorResponse(error, dialect: route.dialect)
+        }
+        var excluded = Set<String>()
+        // Retry on another engine while nothing has been sent to the client.
+        while true {
+            let view = engines.snapshot().filter { !excluded.contains($0.id) }
+            let decision: RouteDecision
+            switch Router.choose(model: req.model, operation: req.operation, promptTokens: req.estimatedPromptTokens,
+                                 maxTokens: req.options.maxTokens, engines: view) {
+            case .success(let d): decision = d
+            case .failure(let e):
+                metrics.end(api: api, route: route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
+                return errorResponse(e, dialect: route.dialect)
+            }
+            guard let engine = view.first(where: { $0.id == decision.engineID }) else { continue }
+            let outcome = await attempt(req, engine: engine, decision: decision, startNanos: startNanos, started: started)
+            switch outcome {
+            case .response(let r):
+                return r
+            case .unreachable(let reason):
+                engines.engineUnreachable(engineID: engine.id, reason: reason)
+                excluded.insert(engine.id)
+                logger.warning("engine unreachable, trying another", metadata: ["engine": "\(engine.id)", "reason": "\(reason)"])
+            }
+        }
+    }
+
+    enum Outcome {
+        case response(HTTPServerResponse)
+        case unreachable(String)
+    }
+
+    private func attempt(_ req: InferenceRequest, engine: EngineSnapshot, decision: RouteDecision,
+                         startNanos: UInt64, started: ContinuousClock.Instant) async -> Outcome {
+        let api = req.route.dialect.rawValue
+        let er = EngineRequestBuilder.build(req, engine: engine.kind.dialect, engineModel: decision.engineModel)
+        let ctx = ResponseContext(request: req, engine: er, id: Self.newID(req.route), startNanos: startNanos)
+        var headers: [(String, String)] = [("Content-Type", "application/json"), ("Accept", er.stream ? "text/event-stream, application/x-ndjson" : "application/json")]
+        headers += engines.requestHeaders(engineID: engine.id)
+        let httpReq = HTTPClientRequest(method: "POST", url: Self.join(engine.url, er.path), headers: headers, body: er.body.serialized())
+        var respHeaders = HTTPHeaders()
+        respHeaders.add(name: "X-Meshd-Node", value: nodeName)
+        respHeaders.add(name: "X-Meshd-Engine", value: engine.id)
+        respHeaders.add(name: "X-Meshd-Route", value: decision.reason)
+
+        let finishMetrics: @Sendable (Int, TokenUsage?, UInt64?) -> Void = { [engines, metrics] status, usage, firstToken in
+            let total = ContinuousClock.now - started
+            metrics.end(api: api, route: req.route.rawValue, model: req.model, status: status, duration: total)
+            if let u = usage { metrics.tokens(model: req.model, prompt: u.promptTokens, completion: u.completionTokens) }
+            var ttft: Double?
+            if let f = firstToken, f > startNanos {
+                ttft = Double(f - startNanos) / 1e9
+                metrics.timeToFirstToken(api: api, model: req.model, .nanoseconds(Int64(f - startNanos)))
+            }
+            engines.requestFinished(engineID: engine.id, usage: usage, firstTokenSeconds: ttft,
+                                    totalSeconds: Double(total.nanoseconds) / 1e9, ok: status < 400)
+        }
+
+        engines.requestStarted(engineID: engine.id)
+        if !er.stream {
+            let head: HTTPClientResponseHead
+            let body: [UInt8]
+            do {
+                (head, body) = try await client.execute(httpReq)
+            } catch {
+                if let o = unreachable(error) {
+                    engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false)
+                    return o
+                }
+                let e = mapClientError(error)
+                finishMetrics(e.status, nil, nil)
+                return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+            }
+            let endNanos = clock.nowNanos()
+            if head.status != 200 {
+                let e = engineStatusError(head.status, body: body, model: req.model)
+                finishMetrics(e.status, nil, nil)
+                return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+            }
+            let json: JSON
+            do {
+                json = try JSONParser.parse(body)
+            } catch {
+                let e = APIError.engineFailed("engine answered with invalid JSON (\(error.description))")
+                finishMetrics(e.status, nil, nil)
+                return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+            }
+            do {
+                let (out, usage) = try ResponseTranslator.translate(engineBody: json, context: ctx, endNanos: endNanos)
+                finishMetrics(200, usage, nil)
+                return .response(.json(.ok, out, headers: respHeaders))
+            } catch {
+                finishMetrics(error.status, nil, nil)
+                return .response(errorResponse(error, dialect: req.clientDialect, headers: respHeaders))
+            }
+        }
+
+        // Streaming.
+        let stream: HTTPClientStreamingResponse
+        do {
+            stream = try await client.stream(httpReq)
+        } catch {
+            if let o = unreachable(error) {
+                engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false)
+                return o
+            }
+            let e = mapClientError(error)
+            finishMetrics(e.status, nil, nil)
+            return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+        }
+        if stream.head.status != 200 {
+            var body: [UInt8] = []
+            do {
+                for try await chunk in stream {
+                    body += chunk
+                    if body.count > 64 * 1024 { break }
+                }
+            } catch {}
+            stream.cancel()
+            let e = engineStatusError(stream.head.status, body: body, model: req.model)
+            finishMetrics(e.status, nil, nil)
+            return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+        }
+        respHeaders.add(name: "Content-Type", value: req.clientDialect == .openai ? "text/event-stream; charset=utf-8" : "application/x-ndjson")
+        respHeaders.add(name: "Cache-Control", value: "no-cache")
+        let clock = self.clock
+        let logger = self.logger
+        return .response(HTTPServerResponse(status: .ok, headers: respHeaders, body: .stream { writer in
+            var translator = StreamTranslator(context: ctx)
+            var status = 200
+            defer { finishMetrics(status, translator.usage ?? (translator.contentChunks > 0 ? TokenUsage(promptTokens: 0, completionTokens: translator.contentChunks) : nil), translator.firstTokenNanos) }
+            do {
+                for try await chunk in stream {
+                    let out = try translator.feed(chunk, nowNanos: clock.nowNanos())
+                    if !out.isEmpty { try await writer.write(out) }
+                    if translator.finished { break }
+                }
+            } catch let e as APIError {
+                status = e.status
+                try await writer.write(translator.fail(message: e.message, nowNanos: clock.nowNanos()))
+                stream.cancel()
+                return
+            } catch let e as HTTPClientError {
+                if e == .cancelled || Task.isCancelled {
+                    status = 499
+                    stream.cancel()
+                    throw CancellationError()
+                }
+                status = e == .idleTimeout ? 504 : 502
+                logger.warning("engine stream failed", metadata: ["engine": "\(engine.id)", "error": "\(e)"])
+                try await writer.write(translator.fail(message: "engine stream failed: \(e)", nowNanos: clock.nowNanos()))
+                return
+            } catch {
+                // The client went away (write failed) or the task was cancelled.
+                status = 499
+                stream.cancel()
+                throw error
+            }
+            stream.cancel()
+            let tail = translator.finish(nowNanos: clock.nowNanos())
+            if !tail.isEmpty { try await writer.write(tail) }
+        }))
+    }
+
+    private func unreachable(_ error: any Error) -> Outcome? {
+        if case .connectFailed(let m)? = error as? HTTPClientError { return .unreachable(m) }
+        return nil
+    }
+
+    private func mapClientError(_ error: any Error) -> APIError {
+        switch error as? HTTPClientError {
+        case .firstByteTimeout?: return .engineTimeout("no response within \(timeouts.firstByteMs) ms")
+        case .idleTimeout?: return .engineTimeout("no data for \(timeouts.betweenChunksMs) ms")
+        case .cancelled?: return APIError(status: 499, message: "client closed the request", type: "server_error", code: "cancelled")
+        case .shutdown?: return .noHealthyEngine("node is shutting down")
+        case .connectFailed(let m)?: return .noHealthyEngine(m)
+        case .transport(_, let m)?: return .engineFailed(m)
+        case nil: return .engineFailed("\(error)")
+        }
+    }
+
+    private func engineStatusError(_ status: Int, body: [UInt8], model: String) -> APIError {
+        let msg = (try? JSONParser.parse(body)).flatMap(ResponseTranslator.engineError) ?? String(decoding: body.prefix(512), as: UTF8.self)
+        if status == 404 {
+            return APIError(status: 404, message: "engine does not have model '\(model)': \(msg)", param: "model", code: "model_not_found")
+        }
+        if (400..<500).contains(status) && status != 429 {
+            return APIError(status: status, message: msg)
+        }
+        if status == 429 || status == 503 {
+            return APIError(status: 503, message: "engine is overloaded: \(msg)", type: "server_error", code: "engine_overloaded")
+        }
+        return .engineFailed("status \(status): \(msg)")
+    }
+
+    func errorResponse(_ e: APIError, dialect: Dialect, headers: HTTPHeaders = HTTPHeaders()) -> HTTPServerResponse {
+        var h = headers
+        h.replaceOrAdd(name: "X-Meshd-Node", value: nodeName)
+        return .json(HTTPResponseStatus(statusCode: e.status), e.body(for: dialect), headers: h)
+    }
+
+    static func join(_ base: String, _ path: String) -> String {
+        base.hasSuffix("/") ? String(base.dropLast()) + path : base + path
+    }
+
+    static func newID(_ route: InferenceRoute) -> String {
+        let prefix: String
+        switch route {
+        case .openaiCompletion: prefix = "cmpl-"
+        default: prefix = "chatcmpl-"
+        }
+        var g = SystemRandomNumberGenerator()
+        let hex = Array("0123456789abcdef")
+        return prefix + String((0..<24).map { _ in hex[Int(g.next() % 16)] })
+    }
+}

@@ -1,0 +1,75 @@
+import CoreMetrics
+import Metrics
+import Prometheus
+import Synchronization
+
+/// The node's metrics: swift-metrics instruments backed by a per-node Prometheus registry
+/// (not the global bootstrap, so several nodes can live in one test process).
+public final class NodeMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+    private let inFlight: CoreMetrics.Gauge
+    private let inFlightCount = Mutex(0)
+
+    static let latencyBuckets: [Duration] = [
+        .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+        .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30), .seconds(60),
+        .seconds(120),
+    ]
+
+    public init() {
+        registry = PrometheusCollectorRegistry()
+        var f = PrometheusMetricsFactory(registry: registry)
+        f.durationHistogramBuckets = [
+            "meshd_request_duration_seconds": Self.latencyBuckets,
+            "meshd_time_to_first_token_seconds": Self.latencyBuckets,
+        ]
+        factory = f
+        inFlight = CoreMetrics.Gauge(label: "meshd_requests_in_flight", dimensions: [], factory: factory)
+        inFlight.record(0)
+    }
+
+    /// A request started.
+    public func begin() {
+        let n = inFlightCount.withLock { $0 += 1; return $0 }
+        inFlight.record(n)
+    }
+
+    /// A request finished: counts it by API, model and status, and records its latency.
+    public func end(api: String, route: String, model: String, status: Int, duration: Duration) {
+        let n = inFlightCount.withLock { $0 -= 1; return $0 }
+        inFlight.record(n)
+        let dims = [("api", api), ("route", route), ("model", model), ("status", String(status))]
+        CoreMetrics.Counter(label: "meshd_requests_total", dimensions: dims, factory: factory).increment()
+        Metrics.Timer(label: "meshd_request_duration_seconds", dimensions: [("api", api), ("model", model)], factory: factory)
+            .recordNanoseconds(duration.nanoseconds)
+    }
+
+    /// Time from request arrival to the first generated token.
+    public func timeToFirstToken(api: String, model: String, _ d: Duration) {
+        Metrics.Timer(label: "meshd_time_to_first_token_seconds", dimensions: [("api", api), ("model", model)], factory: factory)
+            .recordNanoseconds(d.nanoseconds)
+    }
+
+    /// Tokens in (prompt) and out (generated).
+    public func tokens(model: String, prompt: Int, completion: Int) {
+        if prompt > 0 { CoreMetrics.Counter(label: "meshd_tokens_in_total", dimensions: [("model", model)], factory: factory).increment(by: prompt) }
+        if completion > 0 { CoreMetrics.Counter(label: "meshd_tokens_out_total", dimensions: [("model", model)], factory: factory).increment(by: completion) }
+    }
+
+    /// Engine health as a gauge (1 healthy, 0 not).
+    public func engineHealthy(_ id: String, _ healthy: Bool) {
+        CoreMetrics.Gauge(label: "meshd_engine_healthy", dimensions: [("engine", id)], factory: factory).record(healthy ? 1 : 0)
+    }
+
+    /// Prometheus text exposition.
+    public func render() -> [UInt8] { registry.emitToBuffer() }
+}
+
+extension Duration {
+    /// Whole nanoseconds (saturating).
+    public var nanoseconds: Int64 {
+        let (s, a) = components
+        return s * 1_000_000_000 + a / 1_000_000_000
+    }
+}

@@ -1,0 +1,22 @@
+import ArgumentParser
+import Foundation
+
+/// `meshctl status`: the node at a glance.
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show the local node's status.")
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        let (_, data) = try global.get("/v1/status")
+        if global.json { global.printJSON(data); return }
+        guard let s = try global.decode(data) as? [String: Any] else { throw ExitCode(1) }
+        let models = (s["models"] as? [String]) ?? []
+        print("""
+        node:     \(s["node"] ?? "?") (meshd \(s["version"] ?? "?"))
+        uptime:   \(Int((s["uptime_seconds"] as? Double) ?? 0)) s
+        engines:  \(s["engines_healthy"] ?? 0) healthy of \(s["engines_total"] ?? 0)
+        in flight: \(s["in_flight"] ?? 0)
+        models:   \(models.isEmpty ? "(none)" : models.joined(separator: ", "))
+        """)
+    }
+}

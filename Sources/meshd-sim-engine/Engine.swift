@@ -1,0 +1,403 @@
+import ArgumentParser
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+enum FailMode: String, Sendable, CaseIterable, ExpressibleByArgument {
+    case none
+    case refuse
+    case hang
+    case dieMidStream = "die-mid-stream"
+}
+
+/// Behaviour that can be changed at runtime through `POST /sim/control`.
+struct Settings: Sendable {
+    var fail: FailMode
+    var failRate: Double
+    var failAfterTokens: Int
+    var latencyMs: Double
+    var promptTps: Double
+    var genTps: Double
+    var maxTokens: Int
+    var loadMs: Double
+
+    func json() -> String {
+        var s = "{\"fail\":"
+        s.appendJSONString(fail.rawValue)
+        s += ",\"fail_rate\":\(fmt(failRate)),\"fail_after_tokens\":\(failAfterTokens)"
+        s += ",\"latency_ms\":\(fmt(latencyMs)),\"prompt_tps\":\(fmt(promptTps)),\"gen_tps\":\(fmt(genTps))"
+        s += ",\"max_tokens\":\(maxTokens),\"load_ms\":\(fmt(loadMs))}"
+        return s
+    }
+}
+
+/// JSON number text for a Double (integral values without a fraction).
+func fmt(_ d: Double) -> String {
+    if d.rounded() == d && abs(d) < 1e15 { return String(Int(d)) }
+    return d.description
+}
+
+struct ModelInfo: Sendable {
+    let name: String
+    let family: String
+    let parameterSize: String
+    let parameterCount: Int
+    let size: Int
+    let digest: String
+}
+
+/// What the scheduler decided for an incoming request.
+enum Admission {
+    case run(slot: Int)
+    case queued(ticket: UInt64)
+    case rejected(waiting: Int)
+}
+
+/// A request parked in the FIFO queue. `resume` hops to the request's event loop.
+struct Waiter: Sendable {
+    let ticket: UInt64
+    let resume: @Sendable (Int) -> Void
+}
+
+/// Per-request data handed out by `Engine.begin`.
+struct Begin {
+    let settings: Settings
+    let fail: FailMode
+    let seq: UInt64
+    let needsLoad: Bool
+}
+
+struct Counters: Sendable {
+    var requests = 0
+    var completed = 0
+    var cancelled = 0
+    var failed = 0
+    var rejected = 0
+    var errors = 0
+    var maxConcurrent = 0
+    var promptTokens = 0
+    var generatedTokens = 0
+}
+
+/// Shared scheduler state. All mutation happens under one mutex; the hot path takes it a couple of times per request.
+final class Engine: Sendable {
+    let models: [ModelInfo]
+    let slotCount: Int
+    let queueLimit: Int
+    let embeddingDim: Int
+    let contextLength: Int
+    let startUnix: Int
+    let startStamp: String
+
+    private struct State {
+        var settings: Settings
+        var counters = Counters()
+        var failSeq: UInt64 = 0
+        var idSeq: UInt64 = 0
+        var ticketSeq: UInt64 = 0
+        var slotBusy: [Bool]
+        var running = 0
+        var queue: [Waiter] = []
+        var queueHead = 0
+        var hanging = 0
+        var loaded: [String] = []
+    }
+
+    private let state: Mutex<State>
+
+    init(models: [ModelInfo], loaded: [String], slots: Int, queue: Int, embeddingDim: Int,
+         contextLength: Int, settings: Settings) {
+        self.models = models
+        self.slotCount = slots
+        self.queueLimit = queue
+        self.embeddingDim = embeddingDim
+        self.contextLength = contextLength
+        self.startUnix = Int(time(nil))
+        self.startStamp = rfc3339(epochNanos: UInt64(self.startUnix) * 1_000_000_000)
+        var st = State(settings: settings, slotBusy: Array(repeating: false, count: slots))
+        st.loaded = loaded
+        self.state = Mutex(st)
+    }
+
+    // MARK: models
+
+    func resolve(_ name: String) -> ModelInfo? {
+        for m in models where m.name == name { return m }
+        func base(_ s: Substring) -> Substring { s.hasSuffix(":latest") ? s.dropLast(7) : s }
+        let b = base(Substring(name))
+        for m in models where base(Substring(m.name)) == b { return m }
+        return nil
+    }
+
+    func loadedModels() -> [ModelInfo] {
+        let names = state.withLock { $0.loaded }
+        return names.compactMap { n in models.first { $0.name == n } }
+    }
+
+    func unload(_ name: String) {
+        state.withLock { $0.loaded.removeAll { $0 == name } }
+    }
+
+    func markLoaded(_ name: String) -> Bool {
+        state.withLock { st in
+            if st.loaded.contains(name) { return false }
+            st.loaded.append(name)
+            return true
+        }
+    }
+
+    // MARK: settings
+
+    var settings: Settings { state.withLock { $0.settings } }
+
+    func update(_ body: (inout Settings) -> Void) -> Settings {
+        state.withLock { st in
+            body(&st.settings)
+            st.failSeq = 0
+            return st.settings
+        }
+    }
+
+    // MARK: request lifecycle
+
+    func countError() {
+        state.withLock { st in
+            st.counters.requests += 1
+            st.counters.errors += 1
+        }
+    }
+
+    /// Counts a valid inference request, decides deterministically whether a failure is injected, marks the model loaded.
+    func begin(model: String) -> Begin {
+        state.withLock { st in
+            st.counters.requests += 1
+            st.idSeq &+= 1
+            var mode = FailMode.none
+            if st.settings.fail != .none {
+                st.failSeq &+= 1
+                let r = min(max(st.settings.failRate, 0), 1)
+                let n = Double(st.failSeq)
+                if (n * r + 1e-9).rounded(.down) > ((n - 1) * r + 1e-9).rounded(.down) {
+                    mode = st.settings.fail
+                }
+            }
+            var needsLoad = false
+            if !st.loaded.contains(model) {
+                st.loaded.append(model)
+                needsLoad = true
+            }
+            return Begin(settings: st.settings, fail: mode, seq: st.idSeq, needsLoad: needsLoad)
+        }
+    }
+
+    func noteFailed() { state.withLock { $0.counters.failed += 1 } }
+
+    func hangStarted() {
+        state.withLock { st in
+            st.hanging += 1
+            st.counters.failed += 1
+        }
+    }
+
+    func hangEnded() {
+        state.withLock { st in
+            st.hanging -= 1
+            st.counters.cancelled += 1
+        }
+    }
+
+    /// Takes a free slot, or parks the request in the FIFO queue, or rejects it when the queue is full.
+    func admit(makeWaiter: (UInt64) -> Waiter) -> Admission {
+        state.withLock { st in
+            if st.running < st.slotBusy.count, let slot = st.slotBusy.firstIndex(of: false) {
+                st.slotBusy[slot] = true
+                st.running += 1
+                if st.running > st.counters.maxConcurrent { st.counters.maxConcurrent = st.running }
+                return .run(slot: slot)
+            }
+            let waiting = st.queue.count - st.queueHead
+            if waiting >= queueLimit {
+                st.counters.rejected += 1
+                return .rejected(waiting: waiting)
+            }
+            st.ticketSeq &+= 1
+            st.queue.append(makeWaiter(st.ticketSeq))
+            return .queued(ticket: st.ticketSeq)
+        }
+    }
+
+    /// Removes a queued request (client went away). False when it was already handed a slot.
+    func cancelQueued(ticket: UInt64) -> Bool {
+        state.withLock { st in
+            guard let idx = st.queue[st.queueHead...].firstIndex(where: { $0.ticket == ticket }) else { return false }
+            st.queue.remove(at: idx)
+            st.counters.cancelled += 1
+            return true
+        }
+    }
+
+    enum Outcome { case completed, cancelled, failed, none }
+
+    /// Frees `slot`, handing it straight to the next queued request if there is one.
+    func release(slot: Int, outcome: Outcome, promptTokens: Int, generated: Int) {
+        let next: Waiter? = state.withLock { st in
+            switch outcome {
+            case .completed: st.counters.completed += 1
+            case .cancelled: st.counters.cancelled += 1
+            case .failed: st.counters.failed += 1
+            case .none: break
+            }
+            st.counters.promptTokens += promptTokens
+            st.counters.generatedTokens += generated
+            if st.queueHead < st.queue.count {
+                let w = st.queue[st.queueHead]
+                st.queueHead += 1
+                if st.queueHead > 64 && st.queueHead * 2 > st.queue.count {
+                    st.queue.removeFirst(st.queueHead)
+                    st.queueHead = 0
+                }
+                return w  // slot stays busy, ownership moves to the waiter
+            }
+            st.slotBusy[slot] = false
+            st.running -= 1
+            return nil
+        }
+        next?.resume(slot)
+    }
+
+    struct Snapshot {
+        var counters: Counters
+        var running: Int
+        var waiting: Int
+        var hanging: Int
+        var slotBusy: [Bool]
+    }
+
+    func snapshot() -> Snapshot {
+        state.withLock { st in
+            Snapshot(counters: st.counters, running: st.running, waiting: st.queue.count - st.queueHead,
+                     hanging: st.hanging, slotBusy: st.slotBusy)
+        }
+    }
+
+    func resetCounters() {
+        state.withLock { st in
+            st.counters = Counters()
+            st.counters.maxConcurrent = st.running
+        }
+    }
+}
+
+// MARK: - time helpers
+
+func wallNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+private func pad(_ v: Int, _ width: Int, into s: inout String) {
+    let d = String(v)
+    if d.count < width { s.append(String(repeating: "0", count: width - d.count)) }
+    s.append(d)
+}
+
+/// RFC 3339 UTC timestamp with nanoseconds, the way Ollama prints `created_at`.
+func rfc3339(epochNanos: UInt64) -> String {
+    var t = time_t(epochNanos / 1_000_000_000)
+    let ns = Int(epochNanos % 1_000_000_000)
+    var tmv = tm()
+    gmtime_r(&t, &tmv)
+    var s = ""
+    s.reserveCapacity(30)
+    pad(Int(tmv.tm_year) + 1900, 4, into: &s); s.append("-")
+    pad(Int(tmv.tm_mon) + 1, 2, into: &s); s.append("-")
+    pad(Int(tmv.tm_mday), 2, into: &s); s.append("T")
+    pad(Int(tmv.tm_hour), 2, into: &s); s.append(":")
+    pad(Int(tmv.tm_min), 2, into: &s); s.append(":")
+    pad(Int(tmv.tm_sec), 2, into: &s); s.append(".")
+    pad(ns, 9, into: &s); s.append("Z")
+    return s
+}
+
+// MARK: - deterministic hashing
+
+func fnv1a(_ s: String) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in s.utf8 {
+        h ^= UInt64(b)
+        h = h &* 0x0000_0100_0000_01B3
+    }
+    return h
+}
+
+func splitmix(_ x: UInt64) -> UInt64 {
+    var z = x &+ 0x9E37_79B9_7F4A_7C15
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+}
+
+/// Deterministic unit-length embedding of `text`.
+func embedding(of text: String, dim: Int) -> [Float] {
+    let seed = fnv1a(text)
+    var v = [Float](repeating: 0, count: dim)
+    var norm: Double = 0
+    for j in 0..<dim {
+        let r = splitmix(seed &+ UInt64(j) &* 0x1000_0000_01B3)
+        let x = Double(r >> 11) / Double(1 << 53) * 2 - 1
+        v[j] = Float(x)
+        norm += x * x
+    }
+    let n = norm.squareRoot()
+    if n > 0 { for j in 0..<dim { v[j] = Float(Double(v[j]) / n) } }
+    return v
+}
+
+func appendVector(_ v: [Float], into s: inout String) {
+    s.append("[")
+    for (k, x) in v.enumerated() {
+        if k > 0 { s.append(",") }
+        s.append(x.description)
+    }
+    s.append("]")
+}
+
+/// Number of whitespace-separated words.
+func wordCount(_ s: String) -> Int {
+    var n = 0
+    var inWord = false
+    for b in s.utf8 {
+        let ws = b == 0x20 || (b >= 0x09 && b <= 0x0D)
+        if ws {
+            inWord = false
+        } else if !inWord {
+            inWord = true
+            n += 1
+        }
+    }
+    return n
+}
+
+func makeModelInfo(_ name: String) -> ModelInfo {
+    let lower = name.lowercased()
+    let (ps, count, size): (String, Int, Int)
+    if lower.contains("large") || lower.contains("70b") {
+        (ps, count, size) = ("70.6B", 70_553_706_496, 42_520_413_916)
+    } else if lower.contains("medium") || lower.contains("8b") {
+        (ps, count, size) = ("8.0B", 8_030_261_248, 4_920_753_328)
+    } else {
+        (ps, count, size) = ("1.2B", 1_235_814_400, 807_694_464)
+    }
+    let h = fnv1a(name)
+    var digest = ""
+    for k in 0..<4 {
+        let part = String(splitmix(h &+ UInt64(k)), radix: 16)
+        digest += String(repeating: "0", count: 16 - part.count) + part
+    }
+    return ModelInfo(name: name, family: "llama", parameterSize: ps, parameterCount: count, size: size, digest: digest)
+}

@@ -1,0 +1,119 @@
+// meshd-sim-engine: a simulated LLM inference engine speaking the Ollama and OpenAI HTTP APIs
+// (plus llama-server / vLLM style extras) with deterministic output, timing, slots and failure injection.
+import ArgumentParser
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+struct SimEngineCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meshd-sim-engine",
+        abstract: "Simulated inference engine (Ollama + OpenAI APIs) for deterministic scheduling tests and benchmarks.")
+
+    @Option(help: "Address to bind.") var host = "127.0.0.1"
+    @Option(help: "Port to bind (0 = pick a free one).") var port = 0
+    @Option(help: "Comma-separated model names served.") var models = "sim-small,sim-large"
+    @Option(help: "Comma-separated models reported as loaded at start (default: the first model; \"\" for none).")
+    var loaded: String?
+    @Option(help: "Prompt processing speed in tokens/s (0 = instant).") var promptTps: Double = 5000
+    @Option(help: "Generation speed in tokens/s (0 = as fast as possible).") var genTps: Double = 500
+    @Option(help: "Requests generating in parallel.") var slots = 4
+    @Option(help: "Maximum waiting requests before answering 503.") var queue = 64
+    @Option(help: "Extra latency before the first token, in ms.") var latencyMs: Double = 0
+    @Option(help: "Tokens generated when the request sets no limit.") var maxTokens = 16
+    @Option(help: "Injected failure: none, refuse, hang, die-mid-stream.") var fail: FailMode = .none
+    @Option(help: "Chunks sent before die-mid-stream drops the connection.") var failAfterTokens = 3
+    @Option(help: "Fraction of requests that fail (deterministic: 0.5 = every second one).") var failRate: Double = 1.0
+    @Option(help: "Embedding vector length.") var embeddingDim = 8
+    @Option(help: "Extra first-token delay in ms when a request needs a model that is not loaded.") var loadMs: Double = 0
+    @Option(help: "Context length reported by /api/show, /api/ps, /props, /slots.") var contextLength = 4096
+    @Option(help: "Event loop threads.") var threads = 1
+    @Option(help: "Write the bound port number to this file.") var portFile: String?
+
+    func validate() throws {
+        guard slots >= 1 else { throw ValidationError("--slots must be >= 1") }
+        guard queue >= 0 else { throw ValidationError("--queue must be >= 0") }
+        guard threads >= 1 else { throw ValidationError("--threads must be >= 1") }
+        guard embeddingDim >= 1 else { throw ValidationError("--embedding-dim must be >= 1") }
+        guard promptTps >= 0, genTps >= 0, latencyMs >= 0, loadMs >= 0 else {
+            throw ValidationError("rates and latencies must be >= 0")
+        }
+        guard (0...1).contains(failRate) else { throw ValidationError("--fail-rate must be in 0...1") }
+        guard maxTokens >= 0, failAfterTokens >= 0 else { throw ValidationError("token counts must be >= 0") }
+        guard !modelList.isEmpty else { throw ValidationError("--models must name at least one model") }
+    }
+
+    private var modelList: [String] {
+        models.split(separator: ",").map { $0.trimmingCharacters() }.filter { !$0.isEmpty }
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let names = modelList
+        var loadedNames: [String]
+        if let loaded {
+            loadedNames = loaded.split(separator: ",").map { $0.trimmingCharacters() }.filter { !$0.isEmpty }
+        } else {
+            loadedNames = [names[0]]
+        }
+        let infos = names.map(makeModelInfo)
+        loadedNames = loadedNames.compactMap { n in
+            infos.first { $0.name == n || $0.name == n + ":latest" || $0.name + ":latest" == n }?.name
+        }
+        let settings = Settings(fail: fail, failRate: failRate, failAfterTokens: failAfterTokens, latencyMs: latencyMs,
+                                promptTps: promptTps, genTps: genTps, maxTokens: maxTokens, loadMs: loadMs)
+        let engine = Engine(models: infos, loaded: loadedNames, slots: slots, queue: queue, embeddingDim: embeddingDim,
+                            contextLength: contextLength, settings: settings)
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(engine: engine))
+                }
+            }
+        let server = try bootstrap.bind(host: host, port: port).wait()
+        let boundPort = server.localAddress?.port ?? port
+        print("LISTENING \(host):\(boundPort)")
+        fflush(nil)
+        if let portFile {
+            try writeFileAtomically(portFile, "\(boundPort)\n")
+        }
+        try server.closeFuture.wait()
+        try group.syncShutdownGracefully()
+    }
+}
+
+struct FileWriteError: Error, CustomStringConvertible {
+    let path: String
+    var description: String { "cannot write \(path)" }
+}
+
+func writeFileAtomically(_ path: String, _ contents: String) throws {
+    let tmp = path + ".tmp.\(getpid())"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard fd >= 0 else { throw FileWriteError(path: tmp) }
+    let bytes = Array(contents.utf8)
+    let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+    guard n == bytes.count, rename(tmp, path) == 0 else { throw FileWriteError(path: path) }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String {
+        String(self.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+    }
+}
+
+SimEngineCommand.main()

@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MeshConfigLoader
+import MeshCore
+import MeshNode
+import ServiceLifecycle
+
+/// `meshd`: one node of the inference mesh.
+@main
+struct Meshd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meshd",
+        abstract: "Serve the OpenAI and Ollama APIs over this machine's LLM engines.",
+        version: APIResponder.version)
+
+    @Option(name: .long, help: "Configuration file (default /etc/meshd/meshd.yaml; built-in defaults when that is absent).")
+    var config: String?
+
+    @Flag(name: .long, help: "Print the effective configuration (secrets redacted) or the errors, then exit.")
+    var checkConfig = false
+
+    @Option(name: .long, help: "Override logging.level (trace, debug, info, notice, warning, error, critical).")
+    var logLevel: String?
+
+    func run() async throws {
+        let env = ProcessInfo.processInfo.environment
+        let loaded: LoadedConfig
+        do {
+            loaded = try ConfigLoader.load(path: config, environment: env, hostName: ProcessInfo.processInfo.hostName)
+        } catch {
+            FileHandle.standardError.write(Data("meshd: configuration error\n\(error.description)\n".utf8))
+            throw ExitCode(ConfigLoadError.exitCode)
+        }
+        for w in loaded.warnings {
+            FileHandle.standardError.write(Data("\(w.description)\n".utf8))
+        }
+        if checkConfig {
+            print("# effective configuration (source: \(loaded.sourceFile ?? "built-in defaults"))")
+            print(ConfigLoader.render(loaded.config), terminator: "")
+            return
+        }
+        let levelName = logLevel ?? loaded.config.logging.level
+        guard let level = Logger.Level(rawValue: levelName) else {
+            FileHandle.standardError.write(Data("meshd: --log-level: unknown level '\(levelName)'\n".utf8))
+            throw ExitCode(2)
+        }
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        var logger = Logger(label: "meshd")
+        logger[metadataKey: "node"] = "\(loaded.config.nodeName)"
+        logger.info("starting", metadata: [
+            "version": "\(APIResponder.version)", "config": "\(loaded.sourceFile ?? "built-in defaults")",
+            "listen": "\(loaded.config.http.listen)",
+        ])
+        let node: MeshdNode
+        do {
+            node = try MeshdNode(config: loaded.config, logger: logger)
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: node)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            logger.critical("stopped with an error", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+    }
+}
