@@ -62,7 +62,10 @@ enum Check {
     }
 
     /// Engine base URLs: `http://` or `https://`, a host, a port in range.
-    static func url(_ text: String) -> String? {
+    static func url(_ original: String) -> String? {
+        // A URL with user:password@ is not quoted back.
+        let text = original
+        let shown = original.contains("@") ? "<URL with credentials>" : original
         let lower = text.lowercased()
         let rest: Substring
         if lower.hasPrefix("http://") {
@@ -70,35 +73,35 @@ enum Check {
         } else if lower.hasPrefix("https://") {
             rest = text.dropFirst("https://".count)
         } else {
-            return "must start with http:// or https://, got \"\(text)\""
+            return "must start with http:// or https://, got \"\(shown)\""
         }
         let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         if authority.contains("@") { return "must not contain credentials; use api_key_file" }
         var host = Substring(authority)
         var port: Substring? = nil
         if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { return "has a malformed IPv6 host: \"\(text)\"" }
+            guard let close = authority.firstIndex(of: "]") else { return "has a malformed IPv6 host: \"\(shown)\"" }
             host = authority[authority.index(after: authority.startIndex)..<close]
             let after = authority[authority.index(after: close)...]
             if !after.isEmpty {
-                guard after.hasPrefix(":") else { return "has a malformed host: \"\(text)\"" }
+                guard after.hasPrefix(":") else { return "has a malformed host: \"\(shown)\"" }
                 port = after.dropFirst()
             }
         } else if let colon = authority.lastIndex(of: ":") {
             host = authority[..<colon]
             port = authority[authority.index(after: colon)...]
         }
-        if host.isEmpty { return "has no host: \"\(text)\"" }
+        if host.isEmpty { return "has no host: \"\(shown)\"" }
         if host.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 }) {
-            return "has an invalid host: \"\(text)\""
+            return "has an invalid host: \"\(shown)\""
         }
         if let port {
             guard !port.isEmpty, port.allSatisfy(\.isASCIIDigit), let number = Int(port), (1...65535).contains(number) else {
-                return "has an invalid port (1...65535 expected): \"\(text)\""
+                return "has an invalid port (1...65535 expected): \"\(shown)\""
             }
         }
         if text.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 }) {
-            return "must not contain whitespace: \"\(text)\""
+            return "must not contain whitespace: \"\(shown)\""
         }
         return nil
     }

@@ -129,8 +129,13 @@ public enum ConfigLoader {
         }
     }
 
+    /// Whether two listeners on the same port would fight over it: the same host, the IPv6
+    /// wildcard (dual-stack) against anything, or the IPv4 wildcard against a non-IPv6 host.
     private static func listenersOverlap(_ a: String, _ b: String) -> Bool {
-        let wildcard: Set<String> = ["0.0.0.0", "::", "0:0:0:0:0:0:0:0"]
-        return a.lowercased() == b.lowercased() || wildcard.contains(a) || wildcard.contains(b)
+        let v6Wildcard: Set<String> = ["::", "0:0:0:0:0:0:0:0"]
+        if a.lowercased() == b.lowercased() || v6Wildcard.contains(a) || v6Wildcard.contains(b) { return true }
+        if a == "0.0.0.0" { return !b.contains(":") }
+        if b == "0.0.0.0" { return !a.contains(":") }
+        return false
     }
 }

@@ -42,7 +42,7 @@ enum Render {
         lines.append("\(Schema.enginesKey):")
         for engine in engines {
             var first = true
-            for field in Schema.engineFields {
+            for field in Schema.engineFields where field.kinds.contains(engine.kind) {
                 guard let value = field.read(engine) else { continue }
                 lines.append("\(first ? "  - " : "    ")\(field.name): \(self.value(value, secret: false))")
                 first = false

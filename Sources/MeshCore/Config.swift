@@ -205,3 +205,18 @@ public struct ConfigIssue: Sendable, Hashable, CustomStringConvertible {
         return "\(loc): \(severity.rawValue): \(key): \(reason)"
     }
 }
+
+extension HTTPConfig: CustomStringConvertible, CustomReflectable {
+    /// Printing a config never shows client API keys.
+    public var description: String {
+        "HTTPConfig(listen: \(listen), apiKeys: \(apiKeys.count) redacted, auth: \(auth.rawValue), maxBodyBytes: \(maxBodyBytes), "
+            + "threads: \(threads), shutdownGraceSeconds: \(shutdownGraceSeconds))"
+    }
+
+    public var customMirror: Mirror {
+        Mirror(self, children: [
+            "listen": listen, "apiKeys": "\(apiKeys.count) redacted", "auth": auth, "maxBodyBytes": maxBodyBytes,
+            "threads": threads, "shutdownGraceSeconds": shutdownGraceSeconds,
+        ])
+    }
+}

@@ -1,3 +1,4 @@
+import MeshCore
 import ArgumentParser
 import Synchronization
 

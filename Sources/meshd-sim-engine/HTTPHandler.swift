@@ -1,3 +1,4 @@
+import MeshCore
 import NIOCore
 import NIOHTTP1
 

@@ -1,3 +1,4 @@
+import MeshCore
 import NIOCore
 import NIOHTTP1
 
@@ -227,6 +228,7 @@ final class Job {
             }
             appendToken(emitted)
             emitted += 1
+            if out.utf8.count >= 64 * 1024 { flushOut() }  // gen-tps 0: coalesce, but bound the buffer
             if emitted < spec.nTokens && !(dies && emitted >= failAfter) {
                 let next = tokenDeadline(emitted)
                 if next > now {

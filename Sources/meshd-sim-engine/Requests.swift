@@ -1,3 +1,4 @@
+import MeshCore
 import NIOHTTP1
 
 enum APIStyle { case openAI, ollama }

@@ -160,6 +160,16 @@ import Testing
         #expect(loaded.warnings.isEmpty)
     }
 
+    @Test func renderSkipsKeysThatDoNotApplyToTheKind() throws {
+        var config = defaults
+        config.engines = [EngineConfig(kind: .llamaCpp, url: "http://127.0.0.1:1", model: "/m.gguf")]
+        let text = ConfigLoader.render(config)
+        #expect(!text.contains("http://127.0.0.1:1"))
+        let loaded = try mustLoad(text)
+        #expect(loaded.warnings.isEmpty)
+        #expect(loaded.config.engines == [EngineConfig(kind: .llamaCpp, model: "/m.gguf")])
+    }
+
     @Test func emptyEngineListRoundTrips() throws {
         var config = defaults
         config.engines = []

@@ -81,6 +81,13 @@ import Testing
         expectSingleError("mesh: { listen: \"0.0.0.0:11435\" }", key: "mesh.listen", reasonContains: "collides with http.listen")
     }
 
+    @Test func listenersOfDifferentFamiliesDoNotCollide() throws {
+        let loaded = try mustLoad("http: { listen: \"[::1]:11436\" }")
+        #expect(loaded.config.mesh.listen.port == 11436)
+        expectSingleError("http: { listen: \"127.0.0.1:11436\" }", key: "mesh.listen", reasonContains: "collides")
+        expectSingleError("http: { listen: \"127.0.0.1:9000\" }\nmesh: { listen: \"[::]:9000\" }", key: "mesh.listen", line: 2)
+    }
+
     @Test func meshPeersAreHostPorts() throws {
         let loaded = try mustLoad("mesh: { peers: [\"10.0.0.2:11436\", \"beta.local:11436\", \"[fd00::3]:11436\"] }")
         #expect(loaded.config.mesh.peers == [HostPort(host: "10.0.0.2", port: 11436), HostPort(host: "beta.local", port: 11436),
@@ -104,6 +111,14 @@ import Testing
 
     @Test func engineURLPortInRange() {
         expectSingleError("engines: [{ kind: openai, url: \"http://h:65536\" }]", key: "engines[0].url", reasonContains: "invalid port")
+    }
+
+    @Test func engineURLWithCredentialsIsNotQuoted() {
+        let issue = expectSingleError("engines: [{ kind: openai, url: \"ftp://user:hunter2@h:1\" }]", key: "engines[0].url")
+        #expect(issue?.description.contains("hunter2") == false)
+        let other = expectSingleError("engines: [{ kind: openai, url: \"http://user:hunter2@h:1\" }]", key: "engines[0].url",
+                                      reasonContains: "credentials")
+        #expect(other?.description.contains("hunter2") == false)
     }
 
     @Test func engineURLForms() throws {
