@@ -48,6 +48,7 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        .target(name: "MeshZMQ", dependencies: ["CZeroMQ", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MeshNode", dependencies: [
             "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader",
             "CZeroMQ", "CAvahi",
@@ -95,6 +96,7 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "MeshEnginesTests", dependencies: ["MeshEngines", "MeshCore", "MeshHTTPClient"]),
+        .testTarget(name: "MeshZMQTests", dependencies: ["MeshZMQ", "CZeroMQ"]),
         .testTarget(name: "MeshNodeTests", dependencies: ["MeshNode", "MeshCore", "CZeroMQ", "CAvahi", "CCurl"]),
     ]
 )

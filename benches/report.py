@@ -124,6 +124,8 @@ def summarize_http(runs):
                 "added_p99_us": m["p99_us"] - d["p99_us"],
                 "rps_ratio": m["rps"] / d["rps"] if d["rps"] else None,
                 "meshd_cpu_us_per_req": m.get("meshd_cpu_us_per_req"),
+                "meshd_vol_switches_per_req": m.get("meshd_vol_switches_per_req"),
+                "meshd_invol_switches_per_req": m.get("meshd_invol_switches_per_req"),
                 "engine_cpu_us_per_req_direct": d.get("engine_cpu_us_per_req"),
                 "engine_cpu_us_per_req_meshd": m.get("engine_cpu_us_per_req"),
                 "wrk_cpu_us_per_req_direct": (d["wrk_cpu_ms"] * 1e3 / d["requests"]) if d.get("wrk_cpu_ms") and d["requests"] else None,
@@ -146,6 +148,8 @@ def summarize_http(runs):
                 "added_p99_us": med([p["added_p99_us"] for p in pairs]),
                 "rps_ratio": med([p["rps_ratio"] for p in pairs]),
                 "meshd_cpu_us_per_req": med([p["meshd_cpu_us_per_req"] for p in pairs]),
+                "meshd_vol_switches_per_req": med([p["meshd_vol_switches_per_req"] for p in pairs]),
+                "meshd_invol_switches_per_req": med([p["meshd_invol_switches_per_req"] for p in pairs]),
                 "engine_cpu_us_per_req_direct": med([p["engine_cpu_us_per_req_direct"] for p in pairs]),
                 "engine_cpu_us_per_req_meshd": med([p["engine_cpu_us_per_req_meshd"] for p in pairs]),
                 "wrk_cpu_us_per_req_direct": med([p["wrk_cpu_us_per_req_direct"] for p in pairs]),
@@ -191,6 +195,8 @@ def summarize_streams(streams):
                 "meshd_chunks": med([p["meshd"].get("content_chunks") for p in pairs]),
                 "meshd_cpu_ms_per_request": med([p["meshd"].get("pid_cpu_ns", 0) / 1e6 for p in pairs]),
                 "meshd_cpu_us_per_chunk": med([(p["meshd"].get("pid_cpu_ns_per_chunk") or 0) / 1e3 for p in pairs]),
+                "meshd_vol_switches_per_chunk": med([p["meshd"].get("pid_vol_switches_per_chunk") for p in pairs]),
+                "engine_cpu_us_per_chunk": med([(p["direct"].get("pid_cpu_ns_per_chunk") or 0) / 1e3 for p in pairs]),
             }
         else:
             s["median"] = {
@@ -199,6 +205,7 @@ def summarize_streams(streams):
                 "added_us_per_chunk": med([p["added_us_per_chunk"] for p in pairs]),
                 "meshd_cpu_us_per_chunk": med([(p["meshd"].get("pid_cpu_ns_per_chunk") or 0) / 1e3 for p in pairs]),
                 "engine_cpu_us_per_chunk_direct": med([(p["direct"].get("pid_cpu_ns_per_chunk") or 0) / 1e3 for p in pairs]),
+                "meshd_vol_switches_per_chunk": med([p["meshd"].get("pid_vol_switches_per_chunk") for p in pairs]),
                 "direct_total_ms": med([p["direct"].get("total_ms") for p in pairs]),
                 "meshd_total_ms": med([p["meshd"].get("total_ms") for p in pairs]),
                 "chunks": med([p["meshd"].get("content_chunks") for p in pairs]),
@@ -258,6 +265,7 @@ def render_md(res):
     for k, x in v.items():
         L.append(f"- {k}: `{x}`")
     L.append(f"- load average at start / end: {run.get('loadavg_start')} / {run.get('loadavg_end')}")
+    L.append(f"- busiest processes at start: {run.get('busy_start') or 'n/a'}; at end: {run.get('busy_end') or 'n/a'}")
     L.append("")
     L.append("## Method\n")
     L.append(
@@ -291,26 +299,27 @@ def render_md(res):
 
     L.append("## HTTP latency and throughput (medians over rounds)\n")
     L.append("| backend | conns | direct req/s | meshd req/s | meshd/direct | direct p50 µs | meshd p50 µs | added p50 µs "
-             "| direct p99 µs | meshd p99 µs | added p99 µs | meshd CPU µs/req | engine CPU µs/req (direct / via meshd) | errors |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+             "| direct p99 µs | meshd p99 µs | added p99 µs | meshd CPU µs/req | meshd thread sleeps/req (+ preemptions) | engine CPU µs/req (direct / via meshd) | errors |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k, s in res["http"].items():
         x = s["median"]
         L.append(f"| {s['backend']} | {s['conns']} | {fmt(x['direct_rps'], 0)} | {fmt(x['meshd_rps'], 0)} | {fmt(x['rps_ratio'], 3)} "
                  f"| {fmt(x['direct_p50_us'])} | {fmt(x['meshd_p50_us'])} | {fmt(x['added_p50_us'])} "
                  f"| {fmt(x['direct_p99_us'])} | {fmt(x['meshd_p99_us'])} | {fmt(x['added_p99_us'])} "
-                 f"| {fmt(x['meshd_cpu_us_per_req'])} | {fmt(x['engine_cpu_us_per_req_direct'])} / {fmt(x['engine_cpu_us_per_req_meshd'])} "
+                 f"| {fmt(x['meshd_cpu_us_per_req'])} | {fmt(x['meshd_vol_switches_per_req'], 2)} (+{fmt(x['meshd_invol_switches_per_req'], 2)}) "
+                 f"| {fmt(x['engine_cpu_us_per_req_direct'])} / {fmt(x['engine_cpu_us_per_req_meshd'])} "
                  f"| {s['errors_total']} |")
     L.append("")
     L.append("### Per round (raw)\n")
     L.append("| backend | conns | round | direct req/s | meshd req/s | direct p50/p99 µs | meshd p50/p99 µs | added p50/p99 µs "
-             "| meshd CPU µs/req | wrk CPU µs/req (d/m) | other cores | steal cores | errors d/m |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+             "| meshd CPU µs/req | meshd sleeps/req | wrk CPU µs/req (d/m) | other cores | steal cores | errors d/m |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k, s in res["http"].items():
         for p in s["rounds"]:
             d, mm = p["direct"], p["meshd"]
             L.append(f"| {s['backend']} | {s['conns']} | {p['round']} | {fmt(d['rps'], 0)} | {fmt(mm['rps'], 0)} "
                      f"| {d['p50_us']} / {d['p99_us']} | {mm['p50_us']} / {mm['p99_us']} "
-                     f"| {p['added_p50_us']} / {p['added_p99_us']} | {fmt(p['meshd_cpu_us_per_req'])} "
+                     f"| {p['added_p50_us']} / {p['added_p99_us']} | {fmt(p['meshd_cpu_us_per_req'])} | {fmt(p['meshd_vol_switches_per_req'], 2)} "
                      f"| {fmt(p['wrk_cpu_us_per_req_direct'])} / {fmt(p['wrk_cpu_us_per_req_meshd'])} "
                      f"| {fmt(p['other_cpu_cores'], 2)} | {fmt(p['steal_cores'], 2)} | {p['errors_direct']} / {p['errors_meshd']} |")
     L.append("")
@@ -324,7 +333,8 @@ def render_md(res):
                      f"(ratio of medians {fmt(x['ratio_of_medians'], 3)}). "
                      f"TTFT direct {fmt(x['direct_ttft_ms'], 2)} ms, meshd {fmt(x['meshd_ttft_ms'], 2)} ms. "
                      f"meshd CPU {fmt(x['meshd_cpu_ms_per_request'], 2)} ms per request "
-                     f"({fmt(x['meshd_cpu_us_per_chunk'])} µs per chunk).\n")
+                     f"({fmt(x['meshd_cpu_us_per_chunk'])} µs and {fmt(x['meshd_vol_switches_per_chunk'], 2)} thread sleeps per chunk; "
+                     f"llama-server itself: {fmt(x['engine_cpu_us_per_chunk'])} µs CPU per token).\n")
             L.append("| round | direct tok/s | meshd tok/s | ratio | chunks d/m | TTFT ms d/m | total ms d/m |")
             L.append("|---|---|---|---|---|---|---|")
             for p in s["rounds"]:
@@ -335,7 +345,8 @@ def render_md(res):
         else:
             L.append(f"## Per-chunk relay cost ({tag}, {fmt(x['chunks'], 0)} chunks per stream)\n")
             L.append(f"Medians: direct {fmt(x['direct_us_per_chunk'], 2)} µs/chunk, meshd {fmt(x['meshd_us_per_chunk'], 2)} µs/chunk, "
-                     f"added **{fmt(x['added_us_per_chunk'], 2)} µs/chunk** (wall); meshd CPU {fmt(x['meshd_cpu_us_per_chunk'], 2)} µs/chunk; "
+                     f"added **{fmt(x['added_us_per_chunk'], 2)} µs/chunk** (wall); meshd CPU {fmt(x['meshd_cpu_us_per_chunk'], 2)} µs/chunk "
+                     f"({fmt(x['meshd_vol_switches_per_chunk'], 3)} thread sleeps per chunk); "
                      f"whole stream direct {fmt(x['direct_total_ms'], 1)} ms vs meshd {fmt(x['meshd_total_ms'], 1)} ms.\n")
             L.append("| round | direct µs/chunk | meshd µs/chunk | added | meshd CPU µs/chunk | total ms d/m |")
             L.append("|---|---|---|---|---|---|")
@@ -413,12 +424,14 @@ def main():
         x = s["median"]
         print(f"{k:10} direct {fmt(x['direct_rps'], 0):>7} req/s p50 {fmt(x['direct_p50_us']):>7} µs p99 {fmt(x['direct_p99_us']):>8} µs | "
               f"meshd {fmt(x['meshd_rps'], 0):>7} req/s p50 {fmt(x['meshd_p50_us']):>7} µs p99 {fmt(x['meshd_p99_us']):>8} µs | "
-              f"added p50 {fmt(x['added_p50_us']):>6} µs p99 {fmt(x['added_p99_us']):>7} µs | meshd CPU {fmt(x['meshd_cpu_us_per_req'])} µs/req")
+              f"added p50 {fmt(x['added_p50_us']):>6} µs p99 {fmt(x['added_p99_us']):>7} µs | meshd CPU {fmt(x['meshd_cpu_us_per_req'])} µs/req, "
+              f"{fmt(x['meshd_vol_switches_per_req'], 1)} thread sleeps/req")
     for tag, s in st.items():
         x = s["median"]
         if s["mode"] == "tokens":
             print(f"{tag:10} tokens/s direct {fmt(x['direct_tokens_per_s'])} meshd {fmt(x['meshd_tokens_per_s'])} "
-                  f"ratio {fmt(x['median_of_ratios'], 3)}")
+                  f"ratio {fmt(x['median_of_ratios'], 3)}; meshd CPU {fmt(x['meshd_cpu_us_per_chunk'])} µs/chunk, "
+                  f"{fmt(x['meshd_vol_switches_per_chunk'], 2)} thread sleeps/chunk")
         else:
             print(f"{tag:10} per chunk direct {fmt(x['direct_us_per_chunk'], 2)} µs meshd {fmt(x['meshd_us_per_chunk'], 2)} µs "
                   f"added {fmt(x['added_us_per_chunk'], 2)} µs, meshd CPU {fmt(x['meshd_cpu_us_per_chunk'], 2)} µs/chunk")

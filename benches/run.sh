@@ -211,6 +211,10 @@ meshd_requests_total() {  # sum of meshd_requests_total from /metrics
   curl -s --max-time 5 "$MESHD_URL/metrics" | awk '/^meshd_requests_total/ {s += $NF} END {printf "%d\n", s}'
 }
 
+busy_now() {  # the 4 busiest processes over the last second (co-tenant noise), one line
+  top -b -n 2 -d 1 -w 200 2>/dev/null | awk '/^top -/ {n++} n==2 && $1 ~ /^[0-9]+$/ && c < 4 {printf "%s %s%%; ", $12, $9; c++}'
+}
+
 emit_meta() {  # key=value pairs into the raw file as a META line
   python3 - "$@" >>"$RAW" <<'PY'
 import json, sys
@@ -227,13 +231,7 @@ wrk_section() {  # wrk_section BACKEND DIRECT_URL MODEL ENGINE_PID
   before="$(meshd_requests_total)"
   python3 "$HERE/wrk_rounds.py" --backend "$backend" --direct "$direct" --meshd "$MESHD_URL" \
     --model "$model" --pid-meshd "$MESHD_PID" --pid-engine "$epid" --rounds "$ROUNDS" --conns "$CONNS" \
-    --secs "$SECS" --script "$HERE/chat.lua" --budget 150 | tee -a "$RAW" | python3 -c '
-import json, sys
-for line in sys.stdin:
-    if not line.startswith("WRKRUN "): continue
-    r = json.loads(line[7:])
-    print(f"[bench]   {r[\"backend\"]:6} r{r[\"round\"]} c{r[\"conns\"]} {r[\"target\"]:6} {r[\"rps\"]:9.0f} req/s  p50 {r[\"p50_us\"]:6d} us  p99 {r[\"p99_us\"]:6d} us  err {r[\"err_status\"]+r[\"err_read\"]+r[\"err_connect\"]+r[\"err_timeout\"]}", file=sys.stderr)
-'
+    --secs "$SECS" --script "$HERE/chat.lua" --budget 150 >>"$RAW"
   after="$(meshd_requests_total)"
   emit_meta "kind=meshd_counter" "backend=$backend" "before=$before" "after=$after"
 }
@@ -241,7 +239,7 @@ for line in sys.stdin:
 # ---------------------------------------------------------------- run
 log "work dir $WORK; rounds=$ROUNDS secs=$SECS conns=$CONNS stream_n=$STREAM_N sim_tokens=$SIM_TOKENS"
 emit_meta "kind=run" "rounds=$ROUNDS" "secs=$SECS" "conns=$CONNS" "stream_n=$STREAM_N" "sim_tokens=$SIM_TOKENS" \
-  "build_s=$BUILD_S" "meshd_bin=$MESHD" "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+  "build_s=$BUILD_S" "meshd_bin=$MESHD" "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)" "busy_start=$(busy_now)"
 
 # 1. nginx static answer
 start_nginx
@@ -277,7 +275,7 @@ if [ "$LLAMA_OK" = 1 ]; then
   stop_pid "$LLAMA_PID"
 fi
 
-emit_meta "kind=end" "bench_s=$((SECONDS - BENCH_T0))" "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)"
+emit_meta "kind=end" "bench_s=$((SECONDS - BENCH_T0))" "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" "busy_end=$(busy_now)"
 mkdir -p "$OUT_DIR"
 python3 "$HERE/report.py" --raw "$RAW" --root "$ROOT" --md "$OUT_DIR/results.md" --json "$OUT_DIR/results.json"
 log "done in $((SECONDS - BENCH_T0))s (+${BUILD_S}s build): $OUT_DIR/results.md, $OUT_DIR/results.json"

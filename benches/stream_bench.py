@@ -54,6 +54,25 @@ def thread_cpu_ns(pid):
     return total
 
 
+def vol_switches(pid):
+    """Voluntary context switches summed over the threads of pid (sleep/wake cycles)."""
+    if not pid:
+        return None
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+    except OSError:
+        return None
+    return total
+
+
 class Target:
     def __init__(self, name, url, pid):
         u = urllib.parse.urlsplit(url)
@@ -92,9 +111,11 @@ def is_content_event(payload):
 def one_request(target, body, mode, timeout_s):
     """Runs one streamed request; returns a dict of measurements."""
     conn = target.connection()
+    conn.connect()
     payload = json.dumps(body).encode()
     cpu0 = proc_cpu_ticks(target.pid)
     ns0 = thread_cpu_ns(target.pid)
+    sw0 = vol_switches(target.pid)
     t_send = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body=payload,
                  headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
@@ -142,8 +163,10 @@ def one_request(target, body, mode, timeout_s):
     t_end = time.perf_counter()
     cpu1 = proc_cpu_ticks(target.pid)
     ns1 = thread_cpu_ns(target.pid)
-    if resp.will_close:
-        target.drop()
+    sw1 = vol_switches(target.pid)
+    # A fresh connection per request (outside the timed span's token part): llama-server may close
+    # a connection after a stream, and both sides get the same treatment.
+    target.drop()
     n = len(content_times)
     r = {
         "target": target.name, "status": status, "x_meshd_node": node, "events": events,
@@ -164,6 +187,8 @@ def one_request(target, body, mode, timeout_s):
         r["pid_cpu_ns"] = ns1 - ns0
         if n:
             r["pid_cpu_ns_per_chunk"] = (ns1 - ns0) / n
+    if sw0 is not None and sw1 is not None and n:
+        r["pid_vol_switches_per_chunk"] = (sw1 - sw0) / n
     return r
 
 

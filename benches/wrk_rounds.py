@@ -6,6 +6,7 @@ against meshd in front of it, in ABBA order (round 1: direct then meshd, round 2
 direct, ...), so drift and neighbours' load hit both sides alike. Around every wrk run it samples:
   - on-CPU time of meshd and of the engine (sum over /proc/PID/task/*/schedstat, nanoseconds),
   - wrk's own CPU (via /usr/bin/time when present),
+  - meshd's voluntary/involuntary context switches (sum over its threads, /proc/PID/task/*/status),
   - the whole machine's busy and steal time from /proc/stat,
 so the report can give meshd CPU per request and flag runs where something else was using the CPU.
 Prints one line per run: WRKRUN {json}.
@@ -37,6 +38,28 @@ def task_cpu_ns(pid):
         except (OSError, ValueError, IndexError):
             pass
     return total
+
+
+def task_switches(pid):
+    """(voluntary, involuntary) context switches summed over the threads of pid."""
+    if not pid:
+        return None
+    vol = inv = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        inv += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return vol, inv
 
 
 def machine_ticks():
@@ -107,15 +130,21 @@ def main():
         for c in conns:
             for name, url in order:
                 m0, e0, b0 = task_cpu_ns(a.pid_meshd), task_cpu_ns(a.pid_engine), machine_ticks()
+                s0 = task_switches(a.pid_meshd)
                 w0 = time.monotonic()
                 r = run_wrk(url, c, a.secs, a.script, env, a.secs + 20)
                 wall = time.monotonic() - w0
                 m1, e1, b1 = task_cpu_ns(a.pid_meshd), task_cpu_ns(a.pid_engine), machine_ticks()
+                s1 = task_switches(a.pid_meshd)
                 r.update(backend=a.backend, target=name, conns=c, round=rnd, wall_s=wall)
                 r["rps"] = r["requests"] / (r["duration_us"] / 1e6) if r["duration_us"] else 0.0
                 if m0 is not None and m1 is not None:
                     r["meshd_cpu_ms"] = (m1 - m0) / 1e6
                     r["meshd_cpu_us_per_req"] = (m1 - m0) / 1e3 / max(1, r["requests"])
+                if s0 is not None and s1 is not None:
+                    # Every voluntary switch is a meshd thread going to sleep and being woken again.
+                    r["meshd_vol_switches_per_req"] = (s1[0] - s0[0]) / max(1, r["requests"])
+                    r["meshd_invol_switches_per_req"] = (s1[1] - s0[1]) / max(1, r["requests"])
                 if e0 is not None and e1 is not None:
                     r["engine_cpu_ms"] = (e1 - e0) / 1e6
                     r["engine_cpu_us_per_req"] = (e1 - e0) / 1e3 / max(1, r["requests"])
@@ -126,6 +155,11 @@ def main():
                 # Tick accounting is coarse (10 ms) and includes the sampler itself: treat as an indicator.
                 r["other_cpu_cores"] = max(0.0, busy * 1000.0 / CLK_TCK - known_ms) / 1000.0 / wall if wall > 0 else None
                 print("WRKRUN " + json.dumps(r), flush=True)
+                errs = r["err_status"] + r["err_read"] + r["err_write"] + r["err_connect"] + r["err_timeout"]
+                print(f"[bench]   {a.backend:6} r{rnd} c{c} {name:6} {r['rps']:8.0f} req/s  p50 {r['p50_us']:6d} us"
+                      f"  p99 {r['p99_us']:6d} us  errors {errs}  meshd CPU {r.get('meshd_cpu_us_per_req', 0):6.1f} us/req"
+                      f" {r.get('meshd_vol_switches_per_req', 0):5.2f} sleeps/req",
+                      file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

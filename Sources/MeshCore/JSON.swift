@@ -23,11 +23,12 @@ public enum JSON: Sendable, Equatable {
         case let (.string(a), .string(b)): return a == b
         case let (.array(a), .array(b)): return a == b
         case let (.object(a), .object(b)):
+            // Same members in any order; with duplicate keys the last one counts (as in the subscript).
             guard a.count == b.count else { return false }
-            for (k, v) in a {
-                guard let w = b.first(where: { $0.0 == k })?.1, v == w else { return false }
+            for (k, _) in a {
+                guard let v = lhs[k], let w = rhs[k], v == w else { return false }
             }
-            return true
+            return b.allSatisfy { m in a.contains { $0.0 == m.0 } }
         default: return false
         }
     }
@@ -70,11 +71,13 @@ public enum JSON: Sendable, Equatable {
         }
     }
 
-    /// Returns a copy with `key` set (replaced in place if present, appended otherwise).
+    /// Returns a copy with `key` set (replaced in place if present, appended otherwise). Duplicates of
+    /// `key` are dropped, so the new value is the one both meshd and the next hop read.
     public func setting(_ key: String, _ value: JSON) -> JSON {
         guard case .object(var members) = self else { return self }
         if let i = members.firstIndex(where: { $0.0 == key }) {
             members[i].1 = value
+            members = members.enumerated().filter { $0.offset <= i || $0.element.0 != key }.map(\.element)
         } else {
             members.append((key, value))
         }
@@ -150,6 +153,17 @@ public struct JSONParser {
 
         func err(_ reason: String) -> JSONParseError { JSONParseError(offset: i, reason: reason) }
 
+        /// The error for a string whose raw bytes from `start` to the closing quote at `i` are not
+        /// valid UTF-8, pointing at the first bad byte. (Escapes are ASCII, so the raw bytes are valid
+        /// exactly when the decoded string is.)
+        func utf8Error(_ start: Int) -> JSONParseError {
+            var it = UnsafeBufferPointer(rebasing: p[start..<i]).makeIterator()
+            var decoder = Unicode.UTF8.ForwardParser()
+            var offset = start
+            while case .valid(let scalar) = decoder.parseScalar(from: &it) { offset += scalar.count }
+            return JSONParseError(offset: min(offset, i), reason: "invalid UTF-8 in string")
+        }
+
         mutating func skipWS() {
             while i < p.count {
                 switch p[i] {
@@ -174,11 +188,12 @@ public struct JSONParser {
         }
 
         mutating func literal(_ word: StaticString) throws(JSONParseError) {
-            let n = word.utf8CodeUnitCount
-            guard i + n <= p.count else { throw err("unexpected end of input") }
             let w = word.utf8Start
-            for k in 0..<n where p[i + k] != w[k] { throw err("invalid literal") }
-            i += n
+            for k in 0..<word.utf8CodeUnitCount {
+                guard i < p.count else { throw err("unexpected end of input") }
+                guard p[i] == w[k] else { throw err("invalid literal") }
+                i += 1
+            }
         }
 
         mutating func object(depth: Int) throws(JSONParseError) -> JSON {
@@ -248,7 +263,7 @@ public struct JSONParser {
                 let c = p[i]
                 if c == UInt8(ascii: "\"") {
                     let raw = UnsafeBufferPointer(rebasing: p[start..<i])
-                    guard let s = String(validating: raw, as: UTF8.self) else { throw err("invalid UTF-8 in string") }
+                    guard let s = String(validating: raw, as: UTF8.self) else { throw utf8Error(start) }
                     i += 1
                     return s
                 }
@@ -260,8 +275,8 @@ public struct JSONParser {
             while i < p.count {
                 let c = p[i]
                 if c == UInt8(ascii: "\"") {
+                    guard let s = String(validating: out, as: UTF8.self) else { throw utf8Error(start) }
                     i += 1
-                    guard let s = String(validating: out, as: UTF8.self) else { throw err("invalid UTF-8 in string") }
                     return s
                 }
                 if c < 0x20 { throw err("control character in string") }
@@ -287,14 +302,15 @@ public struct JSONParser {
                         }
                         i += 2
                         let low = try hex4()
-                        guard (0xDC00...0xDFFF).contains(low) else { throw err("invalid low surrogate") }
+                        guard (0xDC00...0xDFFF).contains(low) else { i -= 6; throw err("invalid low surrogate") }
                         scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
                     } else if (0xDC00...0xDFFF).contains(scalar) {
+                        i -= 6
                         throw err("unpaired surrogate")
                     }
                     guard let u = Unicode.Scalar(scalar) else { throw err("invalid code point") }
                     out.append(contentsOf: Array(String(Character(u)).utf8))
-                default: throw err("invalid escape")
+                default: i -= 1; throw err("invalid escape")
                 }
             }
             throw err("unterminated string")
@@ -329,7 +345,7 @@ public struct JSONParser {
             }
             let text = String(decoding: UnsafeBufferPointer(rebasing: p[start..<i]), as: UTF8.self)
             if isInt, let v = Int64(text) { return .int(v) }
-            guard let d = Double(text), d.isFinite else { throw err("number out of range") }
+            guard let d = Double(text), d.isFinite else { throw JSONParseError(offset: start, reason: "number out of range") }
             return .number(d)
         }
     }

@@ -1,12 +1,16 @@
 /// The outcome of choosing where a request runs, with the reason in words.
 public struct RouteDecision: Sendable, Equatable {
+    /// Node that serves the request (nil: this node, when routing without a mesh).
+    public var nodeID: String?
+    /// Whether that node is the one deciding.
+    public var isLocal: Bool
     /// Engine that serves the request.
     public var engineID: String
     /// Model name as that engine knows it.
     public var engineModel: String
     /// Whether the model was already loaded there.
     public var loaded: Bool
-    /// Expected seconds until the request completes there (wait + prefill + decode + cold load).
+    /// Expected seconds until the request completes there (wait + prefill + decode + cold load + hop).
     public var expectedSeconds: Double
     /// One line for people: why this engine (sent as a response header and shown by meshctl).
     public var reason: String
@@ -21,56 +25,105 @@ public struct RoutingDefaults: Sendable {
     public var loadBytesPerSecond = 2.0e9
     public var loadFixedSeconds = 1.0
     public var expectedOutputTokens = 256
+    /// Cost of one mesh hop when not measured.
+    public var hopSeconds = 0.001
     public init() {}
 }
 
-/// Pure routing: a function of (request, engine view) with no I/O and no clock reads.
+/// A node as routing sees it: its engines, whether it is this node, the hop to it, draining.
+public struct RoutingNode: Sendable {
+    public var id: String
+    public var isLocal: Bool
+    public var hopSeconds: Double
+    public var draining: Bool
+    public var engines: [EngineSnapshot]
+
+    public init(id: String, isLocal: Bool, hopSeconds: Double = 0, draining: Bool = false, engines: [EngineSnapshot]) {
+        self.id = id
+        self.isLocal = isLocal
+        self.hopSeconds = hopSeconds
+        self.draining = draining
+        self.engines = engines
+    }
+}
+
+/// Pure routing: a function of (request, mesh view) with no I/O and no clock reads.
 ///
 /// Expected completion time per candidate = queue wait + prompt ÷ prefill speed + expected output ÷
-/// decode speed + cold-load time. Candidates with the model loaded win over ones that would have
-/// to load it; ties keep configuration order (local engines first).
+/// decode speed + cold-load time + mesh hop. Candidates with the model loaded win over ones that
+/// would have to load it; ties keep order with the local node first.
 public enum Router {
+    /// Local-only routing over this node's engines.
     public static func choose(model: String, operation: APIOperation, promptTokens: Int, maxTokens: Int?,
                               engines: [EngineSnapshot], defaults: RoutingDefaults = .init()) -> Result<RouteDecision, APIError> {
-        var candidates: [(EngineSnapshot, ModelInfo)] = []
-        var unhealthyHolders: [EngineSnapshot] = []
-        for e in engines {
-            guard let m = e.model(named: model) else { continue }
-            if operation == .embedding, m.embeddings == false { continue }
-            if e.healthy { candidates.append((e, m)) } else { unhealthyHolders.append(e) }
+        choose(model: model, operation: operation, promptTokens: promptTokens, maxTokens: maxTokens,
+               nodes: [RoutingNode(id: "", isLocal: true, engines: engines)], defaults: defaults)
+    }
+
+    /// Routing across the mesh: `nodes` holds this node (isLocal) and every live peer.
+    public static func choose(model: String, operation: APIOperation, promptTokens: Int, maxTokens: Int?,
+                              nodes: [RoutingNode], defaults: RoutingDefaults = .init()) -> Result<RouteDecision, APIError> {
+        struct Candidate {
+            let node: RoutingNode
+            let engine: EngineSnapshot
+            let model: ModelInfo
         }
+        var candidates: [Candidate] = []
+        var unhealthyHolders: [String] = []
+        var drainingHolders: [String] = []
+        let ordered = nodes.filter(\.isLocal) + nodes.filter { !$0.isLocal }
+        for n in ordered {
+            for e in n.engines {
+                guard let m = e.model(named: model) else { continue }
+                if operation == .embedding, m.embeddings == false { continue }
+                if !e.healthy { unhealthyHolders.append(label(n, e) + ": " + (e.healthDetail ?? "unhealthy")); continue }
+                if n.draining { drainingHolders.append(n.id); continue }
+                candidates.append(Candidate(node: n, engine: e, model: m))
+            }
+        }
+        let allEngines = nodes.flatMap(\.engines)
         if candidates.isEmpty {
+            if !drainingHolders.isEmpty && unhealthyHolders.isEmpty {
+                return .failure(.noHealthyEngine("every node with '\(model)' is draining (\(Set(drainingHolders).sorted().joined(separator: ", ")))"))
+            }
             if !unhealthyHolders.isEmpty {
-                let detail = unhealthyHolders.map { "\($0.id): \($0.healthDetail ?? "unhealthy")" }.joined(separator: "; ")
+                return .failure(.noHealthyEngine(unhealthyHolders.joined(separator: "; ")))
+            }
+            if !allEngines.contains(where: \.healthy) {
+                let detail = allEngines.isEmpty ? "no engines are configured"
+                    : nodes.flatMap { n in n.engines.map { label(n, $0) + ": " + ($0.healthDetail ?? "unhealthy") } }.joined(separator: "; ")
                 return .failure(.noHealthyEngine(detail))
             }
-            if !engines.contains(where: \.healthy) {
-                let detail = engines.isEmpty ? "no engines are configured"
-                    : engines.map { "\($0.id): \($0.healthDetail ?? "unhealthy")" }.joined(separator: "; ")
-                return .failure(.noHealthyEngine(detail))
-            }
-            return .failure(.modelNotFound(model, available: availableModels(engines)))
+            return .failure(.modelNotFound(model, available: availableModels(allEngines)))
         }
-        let anyLoaded = candidates.contains { $0.1.loaded }
-        if anyLoaded { candidates = candidates.filter { $0.1.loaded } }
+        let anyLoaded = candidates.contains { $0.model.loaded }
+        if anyLoaded { candidates = candidates.filter { $0.model.loaded } }
 
         let output = Double(maxTokens ?? defaults.expectedOutputTokens)
-        var best: (EngineSnapshot, ModelInfo, Double, Double)?
-        for (e, m) in candidates {
+        var best: (Candidate, Double, Double)?
+        for c in candidates {
+            let e = c.engine
             let slots = Double(max(1, e.load.slots ?? 1))
             let service = e.speeds.meanServiceSeconds ?? defaults.serviceSeconds
             let wait = Double(e.load.busy) / slots * service
             let prefill = Double(promptTokens) / (e.speeds.prefillTokensPerSecond ?? defaults.prefillTokensPerSecond)
             let decode = operation == .embedding ? 0 : output / (e.speeds.decodeTokensPerSecond ?? defaults.decodeTokensPerSecond)
-            let cold = m.loaded ? 0 : defaults.loadFixedSeconds + Double(m.sizeBytes ?? 0) / defaults.loadBytesPerSecond
-            let total = wait + prefill + decode + cold
-            if best == nil || total < best!.2 - 1e-9 { best = (e, m, total, wait) }
+            let cold = c.model.loaded ? 0 : defaults.loadFixedSeconds + Double(c.model.sizeBytes ?? 0) / defaults.loadBytesPerSecond
+            let hop = c.node.isLocal ? 0 : max(c.node.hopSeconds, defaults.hopSeconds)
+            let total = wait + prefill + decode + cold + hop
+            if best == nil || total < best!.1 - 1e-9 { best = (c, total, wait) }
         }
-        let (e, m, total, wait) = best!
+        let (c, total, wait) = best!
+        let e = c.engine
         let slotText = e.load.slots.map { " of \($0) slots" } ?? ""
-        let reason = "\(e.id): model \(m.loaded ? "loaded" : "available, not loaded"), \(e.load.busy) busy\(slotText), "
+        let reason = "\(label(c.node, e)): model \(c.model.loaded ? "loaded" : "available, not loaded"), \(e.load.busy) busy\(slotText), "
             + "expected wait \(Int((wait * 1000).rounded())) ms, of \(candidates.count) candidate\(candidates.count == 1 ? "" : "s")"
-        return .success(RouteDecision(engineID: e.id, engineModel: m.name, loaded: m.loaded, expectedSeconds: total, reason: reason))
+        return .success(RouteDecision(nodeID: c.node.id.isEmpty ? nil : c.node.id, isLocal: c.node.isLocal, engineID: e.id,
+                                      engineModel: c.model.name, loaded: c.model.loaded, expectedSeconds: total, reason: reason))
+    }
+
+    static func label(_ n: RoutingNode, _ e: EngineSnapshot) -> String {
+        n.isLocal || n.id.isEmpty ? e.id : "\(n.id)/\(e.id)"
     }
 
     /// Distinct model names offered by healthy engines, sorted.

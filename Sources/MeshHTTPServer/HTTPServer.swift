@@ -44,10 +44,15 @@ public struct HTTPServerRequest: Sendable {
 /// writable (channel writability), so a slow client slows the producer instead of growing a buffer.
 public struct ResponseBodyWriter: Sendable {
     let outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
+    let eventLoop: any EventLoop
 
     /// Sends one chunk now (no buffering in meshd). Throws when the client has gone.
     public func write(_ bytes: [UInt8]) async throws {
         try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: bytes))))
+        // The outbound writer hands chunks to the event loop asynchronously and learns that the channel
+        // became unwritable only once the loop has written them; without this round trip a fast producer
+        // queues megabytes ahead of that signal.
+        try await eventLoop.submit {}.get()
     }
 }
 
@@ -189,6 +194,15 @@ public final class HTTPServer: Sendable {
             st.shuttingDown = true
             return (st.serverChannel, st.connections.values.filter { !$0.busy }.map(\.channel))
         }
+        if let server {
+            // Stop accepting, then let the event loops finish handing over connections already accepted
+            // before the listener closes: NIO drops one still being set up at that moment, and the
+            // dropped NIOAsyncChannel traps in NIOAsyncWriter's deinit (apple/swift-nio#2813).
+            try? await server.setOption(ChannelOptions.autoRead, value: false).get()
+            for _ in 0..<3 {
+                for loop in group.makeIterator() { try? await loop.submit {}.get() }
+            }
+        }
         try? await server?.close()
         for c in idle { c.close(promise: nil) }
         let clock = ContinuousClock()
@@ -257,7 +271,7 @@ public final class HTTPServer: Sendable {
                                 message: "request body exceeds the limit of \(configuration.maxBodyBytes) bytes",
                                 code: "request_too_large", path: path)
                             // The connection may hold an unread body: answer and close it.
-                            try await self.write(resp, for: h, to: outbound, keepAlive: false, current: current)
+                            try await self.write(resp, for: h, to: outbound, on: channel.eventLoop, keepAlive: false, current: current)
                             return
                         }
                         let request = HTTPServerRequest(head: h, body: body, remoteAddress: remote)
@@ -267,7 +281,8 @@ public final class HTTPServer: Sendable {
                         let response = await current.run { await self.responder.respond(to: request) }
                         let ok: Bool
                         do {
-                            try await self.write(response, for: h, to: outbound, keepAlive: keepAlive && !self.isShuttingDown, current: current)
+                            try await self.write(response, for: h, to: outbound, on: channel.eventLoop,
+                                                 keepAlive: keepAlive && !self.isShuttingDown, current: current)
                             ok = true
                         } catch {
                             ok = false
@@ -289,7 +304,7 @@ public final class HTTPServer: Sendable {
     private func endRequest() { state.withLock { $0.inFlight -= 1 } }
 
     private func write(_ response: HTTPServerResponse, for request: HTTPRequestHead,
-                       to outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>,
+                       to outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, on eventLoop: any EventLoop,
                        keepAlive: Bool, current: CurrentTask) async throws {
         var head = HTTPResponseHead(version: request.version, status: response.status, headers: response.headers)
         for (n, v) in configuration.extraHeaders { head.headers.replaceOrAdd(name: n, value: v) }
@@ -305,7 +320,7 @@ public final class HTTPServer: Sendable {
         case .stream(let produce):
             head.headers.remove(name: "Content-Length")
             try await outbound.write(.head(head))
-            let writer = ResponseBodyWriter(outbound: outbound)
+            let writer = ResponseBodyWriter(outbound: outbound, eventLoop: eventLoop)
             let failed = await current.run { () async -> Bool in
                 do {
                     try await produce(writer)

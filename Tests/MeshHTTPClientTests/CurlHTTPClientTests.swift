@@ -422,7 +422,6 @@ struct CurlHTTPClientTests {
                     try await Task.sleep(for: .milliseconds(50))
                 }
             }
-            print("STATS peak \(response.peakBufferedByteCount) pauses \(response.pauseCount) pumpedWhileStalled \(pumpedWhileStalled) cpu \(cpuWhileStalled)")
             #expect(!mismatch)
             #expect(received == total)
             #expect(response.peakBufferedByteCount <= limit + curlChunk)

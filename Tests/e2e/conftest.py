@@ -8,6 +8,8 @@ process' log. Binaries come from MESHD_BIN, SIM_ENGINE_BIN, LLAMA_BIN_DIR and TI
 from __future__ import annotations
 
 import atexit
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -49,12 +51,38 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     return rep
 
 
+# Upper bound for one test (setup, call and teardown each), seconds.
+TEST_TIMEOUT = 120
+
+
+class TestTimeout(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _bounded_test() -> Iterator[None]:
+    """Every test is bounded in time, whatever it waits on (SIGALRM in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TestTimeout(f"test exceeded {TEST_TIMEOUT}s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture(scope="session")
-def bins() -> Binaries:
+def bins(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
     b = Binaries()
     try:
-        b.meshd_bin()
-        b.sim_bin()
+        b.snapshot(tmp_path_factory.mktemp("bin"))
     except E2EError as e:
         pytest.fail(str(e), pytrace=False)
     return b

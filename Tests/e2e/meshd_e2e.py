@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +54,32 @@ class Binaries:
         if path.suffix != ".gguf" and not os.access(path, os.X_OK):
             raise E2EError(f"{what} at {path} is not executable")
         return path
+
+    def snapshot(self, into: Path, timeout: float = 120) -> None:
+        """Runs private copies of meshd and the sim engine: others may relink .build while the suite
+        runs (exec of a file being written fails with ETXTBSY, and a new binary mid-run would mix
+        versions). A copy taken mid-link fails its `--help` check and is taken again, for up to
+        `timeout` seconds."""
+        into.mkdir(parents=True, exist_ok=True)
+        for attr, what, hint in (("meshd", "meshd", "run `swift build --product meshd` or set MESHD_BIN"),
+                                 ("sim", "meshd-sim-engine", "run `swift build --product meshd-sim-engine` or set SIM_ENGINE_BIN")):
+            src = self.require(getattr(self, attr), what, hint)
+            dst = into / src.name
+            deadline = time.monotonic() + timeout
+            while True:
+                problem = ""
+                try:
+                    shutil.copy2(src, dst)
+                    res = subprocess.run([str(dst), "--help"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+                    if res.returncode == 0:
+                        break
+                    problem = f"exit {res.returncode}: {res.stderr[-300:]!r}"
+                except (OSError, subprocess.TimeoutExpired) as e:
+                    problem = repr(e)
+                if time.monotonic() > deadline:
+                    raise E2EError(f"{what} at {src} does not run ({problem}); is a build still writing it?")
+                time.sleep(1)
+            setattr(self, attr, dst)
 
     def meshd_bin(self) -> Path:
         return self.require(self.meshd, "meshd", "run `swift build --product meshd` or set MESHD_BIN")
@@ -387,7 +414,6 @@ class Meshd:
         self.config_path.write_text(render_config(cfg))
         e = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
              and not k.startswith("MESHD_") and k not in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")}
-        e["MESHD_CACHE"] = str(CACHE)
         e.update(env or {})
         self.proc = pool.start("meshd", [str(binary), "--config", str(self.config_path)], env=e)
         if wait:

@@ -10,15 +10,19 @@ import ollama
 import openai
 import pytest
 
-from meshd_e2e import Binaries, Meshd, ProcessPool, cmdline, pid_alive, processes_with_arg, wait_until
+from meshd_e2e import Binaries, E2EError, Meshd, ProcessPool, cmdline, pid_alive, processes_with_arg, wait_until
 
 ALIAS = "meshd-tiny"
 
 
 @pytest.fixture
 def managed(pool: ProcessPool, bins: Binaries) -> Meshd:
-    engine = {"kind": "llama.cpp", "model": str(bins.tiny_model()), "alias": ALIAS, "args": ["-t", "1", "-c", "512"],
-              "binary": str(bins.llama_server_bin())}
+    try:
+        model, binary = bins.tiny_model(), bins.llama_server_bin()
+    except E2EError as e:
+        pytest.fail(str(e), pytrace=False)
+    engine = {"kind": "llama.cpp", "model": str(model), "alias": ALIAS, "args": ["-t", "1", "-c", "512"],
+              "binary": str(binary)}
     return Meshd(pool, bins.meshd_bin(), [engine], name="e2e-managed")
 
 

@@ -85,8 +85,8 @@ public enum ResponseTranslator {
             r.finishReason = choice?["finish_reason"]?.stringValue
             r.usage = openAIUsage(b["usage"])
             if let t = b["timings"] {
-                r.promptNanos = t["prompt_ms"]?.doubleValue.map { UInt64(max(0, $0) * 1e6) }
-                r.evalNanos = t["predicted_ms"]?.doubleValue.map { UInt64(max(0, $0) * 1e6) }
+                r.promptNanos = t["prompt_ms"]?.doubleValue.map(nanos(milliseconds:))
+                r.evalNanos = t["predicted_ms"]?.doubleValue.map(nanos(milliseconds:))
             }
         case .ollamaChat, .ollamaGenerate:
             r.text = b["message"]?["content"]?.stringValue ?? b["response"]?.stringValue ?? ""
@@ -137,6 +137,9 @@ public enum ResponseTranslator {
         }
     }
 
+    /// Engine-reported milliseconds as nanoseconds, clamped to 0...9e18 so absurd values cannot trap.
+    static func nanos(milliseconds ms: Double) -> UInt64 { UInt64(min(max(0, ms) * 1e6, 9e18)) }
+
     static func usageJSON(_ u: TokenUsage) -> JSON {
         ["prompt_tokens": .integer(u.promptTokens), "completion_tokens": .integer(u.completionTokens), "total_tokens": .integer(u.totalTokens)]
     }
@@ -148,12 +151,12 @@ public enum ResponseTranslator {
         let promptNanos = r.promptNanos ?? 0
         return [
             ("done_reason", .string(r.finishReason ?? "stop")),
-            ("total_duration", .int(Int64(total))),
-            ("load_duration", .int(Int64(r.loadNanos ?? 0))),
+            ("total_duration", .int(Int64(clamping: total))),
+            ("load_duration", .int(Int64(clamping: r.loadNanos ?? 0))),
             ("prompt_eval_count", .integer(r.usage?.promptTokens ?? 0)),
-            ("prompt_eval_duration", .int(Int64(promptNanos))),
+            ("prompt_eval_duration", .int(Int64(clamping: promptNanos))),
             ("eval_count", .integer(r.usage?.completionTokens ?? 0)),
-            ("eval_duration", .int(Int64(evalNanos))),
+            ("eval_duration", .int(Int64(clamping: evalNanos))),
         ]
     }
 
@@ -326,8 +329,8 @@ public struct StreamTranslator: Sendable {
         }
         if let u = ResponseTranslator.openAIUsage(json["usage"]) { usage = u; result.usage = u }
         if let t = json["timings"] {
-            result.promptNanos = t["prompt_ms"]?.doubleValue.map { UInt64(max(0, $0) * 1e6) }
-            result.evalNanos = t["predicted_ms"]?.doubleValue.map { UInt64(max(0, $0) * 1e6) }
+            result.promptNanos = t["prompt_ms"]?.doubleValue.map(ResponseTranslator.nanos(milliseconds:))
+            result.evalNanos = t["predicted_ms"]?.doubleValue.map(ResponseTranslator.nanos(milliseconds:))
         }
         let choice = json["choices"]?[0]
         let delta = choice?["delta"]
@@ -346,7 +349,8 @@ public struct StreamTranslator: Sendable {
             }
             out += Self.dataPrefix
             out.append(0x20)
-            out += payload
+            // A bare CR is JSON whitespace but ends the line for SSE readers: re-encode such payloads.
+            if payload.contains(0x0D) { json.write(into: &out) } else { out += payload }
             out += [0x0A, 0x0A]
             return
         }
@@ -387,7 +391,8 @@ public struct StreamTranslator: Sendable {
         }
         switch context.clientRoute.dialect {
         case .ollama:
-            out += raw
+            // A bare CR is JSON whitespace but ends the line for line readers: re-encode such lines.
+            if raw.contains(0x0D) { json.write(into: &out) } else { out += raw }
             out.append(0x0A)
         case .openai:
             let isChat = context.clientRoute == .openaiChat

@@ -1,0 +1,103 @@
+/// What a node tells its peers about itself (the `state` message), also what routing sees.
+public struct NodeState: Sendable, Equatable, Codable {
+    /// Stable node id (the node name unless configured otherwise).
+    public var id: String
+    public var name: String
+    /// Mesh protocol version.
+    public var proto: Int
+    /// `host:port` of the node's mesh ROUTER, as peers should dial it.
+    public var meshEndpoint: String
+    /// `host:port` of the node's client API.
+    public var httpEndpoint: String
+    /// Increases with every change; a peer ignores older states.
+    public var seq: UInt64
+    public var draining: Bool
+    /// Accelerator memory in bytes (0 when the node has none), summed over devices.
+    public var vramTotalBytes: Int64
+    public var vramFreeBytes: Int64
+    /// Short hardware summary (`2x RTX 4090`, `cpu`).
+    public var gpuSummary: String
+    /// The node's engines with their models, load and measured speeds.
+    public var engines: [EngineSnapshot]
+    /// Mesh endpoints of peers this node knows (one seed is enough to find the rest).
+    public var knownPeers: [String]
+
+    public init(id: String, name: String, proto: Int = Int(meshProtocolVersion), meshEndpoint: String, httpEndpoint: String,
+                seq: UInt64 = 0, draining: Bool = false, vramTotalBytes: Int64 = 0, vramFreeBytes: Int64 = 0,
+                gpuSummary: String = "cpu", engines: [EngineSnapshot] = [], knownPeers: [String] = []) {
+        self.id = id
+        self.name = name
+        self.proto = proto
+        self.meshEndpoint = meshEndpoint
+        self.httpEndpoint = httpEndpoint
+        self.seq = seq
+        self.draining = draining
+        self.vramTotalBytes = vramTotalBytes
+        self.vramFreeBytes = vramFreeBytes
+        self.gpuSummary = gpuSummary
+        self.engines = engines
+        self.knownPeers = knownPeers
+    }
+
+    /// Requests in flight on this node's engines.
+    public var inFlight: Int { engines.reduce(0) { $0 + $1.load.inFlight } }
+
+    /// Distinct model names on healthy engines.
+    public var modelNames: [String] { Router.availableModels(engines) }
+}
+
+/// The peers a node has heard from, with expiry: pure bookkeeping, time passed in.
+public struct PeerTable: Sendable {
+    public struct Entry: Sendable, Equatable {
+        public var state: NodeState
+        public var lastHeardNanos: UInt64
+        /// Set by `meshctl drain` on this node, independent of what the peer says.
+        public var drainedLocally: Bool
+    }
+
+    public private(set) var entries: [String: Entry] = [:]
+    /// A peer unheard for this long is gone.
+    public var expiryNanos: UInt64
+
+    public init(heartbeatMs: Int, deadAfterMissed: Int) {
+        expiryNanos = UInt64(max(1, heartbeatMs)) * UInt64(max(1, deadAfterMissed)) * 1_000_000
+    }
+
+    /// Records a state; returns true when it is new or changed what routing sees.
+    @discardableResult
+    public mutating func update(_ s: NodeState, nowNanos: UInt64) -> Bool {
+        if var e = entries[s.id] {
+            let changed = s.seq != e.state.seq || e.state != s
+            if s.seq < e.state.seq && e.state.meshEndpoint == s.meshEndpoint { 
+                e.lastHeardNanos = nowNanos
+                entries[s.id] = e
+                return false
+            }
+            e.state = s
+            e.lastHeardNanos = nowNanos
+            entries[s.id] = e
+            return changed
+        }
+        entries[s.id] = Entry(state: s, lastHeardNanos: nowNanos, drainedLocally: false)
+        return true
+    }
+
+    /// Any sign of life (a hello, a chunk) keeps a peer alive.
+    public mutating func touch(_ id: String, nowNanos: UInt64) {
+        entries[id]?.lastHeardNanos = nowNanos
+    }
+
+    /// Drops peers not heard within the expiry; returns their ids.
+    public mutating func expire(nowNanos: UInt64) -> [String] {
+        let dead = entries.filter { nowNanos > $0.value.lastHeardNanos && nowNanos - $0.value.lastHeardNanos > expiryNanos }.map(\.key)
+        for id in dead { entries[id] = nil }
+        return dead.sorted()
+    }
+
+    public mutating func remove(_ id: String) { entries[id] = nil }
+
+    public mutating func setDrained(_ id: String, _ drained: Bool) { entries[id]?.drainedLocally = drained }
+
+    /// Live peers, sorted by id.
+    public var peers: [Entry] { entries.values.sorted { $0.state.id < $1.state.id } }
+}

@@ -1,0 +1,537 @@
+import CZeroMQ
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The loop thread's state: the context and every socket. Only ever used on that thread.
+final class MeshSocketRunner {
+    /// One outbound connection: a DEALER, its monitor, and the messages waiting for it to become writable.
+    private final class Peer {
+        let id: MeshPeerID
+        let endpoint: String
+        let serverKey: [UInt8]
+        let dealer: UnsafeMutableRawPointer
+        let monitor: UnsafeMutableRawPointer
+        var outbox: [[[UInt8]]] = []
+        var connected = false
+        var lastFailure: String?
+
+        init(id: MeshPeerID, endpoint: String, serverKey: [UInt8], dealer: UnsafeMutableRawPointer, monitor: UnsafeMutableRawPointer) {
+            self.id = id
+            self.endpoint = endpoint
+            self.serverKey = serverKey
+            self.dealer = dealer
+            self.monitor = monitor
+        }
+    }
+
+    private enum Slot {
+        case wake, zap, router, routerMonitor
+        case dealer(Peer)
+        case dealerMonitor(Peer)
+    }
+
+    /// ZAP endpoint fixed by RFC 27; libzmq sends every handshake's ZAP request there (per context).
+    static let zapEndpoint = "inproc://zeromq.zap.01"
+    /// Messages read from one socket per wake-up before the others get a turn.
+    private static let receiveBatch = 256
+    private static let dealerMonitorEvents = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED
+        | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+    private static let routerMonitorEvents = ZMQ_EVENT_HANDSHAKE_SUCCEEDED
+        | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+
+    private let shared: LoopShared
+    private let wakeReadFD: Int32
+    private let configuration: MeshSocketConfiguration
+    private let logger: Logger
+    private let continuation: AsyncStream<MeshSocketEvent>.Continuation
+    private let startup: StartupSignal
+
+    private var context: UnsafeMutableRawPointer?
+    private var zap: UnsafeMutableRawPointer?
+    private var router: UnsafeMutableRawPointer?
+    private var routerMonitor: UnsafeMutableRawPointer?
+    private var peers: [MeshPeerID: Peer] = [:]
+    private var policy: ZAPPolicy
+    private var monitorSerial = 0
+    private var stopping = false
+    private var droppedEvents = 0
+
+    init(shared: LoopShared, wakeReadFD: Int32, configuration: MeshSocketConfiguration, logger: Logger,
+         continuation: AsyncStream<MeshSocketEvent>.Continuation, startup: StartupSignal) {
+        self.shared = shared
+        self.wakeReadFD = wakeReadFD
+        self.configuration = configuration
+        self.logger = logger
+        self.continuation = continuation
+        self.startup = startup
+        self.policy = ZAPPolicy(
+            domain: configuration.zapDomain, meshKey: configuration.meshPublicKey,
+            allowedKeys: configuration.allowedKeys, revokedKeys: configuration.revokedKeys)
+    }
+
+    func run() {
+        do throws(MeshZMQError) {
+            try setUp()
+        } catch {
+            logger.error("ZeroMQ loop failed to start", metadata: ["error": "\(error)"])
+            tearDown()
+            startup.finish(error)
+            return
+        }
+        startup.finish(nil)
+        logger.debug("ZeroMQ loop started", metadata: ["publicKey": "\(configuration.keyPair.publicKeyZ85)"])
+        runLoop()
+        tearDown()
+        logger.debug("ZeroMQ loop stopped")
+    }
+
+    // MARK: set-up and tear-down
+
+    /// Context, then the ZAP handler, before any other socket exists.
+    private func setUp() throws(MeshZMQError) {
+        guard let context = zmq_ctx_new() else { throw .lastZMQ("zmq_ctx_new") }
+        self.context = context
+        guard let zap = zmq_socket(context, ZMQ_REP) else { throw .lastZMQ("zmq_socket(ZAP REP)") }
+        self.zap = zap
+        try ZMQSocketOps.setInt(zap, ZMQ_LINGER, 0, "ZMQ_LINGER")
+        guard zmq_bind(zap, Self.zapEndpoint) == 0 else { throw .lastZMQ("zmq_bind(\(Self.zapEndpoint))") }
+    }
+
+    /// Closes every socket with linger 0, terminates the context, fails leftover commands, closes the pipe and
+    /// finishes the event stream. Never waits for a peer.
+    private func tearDown() {
+        for peer in peers.values { closePeer(peer, lingerMilliseconds: 0) }
+        peers.removeAll()
+        if let router {
+            _ = zmq_socket_monitor(router, nil, 0)
+            if let routerMonitor { ZMQSocketOps.closeNow(routerMonitor) }
+            ZMQSocketOps.closeNow(router)
+        }
+        router = nil
+        routerMonitor = nil
+        if let zap { ZMQSocketOps.closeNow(zap) }
+        zap = nil
+        if let context {
+            while zmq_ctx_term(context) != 0 {
+                guard zmq_errno() == EINTR else {
+                    logger.error("zmq_ctx_term failed", metadata: ["error": "\(zmqErrorMessage(zmq_errno()))"])
+                    break
+                }
+            }
+        }
+        context = nil
+        let writeFD = shared.detachWake()
+        for command in shared.takeCommands() { command.fail() }
+        if writeFD >= 0 { close(writeFD) }
+        close(wakeReadFD)
+        continuation.finish()
+    }
+
+    // MARK: the poll loop
+
+    private func runLoop() {
+        var items: [zmq_pollitem_t] = []
+        var slots: [Slot] = []
+        while !stopping {
+            items.removeAll(keepingCapacity: true)
+            slots.removeAll(keepingCapacity: true)
+            func add(_ socket: UnsafeMutableRawPointer?, fd: Int32 = -1, events: Int32, _ slot: Slot) {
+                items.append(zmq_pollitem_t(socket: socket, fd: fd, events: Int16(events), revents: 0))
+                slots.append(slot)
+            }
+            add(nil, fd: wakeReadFD, events: ZMQ_POLLIN, .wake)
+            add(zap, events: ZMQ_POLLIN, .zap)
+            if let router { add(router, events: ZMQ_POLLIN, .router) }
+            if let routerMonitor { add(routerMonitor, events: ZMQ_POLLIN, .routerMonitor) }
+            for peer in peers.values {
+                add(peer.dealer, events: ZMQ_POLLIN | (peer.outbox.isEmpty ? 0 : ZMQ_POLLOUT), .dealer(peer))
+                add(peer.monitor, events: ZMQ_POLLIN, .dealerMonitor(peer))
+            }
+
+            // No timers yet: wait indefinitely. Commands arrive through the wake-up pipe.
+            let rc = zmq_poll(&items, Int32(items.count), -1)
+            if rc < 0 {
+                let code = zmq_errno()
+                if code == EINTR { continue }
+                logger.critical("zmq_poll failed; stopping the ZeroMQ loop", metadata: ["error": "\(zmqErrorMessage(code))"])
+                break
+            }
+
+            // Sockets first: commands may close sockets that are in `items`.
+            var wakeReady = false
+            for (index, slot) in slots.enumerated() where items[index].revents != 0 {
+                let revents = Int32(items[index].revents)
+                switch slot {
+                case .wake: wakeReady = true
+                case .zap: handleZAPRequests()
+                case .router: receiveFromRouter()
+                case .routerMonitor: readRouterMonitor()
+                case let .dealer(peer):
+                    if revents & ZMQ_POLLIN != 0 { receive(from: peer) }
+                    if revents & ZMQ_POLLOUT != 0 { flush(peer) }
+                case let .dealerMonitor(peer): readMonitor(of: peer)
+                }
+            }
+            if wakeReady {
+                drainWakePipe()
+                for command in shared.takeCommands() {
+                    if stopping { command.fail() } else { handle(command) }
+                }
+            }
+        }
+    }
+
+    private func drainWakePipe() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(wakeReadFD, $0.baseAddress, $0.count) }
+            if n > 0 { continue }
+            if n < 0 && errno == EINTR { continue }
+            return
+        }
+    }
+
+    // MARK: commands
+
+    private func handle(_ command: LoopShared.Command) {
+        switch command {
+        case let .bind(endpoint, reply):
+            reply.resume(returning: Result { () throws(MeshZMQError) in try bind(endpoint) })
+        case let .connect(id, endpoint, serverKey, reply):
+            reply.resume(returning: Result { () throws(MeshZMQError) in try connect(id, endpoint: endpoint, serverKey: serverKey) })
+        case let .disconnect(id):
+            if let peer = peers.removeValue(forKey: id) {
+                if !peer.outbox.isEmpty {
+                    logger.debug("dropping queued messages of a disconnected peer", metadata: ["peer": "\(id)", "count": "\(peer.outbox.count)"])
+                }
+                closePeer(peer, lingerMilliseconds: configuration.lingerMilliseconds)
+            }
+        case let .send(link, frames):
+            send(frames, to: link)
+        case let .policy(.allow, key, reply):
+            policy.allow(key)
+            logger.info("client key allowed", metadata: ["key": "\(Z85.encode(key) ?? "?")"])
+            reply.resume(returning: .success(()))
+        case let .policy(.revoke, key, reply):
+            policy.revoke(key)
+            logger.info("client key revoked", metadata: ["key": "\(Z85.encode(key) ?? "?")"])
+            reply.resume(returning: .success(()))
+        case .stop:
+            stopping = true
+        }
+    }
+
+    private func bind(_ endpoint: String) throws(MeshZMQError) -> String {
+        let router = try ensureRouter()
+        guard zmq_bind(router, endpoint) == 0 else { throw .lastZMQ("zmq_bind(\(endpoint))") }
+        let resolved = ZMQSocketOps.lastEndpoint(router) ?? endpoint
+        logger.info("mesh ROUTER bound", metadata: ["endpoint": "\(resolved)"])
+        return resolved
+    }
+
+    /// The ROUTER: CURVE server, ZAP domain enforced (refuse if the handler were missing), mandatory routing.
+    private func ensureRouter() throws(MeshZMQError) -> UnsafeMutableRawPointer {
+        if let router { return router }
+        guard let context, let socket = zmq_socket(context, ZMQ_ROUTER) else { throw .lastZMQ("zmq_socket(ROUTER)") }
+        do throws(MeshZMQError) {
+            try applyCommonOptions(socket)
+            try ZMQSocketOps.setInt(socket, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY")
+            try ZMQSocketOps.setString(socket, ZMQ_ZAP_DOMAIN, configuration.zapDomain, "ZMQ_ZAP_DOMAIN")
+            try ZMQSocketOps.setInt(socket, ZMQ_ZAP_ENFORCE_DOMAIN, 1, "ZMQ_ZAP_ENFORCE_DOMAIN")
+            try ZMQSocketOps.setInt(socket, ZMQ_CURVE_SERVER, 1, "ZMQ_CURVE_SERVER")
+            try ZMQSocketOps.setBytes(socket, ZMQ_CURVE_SECRETKEY, configuration.keyPair.secretKey, "ZMQ_CURVE_SECRETKEY")
+            routerMonitor = try attachMonitor(to: socket, events: Self.routerMonitorEvents)
+        } catch {
+            ZMQSocketOps.closeNow(socket)
+            throw error
+        }
+        router = socket
+        return socket
+    }
+
+    private func connect(_ id: MeshPeerID, endpoint: String, serverKey: [UInt8]) throws(MeshZMQError) {
+        guard peers[id] == nil else { throw .peerExists(id) }
+        guard let context, let dealer = zmq_socket(context, ZMQ_DEALER) else { throw .lastZMQ("zmq_socket(DEALER)") }
+        var monitor: UnsafeMutableRawPointer?
+        do throws(MeshZMQError) {
+            try applyCommonOptions(dealer)
+            try ZMQSocketOps.setInt(dealer, ZMQ_IMMEDIATE, 1, "ZMQ_IMMEDIATE")
+            try ZMQSocketOps.setInt(dealer, ZMQ_RECONNECT_IVL, configuration.reconnectIntervalMilliseconds, "ZMQ_RECONNECT_IVL")
+            try ZMQSocketOps.setInt(dealer, ZMQ_RECONNECT_IVL_MAX, configuration.reconnectIntervalMaxMilliseconds, "ZMQ_RECONNECT_IVL_MAX")
+            try ZMQSocketOps.setBytes(dealer, ZMQ_CURVE_SERVERKEY, serverKey, "ZMQ_CURVE_SERVERKEY")
+            try ZMQSocketOps.setBytes(dealer, ZMQ_CURVE_PUBLICKEY, configuration.keyPair.publicKey, "ZMQ_CURVE_PUBLICKEY")
+            try ZMQSocketOps.setBytes(dealer, ZMQ_CURVE_SECRETKEY, configuration.keyPair.secretKey, "ZMQ_CURVE_SECRETKEY")
+            monitor = try attachMonitor(to: dealer, events: Self.dealerMonitorEvents)
+            guard zmq_connect(dealer, endpoint) == 0 else { throw MeshZMQError.lastZMQ("zmq_connect(\(endpoint))") }
+        } catch {
+            _ = zmq_socket_monitor(dealer, nil, 0)
+            if let monitor { ZMQSocketOps.closeNow(monitor) }
+            ZMQSocketOps.closeNow(dealer)
+            throw error
+        }
+        peers[id] = Peer(id: id, endpoint: endpoint, serverKey: serverKey, dealer: dealer, monitor: monitor!)
+        logger.debug("connecting to peer", metadata: ["peer": "\(id)", "endpoint": "\(endpoint)"])
+    }
+
+    private func applyCommonOptions(_ socket: UnsafeMutableRawPointer) throws(MeshZMQError) {
+        try ZMQSocketOps.setInt(socket, ZMQ_LINGER, configuration.lingerMilliseconds, "ZMQ_LINGER")
+        try ZMQSocketOps.setInt64(socket, ZMQ_MAXMSGSIZE, Int64(configuration.maxMessageSize), "ZMQ_MAXMSGSIZE")
+        try ZMQSocketOps.setInt(socket, ZMQ_SNDHWM, configuration.sendHighWaterMark, "ZMQ_SNDHWM")
+        try ZMQSocketOps.setInt(socket, ZMQ_RCVHWM, configuration.receiveHighWaterMark, "ZMQ_RCVHWM")
+        if configuration.heartbeatIntervalMilliseconds > 0 {
+            try ZMQSocketOps.setInt(socket, ZMQ_HEARTBEAT_IVL, configuration.heartbeatIntervalMilliseconds, "ZMQ_HEARTBEAT_IVL")
+            try ZMQSocketOps.setInt(socket, ZMQ_HEARTBEAT_TIMEOUT, configuration.heartbeatTimeoutMilliseconds, "ZMQ_HEARTBEAT_TIMEOUT")
+        }
+    }
+
+    /// Starts libzmq's monitor on `socket` and returns the PAIR that receives its events.
+    private func attachMonitor(to socket: UnsafeMutableRawPointer, events: Int32) throws(MeshZMQError) -> UnsafeMutableRawPointer {
+        monitorSerial += 1
+        let endpoint = "inproc://meshd-monitor-\(monitorSerial)"
+        guard zmq_socket_monitor(socket, endpoint, events) == 0 else { throw .lastZMQ("zmq_socket_monitor") }
+        guard let context, let pair = zmq_socket(context, ZMQ_PAIR) else {
+            _ = zmq_socket_monitor(socket, nil, 0)
+            throw .lastZMQ("zmq_socket(monitor PAIR)")
+        }
+        do throws(MeshZMQError) {
+            try ZMQSocketOps.setInt(pair, ZMQ_LINGER, 0, "ZMQ_LINGER")
+            guard zmq_connect(pair, endpoint) == 0 else { throw MeshZMQError.lastZMQ("zmq_connect(\(endpoint))") }
+        } catch {
+            _ = zmq_socket_monitor(socket, nil, 0)
+            ZMQSocketOps.closeNow(pair)
+            throw error
+        }
+        return pair
+    }
+
+    private func closePeer(_ peer: Peer, lingerMilliseconds: Int32) {
+        _ = zmq_socket_monitor(peer.dealer, nil, 0)
+        ZMQSocketOps.closeNow(peer.monitor)
+        var linger = lingerMilliseconds
+        _ = zmq_setsockopt(peer.dealer, ZMQ_LINGER, &linger, MemoryLayout<Int32>.size)
+        _ = zmq_close(peer.dealer)
+    }
+
+    // MARK: sending
+
+    private func send(_ frames: [[UInt8]], to link: MeshLink) {
+        switch link {
+        case let .inbound(routingID):
+            guard let router else {
+                emit(.sendFailed(link: link, reason: "no ROUTER is bound"))
+                return
+            }
+            if let code = ZMQSocketOps.sendMultipart(router, [routingID] + frames) {
+                let reason = code == EHOSTUNREACH ? "the client is no longer connected"
+                    : code == EAGAIN ? "the client's send queue is full" : zmqErrorMessage(code)
+                emit(.sendFailed(link: link, reason: reason))
+            }
+        case let .outbound(id):
+            guard let peer = peers[id] else {
+                emit(.sendFailed(link: link, reason: "unknown peer"))
+                return
+            }
+            guard peer.outbox.count < configuration.maxQueuedMessagesPerPeer else {
+                emit(.sendFailed(link: link, reason: "the peer's send queue is full"))
+                return
+            }
+            peer.outbox.append(frames)
+            flush(peer)
+        }
+    }
+
+    /// Hands queued messages to the DEALER until it would block (not connected, or at its high-water mark).
+    private func flush(_ peer: Peer) {
+        var handled = 0
+        while handled < peer.outbox.count {
+            if let code = ZMQSocketOps.sendMultipart(peer.dealer, peer.outbox[handled]) {
+                if code == EAGAIN { break }
+                emit(.sendFailed(link: .outbound(peer.id), reason: zmqErrorMessage(code)))
+            }
+            handled += 1
+        }
+        if handled > 0 { peer.outbox.removeFirst(handled) }
+    }
+
+    // MARK: receiving
+
+    private func receiveFromRouter() {
+        guard let router else { return }
+        for _ in 0..<Self.receiveBatch {
+            // Frame 0 is the routing id ROUTER prepends; allow it on top of the payload limits.
+            guard let received = ZMQSocketOps.receiveMultipart(
+                router, maxFrames: configuration.maxFramesPerMessage + 1,
+                maxBytes: configuration.maxMessageSize + 256, metadataFrame: 1)
+            else { return }
+            guard let routingID = received.frames.first else { continue }
+            let link = MeshLink.inbound(routingID: routingID)
+            if let violation = received.violation {
+                logger.warning("dropped a malformed inbound message", metadata: ["reason": "\(violation)"])
+                emit(.malformed(link: link, reason: violation))
+                continue
+            }
+            guard received.frames.count > 1 else {
+                emit(.malformed(link: link, reason: "message has no payload frames"))
+                continue
+            }
+            emit(.message(MeshMessage(
+                link: link, frames: Array(received.frames.dropFirst()),
+                peerKey: received.userID.flatMap(Z85.decode), peerAddress: received.peerAddress)))
+        }
+    }
+
+    private func receive(from peer: Peer) {
+        for _ in 0..<Self.receiveBatch {
+            guard let received = ZMQSocketOps.receiveMultipart(
+                peer.dealer, maxFrames: configuration.maxFramesPerMessage,
+                maxBytes: configuration.maxMessageSize, metadataFrame: 0)
+            else { return }
+            let link = MeshLink.outbound(peer.id)
+            if let violation = received.violation {
+                logger.warning("dropped a malformed message from a peer", metadata: ["peer": "\(peer.id)", "reason": "\(violation)"])
+                emit(.malformed(link: link, reason: violation))
+                continue
+            }
+            emit(.message(MeshMessage(link: link, frames: received.frames, peerKey: peer.serverKey, peerAddress: received.peerAddress)))
+        }
+    }
+
+    // MARK: ZAP
+
+    /// Answers every pending ZAP request (REP: one reply per request, in order).
+    private func handleZAPRequests() {
+        guard let zap else { return }
+        for _ in 0..<Self.receiveBatch {
+            guard let request = ZMQSocketOps.receiveMultipart(zap, maxFrames: 16, maxBytes: 64 * 1024, metadataFrame: -1) else { return }
+            let decision: ZAPDecision
+            if let violation = request.violation {
+                decision = ZAPDecision(requestID: [], accepted: false, address: "unknown", clientKey: nil,
+                                       reason: "malformed ZAP request: \(violation)")
+            } else {
+                decision = policy.evaluate(request.frames)
+            }
+            if let code = ZMQSocketOps.sendMultipart(zap, decision.replyFrames) {
+                logger.error("could not answer a ZAP request", metadata: ["error": "\(zmqErrorMessage(code))"])
+            }
+            let key = decision.clientKey.flatMap(Z85.encode) ?? "-"
+            if decision.accepted {
+                logger.debug("ZAP accepted a client", metadata: ["address": "\(decision.address)", "key": "\(key)"])
+            } else {
+                let reason = decision.reason ?? "refused"
+                logger.warning("ZAP refused a client", metadata: ["address": "\(decision.address)", "reason": "\(reason)", "key": "\(key)"])
+                emit(.authFailure(address: decision.address, reason: reason))
+            }
+        }
+    }
+
+    // MARK: monitors
+
+    private struct MonitorEvent {
+        var event: Int32
+        var value: UInt32
+        var endpoint: String
+    }
+
+    /// Reads one monitor event: frame 1 = 16-bit event id + 32-bit value (native byte order), frame 2 = endpoint.
+    private func readMonitorEvent(_ pair: UnsafeMutableRawPointer) -> MonitorEvent? {
+        while let received = ZMQSocketOps.receiveMultipart(pair, maxFrames: 4, maxBytes: 4096, metadataFrame: -1) {
+            guard received.violation == nil, received.frames.count >= 2, received.frames[0].count >= 6 else { continue }
+            let head = received.frames[0]
+            let event = head.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt16.self) }
+            let value = head.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 2, as: UInt32.self) }
+            return MonitorEvent(event: Int32(event), value: value, endpoint: String(decoding: received.frames[1], as: UTF8.self))
+        }
+        return nil
+    }
+
+    private func readRouterMonitor() {
+        guard let routerMonitor else { return }
+        for _ in 0..<Self.receiveBatch {
+            guard let event = readMonitorEvent(routerMonitor) else { return }
+            switch event.event {
+            case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                let reason = "CURVE handshake failed: \(Self.describeProtocolError(event.value))"
+                logger.warning("a client failed the handshake", metadata: ["endpoint": "\(event.endpoint)", "reason": "\(reason)"])
+                emit(.authFailure(address: event.endpoint, reason: reason))
+            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+                break  // the ZAP handler already reported it, with the client's address
+            case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                // The connection broke before the handshake finished: a client that gave up (e.g. a NULL client
+                // that noticed the mechanism mismatch first), a port scan, or a network failure.
+                let reason = "handshake aborted: \(String(cString: strerror(Int32(bitPattern: event.value))))"
+                logger.info("a client went away during the handshake", metadata: ["endpoint": "\(event.endpoint)", "reason": "\(reason)"])
+                emit(.authFailure(address: event.endpoint, reason: reason))
+            case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+                logger.debug("a client completed the handshake", metadata: ["endpoint": "\(event.endpoint)"])
+            default:
+                break
+            }
+        }
+    }
+
+    private func readMonitor(of peer: Peer) {
+        for _ in 0..<Self.receiveBatch {
+            guard let event = readMonitorEvent(peer.monitor) else { return }
+            switch event.event {
+            case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+                peer.lastFailure = nil
+                if !peer.connected {
+                    peer.connected = true
+                    logger.debug("peer connected", metadata: ["peer": "\(peer.id)"])
+                    emit(.peerConnected(peer.id))
+                }
+            case ZMQ_EVENT_DISCONNECTED:
+                if peer.connected {
+                    peer.connected = false
+                    logger.info("peer disconnected", metadata: ["peer": "\(peer.id)"])
+                    emit(.peerDisconnected(peer.id))
+                }
+            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+                handshakeFailed(peer, "refused by the server's ZAP handler (status \(event.value)); libzmq will not retry this connection")
+            case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                handshakeFailed(peer, "CURVE handshake failed: \(Self.describeProtocolError(event.value))")
+            case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                handshakeFailed(peer, "connection closed during the CURVE handshake (wrong server key or another mesh secret?)")
+            default:
+                break
+            }
+        }
+    }
+
+    private func handshakeFailed(_ peer: Peer, _ reason: String) {
+        guard peer.lastFailure != reason else { return }
+        peer.lastFailure = reason
+        logger.warning("handshake with peer failed", metadata: ["peer": "\(peer.id)", "reason": "\(reason)"])
+        emit(.handshakeFailed(peer: peer.id, reason: reason))
+    }
+
+    static func describeProtocolError(_ value: UInt32) -> String {
+        switch Int32(bitPattern: value) {
+        case ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "cryptographic error (wrong server key or another mesh secret?)"
+        case ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "security mechanism mismatch (peer is not using CURVE)"
+        case ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE: "key exchange failed"
+        case ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED, ZMQ_PROTOCOL_ERROR_ZAP_MALFORMED_REPLY, ZMQ_PROTOCOL_ERROR_ZAP_BAD_REQUEST_ID,
+             ZMQ_PROTOCOL_ERROR_ZAP_BAD_VERSION, ZMQ_PROTOCOL_ERROR_ZAP_INVALID_STATUS_CODE, ZMQ_PROTOCOL_ERROR_ZAP_INVALID_METADATA:
+            "ZAP handler error 0x\(String(value, radix: 16))"
+        default: "ZMTP protocol error 0x\(String(value, radix: 16))"
+        }
+    }
+
+    // MARK: events
+
+    private func emit(_ event: MeshSocketEvent) {
+        if case .dropped = continuation.yield(event) {
+            droppedEvents += 1
+            if droppedEvents == 1 || droppedEvents % 1000 == 0 {
+                logger.warning("event buffer full; dropping ZeroMQ events", metadata: ["dropped": "\(droppedEvents)"])
+            }
+        }
+    }
+}

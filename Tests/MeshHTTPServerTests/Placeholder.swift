@@ -1,2 +1,0 @@
-import Testing
-@Test func placeholderMeshHTTPServerTests() { #expect(Bool(true)) }
