@@ -49,8 +49,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "MeshZMQ", dependencies: ["CZeroMQ", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MeshNet", dependencies: [
+            "MeshCore", "MeshZMQ", .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "MeshNode", dependencies: [
-            "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader",
+            "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader", "MeshNet", "MeshZMQ",
             "CZeroMQ", "CAvahi",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -67,6 +70,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ], swiftSettings: strict),
         .executableTarget(name: "meshctl", dependencies: [
             "MeshCore",

@@ -40,19 +40,30 @@ public struct HTTPServerRequest: Sendable {
     public var bodyBytes: [UInt8] { Array(body.readableBytesView) }
 }
 
-/// Writes the body of a streamed response. `write` suspends while the client's connection is not
-/// writable (channel writability), so a slow client slows the producer instead of growing a buffer.
+/// Writes the body of a streamed response. On an HTTP connection `write` suspends while the
+/// client's connection is not writable (channel writability), so a slow client slows the
+/// producer instead of growing a buffer; the mesh supplies its own credit-based sink.
 public struct ResponseBodyWriter: Sendable {
-    let outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
-    let eventLoop: any EventLoop
+    private let sink: @Sendable ([UInt8]) async throws -> Void
 
-    /// Sends one chunk now (no buffering in meshd). Throws when the client has gone.
+    /// A writer over any sink (the mesh relays chunks to a peer with it).
+    public init(_ sink: @escaping @Sendable ([UInt8]) async throws -> Void) {
+        self.sink = sink
+    }
+
+    init(outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, eventLoop: any EventLoop) {
+        sink = { bytes in
+            try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: bytes))))
+            // The outbound writer hands chunks to the event loop asynchronously and learns that the
+            // channel became unwritable only once the loop has written them; without this round trip
+            // a fast producer queues megabytes ahead of that signal.
+            try await eventLoop.submit {}.get()
+        }
+    }
+
+    /// Sends one chunk now (no buffering in meshd). Throws when the receiver has gone.
     public func write(_ bytes: [UInt8]) async throws {
-        try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: bytes))))
-        // The outbound writer hands chunks to the event loop asynchronously and learns that the channel
-        // became unwritable only once the loop has written them; without this round trip a fast producer
-        // queues megabytes ahead of that signal.
-        try await eventLoop.submit {}.get()
+        try await sink(bytes)
     }
 }
 

@@ -84,7 +84,7 @@ public struct APIResponder: HTTPResponder {
         case .root: return .text(.ok, "meshd is running")
         case .healthz: return .json(.ok, ["status": "ok", "node": .string(nodeName)])
         case .readyz:
-            let healthy = engines.snapshot().filter(\.healthy).map(\.id)
+            let healthy = proxy.routingView(localOnly: false).flatMap(\.engines).filter(\.healthy).map(\.id)
             return healthy.isEmpty
                 ? .json(.serviceUnavailable, ["status": "not ready", "reason": "no healthy engine"])
                 : .json(.ok, ["status": "ready", "engines": .array(healthy.map(JSON.string))])
@@ -148,11 +148,12 @@ public struct APIResponder: HTTPResponder {
         return diff == 0
     }
 
-    /// Models of healthy engines, deduplicated by name (first engine wins), with the engine.
+    /// Models of healthy engines on this node and its live peers, deduplicated by name (local
+    /// first), with the engine.
     func modelList() -> [(ModelInfo, EngineSnapshot)] {
         var seen = Set<String>()
         var out: [(ModelInfo, EngineSnapshot)] = []
-        for e in engines.snapshot() where e.healthy {
+        for e in proxy.routingView(localOnly: false).flatMap(\.engines) where e.healthy {
             for m in e.models where seen.insert(m.name).inserted { out.append((m, e)) }
         }
         return out

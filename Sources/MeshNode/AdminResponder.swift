@@ -1,6 +1,7 @@
 import Foundation
 import MeshCore
 import MeshHTTPServer
+import MeshNet
 import NIOCore
 import NIOHTTP1
 
@@ -10,23 +11,35 @@ struct AdminResponder: HTTPResponder {
     let nodeName: String
     let engines: any EngineDirectory
     let clock: any WallClock
-    let httpServer: HTTPServer?
+    let proxy: InferenceProxy
+    let mesh: MeshService?
+    let draining: DrainFlag
+    let httpListen: String
     let startedNanos: UInt64
 
-    init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, httpServer: HTTPServer?) {
+    init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
+         draining: DrainFlag, httpListen: String) {
         self.nodeName = nodeName
         self.engines = engines
         self.clock = clock
-        self.httpServer = httpServer
+        self.proxy = proxy
+        self.mesh = mesh
+        self.draining = draining
+        self.httpListen = httpListen
         self.startedNanos = clock.nowNanos()
     }
 
     func respond(to request: HTTPServerRequest) async -> HTTPServerResponse {
+        if request.method == .POST {
+            return control(request)
+        }
         guard request.method == .GET || request.method == .HEAD else {
-            return .json(.methodNotAllowed, ["error": "only GET is supported on the admin socket"])
+            return .json(.methodNotAllowed, ["error": "use GET (or POST for /v1/drain and /v1/undrain)"])
         }
         let snap = engines.snapshot()
         switch request.path {
+        case "/v1/nodes":
+            return .json(.ok, .array(nodes(snap)))
         case "/v1/status":
             let healthy = snap.filter(\.healthy).count
             return .json(.ok, [
@@ -57,9 +70,9 @@ struct AdminResponder: HTTPResponder {
         case "/v1/route":
             let model = Self.queryValue(request.query, "model") ?? ""
             guard !model.isEmpty else { return .json(.badRequest, ["error": "missing ?model="]) }
-            switch Router.choose(model: model, operation: .chat, promptTokens: 1, maxTokens: nil, engines: snap) {
+            switch proxy.explain(model: model) {
             case .success(let d):
-                return .json(.ok, ["model": .string(model), "node": .string(nodeName), "engine": .string(d.engineID),
+                return .json(.ok, ["model": .string(model), "node": .string(d.nodeID ?? nodeName), "engine": .string(d.engineID),
                                    "engine_model": .string(d.engineModel), "loaded": .bool(d.loaded),
                                    "expected_seconds": .number(d.expectedSeconds), "reason": .string(d.reason)])
             case .failure(let e):
@@ -68,6 +81,56 @@ struct AdminResponder: HTTPResponder {
         default:
             return .json(.notFound, ["error": .string("no admin route \(request.path)")])
         }
+    }
+
+    /// `POST /v1/drain?node=NAME` and `/v1/undrain?node=NAME` (default: this node).
+    func control(_ request: HTTPServerRequest) -> HTTPServerResponse {
+        let drain: Bool
+        switch request.path {
+        case "/v1/drain": drain = true
+        case "/v1/undrain": drain = false
+        default: return .json(.notFound, ["error": .string("no admin route POST \(request.path)")])
+        }
+        let node = Self.queryValue(request.query, "node") ?? nodeName
+        if node == nodeName {
+            draining.set(drain)
+            return .json(.ok, ["node": .string(node), "draining": .bool(drain)])
+        }
+        guard let mesh, mesh.peers().contains(where: { $0.state.id == node }) else {
+            return .json(.notFound, ["error": .string("no live node named '\(node)'")])
+        }
+        mesh.setDrained(node, drain)
+        _ = mesh.sendControl(to: node, action: drain ? "drain" : "undrain")
+        return .json(.ok, ["node": .string(node), "draining": .bool(drain)])
+    }
+
+    /// This node, live peers and recently lost ones, in the `meshctl nodes --json` shape.
+    func nodes(_ snap: [EngineSnapshot]) -> [JSON] {
+        var out: [JSON] = [nodeJSON(id: nodeName, state: draining.value ? "draining" : "up",
+                                    address: httpListen, mesh: mesh?.boundEndpoint ?? "", engines: snap, vramTotal: 0, vramFree: 0, local: true)]
+        if let mesh {
+            for p in mesh.peers() {
+                let st = p.state
+                out.append(nodeJSON(id: st.id, state: st.draining || p.drainedLocally ? "draining" : "up", address: st.httpEndpoint,
+                                    mesh: st.meshEndpoint, engines: st.engines, vramTotal: st.vramTotalBytes, vramFree: st.vramFreeBytes,
+                                    local: false))
+            }
+            for st in mesh.recentlyDown() {
+                out.append(nodeJSON(id: st.id, state: "down", address: st.httpEndpoint, mesh: st.meshEndpoint, engines: [],
+                                    vramTotal: st.vramTotalBytes, vramFree: st.vramFreeBytes, local: false))
+            }
+        }
+        return out
+    }
+
+    func nodeJSON(id: String, state: String, address: String, mesh: String, engines: [EngineSnapshot], vramTotal: Int64,
+                  vramFree: Int64, local: Bool) -> JSON {
+        [
+            "name": .string(id), "state": .string(state), "address": .string(address), "mesh_endpoint": .string(mesh),
+            "local": .bool(local), "models": .array(Router.availableModels(engines).map(JSON.string)),
+            "vram_total_bytes": .int(vramTotal), "vram_free_bytes": .int(vramFree),
+            "in_flight": .integer(engines.reduce(0) { $0 + $1.load.inFlight }),
+        ]
     }
 
     func serverError(status: HTTPResponseStatus, message: String, code: String, path: String) -> HTTPServerResponse {

@@ -2,6 +2,7 @@ import Logging
 import MeshCore
 import MeshHTTPClient
 import MeshHTTPServer
+import MeshNet
 import NIOCore
 import NIOHTTP1
 
@@ -29,9 +30,14 @@ public struct InferenceProxy: Sendable {
     let clock: any WallClock
     let logger: Logger
     let timeouts: TimeoutConfig
+    let mesh: MeshService?
+    let localDraining: @Sendable () -> Bool
 
     public init(nodeName: String, engines: any EngineDirectory, client: CurlHTTPClient, metrics: NodeMetrics,
-                clock: any WallClock, timeouts: TimeoutConfig, logger: Logger) {
+                clock: any WallClock, timeouts: TimeoutConfig, logger: Logger, mesh: MeshService? = nil,
+                localDraining: @escaping @Sendable () -> Bool = { false }) {
+        self.mesh = mesh
+        self.localDraining = localDraining
         self.nodeName = nodeName
         self.engines = engines
         self.client = client
@@ -42,7 +48,8 @@ public struct InferenceProxy: Sendable {
     }
 
     /// Answers one inference request.
-    public func handle(route: InferenceRoute, request: HTTPServerRequest) async -> HTTPServerResponse {
+    /// - Parameter localOnly: serve on this node's engines only (requests a peer forwarded here).
+    public func handle(route: InferenceRoute, request: HTTPServerRequest, localOnly: Bool = false) async -> HTTPServerResponse {
         let started = ContinuousClock.now
         let startNanos = clock.nowNanos()
         let api = route.dialect.rawValue
@@ -54,29 +61,111 @@ public struct InferenceProxy: Sendable {
             metrics.end(api: api, route: route.rawValue, model: "", status: error.status, duration: ContinuousClock.now - started)
             return errorResponse(error, dialect: route.dialect)
         }
-        var excluded = Set<String>()
-        // Retry on another engine while nothing has been sent to the client.
+        var excludedEngines = Set<String>()
+        var excludedNodes = Set<String>()
+        // Retry on another engine or node while nothing has been sent to the client.
         while true {
-            let view = engines.snapshot().filter { !excluded.contains($0.id) }
+            let nodes = routingView(localOnly: localOnly, excludedEngines: excludedEngines, excludedNodes: excludedNodes)
             let decision: RouteDecision
             switch Router.choose(model: req.model, operation: req.operation, promptTokens: req.estimatedPromptTokens,
-                                 maxTokens: req.options.maxTokens, engines: view) {
+                                 maxTokens: req.options.maxTokens, nodes: nodes) {
             case .success(let d): decision = d
             case .failure(let e):
                 metrics.end(api: api, route: route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
                 return errorResponse(e, dialect: route.dialect)
             }
-            guard let engine = view.first(where: { $0.id == decision.engineID }) else { continue }
+            if !decision.isLocal, let node = decision.nodeID, let mesh {
+                switch await forward(req, body: request.bodyBytes, to: node, decision: decision, mesh: mesh, started: started) {
+                case .response(let r):
+                    return r
+                case .unreachable(let reason):
+                    excludedNodes.insert(node)
+                    logger.warning("peer unreachable, trying another", metadata: ["peer": "\(node)", "reason": "\(reason)"])
+                }
+                continue
+            }
+            guard let engine = nodes.first(where: \.isLocal)?.engines.first(where: { $0.id == decision.engineID }) else { continue }
             let outcome = await attempt(req, engine: engine, decision: decision, startNanos: startNanos, started: started)
             switch outcome {
             case .response(let r):
                 return r
             case .unreachable(let reason):
                 engines.engineUnreachable(engineID: engine.id, reason: reason)
-                excluded.insert(engine.id)
+                excludedEngines.insert(engine.id)
                 logger.warning("engine unreachable, trying another", metadata: ["engine": "\(engine.id)", "reason": "\(reason)"])
             }
         }
+    }
+
+    /// This node and its live peers as routing sees them.
+    func routingView(localOnly: Bool, excludedEngines: Set<String> = [], excludedNodes: Set<String> = []) -> [RoutingNode] {
+        var nodes = [RoutingNode(id: nodeName, isLocal: true, draining: !localOnly && localDraining(),
+                                 engines: engines.snapshot().filter { !excludedEngines.contains($0.id) })]
+        if !localOnly, let mesh {
+            for p in mesh.peers() where !excludedNodes.contains(p.state.id) {
+                nodes.append(RoutingNode(id: p.state.id, isLocal: false, hopSeconds: 0.001,
+                                         draining: p.state.draining || p.drainedLocally, engines: p.state.engines))
+            }
+        }
+        return nodes
+    }
+
+    /// Explains where a request for `model` would go, without sending one (`meshctl route`).
+    public func explain(model: String) -> Result<RouteDecision, APIError> {
+        Router.choose(model: model, operation: .chat, promptTokens: 1, maxTokens: nil, nodes: routingView(localOnly: false))
+    }
+
+    /// Sends the request to a peer and relays its answer (already in the client's dialect).
+    private func forward(_ req: InferenceRequest, body: [UInt8], to node: String, decision: RouteDecision, mesh: MeshService,
+                         started: ContinuousClock.Instant) async -> Outcome {
+        let api = req.route.dialect.rawValue
+        let response: ForwardedResponse
+        do {
+            response = try await mesh.forward(to: node, path: req.route.rawValue, headers: [("X-Meshd-Via", nodeName)], body: body)
+        } catch let e as MeshForwardError {
+            switch e {
+            case .unreachable(let m), .lost(let m):
+                return .unreachable(m)
+            case .remote(let status, let message):
+                metrics.end(api: api, route: req.route.rawValue, model: req.model, status: status, duration: ContinuousClock.now - started)
+                return .response(errorResponse(APIError(status: status, message: message, type: "server_error", code: "peer_error"),
+                                               dialect: req.clientDialect))
+            }
+        } catch {
+            metrics.end(api: api, route: req.route.rawValue, model: req.model, status: 499, duration: ContinuousClock.now - started)
+            return .response(errorResponse(APIError(status: 499, message: "client closed the request", type: "server_error", code: "cancelled"),
+                                           dialect: req.clientDialect))
+        }
+        var headers = HTTPHeaders()
+        for (n, v) in response.headers where n.lowercased() != "content-length" && n.lowercased() != "transfer-encoding" && n.lowercased() != "connection" {
+            headers.add(name: n, value: v)
+        }
+        headers.replaceOrAdd(name: "X-Meshd-Via", value: nodeName)
+        headers.replaceOrAdd(name: "X-Meshd-Route", value: "forwarded to \(node): \(decision.reason)")
+        let status = HTTPResponseStatus(statusCode: response.status)
+        let streaming = (headers.first(name: "content-type") ?? "").contains("event-stream") || (headers.first(name: "content-type") ?? "").contains("ndjson")
+        let metrics = self.metrics
+        if !streaming {
+            var bytes: [UInt8] = []
+            do {
+                for try await chunk in response.body { bytes += chunk }
+            } catch {
+                return .unreachable("\(error)")
+            }
+            metrics.end(api: api, route: req.route.rawValue, model: req.model, status: response.status, duration: ContinuousClock.now - started)
+            return .response(HTTPServerResponse(status: status, headers: headers, body: .buffer(ByteBuffer(bytes: bytes))))
+        }
+        let dialect = req.clientDialect
+        return .response(HTTPServerResponse(status: status, headers: headers, body: .stream { writer in
+            var code = response.status
+            defer { metrics.end(api: api, route: req.route.rawValue, model: req.model, status: code, duration: ContinuousClock.now - started) }
+            do {
+                for try await chunk in response.body { try await writer.write(chunk) }
+            } catch let e as MeshForwardError {
+                code = 502
+                try await writer.write(StreamTranslator.errorEvent(dialect: dialect, message: "serving node failed: \(e)"))
+            }
+        }))
     }
 
     enum Outcome {

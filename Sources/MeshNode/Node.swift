@@ -4,7 +4,10 @@ import MeshCore
 import MeshEngines
 import MeshHTTPClient
 import MeshHTTPServer
+import MeshNet
+import MeshZMQ
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
@@ -42,12 +45,19 @@ public final class MeshdNode: Service, Sendable {
     public let metrics: NodeMetrics
     let http: HTTPServer
     let admin: HTTPServer?
-    let group: MultiThreadedEventLoopGroup
+    let group: any EventLoopGroup
+    let ownsGroup: Bool
     let notifier: SystemdNotifier
     let clock: any WallClock
+    /// The ZeroMQ mesh, when a mesh secret is configured.
+    public let mesh: MeshService?
+    let draining: DrainFlag
 
+    /// - Parameter eventLoopGroup: loops for the HTTP servers; nil makes a private group of
+    ///   `http.threads` loops. `meshd` passes NIO's singleton group, which it also installs as
+    ///   Swift's global executor, so request handling does not hop between thread pools.
     public init(config: MeshdConfig, logger: Logger, clock: any WallClock = SystemWallClock(),
-                notifier: SystemdNotifier = SystemdNotifier()) throws {
+                notifier: SystemdNotifier = SystemdNotifier(), eventLoopGroup: (any EventLoopGroup)? = nil) throws {
         self.config = config
         self.logger = logger
         self.clock = clock
@@ -58,9 +68,19 @@ public final class MeshdNode: Service, Sendable {
             idleTimeout: .milliseconds(config.timeouts.betweenChunksMs)))
         engines = EngineRegistry(config: config, httpClient: client, logger: logger)
         metrics = NodeMetrics()
-        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.http.threads))
+        if let eventLoopGroup {
+            group = eventLoopGroup
+            ownsGroup = false
+        } else {
+            group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.http.threads))
+            ownsGroup = true
+        }
+        let draining = DrainFlag()
+        self.draining = draining
+        mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining)
         let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
-                                   timeouts: config.timeouts, logger: logger)
+                                   timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value })
+        mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, logger: logger))
         let responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
                                      apiKeys: config.http.apiKeys, clock: clock)
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
@@ -72,8 +92,30 @@ public final class MeshdNode: Service, Sendable {
             var ac = HTTPServerConfiguration(host: "", port: 0, maxBodyBytes: 64 * 1024)
             ac.unixSocketPath = config.admin.socket
             admin = HTTPServer(configuration: ac, group: group,
-                               responder: AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, httpServer: nil),
+                               responder: AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
+                                                         mesh: mesh, draining: draining, httpListen: config.http.listen.description),
                                logger: logger)
+        }
+    }
+
+    /// The mesh, if `mesh.secret_file` exists: without a secret the node runs standalone.
+    static func makeMesh(config: MeshdConfig, logger: Logger, clock: any WallClock, engines: EngineRegistry,
+                         draining: DrainFlag) throws -> MeshService? {
+        let path = config.mesh.secretFile
+        guard FileManager.default.fileExists(atPath: path) else {
+            logger.notice("mesh disabled: no mesh secret", metadata: [
+                "secret_file": "\(path)", "hint": "create one with 'meshctl init --secret-file \(path)' and copy it to every node"])
+            return nil
+        }
+        let secret = try MeshSecret.load(path: path)
+        let sc = MeshServiceConfiguration(nodeID: config.nodeName, listen: config.mesh.listen, staticPeers: config.mesh.peers,
+                                          heartbeatMs: config.mesh.heartbeatMs, deadAfterMissed: config.mesh.deadAfterMissed,
+                                          secret: secret)
+        let name = config.nodeName
+        let http = config.http.listen.description
+        return try MeshService(configuration: sc, logger: logger, clock: clock) {
+            NodeState(id: name, name: name, meshEndpoint: "", httpEndpoint: http, seq: clock.nowNanos(),
+                      draining: draining.value, engines: engines.snapshot())
         }
     }
 
@@ -91,6 +133,7 @@ public final class MeshdNode: Service, Sendable {
         let boundAddress = self.boundAddress
         let http = self.http
         let admin = self.admin
+        let mesh = self.mesh
         let grace = Duration.milliseconds(Int64(config.http.shutdownGraceSeconds * 1000))
 
         try await withGracefulShutdownHandler {
@@ -101,6 +144,15 @@ public final class MeshdNode: Service, Sendable {
                             try await admin.run()
                         } catch {
                             logger.warning("admin socket unavailable", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+                if let mesh {
+                    group.addTask {
+                        do {
+                            try await mesh.run()
+                        } catch {
+                            logger.error("mesh stopped", metadata: ["error": "\(error)"])
                         }
                     }
                 }
@@ -120,10 +172,12 @@ public final class MeshdNode: Service, Sendable {
                     }
                 } catch {
                     await admin?.shutdown(grace: .zero)
+                    mesh?.stop()
                     group.cancelAll()
                     throw error
                 }
                 await admin?.shutdown(grace: .zero)
+                mesh?.stop()
                 group.cancelAll()
             }
         } onGracefulShutdown: {
@@ -136,7 +190,7 @@ public final class MeshdNode: Service, Sendable {
         }
         await engines.shutdown()
         client.shutdown()
-        try? await group.shutdownGracefully()
+        if ownsGroup { try? await group.shutdownGracefully() }
         logger.info("stopped")
     }
 }
@@ -147,4 +201,57 @@ public final class BoundAddress: Sendable {
     public init() {}
     func set(_ a: SocketAddress) { value.withLock { $0 = a } }
     public var address: SocketAddress? { value.withLock { $0 } }
+}
+
+/// Whether this node takes new work (`meshctl drain`).
+final class DrainFlag: Sendable {
+    private let v = Mutex(false)
+    var value: Bool { v.withLock { $0 } }
+    func set(_ b: Bool) { v.withLock { $0 = b } }
+}
+
+/// Serves requests peers forward to this node: runs them on local engines only and relays the
+/// response (already in the client's dialect) back over the mesh.
+struct MeshHandler: MeshRequestHandler {
+    let proxy: InferenceProxy
+    let draining: DrainFlag
+    let logger: Logger
+
+    func handle(_ request: ForwardedRequest, responder: MeshResponder) async {
+        switch request.path {
+        case "/_mesh/drain":
+            draining.set(true)
+            logger.notice("draining at a peer's request", metadata: ["peer": "\(request.fromNode)"])
+            responder.end()
+            return
+        case "/_mesh/undrain":
+            draining.set(false)
+            logger.notice("undrained at a peer's request", metadata: ["peer": "\(request.fromNode)"])
+            responder.end()
+            return
+        default:
+            break
+        }
+        guard let route = InferenceRoute(rawValue: request.path) else {
+            responder.fail(status: 404, message: "no mesh route \(request.path)")
+            return
+        }
+        var headers = HTTPHeaders()
+        for (n, v) in request.headers { headers.add(name: n, value: v) }
+        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: request.path, headers: headers)
+        let response = await proxy.handle(route: route, request: HTTPServerRequest(head: head, body: ByteBuffer(bytes: request.body)),
+                                          localOnly: true)
+        responder.head(status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) })
+        do {
+            switch response.body {
+            case .buffer(let b):
+                if b.readableBytes > 0 { try await responder.chunk(Array(b.readableBytesView)) }
+            case .stream(let produce):
+                try await produce(ResponseBodyWriter { bytes in try await responder.chunk(bytes) })
+            }
+            responder.end()
+        } catch {
+            if !Task.isCancelled { responder.fail(status: 502, message: "\(error)") }
+        }
+    }
 }

@@ -7,7 +7,8 @@ struct Meshctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshctl",
         abstract: "See and steer the meshd mesh through the local node's admin socket.",
-        subcommands: [StatusCommand.self, EnginesCommand.self, ModelsCommand.self, RouteCommand.self])
+        subcommands: [StatusCommand.self, NodesCommand.self, EnginesCommand.self, ModelsCommand.self, RouteCommand.self,
+                      DrainCommand.self, UndrainCommand.self, InitCommand.self])
 }
 
 /// Options every command shares.
@@ -19,9 +20,9 @@ struct GlobalOptions: ParsableArguments {
     var json = false
 
     /// GETs `path` on the admin socket; exits with a clear message when the node is not reachable.
-    func get(_ path: String) throws -> (Int, Data) {
+    func get(_ path: String, method: String = "GET") throws -> (Int, Data) {
         do {
-            return try AdminClient(socketPath: socket).get(path)
+            return try AdminClient(socketPath: socket).request(method, path)
         } catch {
             FileHandle.standardError.write(Data("meshctl: cannot reach meshd at \(socket): \(error)\n(is meshd running? use --socket PATH)\n".utf8))
             throw ExitCode(3)

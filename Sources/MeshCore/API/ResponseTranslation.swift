@@ -268,9 +268,15 @@ public struct StreamTranslator: Sendable {
     /// `{"error":"…"}` for Ollama.
     public mutating func fail(message: String, nowNanos: UInt64) -> [UInt8] {
         finished = true
+        startedOutput = true
+        return Self.errorEvent(dialect: context.clientRoute.dialect, message: message)
+    }
+
+    /// A mid-stream error event in a client dialect.
+    public static func errorEvent(dialect: Dialect, message: String) -> [UInt8] {
         let err = APIError(status: 502, message: message, type: "server_error", code: "engine_error")
         var out: [UInt8] = []
-        switch context.clientRoute.dialect {
+        switch dialect {
         case .openai:
             out += Array("data: ".utf8)
             err.body(for: .openai).write(into: &out)
@@ -279,7 +285,6 @@ public struct StreamTranslator: Sendable {
             err.body(for: .ollama).write(into: &out)
             out.append(0x0A)
         }
-        startedOutput = true
         return out
     }
 

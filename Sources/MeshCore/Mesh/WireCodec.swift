@@ -88,7 +88,7 @@ public enum MeshWireCodec {
         case .hello:
             for f in ["node", "name", "proto"] where header[f] == nil { throw .missingField(f) }
         case .state:
-            if header["node"]?.stringValue == nil { throw .missingField("node") }
+            if header["id"]?.stringValue == nil { throw .missingField("id") }
         case .request, .responseHead, .chunk, .end, .error, .cancel, .credit:
             if header["req"]?.stringValue == nil { throw .missingField("req") }
         }

@@ -1,0 +1,628 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshZMQ
+import Synchronization
+
+/// Settings of the mesh service.
+public struct MeshServiceConfiguration: Sendable {
+    public var nodeID: String
+    public var listen: HostPort
+    public var staticPeers: [HostPort]
+    public var heartbeatMs: Int
+    public var deadAfterMissed: Int
+    public var secret: MeshSecret
+    /// Unacknowledged response bytes a serving node may have in flight per request.
+    public var creditWindowBytes: Int = 512 * 1024
+    public var maxPayloadBytes: Int = 8 << 20
+
+    public init(nodeID: String, listen: HostPort, staticPeers: [HostPort], heartbeatMs: Int, deadAfterMissed: Int, secret: MeshSecret) {
+        self.nodeID = nodeID
+        self.listen = listen
+        self.staticPeers = staticPeers
+        self.heartbeatMs = heartbeatMs
+        self.deadAfterMissed = deadAfterMissed
+        self.secret = secret
+    }
+}
+
+/// A request a peer forwarded to this node.
+public struct ForwardedRequest: Sendable {
+    public var requestID: String
+    public var fromNode: String
+    /// Client route (`/v1/chat/completions`...).
+    public var path: String
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+}
+
+/// How a serving node answers a forwarded request: head, chunks (credit-limited), end or failure.
+public struct MeshResponder: Sendable {
+    let service: MeshService
+    let requestID: String
+
+    /// Sends the response head (status and headers).
+    public func head(status: Int, headers: [(String, String)]) {
+        service.sendToRequester(requestID, WireMessage(type: .responseHead, header: [
+            "req": .string(requestID), "status": .integer(status),
+            "headers": .array(headers.map { JSON.array([.string($0.0), .string($0.1)]) }),
+        ]))
+    }
+
+    /// Sends one body chunk; suspends while the requester has not acknowledged enough bytes.
+    public func chunk(_ bytes: [UInt8]) async throws {
+        try await service.awaitCredit(requestID, bytes: bytes.count)
+        service.sendToRequester(requestID, WireMessage(type: .chunk, header: ["req": .string(requestID)], payload: bytes))
+    }
+
+    /// Ends the response normally.
+    public func end() {
+        service.sendToRequester(requestID, WireMessage(type: .end, header: ["req": .string(requestID)]))
+    }
+
+    /// Ends the response with an error (before or after the head).
+    public func fail(status: Int, message: String) {
+        service.sendToRequester(requestID, WireMessage(type: .error, header: [
+            "req": .string(requestID), "status": .integer(status), "message": .string(message),
+        ]))
+    }
+}
+
+/// The answer to a request this node forwarded: head plus a body that acknowledges what it consumes.
+public struct ForwardedResponse: Sendable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: ForwardedBody
+}
+
+/// Body chunks of a forwarded response. Consuming a chunk returns credit to the serving node, so
+/// a slow client slows the serving node instead of growing buffers; dropping it cancels the request.
+public struct ForwardedBody: AsyncSequence, Sendable {
+    public typealias Element = [UInt8]
+    let stream: AsyncThrowingStream<[UInt8], any Error>
+    let service: MeshService
+    let requestID: String
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: AsyncThrowingStream<[UInt8], any Error>.AsyncIterator
+        let service: MeshService
+        let requestID: String
+        public mutating func next() async throws -> [UInt8]? {
+            guard let chunk = try await base.next() else { return nil }
+            service.grantCredit(requestID, bytes: chunk.count)
+            return chunk
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: stream.makeAsyncIterator(), service: service, requestID: requestID)
+    }
+}
+
+/// Why a forward failed.
+public enum MeshForwardError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Nothing was received from the peer: safe to retry elsewhere.
+    case unreachable(String)
+    /// The peer failed after the head (stream cut): not retryable.
+    case lost(String)
+    /// The peer answered with an error message before the head.
+    case remote(status: Int, message: String)
+
+    public var description: String {
+        switch self {
+        case .unreachable(let m): return "peer unreachable: \(m)"
+        case .lost(let m): return "peer lost mid-response: \(m)"
+        case .remote(let s, let m): return "peer error \(s): \(m)"
+        }
+    }
+}
+
+/// Serves requests forwarded by peers.
+public protocol MeshRequestHandler: Sendable {
+    func handle(_ request: ForwardedRequest, responder: MeshResponder) async
+}
+
+/// The ZeroMQ mesh of one node: hello and state exchange with heartbeats and expiry, peer
+/// discovery through peers' known-peer lists, request forwarding with streamed, credit-limited
+/// responses and cancellation, and drain control. All sockets live on the `MeshSocketLoop` thread;
+/// this type only enqueues frames and consumes its event stream.
+public final class MeshService: Sendable {
+    public let configuration: MeshServiceConfiguration
+    let logger: Logger
+    let clock: any WallClock
+    let loop: MeshSocketLoop
+    let localState: @Sendable () -> NodeState
+    let handler: Mutex<(any MeshRequestHandler)?> = Mutex(nil)
+    let state: Mutex<State>
+    let stopped = Mutex(false)
+
+    struct Pending {
+        var node: String
+        var head: CheckedContinuation<ForwardedResponse, any Error>?
+        var body: AsyncThrowingStream<[UInt8], any Error>.Continuation
+        var stream: AsyncThrowingStream<[UInt8], any Error>
+    }
+
+    struct Served {
+        var link: MeshLink
+        var node: String
+        var outstanding: Int
+        var waiter: CheckedContinuation<Void, any Error>?
+        var task: Task<Void, Never>?
+        var cancelled: Bool
+    }
+
+    struct State {
+        var peers: PeerTable
+        /// Node id → mesh endpoint we dial it on.
+        var endpoints: [String: String] = [:]
+        /// Endpoints with a DEALER connected.
+        var dialed: Set<String> = []
+        /// Inbound routing id → node id (from hello/state).
+        var inbound: [[UInt8]: String] = [:]
+        var pending: [String: Pending] = [:]
+        var served: [String: Served] = [:]
+        var recentlyDown: [String: (NodeState, UInt64)] = [:]
+        var boundEndpoint: String = ""
+        var rejectedFrames = 0
+        var authFailures = 0
+        var nextID: UInt64 = 0
+    }
+
+    public init(configuration: MeshServiceConfiguration, logger: Logger, clock: any WallClock,
+                localState: @escaping @Sendable () -> NodeState) throws {
+        self.configuration = configuration
+        self.logger = logger
+        self.clock = clock
+        self.localState = localState
+        var sc = try MeshSocketConfiguration(secret: configuration.secret)
+        sc.maxMessageSize = configuration.maxPayloadBytes + (1 << 20)
+        loop = try MeshSocketLoop(configuration: sc, logger: logger)
+        state = Mutex(State(peers: PeerTable(heartbeatMs: configuration.heartbeatMs, deadAfterMissed: configuration.deadAfterMissed)))
+    }
+
+    /// Sets who serves forwarded requests.
+    public func setHandler(_ h: any MeshRequestHandler) { handler.withLock { $0 = h } }
+
+    /// The endpoint the ROUTER is bound to (`tcp://host:port`), once started.
+    public var boundEndpoint: String { state.withLock { $0.boundEndpoint } }
+
+    /// Frames rejected (bad version, malformed, oversized) since start.
+    public var rejectedFrames: Int { state.withLock { $0.rejectedFrames } }
+
+    /// Live peers.
+    public func peers() -> [PeerTable.Entry] { state.withLock { $0.peers.peers } }
+
+    /// Peers lost recently (for `meshctl nodes`): state and when they went.
+    public func recentlyDown() -> [NodeState] { state.withLock { $0.recentlyDown.values.map(\.0).sorted { $0.id < $1.id } } }
+
+    /// Binds, dials static peers, then runs until ``stop()``: consumes socket events and sends
+    /// heartbeats. Returns when stopped.
+    public func run() async throws {
+        let l = configuration.listen
+        let bound = try await loop.bind("tcp://\(l.host.contains(":") ? "[\(l.host)]" : l.host):\(l.port)")
+        state.withLock { $0.boundEndpoint = bound }
+        logger.info("mesh listening", metadata: ["endpoint": "\(bound)", "peers": "\(configuration.staticPeers.map(\.description))"])
+        for p in configuration.staticPeers { await dial(p.description) }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.consumeEvents() }
+            group.addTask { await self.heartbeatLoop() }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Stops the mesh: fails pending forwards, cancels served requests, closes sockets.
+    public func stop() {
+        let first = stopped.withLock { s -> Bool in
+            defer { s = true }
+            return !s
+        }
+        guard first else { return }
+        let (pending, served) = state.withLock { s -> ([Pending], [Served]) in
+            let p = Array(s.pending.values)
+            let sv = Array(s.served.values)
+            s.pending.removeAll()
+            s.served.removeAll()
+            return (p, sv)
+        }
+        for p in pending {
+            p.head?.resume(throwing: MeshForwardError.unreachable("mesh stopped"))
+            p.body.finish(throwing: MeshForwardError.lost("mesh stopped"))
+        }
+        for s in served {
+            s.task?.cancel()
+            s.waiter?.resume(throwing: CancellationError())
+        }
+        loop.stop()
+    }
+
+    var isStopped: Bool { stopped.withLock { $0 } }
+
+    // MARK: dialing
+
+    func dial(_ endpoint: String) async {
+        let ep = Self.normalize(endpoint)
+        let skip = state.withLock { s -> Bool in
+            if s.dialed.contains(ep) || ep == Self.normalize(s.boundEndpoint) { return true }
+            s.dialed.insert(ep)
+            return false
+        }
+        if skip { return }
+        do {
+            try await loop.connect(peer: MeshPeerID(ep), endpoint: "tcp://\(ep)", serverKey: loop.publicKey)
+            sendHello(to: .outbound(MeshPeerID(ep)))
+            sendState(to: .outbound(MeshPeerID(ep)))
+        } catch {
+            _ = state.withLock { $0.dialed.remove(ep) }
+            logger.warning("cannot dial peer", metadata: ["endpoint": "\(ep)", "error": "\(error)"])
+        }
+    }
+
+    static func normalize(_ endpoint: String) -> String {
+        endpoint.hasPrefix("tcp://") ? String(endpoint.dropFirst(6)) : endpoint
+    }
+
+    /// The endpoint peers should dial us on: the bound one, with a wildcard host replaced by what
+    /// the peer sees as our address (filled in by the receiver).
+    var advertisedEndpoint: String {
+        Self.normalize(boundEndpoint)
+    }
+
+    func sendHello(to link: MeshLink) {
+        let s = localState()
+        send(WireMessage(type: .hello, header: [
+            "node": .string(configuration.nodeID), "name": .string(s.name), "proto": .integer(Int(meshProtocolVersion)),
+            "endpoint": .string(advertisedEndpoint),
+        ]), to: link)
+    }
+
+    func sendState(to link: MeshLink) {
+        var s = localState()
+        s.meshEndpoint = advertisedEndpoint
+        s.knownPeers = state.withLock { st in st.peers.peers.map(\.state.meshEndpoint) }
+        guard let header = Self.encodeState(s) else { return }
+        send(WireMessage(type: .state, header: header), to: link)
+    }
+
+    static func encodeState(_ s: NodeState) -> JSON? {
+        guard let data = try? JSONEncoder().encode(s), let j = try? JSONParser.parse(Array(data)) else { return nil }
+        return j
+    }
+
+    static func decodeState(_ header: JSON) -> NodeState? {
+        try? JSONDecoder().decode(NodeState.self, from: Data(header.serialized()))
+    }
+
+    @discardableResult
+    func send(_ m: WireMessage, to link: MeshLink) -> Bool {
+        loop.send(MeshWireCodec.encode(m), to: link)
+    }
+
+    // MARK: heartbeats and expiry
+
+    func heartbeatLoop() async {
+        let interval = Duration.milliseconds(max(50, configuration.heartbeatMs))
+        let tick = Duration.milliseconds(max(20, configuration.heartbeatMs / 10))
+        var sinceBeat = Duration.zero
+        while !Task.isCancelled && !isStopped {
+            if sinceBeat >= interval || sinceBeat == .zero {
+                sinceBeat = .zero
+                let links = state.withLock { s in s.dialed.map { MeshLink.outbound(MeshPeerID($0)) } }
+                for l in links { sendState(to: l) }
+            }
+            expirePeers()
+            try? await Task.sleep(for: tick)
+            sinceBeat += tick
+        }
+    }
+
+    func expirePeers() {
+        let now = clock.nowNanos()
+        let dead = state.withLock { s -> [String] in
+            let ids = s.peers.expire(nowNanos: now)
+            return ids
+        }
+        for id in dead { peerLost(id, reason: "no heartbeat for \(configuration.heartbeatMs * configuration.deadAfterMissed) ms") }
+    }
+
+    /// Drops a peer: out of rotation, its pending forwards fail, requests it sent are cancelled.
+    func peerLost(_ id: String, reason: String) {
+        let now = clock.nowNanos()
+        let (pending, served) = state.withLock { s -> ([(String, Pending)], [Served]) in
+            if let e = s.peers.entries[id] { s.recentlyDown[id] = (e.state, now) }
+            s.peers.remove(id)
+            let p = s.pending.filter { $0.value.node == id }
+            for k in p.keys { s.pending[k] = nil }
+            let sv = s.served.filter { $0.value.node == id }
+            for k in sv.keys { s.served[k] = nil }
+            s.recentlyDown = s.recentlyDown.filter { now - $0.value.1 < 300_000_000_000 }
+            return (Array(p), Array(sv.values))
+        }
+        logger.warning("peer lost", metadata: ["peer": "\(id)", "reason": "\(reason)"])
+        for (_, p) in pending {
+            if let h = p.head {
+                h.resume(throwing: MeshForwardError.unreachable("\(id): \(reason)"))
+            }
+            p.body.finish(throwing: MeshForwardError.lost("\(id): \(reason)"))
+        }
+        for s in served {
+            s.task?.cancel()
+            s.waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    // MARK: events
+
+    func consumeEvents() async {
+        for await event in loop.events {
+            switch event {
+            case .message(let m):
+                handleMessage(m)
+            case .peerDisconnected(let peer):
+                // The TCP connection to a peer we dial dropped: if it belongs to a known node, that
+                // node is out of rotation now, not at heartbeat expiry.
+                let ep = peer.rawValue
+                let id = state.withLock { s in s.endpoints.first(where: { $0.value == ep })?.key }
+                if let id, state.withLock({ $0.peers.entries[id] != nil }) { peerLost(id, reason: "connection closed") }
+            case .peerConnected(let peer):
+                sendHello(to: .outbound(peer))
+                sendState(to: .outbound(peer))
+            case .authFailure(let address, let reason):
+                state.withLock { $0.authFailures += 1 }
+                logger.warning("mesh peer refused", metadata: ["address": "\(address)", "reason": "\(reason)"])
+            case .handshakeFailed(let peer, let reason):
+                logger.warning("mesh handshake failed", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+            case .malformed(let link, let reason):
+                state.withLock { $0.rejectedFrames += 1 }
+                logger.warning("malformed mesh message", metadata: ["link": "\(link)", "reason": "\(reason)"])
+            case .sendFailed(let link, let reason):
+                logger.debug("mesh send failed", metadata: ["link": "\(link)", "reason": "\(reason)"])
+            }
+        }
+    }
+
+    func handleMessage(_ m: MeshMessage) {
+        let msg: WireMessage
+        do {
+            msg = try MeshWireCodec.decode(m.frames, maxPayloadBytes: configuration.maxPayloadBytes)
+        } catch {
+            state.withLock { $0.rejectedFrames += 1 }
+            logger.warning("rejected mesh frame", metadata: ["link": "\(m.link)", "reason": "\(error)"])
+            return
+        }
+        let now = clock.nowNanos()
+        switch msg.type {
+        case .hello:
+            guard let node = msg.header["node"]?.stringValue, node != configuration.nodeID else { return }
+            if case .inbound(let rid) = m.link { state.withLock { $0.inbound[rid] = node } }
+            if let ep = msg.header["endpoint"]?.stringValue {
+                let fixed = Self.fillHost(ep, peerAddress: m.peerAddress)
+                state.withLock { $0.endpoints[node] = fixed }
+                Task { await self.dial(fixed) }
+            }
+        case .state:
+            guard var s = Self.decodeState(msg.header), s.id != configuration.nodeID else { return }
+            s.meshEndpoint = Self.fillHost(s.meshEndpoint, peerAddress: m.peerAddress)
+            let known = s.knownPeers
+            let isNew = state.withLock { st -> Bool in
+                if case .inbound(let rid) = m.link { st.inbound[rid] = s.id }
+                st.endpoints[s.id] = s.meshEndpoint
+                let new = st.peers.entries[s.id] == nil
+                st.peers.update(s, nowNanos: now)
+                st.recentlyDown[s.id] = nil
+                return new
+            }
+            if isNew { logger.info("peer joined", metadata: ["peer": "\(s.id)", "endpoint": "\(s.meshEndpoint)", "models": "\(s.modelNames)"]) }
+            let ep = s.meshEndpoint
+            Task {
+                await self.dial(ep)
+                for p in known { await self.dial(p) }
+            }
+        case .request:
+            startServing(msg, link: m.link)
+        case .cancel:
+            if let id = msg.requestID { cancelServed(id) }
+        case .credit:
+            if let id = msg.requestID, let n = msg.header["bytes"]?.intValue { creditReceived(id, bytes: n) }
+        case .responseHead, .chunk, .end, .error:
+            forwardReply(msg)
+        }
+    }
+
+    static func fillHost(_ endpoint: String, peerAddress: String?) -> String {
+        guard let hp = HostPort(parsing: endpoint) else { return endpoint }
+        if hp.host == "0.0.0.0" || hp.host == "::" || hp.host == "*" {
+            if let a = peerAddress, !a.isEmpty { return HostPort(host: a, port: hp.port).description }
+        }
+        return endpoint
+    }
+
+    // MARK: forwarding (requesting side)
+
+    /// Forwards a client request to `node`; returns when its head arrives.
+    public func forward(to node: String, path: String, headers: [(String, String)], body: [UInt8]) async throws -> ForwardedResponse {
+        guard let ep = state.withLock({ $0.endpoints[node] }), state.withLock({ $0.peers.entries[node] != nil }) else {
+            throw MeshForwardError.unreachable("\(node) is not a live peer")
+        }
+        let id = state.withLock { s -> String in
+            s.nextID += 1
+            return "\(configuration.nodeID)-\(s.nextID)"
+        }
+        let (stream, cont) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
+        let msg = WireMessage(type: .request, header: [
+            "req": .string(id), "path": .string(path), "from": .string(configuration.nodeID),
+            "headers": .array(headers.map { JSON.array([.string($0.0), .string($0.1)]) }),
+        ], payload: body)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<ForwardedResponse, any Error>) in
+                state.withLock { $0.pending[id] = Pending(node: node, head: c, body: cont, stream: stream) }
+                if !send(msg, to: .outbound(MeshPeerID(ep))) {
+                    let p = state.withLock { $0.pending.removeValue(forKey: id) }
+                    p?.head?.resume(throwing: MeshForwardError.unreachable("cannot send to \(node)"))
+                }
+            }
+        } onCancel: {
+            self.cancelForward(id)
+        }
+    }
+
+    /// Tells the serving node to stop (client gone).
+    func cancelForward(_ id: String) {
+        let p = state.withLock { $0.pending.removeValue(forKey: id) }
+        guard let p else { return }
+        p.head?.resume(throwing: CancellationError())
+        p.body.finish(throwing: CancellationError())
+        if let ep = state.withLock({ $0.endpoints[p.node] }) {
+            send(WireMessage(type: .cancel, header: ["req": .string(id)]), to: .outbound(MeshPeerID(ep)))
+        }
+    }
+
+    func grantCredit(_ id: String, bytes: Int) {
+        guard let node = state.withLock({ $0.pending[id]?.node }), let ep = state.withLock({ $0.endpoints[node] }) else { return }
+        send(WireMessage(type: .credit, header: ["req": .string(id), "bytes": .integer(bytes)]), to: .outbound(MeshPeerID(ep)))
+    }
+
+    func forwardReply(_ msg: WireMessage) {
+        guard let id = msg.requestID else { return }
+        switch msg.type {
+        case .responseHead:
+            let taken = state.withLock { s -> (CheckedContinuation<ForwardedResponse, any Error>, AsyncThrowingStream<[UInt8], any Error>)? in
+                guard let c = s.pending[id]?.head, let stream = s.pending[id]?.stream else { return nil }
+                s.pending[id]!.head = nil
+                return (c, stream)
+            }
+            guard let (head, stream) = taken else { return }
+            let status = msg.header["status"]?.intValue ?? 502
+            let headers: [(String, String)] = (msg.header["headers"]?.arrayValue ?? []).compactMap { pair in
+                guard let n = pair[0]?.stringValue, let v = pair[1]?.stringValue else { return nil }
+                return (n, v)
+            }
+            head.resume(returning: ForwardedResponse(status: status, headers: headers,
+                                                     body: ForwardedBody(stream: stream, service: self, requestID: id)))
+        case .chunk:
+            let c = state.withLock { $0.pending[id]?.body }
+            c?.yield(msg.payload)
+        case .end:
+            let p = state.withLock { $0.pending.removeValue(forKey: id) }
+            p?.head?.resume(throwing: MeshForwardError.lost("peer ended without a response head"))
+            p?.body.finish()
+        case .error:
+            let p = state.withLock { $0.pending.removeValue(forKey: id) }
+            let status = msg.header["status"]?.intValue ?? 502
+            let message = msg.header["message"]?.stringValue ?? "peer failed"
+            if let h = p?.head {
+                h.resume(throwing: MeshForwardError.remote(status: status, message: message))
+                p?.body.finish()
+            } else {
+                p?.body.finish(throwing: MeshForwardError.lost(message))
+            }
+        default:
+            break
+        }
+    }
+
+    // MARK: serving (answering side)
+
+    func startServing(_ msg: WireMessage, link: MeshLink) {
+        guard let id = msg.requestID, let path = msg.header["path"]?.stringValue else { return }
+        let from = msg.header["from"]?.stringValue ?? "?"
+        let headers: [(String, String)] = (msg.header["headers"]?.arrayValue ?? []).compactMap { pair in
+            guard let n = pair[0]?.stringValue, let v = pair[1]?.stringValue else { return nil }
+            return (n, v)
+        }
+        guard let h = handler.withLock({ $0 }) else {
+            send(WireMessage(type: .error, header: ["req": .string(id), "status": 503, "message": "node not serving"]), to: link)
+            return
+        }
+        state.withLock { $0.served[id] = Served(link: link, node: from, outstanding: 0, waiter: nil, task: nil, cancelled: false) }
+        let req = ForwardedRequest(requestID: id, fromNode: from, path: path, headers: headers, body: msg.payload)
+        let responder = MeshResponder(service: self, requestID: id)
+        let task = Task {
+            await h.handle(req, responder: responder)
+            self.finishServing(id)
+        }
+        let cancelNow = state.withLock { s -> Bool in
+            guard s.served[id] != nil else { return true }
+            s.served[id]!.task = task
+            return s.served[id]!.cancelled
+        }
+        if cancelNow { task.cancel() }
+    }
+
+    func finishServing(_ id: String) {
+        _ = state.withLock { $0.served.removeValue(forKey: id) }
+    }
+
+    func sendToRequester(_ id: String, _ m: WireMessage) {
+        guard let link = state.withLock({ $0.served[id]?.link }) else { return }
+        send(m, to: link)
+    }
+
+    func cancelServed(_ id: String) {
+        let (task, waiter) = state.withLock { s -> (Task<Void, Never>?, CheckedContinuation<Void, any Error>?) in
+            guard var sv = s.served[id] else { return (nil, nil) }
+            sv.cancelled = true
+            let w = sv.waiter
+            sv.waiter = nil
+            s.served[id] = sv
+            return (sv.task, w)
+        }
+        task?.cancel()
+        waiter?.resume(throwing: CancellationError())
+    }
+
+    func awaitCredit(_ id: String, bytes: Int) async throws {
+        let window = configuration.creditWindowBytes
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            let go = state.withLock { s -> Bool? in
+                guard var sv = s.served[id], !sv.cancelled else { return nil }
+                if sv.outstanding == 0 || sv.outstanding + bytes <= window {
+                    sv.outstanding += bytes
+                    s.served[id] = sv
+                    return true
+                }
+                sv.waiter = c
+                sv.outstanding += bytes
+                s.served[id] = sv
+                return false
+            }
+            switch go {
+            case nil: c.resume(throwing: CancellationError())
+            case true?: c.resume()
+            case false?: break
+            }
+        }
+    }
+
+    func creditReceived(_ id: String, bytes: Int) {
+        let w = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+            guard var sv = s.served[id] else { return nil }
+            sv.outstanding = max(0, sv.outstanding - bytes)
+            var w: CheckedContinuation<Void, any Error>?
+            if sv.waiter != nil && sv.outstanding <= configuration.creditWindowBytes {
+                w = sv.waiter
+                sv.waiter = nil
+            }
+            s.served[id] = sv
+            return w
+        }
+        w?.resume()
+    }
+
+    // MARK: control
+
+    /// Asks `node` to drain or undrain itself (sent over the authenticated mesh).
+    public func sendControl(to node: String, action: String) -> Bool {
+        guard let ep = state.withLock({ $0.endpoints[node] }) else { return false }
+        return send(WireMessage(type: .request, header: [
+            "req": .string("ctl-\(configuration.nodeID)-\(clock.nowNanos())"), "path": .string("/_mesh/\(action)"),
+            "from": .string(configuration.nodeID), "headers": [],
+        ]), to: .outbound(MeshPeerID(ep)))
+    }
+
+    /// Marks a peer drained from this node's point of view (no new work routed there).
+    public func setDrained(_ node: String, _ drained: Bool) {
+        state.withLock { $0.peers.setDrained(node, drained) }
+    }
+}
