@@ -63,6 +63,7 @@ public final class CurlHTTPClient: Sendable {
     }
 
     /// Easy handles currently allocated (for leak checks in tests).
+    package var loopThreadCPUTime: Duration { loop.threadCPUTime ?? .zero }
     package var liveEasyHandleCount: Int { loop.liveEasyHandles.load(ordering: .relaxed) }
     /// Per-transfer callback contexts currently alive (for leak checks in tests).
     package var liveTransferContextCount: Int { loop.liveContexts.load(ordering: .relaxed) }

@@ -61,6 +61,19 @@ final class CurlLoop: Sendable {
         threadState.withLock { $0.thread = thread }
     }
 
+    /// CPU time the loop thread has used (nil once it has been joined). For tests that check the
+    /// loop does not spin, independent of whatever else the process is doing.
+    var threadCPUTime: Duration? {
+        threadState.withLock { st -> Duration? in
+            guard let t = st.thread, !st.joined else { return nil }
+            var cid = clockid_t()
+            guard pthread_getcpuclockid(t, &cid) == 0 else { return nil }
+            var ts = timespec()
+            guard clock_gettime(cid, &ts) == 0 else { return nil }
+            return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
+        }
+    }
+
     /// Enqueues a command and wakes the loop; false once shutdown has been requested.
     @discardableResult
     func submit(_ command: Command) -> Bool {

@@ -230,9 +230,9 @@ struct CurlHTTPClientTests {
     @Test func idleClientDoesNotSpin() async throws {
         try await withServerAndClient { server, client in
             _ = try await client.execute(HTTPClientRequest(url: server.baseURL + "/echo"))
-            let before = processCPUTime()
+            let before = client.loopThreadCPUTime
             try await Task.sleep(for: .milliseconds(500))
-            let used = processCPUTime() - before
+            let used = client.loopThreadCPUTime - before
             #expect(used < .milliseconds(50), "CPU used while idle: \(used)")
         }
     }
@@ -390,9 +390,9 @@ struct CurlHTTPClientTests {
             let response = try await client.stream(HTTPClientRequest(url: server.baseURL + "/big"))
             // Consumer stalls: the client must stop reading instead of buffering the stream (without spinning).
             try await Task.sleep(for: .milliseconds(200))
-            let cpuBefore = processCPUTime()
+            let cpuBefore = client.loopThreadCPUTime
             try await Task.sleep(for: .milliseconds(300))
-            let cpuWhileStalled = processCPUTime() - cpuBefore
+            let cpuWhileStalled = client.loopThreadCPUTime - cpuBefore
             #expect(cpuWhileStalled < .milliseconds(60), "CPU used while paused: \(cpuWhileStalled)")
             #expect(response.pauseCount >= 1)
             #expect(response.bufferedByteCount <= limit + curlChunk)
@@ -499,11 +499,6 @@ struct CurlHTTPClientTests {
 }
 
 /// CPU time consumed by the whole test process so far.
-func processCPUTime() -> Duration {
-    var ts = timespec()
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
-    return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
-}
 
 /// A listening socket that never accepts, with its (tiny) accept queue filled, so that further connects
 /// hang in SYN retransmission: the only way to provoke a connect timeout on loopback.

@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import httpx
 import openai
-import pytest
 
 from meshd_e2e import Binaries, Meshd, ProcessPool, SimEngine, chat_body, wait_until
 

@@ -1,0 +1,125 @@
+import Testing
+@testable import MeshCore
+
+@Suite struct MeshWireTests {
+    @Test func roundTripEveryType() throws {
+        for t in WireMessageType.allCases {
+            var header: JSON = ["req": "r1", "node": "a", "name": "a", "proto": 1, "id": "a"]
+            if t == .state { header = ["id": "a"] }
+            let m = WireMessage(type: t, header: header, payload: t == .chunk ? [1, 2, 3] : [])
+            let back = try MeshWireCodec.decode(MeshWireCodec.encode(m))
+            #expect(back == m)
+        }
+    }
+
+    @Test func rejectsHostileFrames() {
+        let good = MeshWireCodec.encode(WireMessage(type: .chunk, header: ["req": "x"], payload: [0]))
+        #expect(throws: MeshWireError.frameCount(1)) { try MeshWireCodec.decode([good[0]]) }
+        #expect(throws: MeshWireError.frameCount(5)) { try MeshWireCodec.decode(good + good.prefix(2)) }
+        #expect(throws: MeshWireError.badPrelude) { try MeshWireCodec.decode([[1], good[1]]) }
+        #expect(throws: MeshWireError.unsupportedVersion(9)) { try MeshWireCodec.decode([[9, 0x12], good[1], [0]]) }
+        #expect(throws: MeshWireError.unknownType(0x7f)) { try MeshWireCodec.decode([[1, 0x7f], good[1]]) }
+        #expect(throws: MeshWireError.self) { try MeshWireCodec.decode([[1, 0x12], Array("{nope".utf8), [0]]) }
+        #expect(throws: MeshWireError.badHeader("not an object")) { try MeshWireCodec.decode([[1, 0x12], Array("[1]".utf8), [0]]) }
+        #expect(throws: MeshWireError.missingField("req")) { try MeshWireCodec.decode([[1, 0x12], Array("{}".utf8), [0]]) }
+        #expect(throws: MeshWireError.missingField("id")) { try MeshWireCodec.decode([[1, 0x02], Array("{}".utf8)]) }
+        #expect(throws: MeshWireError.headerTooLarge(MeshWireCodec.maxHeaderBytes + 1)) {
+            try MeshWireCodec.decode([[1, 0x12], [UInt8](repeating: 0x20, count: MeshWireCodec.maxHeaderBytes + 1)])
+        }
+        #expect(throws: MeshWireError.payloadTooLarge(11)) {
+            try MeshWireCodec.decode([[1, 0x12], Array(#"{"req":"a"}"#.utf8), [UInt8](repeating: 0, count: 11)], maxPayloadBytes: 10)
+        }
+    }
+
+    @Test func fuzzNeverTraps() {
+        var seed: UInt64 = 0x5eed
+        func next() -> UInt64 {
+            seed &+= 0x9E3779B97F4A7C15
+            var z = seed
+            z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+            z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+            return z ^ (z >> 31)
+        }
+        let base = MeshWireCodec.encode(WireMessage(type: .request, header: ["req": "q", "path": "/v1/chat/completions"], payload: [1, 2]))
+        for _ in 0..<5000 {
+            var frames = base
+            let n = Int(next() % 4)
+            for _ in 0..<n {
+                let f = Int(next() % UInt64(frames.count))
+                if frames[f].isEmpty { frames[f].append(UInt8(truncatingIfNeeded: next())); continue }
+                let i = Int(next() % UInt64(frames[f].count))
+                switch next() % 3 {
+                case 0: frames[f][i] = UInt8(truncatingIfNeeded: next())
+                case 1: frames[f].removeSubrange(i...)
+                default: frames[f].insert(UInt8(truncatingIfNeeded: next()), at: i)
+                }
+            }
+            if next() % 7 == 0 { frames.removeLast() }
+            _ = try? MeshWireCodec.decode(frames)
+        }
+    }
+}
+
+@Suite struct PeerTableTests {
+    func state(_ id: String, seq: UInt64, models: [String] = []) -> NodeState {
+        NodeState(id: id, name: id, meshEndpoint: "127.0.0.1:1", httpEndpoint: "127.0.0.1:2", seq: seq,
+                  engines: [EngineSnapshot(id: "e", kind: .openai, url: "http://x", healthy: true,
+                                           models: models.map { ModelInfo(name: $0, loaded: true) })])
+    }
+
+    @Test func expiresAfterMissedHeartbeats() {
+        let clock = ManualClock()
+        var t = PeerTable(heartbeatMs: 1000, deadAfterMissed: 3)
+        let added = t.update(state("b", seq: 1), nowNanos: clock.nowNanos())
+        #expect(added)
+        clock.advance(seconds: 2.9)
+        var gone = t.expire(nowNanos: clock.nowNanos())
+        #expect(gone.isEmpty)
+        t.touch("b", nowNanos: clock.nowNanos())
+        clock.advance(seconds: 2.9)
+        gone = t.expire(nowNanos: clock.nowNanos())
+        #expect(gone.isEmpty)
+        clock.advance(seconds: 0.2)
+        gone = t.expire(nowNanos: clock.nowNanos())
+        #expect(gone == ["b"])
+        #expect(t.peers.isEmpty)
+    }
+
+    @Test func olderStateDoesNotReplaceNewer() {
+        var t = PeerTable(heartbeatMs: 1000, deadAfterMissed: 3)
+        t.update(state("b", seq: 5, models: ["new"]), nowNanos: 1)
+        let changed = t.update(state("b", seq: 4, models: ["old"]), nowNanos: 2)
+        #expect(!changed)
+        #expect(t.entries["b"]?.state.modelNames == ["new"])
+        #expect(t.entries["b"]?.lastHeardNanos == 2)
+    }
+
+    @Test func meshRoutingPrefersLoadedThenLocalThenLessBusy() {
+        func engine(_ id: String, _ model: String, loaded: Bool, busy: Int) -> EngineSnapshot {
+            EngineSnapshot(id: id, kind: .openai, url: "http://x", healthy: true, models: [ModelInfo(name: model, loaded: loaded)],
+                           load: EngineLoad(inFlight: busy, slots: 1))
+        }
+        let local = RoutingNode(id: "a", isLocal: true, engines: [engine("la", "m", loaded: true, busy: 0)])
+        let b = RoutingNode(id: "b", isLocal: false, hopSeconds: 0.001, engines: [engine("lb", "m", loaded: true, busy: 0)])
+        // Tie on everything but the hop: local wins.
+        let d1 = try? Router.choose(model: "m", operation: .chat, promptTokens: 10, maxTokens: 10, nodes: [b, local]).get()
+        #expect(d1?.isLocal == true)
+        // Local busy: the remote node wins.
+        let busyLocal = RoutingNode(id: "a", isLocal: true, engines: [engine("la", "m", loaded: true, busy: 3)])
+        let d2 = try? Router.choose(model: "m", operation: .chat, promptTokens: 10, maxTokens: 10, nodes: [busyLocal, b]).get()
+        #expect(d2?.nodeID == "b")
+        #expect(d2?.reason.hasPrefix("b/lb") == true)
+        // Draining nodes take no new work; only draining holders → 503 naming it.
+        var drained = b
+        drained.draining = true
+        let d3 = Router.choose(model: "m", operation: .chat, promptTokens: 10, maxTokens: 10, nodes: [busyLocal, drained])
+        #expect((try? d3.get())?.isLocal == true)
+        let d4 = Router.choose(model: "m", operation: .chat, promptTokens: 10, maxTokens: 10,
+                               nodes: [RoutingNode(id: "a", isLocal: true, engines: []), drained])
+        if case .failure(let e) = d4 { #expect(e.status == 503 && e.message.contains("draining")) } else { Issue.record("expected 503") }
+        // Loaded remote beats not-loaded local.
+        let coldLocal = RoutingNode(id: "a", isLocal: true, engines: [engine("la", "m", loaded: false, busy: 0)])
+        let d5 = try? Router.choose(model: "m", operation: .chat, promptTokens: 10, maxTokens: 10, nodes: [coldLocal, b]).get()
+        #expect(d5?.nodeID == "b")
+    }
+}
