@@ -47,8 +47,8 @@ fi
 if [ "$MODE" = all ] || [ "$MODE" = --py ]; then
   log "python venv (openai, ollama, pytest)"
   PY="$(tools/e2e-venv.sh)" || { echo "creating the venv failed" >&2; exit 1; }
-  log "pytest: ops, simulated engine, end to end"
-  "$PY" -m pytest -q -p no:cacheprovider Tests/ops Tests/sim Tests/e2e
+  log "pytest: ops, simulated engine, end to end, mesh"
+  "$PY" -m pytest -q -p no:cacheprovider Tests/ops Tests/sim Tests/e2e Tests/mesh
   [ $? -eq 0 ] || status=1
 fi
 

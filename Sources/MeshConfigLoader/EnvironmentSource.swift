@@ -60,8 +60,8 @@ struct EnvironmentSource {
             }
         }
 
-        let known = Schema.fields.map(\.environmentName)
-        for name in relevant.keys.sorted() where Schema.fieldsByEnvironmentName[name] == nil {
+        let known = Schema.fields.map(\.environmentName) + Self.processVariables
+        for name in relevant.keys.sorted() where Schema.fieldsByEnvironmentName[name] == nil && !Self.processVariables.contains(name) {
             if name == "MESHD_ENGINES" || name.hasPrefix("MESHD_ENGINES_") {
                 state.warning(Self.sourceName, name, "engines can only be configured in the file; ignored")
             } else {
@@ -69,4 +69,8 @@ struct EnvironmentSource {
             }
         }
     }
+
+    /// `MESHD_*` variables that are not configuration keys but are read by meshd or its tools:
+    /// `MESHD_CACHE` (where llama.cpp builds and models are cached), `MESHD_ADMIN_SOCKET` (meshctl).
+    static let processVariables = ["MESHD_CACHE", "MESHD_ADMIN_SOCKET"]
 }

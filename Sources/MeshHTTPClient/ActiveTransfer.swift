@@ -232,19 +232,30 @@ final class ActiveTransfer {
             }
             return true
         }
-        let text = String(decoding: line, as: UTF8.self)
-        if text.hasPrefix("HTTP/") {
+        if line.starts(with: Self.httpPrefix) {
+            let text = String(decoding: line, as: UTF8.self)
             let parts = text.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: true)
             parsedStatus = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
             parsedHeaders = []
         } else if let first = line.first, first == 0x20 || first == 0x09 {
             if let last = parsedHeaders.popLast() {  // obsolete line folding
-                parsedHeaders.append((last.0, last.1 + " " + trimmed(text)))
+                parsedHeaders.append((last.0, last.1 + " " + Self.trimmedString(line)))
             }
-        } else if let colon = text.firstIndex(of: ":") {
-            parsedHeaders.append((trimmed(text[..<colon]), trimmed(text[text.index(after: colon)...])))
+        } else if let colon = line.firstIndex(of: UInt8(ascii: ":")) {
+            // Trim on bytes and build each String once: this runs for every header of every response.
+            parsedHeaders.append((Self.trimmedString(line[..<colon]), Self.trimmedString(line[(colon + 1)...])))
         }
         return true
+    }
+
+    static let httpPrefix: [UInt8] = Array("HTTP/".utf8)
+
+    static func trimmedString(_ bytes: Slice<UnsafeRawBufferPointer>) -> String {
+        var lo = bytes.startIndex
+        var hi = bytes.endIndex
+        while lo < hi, bytes[lo] == 0x20 || bytes[lo] == 0x09 { lo += 1 }
+        while hi > lo, bytes[hi - 1] == 0x20 || bytes[hi - 1] == 0x09 { hi -= 1 }
+        return String(decoding: bytes[lo..<hi], as: UTF8.self)
     }
 
     fileprivate func onBody(_ bytes: UnsafeRawBufferPointer) -> Int {
@@ -261,13 +272,6 @@ final class ActiveTransfer {
             return 0  // aborts the transfer with CURLE_WRITE_ERROR; it has already been failed
         }
     }
-}
-
-private func trimmed(_ text: some StringProtocol) -> String {
-    var scalars = Substring(text).unicodeScalars[...]
-    while let first = scalars.first, first == " " || first == "\t" { scalars = scalars.dropFirst() }
-    while let last = scalars.last, last == " " || last == "\t" { scalars = scalars.dropLast() }
-    return String(String.UnicodeScalarView(scalars))
 }
 
 private func curlWriteCallback(

@@ -27,7 +27,7 @@ public final class CurlHTTPClient: Sendable {
     ///
     /// Throws ``HTTPClientError``; task cancellation aborts the transfer and throws ``HTTPClientError/cancelled``.
     public func execute(_ request: HTTPClientRequest) async throws -> (HTTPClientResponseHead, [UInt8]) {
-        let response = try await stream(request)
+        let response = try await start(request, collectWhole: true)
         var body: [UInt8] = []
         if let length = response.head.header("content-length").flatMap({ Int($0) }), length > 0 {
             body.reserveCapacity(min(length, 64 << 20))
@@ -43,7 +43,11 @@ public final class CurlHTTPClient: Sendable {
     ///
     /// Task cancellation while waiting for the head aborts the transfer and throws ``HTTPClientError/cancelled``.
     public func stream(_ request: HTTPClientRequest) async throws -> HTTPClientStreamingResponse {
-        let transfer = TransferState(loop: loop, maxBufferedBytes: configuration.maxBufferedBytes)
+        try await start(request, collectWhole: false)
+    }
+
+    private func start(_ request: HTTPClientRequest, collectWhole: Bool) async throws -> HTTPClientStreamingResponse {
+        let transfer = TransferState(loop: loop, maxBufferedBytes: configuration.maxBufferedBytes, collectWhole: collectWhole)
         let head = try await withTaskCancellationHandler {
             try await transfer.start(request)
         } onCancel: {

@@ -75,11 +75,18 @@ final class TransferState: Sendable {
 
     let loop: CurlLoop
     let maxBufferedBytes: Int
+    /// Buffered mode (`execute`): the waiting task is resumed once, when the transfer completes,
+    /// with the head; the whole body is then already buffered. One thread hand-off per request
+    /// instead of one for the head and more for the body.
+    let collectWhole: Bool
+    /// Largest body accepted in buffered mode.
+    static let maxWholeBodyBytes = 256 << 20
     private let state = Mutex(State())
 
-    init(loop: CurlLoop, maxBufferedBytes: Int) {
+    init(loop: CurlLoop, maxBufferedBytes: Int, collectWhole: Bool = false) {
         self.loop = loop
         self.maxBufferedBytes = max(1, maxBufferedBytes)
+        self.collectWhole = collectWhole
     }
 
     var isCompleted: Bool { state.withLock { $0.outcome != nil } }
@@ -172,9 +179,11 @@ final class TransferState: Sendable {
     /// Records the response head and resumes `start`. Returns false if the transfer already completed.
     @discardableResult
     func deliverHead(_ head: HTTPClientResponseHead) -> Bool {
+        let collectWhole = self.collectWhole
         let continuation: CheckedContinuation<HTTPClientResponseHead, any Error>?? = state.withLock { s in
             guard s.outcome == nil, s.head == nil else { return .none }
             s.head = head
+            if collectWhole { return .some(nil) }  // resumed by finish()
             defer { s.headContinuation = nil }
             return .some(s.headContinuation)
         }
@@ -186,13 +195,16 @@ final class TransferState: Sendable {
     /// Offers a body chunk; decides between accepting it, pausing the transfer, or aborting it.
     func offer(_ bytes: UnsafeRawBufferPointer) -> OfferResult {
         let count = bytes.count
+        let collectWhole = self.collectWhole
         let (result, waiter): (OfferResult, CheckedContinuation<[UInt8]?, any Error>?) = state.withLock { s in
             guard s.outcome == nil else { return (.reject, nil) }
             if let waiter = s.bodyContinuation {
                 s.bodyContinuation = nil
                 return (.accepted, waiter)
             }
-            if s.bufferedBytes > 0, s.bufferedBytes + count > maxBufferedBytes {
+            if collectWhole {
+                guard s.bufferedBytes + count <= Self.maxWholeBodyBytes else { return (.reject, nil) }
+            } else if s.bufferedBytes > 0, s.bufferedBytes + count > maxBufferedBytes {
                 s.paused = true
                 s.pauseCount += 1
                 return (.pause, nil)
@@ -216,16 +228,20 @@ final class TransferState: Sendable {
 
     /// Marks the body complete.
     func finish() {
-        let (headWaiter, bodyWaiter) = state.withLock { s -> (CheckedContinuation<HTTPClientResponseHead, any Error>?, CheckedContinuation<[UInt8]?, any Error>?) in
-            guard s.outcome == nil else { return (nil, nil) }
+        let (headWaiter, bodyWaiter, head) = state.withLock { s -> (CheckedContinuation<HTTPClientResponseHead, any Error>?, CheckedContinuation<[UInt8]?, any Error>?, HTTPClientResponseHead?) in
+            guard s.outcome == nil else { return (nil, nil, nil) }
             s.outcome = .finished
             defer {
                 s.headContinuation = nil
                 s.bodyContinuation = nil
             }
-            return (s.headContinuation, s.bodyContinuation)
+            return (s.headContinuation, s.bodyContinuation, s.head)
         }
-        headWaiter?.resume(throwing: HTTPClientError.transport(code: -1, message: "transfer ended without a response head"))
+        if let head, collectWhole {
+            headWaiter?.resume(returning: head)
+        } else {
+            headWaiter?.resume(throwing: HTTPClientError.transport(code: -1, message: "transfer ended without a response head"))
+        }
         bodyWaiter?.resume(returning: nil)
     }
 

@@ -52,14 +52,24 @@ public struct ResponseBodyWriter: Sendable {
     }
 
     init(outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, eventLoop: any EventLoop) {
+        let unsynced = Mutex(0)
         sink = { bytes in
             try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: bytes))))
             // The outbound writer hands chunks to the event loop asynchronously and learns that the
-            // channel became unwritable only once the loop has written them; without this round trip
-            // a fast producer queues megabytes ahead of that signal.
-            try await eventLoop.submit {}.get()
+            // channel became unwritable only once the loop has written them; without a round trip a
+            // fast producer queues megabytes ahead of that signal. One round trip per 64 KiB bounds
+            // that excess without paying a hop for every token-sized chunk.
+            let due = unsynced.withLock { n -> Bool in
+                n += bytes.count
+                if n < Self.syncEveryBytes { return false }
+                n = 0
+                return true
+            }
+            if due { try await eventLoop.submit {}.get() }
         }
     }
+
+    static let syncEveryBytes = 64 * 1024
 
     /// Sends one chunk now (no buffering in meshd). Throws when the receiver has gone.
     public func write(_ bytes: [UInt8]) async throws {
@@ -238,7 +248,9 @@ public final class HTTPServer: Sendable {
             return true
         }
         guard accepted else {
-            try? await channel.close()
+            // Finish the async channel's writer as well as closing it: NIO traps when a wrapped
+            // channel is dropped unfinished.
+            try? await connection.executeThenClose { _, outbound in outbound.finish() }
             return
         }
         defer { _ = state.withLock { $0.connections.removeValue(forKey: key) } }
@@ -349,28 +361,34 @@ public final class HTTPServer: Sendable {
     }
 }
 
-/// The task serving a connection's current request, so a closing channel can cancel it.
+/// The task serving a connection, so a closing channel can cancel the request being served
+/// without spawning a task per request.
 final class CurrentTask: Sendable {
-    private let state = Mutex<(cancel: (@Sendable () -> Void)?, cancelled: Bool)>((nil, false))
+    private struct State: @unchecked Sendable {
+        // Only set while `run` is executing on that task, and cancelled under the lock, so the
+        // reference never outlives the task it names.
+        var task: UnsafeCurrentTask?
+        var cancelled = false
+    }
+    private let state = Mutex(State())
 
-    /// Runs `body` in a task that ``cancel()`` cancels.
-    func run<T: Sendable>(_ body: @escaping @Sendable () async -> T) async -> T {
-        let t = Task { await body() }
-        let cancelled = state.withLock { st -> Bool in
-            st.cancel = { t.cancel() }
-            return st.cancelled
+    /// Runs `body` on the current task; ``cancel()`` meanwhile cancels that task.
+    func run<T: Sendable>(_ body: @Sendable () async -> T) async -> T {
+        let cancelled = withUnsafeCurrentTask { t in
+            state.withLock { st -> Bool in
+                st.task = t
+                return st.cancelled
+            }
         }
-        if cancelled { t.cancel() }
-        let v = await t.value
-        state.withLock { $0.cancel = nil }
-        return v
+        if cancelled { withUnsafeCurrentTask { $0?.cancel() } }
+        defer { state.withLock { $0.task = nil } }
+        return await body()
     }
 
     func cancel() {
-        let c = state.withLock { st -> (@Sendable () -> Void)? in
+        state.withLock { st in
             st.cancelled = true
-            return st.cancel
+            st.task?.cancel()
         }
-        c?()
     }
 }

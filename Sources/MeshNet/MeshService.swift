@@ -82,11 +82,20 @@ public struct ForwardedBody: AsyncSequence, Sendable {
     let stream: AsyncThrowingStream<[UInt8], any Error>
     let service: MeshService
     let requestID: String
+    let dropGuard: ForwardedBodyDropGuard
+
+    init(stream: AsyncThrowingStream<[UInt8], any Error>, service: MeshService, requestID: String) {
+        self.stream = stream
+        self.service = service
+        self.requestID = requestID
+        dropGuard = ForwardedBodyDropGuard(service: service, requestID: requestID)
+    }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         var base: AsyncThrowingStream<[UInt8], any Error>.AsyncIterator
         let service: MeshService
         let requestID: String
+        let dropGuard: ForwardedBodyDropGuard
         public mutating func next() async throws -> [UInt8]? {
             guard let chunk = try await base.next() else { return nil }
             service.grantCredit(requestID, bytes: chunk.count)
@@ -95,8 +104,21 @@ public struct ForwardedBody: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: stream.makeAsyncIterator(), service: service, requestID: requestID)
+        AsyncIterator(base: stream.makeAsyncIterator(), service: service, requestID: requestID, dropGuard: dropGuard)
     }
+}
+
+/// Cancels a forwarded request at the serving node when the last copy of its body (and of its
+/// iterators) goes away before the response ended: the client left and the relay gave up (a failed
+/// write), or the body was never read. A no-op once the response ended.
+final class ForwardedBodyDropGuard: Sendable {
+    let service: MeshService
+    let requestID: String
+    init(service: MeshService, requestID: String) {
+        self.service = service
+        self.requestID = requestID
+    }
+    deinit { service.cancelForward(requestID) }
 }
 
 /// Why a forward failed.
@@ -320,7 +342,11 @@ public final class MeshService: Sendable {
     func expirePeers() {
         let now = clock.nowNanos()
         let dead = state.withLock { s -> [String] in
+            let before = s.peers.entries
             let ids = s.peers.expire(nowNanos: now)
+            // `expire` already dropped them, so `peerLost` cannot find their state: keep it here so
+            // `meshctl nodes` shows them `down`, as it does for a closed connection.
+            for id in ids { if let e = before[id] { s.recentlyDown[id] = (e.state, now) } }
             return ids
         }
         for id in dead { peerLost(id, reason: "no heartbeat for \(configuration.heartbeatMs * configuration.deadAfterMissed) ms") }
@@ -450,6 +476,10 @@ public final class MeshService: Sendable {
             return "\(configuration.nodeID)-\(s.nextID)"
         }
         let (stream, cont) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
+        // The consumer of the body was cancelled (client gone mid-response): stop the serving node.
+        cont.onTermination = { [weak self] termination in
+            if case .cancelled = termination { self?.cancelForward(id) }
+        }
         let msg = WireMessage(type: .request, header: [
             "req": .string(id), "path": .string(path), "from": .string(configuration.nodeID),
             "headers": .array(headers.map { JSON.array([.string($0.0), .string($0.1)]) }),
@@ -457,6 +487,12 @@ public final class MeshService: Sendable {
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<ForwardedResponse, any Error>) in
                 state.withLock { $0.pending[id] = Pending(node: node, head: c, body: cont, stream: stream) }
+                if Task.isCancelled {
+                    // Cancelled before the request was registered: `onCancel` found nothing to cancel.
+                    let p = state.withLock { $0.pending.removeValue(forKey: id) }
+                    p?.head?.resume(throwing: CancellationError())
+                    return
+                }
                 if !send(msg, to: .outbound(MeshPeerID(ep))) {
                     let p = state.withLock { $0.pending.removeValue(forKey: id) }
                     p?.head?.resume(throwing: MeshForwardError.unreachable("cannot send to \(node)"))
@@ -472,7 +508,9 @@ public final class MeshService: Sendable {
         let p = state.withLock { $0.pending.removeValue(forKey: id) }
         guard let p else { return }
         p.head?.resume(throwing: CancellationError())
-        p.body.finish(throwing: CancellationError())
+        // Only a consumer that is itself cancelled or gone reads this end (an error here would look
+        // like a failed peer and be retried elsewhere).
+        p.body.finish()
         if let ep = state.withLock({ $0.endpoints[p.node] }) {
             send(WireMessage(type: .cancel, header: ["req": .string(id)]), to: .outbound(MeshPeerID(ep)))
         }

@@ -106,8 +106,11 @@ struct AdminResponder: HTTPResponder {
 
     /// This node, live peers and recently lost ones, in the `meshctl nodes --json` shape.
     func nodes(_ snap: [EngineSnapshot]) -> [JSON] {
+        // host:port like the peers' endpoints (the bound one reads tcp://host:port).
+        let bound = mesh?.boundEndpoint ?? ""
+        let ownMesh = bound.hasPrefix("tcp://") ? String(bound.dropFirst(6)) : bound
         var out: [JSON] = [nodeJSON(id: nodeName, state: draining.value ? "draining" : "up",
-                                    address: httpListen, mesh: mesh?.boundEndpoint ?? "", engines: snap, vramTotal: 0, vramFree: 0, local: true)]
+                                    address: httpListen, mesh: ownMesh, engines: snap, vramTotal: 0, vramFree: 0, local: true)]
         if let mesh {
             for p in mesh.peers() {
                 let st = p.state

@@ -352,8 +352,14 @@ public struct InferenceProxy: Sendable {
         case .openaiCompletion: prefix = "cmpl-"
         default: prefix = "chatcmpl-"
         }
+        // One draw of 128 bits (one getrandom call), not one per character.
         var g = SystemRandomNumberGenerator()
-        let hex = Array("0123456789abcdef")
-        return prefix + String((0..<24).map { _ in hex[Int(g.next() % 16)] })
+        let a = g.next(), b = g.next()
+        var out = prefix
+        for v in [a, b] {
+            let hex = String(v, radix: 16)
+            out += String(repeating: "0", count: 16 - hex.count) + hex
+        }
+        return String(out.prefix(prefix.count + 24))
     }
 }
