@@ -16,6 +16,8 @@
 #   SKIP_BUILD [0]      1: use the existing release binaries
 #   KEEP_WORK [0]       1: keep the temp directory (configs, logs, raw JSONL)
 #   OUT_DIR [benches]   where results.md / results.json go
+#   MESH [0]            1: afterwards, also run benches/mesh_bench.py (one mesh hop, CURVE on: ~2 min,
+#                       writes mesh-results.md/.json); only: run just that one
 #
 # Everything listens on 127.0.0.1 only; every load loop is bounded in count and time; every
 # process the script starts is stopped on exit, error or Ctrl-C.
@@ -32,6 +34,10 @@ LLAMA="${LLAMA:-auto}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 KEEP_WORK="${KEEP_WORK:-0}"
 OUT_DIR="${OUT_DIR:-$HERE}"
+MESH="${MESH:-0}"
+if [ "$MESH" = only ]; then
+  exec env SKIP_BUILD="$SKIP_BUILD" KEEP_WORK="$KEEP_WORK" OUT_DIR="$OUT_DIR" python3 "$HERE/mesh_bench.py"
+fi
 NGINX_MODEL="bench-static"
 SIM_MODEL="sim"
 LLAMA_MODEL="meshd-tiny"
@@ -279,3 +285,8 @@ emit_meta "kind=end" "bench_s=$((SECONDS - BENCH_T0))" "loadavg_end=$(cut -d' ' 
 mkdir -p "$OUT_DIR"
 python3 "$HERE/report.py" --raw "$RAW" --root "$ROOT" --md "$OUT_DIR/results.md" --json "$OUT_DIR/results.json"
 log "done in $((SECONDS - BENCH_T0))s (+${BUILD_S}s build): $OUT_DIR/results.md, $OUT_DIR/results.json"
+if [ "$MESH" = 1 ]; then
+  log "mesh hop benchmark (benches/mesh_bench.py)"
+  # Its own processes, traps and work directory; it also builds meshctl.
+  SKIP_BUILD="$SKIP_BUILD" KEEP_WORK="$KEEP_WORK" OUT_DIR="$OUT_DIR" python3 "$HERE/mesh_bench.py"
+fi

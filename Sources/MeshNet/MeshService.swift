@@ -50,9 +50,18 @@ public struct MeshResponder: Sendable {
     }
 
     /// Sends one body chunk; suspends while the requester has not acknowledged enough bytes.
+    /// Large bodies go out as several wire messages: the requester refuses payloads over
+    /// `maxPayloadBytes`, and libzmq drops the whole connection on a message over its size limit.
     public func chunk(_ bytes: [UInt8]) async throws {
-        try await service.awaitCredit(requestID, bytes: bytes.count)
-        service.sendToRequester(requestID, WireMessage(type: .chunk, header: ["req": .string(requestID)], payload: bytes))
+        let limit = max(1, min(1 << 20, service.configuration.maxPayloadBytes))
+        var start = 0
+        repeat {
+            let end = min(bytes.count, start + limit)
+            let piece = start == 0 && end == bytes.count ? bytes : Array(bytes[start..<end])
+            try await service.awaitCredit(requestID, bytes: piece.count)
+            service.sendToRequester(requestID, WireMessage(type: .chunk, header: ["req": .string(requestID)], payload: piece))
+            start = end
+        } while start < bytes.count
     }
 
     /// Ends the response normally.
@@ -211,6 +220,16 @@ public final class MeshService: Sendable {
 
     /// Frames rejected (bad version, malformed, oversized) since start.
     public var rejectedFrames: Int { state.withLock { $0.rejectedFrames } }
+
+    /// Connections refused by authentication (ZAP or handshake) since start.
+    public var authFailureCount: Int { state.withLock { $0.authFailures } }
+
+    /// Sends this node's state to every peer now (call when engines or models change, so peers
+    /// need not wait for the next heartbeat).
+    public func broadcastState() {
+        let links = state.withLock { s in s.dialed.map { MeshLink.outbound(MeshPeerID($0)) } }
+        for l in links { sendState(to: l) }
+    }
 
     /// Live peers.
     public func peers() -> [PeerTable.Entry] { state.withLock { $0.peers.peers } }
@@ -398,6 +417,7 @@ public final class MeshService: Sendable {
                 state.withLock { $0.authFailures += 1 }
                 logger.warning("mesh peer refused", metadata: ["address": "\(address)", "reason": "\(reason)"])
             case .handshakeFailed(let peer, let reason):
+                state.withLock { $0.authFailures += 1 }
                 logger.warning("mesh handshake failed", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
             case .malformed(let link, let reason):
                 state.withLock { $0.rejectedFrames += 1 }

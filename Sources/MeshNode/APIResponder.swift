@@ -89,7 +89,22 @@ public struct APIResponder: HTTPResponder {
                 ? .json(.serviceUnavailable, ["status": "not ready", "reason": "no healthy engine"])
                 : .json(.ok, ["status": "ready", "engines": .array(healthy.map(JSON.string))])
         case .metrics:
-            return .bytes(.ok, metrics.render(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+            var body = metrics.render()
+            if let mesh = proxy.mesh {
+                body += Array("""
+                # HELP meshd_mesh_peers Live mesh peers.
+                # TYPE meshd_mesh_peers gauge
+                meshd_mesh_peers \(mesh.peers().count)
+                # HELP meshd_mesh_rejected_frames_total Mesh messages rejected as malformed, oversized or of an unknown version.
+                # TYPE meshd_mesh_rejected_frames_total counter
+                meshd_mesh_rejected_frames_total \(mesh.rejectedFrames)
+                # HELP meshd_mesh_auth_failures_total Mesh connections refused by CURVE/ZAP authentication.
+                # TYPE meshd_mesh_auth_failures_total counter
+                meshd_mesh_auth_failures_total \(mesh.authFailureCount)
+
+                """.utf8)
+            }
+            return .bytes(.ok, body, contentType: "text/plain; version=0.0.4; charset=utf-8")
         case .inference(let r):
             return await proxy.handle(route: r, request: request)
         case .openaiModels:

@@ -52,20 +52,25 @@ struct AdminResponder: HTTPResponder {
         case "/v1/engines":
             return .json(.ok, .array(snap.map(Self.engineJSON)))
         case "/v1/models":
-            var byName: [String: (ModelInfo, [String])] = [:]
+            // Every model of the mesh, with the nodes and engines that have it (local first).
+            var byName: [String: (ModelInfo, [String], [String])] = [:]
             var order: [String] = []
-            for e in snap where e.healthy {
-                for m in e.models {
-                    if byName[m.name] == nil { order.append(m.name); byName[m.name] = (m, []) }
-                    byName[m.name]!.1.append(e.id)
-                    if m.loaded { byName[m.name]!.0.loaded = true }
+            for n in proxy.routingView(localOnly: false) {
+                for e in n.engines where e.healthy {
+                    for m in e.models {
+                        if byName[m.name] == nil { order.append(m.name); byName[m.name] = (m, [], []) }
+                        byName[m.name]!.1.append(n.isLocal ? e.id : "\(n.id)/\(e.id)")
+                        if !byName[m.name]!.2.contains(n.id) { byName[m.name]!.2.append(n.id) }
+                        if m.loaded { byName[m.name]!.0.loaded = true }
+                    }
                 }
             }
             return .json(.ok, .array(order.map { n in
-                let (m, ids) = byName[n]!
+                let (m, ids, nodes) = byName[n]!
                 return ["name": .string(n), "loaded": .bool(m.loaded), "size_bytes": m.sizeBytes.map { .int($0) } ?? .null,
                         "context_length": m.contextLength.map { .integer($0) } ?? .null,
-                        "engines": .array(ids.map(JSON.string)), "node": .string(nodeName)]
+                        "engines": .array(ids.map(JSON.string)), "node": .string(nodes.first ?? nodeName),
+                        "nodes": .array(nodes.map(JSON.string))]
             }))
         case "/v1/route":
             let model = Self.queryValue(request.query, "model") ?? ""

@@ -134,6 +134,7 @@ public final class MeshdNode: Service, Sendable {
         let http = self.http
         let admin = self.admin
         let mesh = self.mesh
+        let engines = self.engines
         let grace = Duration.milliseconds(Int64(config.http.shutdownGraceSeconds * 1000))
 
         try await withGracefulShutdownHandler {
@@ -148,6 +149,11 @@ public final class MeshdNode: Service, Sendable {
                     }
                 }
                 if let mesh {
+                    // Peers hear about engine and model changes at once, not at the next heartbeat.
+                    let changes = engines.changes()
+                    group.addTask {
+                        for await _ in changes { mesh.broadcastState() }
+                    }
                     group.addTask {
                         do {
                             try await mesh.run()

@@ -12,8 +12,8 @@ struct ModelsCommand: AsyncParsableCommand {
         guard let list = try global.decode(data) as? [[String: Any]] else { throw ExitCode(1) }
         let rows = list.map { m -> [String] in
             [m["name"] as? String ?? "?", (m["loaded"] as? Bool) == true ? "loaded" : "available",
-             m["node"] as? String ?? "?", ((m["engines"] as? [String]) ?? []).joined(separator: ",")]
+             ((m["nodes"] as? [String]) ?? [m["node"] as? String ?? "?"]).joined(separator: ","), ((m["engines"] as? [String]) ?? []).joined(separator: ",")]
         }
-        print(table(["MODEL", "STATE", "NODE", "ENGINES"], rows))
+        print(table(["MODEL", "STATE", "NODES", "ENGINES"], rows))
     }
 }

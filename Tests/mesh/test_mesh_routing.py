@@ -91,12 +91,17 @@ def test_busy_node_is_avoided(mesh: RoutingMesh) -> None:
     wait_until(lambda: all(mesh.a.nodes()[n]["in_flight"] == 0 for n in "BC"), 5, what="B and C idle in A's view")
     time.sleep(1.1)  # one heartbeat: A learns the measured speeds
 
-    # A long request on B (4 s) takes its only slot.
+    # A long stream on B (up to 10 s; closed once the checks are done) takes its only slot.
     long: dict[str, Any] = {}
+    done = threading.Event()
 
     def occupy() -> None:
-        r = mesh.b.post("/v1/chat/completions", json=chat(DUP, max_tokens=4 * TPS), timeout=20)
-        long["r"] = (r.status_code, r.headers.get("x-meshd-node"))
+        with mesh.b.client(timeout=20) as cl:
+            with cl.stream("POST", "/v1/chat/completions", json=chat(DUP, stream=True, max_tokens=10 * TPS)) as r:
+                long["r"] = (r.status_code, r.headers.get("x-meshd-node"))
+                for _ in r.iter_lines():
+                    if done.is_set():
+                        break
 
     t = threading.Thread(target=occupy)
     t.start()
@@ -113,15 +118,17 @@ def test_busy_node_is_avoided(mesh: RoutingMesh) -> None:
             assert r.status_code == 200, r.text
             served.append((r.headers.get("x-meshd-node"), r.headers.get("x-meshd-via")))
         assert served == [("C", "A")] * 3, served
-        assert mesh.sim_b.stats()["in_flight"] == 1
+        assert mesh.sim_b.stats()["in_flight"] == 1 and t.is_alive()
         print(f"\n[mesh] A saw B busy {seen * 1000:.0f} ms after B took the request; route: {reason}")
     finally:
+        done.set()
         t.join(20)
     assert long["r"] == (200, "B")
+    wait_until(lambda: mesh.sim_b.stats()["in_flight"] == 0, 3, what="B's engine free again")
 
 
 def test_drain_moves_new_work_and_lets_streams_finish(mesh: RoutingMesh) -> None:
-    n_tokens = 3 * TPS
+    n_tokens = 4 * TPS
     stream: dict[str, Any] = {}
 
     def consume() -> None:
@@ -144,6 +151,8 @@ def test_drain_moves_new_work_and_lets_streams_finish(mesh: RoutingMesh) -> None
         assert "B: draining" in res.stdout
         assert mesh.a.nodes()["B"]["state"] == "draining"
         mesh.b.wait_sees({"B": "draining"}, timeout=3)
+        # The drain reached B while the stream was running there.
+        assert t.is_alive() and mesh.sim_b.stats()["in_flight"] == 1, "the stream ended too early: make it longer"
         mesh.c.wait_sees({"B": "draining"}, timeout=3)
         assert route(mesh.a, DUP)[0] == "C"
         for _ in range(4):
@@ -156,7 +165,6 @@ def test_drain_moves_new_work_and_lets_streams_finish(mesh: RoutingMesh) -> None
         r = mesh.a.post("/v1/chat/completions", json=chat(ONLY_B))
         assert r.status_code == 503 and "draining" in r.json()["error"]["message"], r.text
         assert mesh.a.meshctl("route", ONLY_B).returncode != 0
-        assert t.is_alive(), "the stream ended before the checks: make it longer"
     finally:
         t.join(20)
         undo = mesh.a.meshctl("undrain", "B")

@@ -1,0 +1,70 @@
+"""An idle mesh costs (almost) no CPU, and a peer that is killed and restarted with the same config
+is back in rotation within seconds."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from meshd_e2e import ProcessPool, wait_until
+from mesh_helpers import MeshBinaries, MeshNode, chat, sim_entry, start_sim
+
+IDLE_SECONDS = 5.0
+# Total CPU of the three meshd processes over the idle window, as a share of one core.
+IDLE_CPU_LIMIT = 0.05
+
+
+def test_idle_mesh_cpu(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
+    sim_b = start_sim(mpool, mbins, "--models", "b-model")
+    sim_c = start_sim(mpool, mbins, "--models", "c-model")
+    # Shipped defaults: heartbeats every 1 s, engines polled every 1 s.
+    b = MeshNode(mpool, mbins, "B", secret=secret, engines=[sim_entry(sim_b, "openai")], engine_poll_ms=1000)
+    c = MeshNode(mpool, mbins, "C", secret=secret, engines=[sim_entry(sim_c, "ollama")], peers=[b], engine_poll_ms=1000)
+    a = MeshNode(mpool, mbins, "A", secret=secret, peers=[b], engine_poll_ms=1000)
+    a.wait_sees({"A": "up", "B": "up", "C": "up"}, models={"B": ["b-model"], "C": ["c-model"]})
+    for n in (b, c):
+        n.wait_sees({"A": "up", "B": "up", "C": "up"})
+    time.sleep(1.5)  # start-up work done
+    nodes = (a, b, c)
+    cpu0 = [n.cpu_seconds() for n in nodes]
+    t0 = time.monotonic()
+    time.sleep(IDLE_SECONDS)
+    cpu1 = [n.cpu_seconds() for n in nodes]
+    wall = time.monotonic() - t0
+    used = [y - x for x, y in zip(cpu0, cpu1)]
+    share = sum(used) / wall
+    per = ", ".join(f"{n.name} {u * 1000:.0f} ms" for n, u in zip(nodes, used))
+    print(f"\n[mesh] idle 3-node mesh: {sum(used) * 1000:.0f} ms CPU in {wall:.1f} s = {share * 100:.2f}% of one core ({per})")
+    # Still a mesh after the idle window.
+    assert {k: v["state"] for k, v in a.nodes().items()} == {"A": "up", "B": "up", "C": "up"}
+    assert share < IDLE_CPU_LIMIT, f"idle mesh used {share * 100:.1f}% of a core ({per})"
+
+
+def test_peer_restart(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
+    sim_b = start_sim(mpool, mbins, "--models", "b-model")
+    sim_c = start_sim(mpool, mbins, "--models", "c-model")
+    b = MeshNode(mpool, mbins, "B", secret=secret, engines=[sim_entry(sim_b, "openai")])
+    c = MeshNode(mpool, mbins, "C", secret=secret, engines=[sim_entry(sim_c, "openai")], peers=[b])
+    a = MeshNode(mpool, mbins, "A", secret=secret, peers=[b])
+    a.wait_sees({"A": "up", "B": "up", "C": "up"}, models={"B": ["b-model"], "C": ["c-model"]})
+
+    b.kill9()
+    t_kill = time.monotonic()
+    a.wait_sees({"B": "down"}, timeout=3)
+    down = time.monotonic() - t_kill
+    r = a.post("/v1/chat/completions", json=chat("b-model"))
+    assert r.status_code in (404, 503), r.text
+
+    b.start()  # same config: same ports, same name
+    t_up = time.monotonic()
+    a.wait_sees({"A": "up", "B": "up", "C": "up"}, timeout=3, models={"B": ["b-model"]})
+    back = time.monotonic() - t_up
+    r = a.post("/v1/chat/completions", json=chat("b-model"))
+    assert (r.status_code, r.headers.get("x-meshd-node"), r.headers.get("x-meshd-via")) == (200, "B", "A"), r.text
+    c.wait_sees({"B": "up"}, timeout=3)
+    # The restarted B learns the mesh again from those who dial it (it has no static peers).
+    b.wait_sees({"A": "up", "B": "up", "C": "up"}, timeout=3)
+    r = b.post("/v1/chat/completions", json=chat("c-model"))
+    assert (r.status_code, r.headers.get("x-meshd-node"), r.headers.get("x-meshd-via")) == (200, "C", "B")
+    print(f"\n[mesh] restart: A saw B down {down * 1000:.0f} ms after kill -9 and up again "
+          f"{back * 1000:.0f} ms after the restarted B answered /healthz")
+    assert back < 3.0
