@@ -107,6 +107,9 @@ enum Schema {
         .string(["mesh", "secret_file"], \.mesh.secretFile, check: Check.path),
         .int(["mesh", "heartbeat_ms"], \.mesh.heartbeatMs, min: 1),
         .int(["mesh", "dead_after_missed"], \.mesh.deadAfterMissed, min: 1),
+        .oneOf(["mesh", "trust"], \.mesh.trust),
+        .string(["mesh", "node_key_file"], \.mesh.nodeKeyFile, check: Check.path),
+        .string(["mesh", "trusted_keys_file"], \.mesh.trustedKeysFile, check: Check.path),
 
         .bool(["discovery", "mdns"], \.discovery.mdns),
     ]
@@ -307,12 +310,13 @@ extension Field {
               read: { .list($0[keyPath: keyPath].map(\.description)) })
     }
 
-    static func oneOf(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, HTTPAuthMode> & Sendable) -> Field {
+    static func oneOf<E: RawRepresentable & CaseIterable & Sendable>(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, E> & Sendable) -> Field
+    where E.RawValue == String {
         Field(path: path, type: .string, secret: false,
               apply: { config, value in
                   guard case .string(let text) = value else { return [] }
-                  guard let mode = HTTPAuthMode(rawValue: text) else {
-                      let names = ["keys", "none"]
+                  guard let mode = E(rawValue: text) else {
+                      let names = E.allCases.map(\.rawValue)
                       return [FieldProblem(reason: "unknown value \"\(text)\"; expected one of \(names.joined(separator: ", "))"
                                            + Suggest.phrase(for: text, among: names))]
                   }

@@ -42,7 +42,7 @@ public struct HostPort: Sendable, Hashable, Codable, CustomStringConvertible {
 }
 
 /// How clients authenticate to the HTTP API.
-public enum HTTPAuthMode: String, Sendable, Hashable, Codable {
+public enum HTTPAuthMode: String, Sendable, Hashable, Codable, CaseIterable {
     /// Keys required when `api_keys` is non-empty; refused at start when bound off loopback with no keys.
     case keys
     /// Explicitly no authentication, even off loopback.
@@ -143,7 +143,23 @@ public struct MeshConfig: Sendable, Hashable, Codable {
     public var heartbeatMs: Int = 1000
     /// A peer is considered dead after this many missed heartbeats.
     public var deadAfterMissed: Int = 3
+    /// Who may join: every holder of the mesh secret, or only nodes whose own key is trusted.
+    public var trust: MeshTrustMode = .secret
+    /// This node's own CURVE keypair (made at first start, mode 0600), used when `trust` is `keys`.
+    public var nodeKeyFile: String = "/var/lib/meshd/node.key"
+    /// Public keys of the nodes admitted when `trust` is `keys` (one hex key a line, then an
+    /// optional name), kept by `meshctl trust`.
+    public var trustedKeysFile: String = "/etc/meshd/trusted-keys"
     public init() {}
+}
+
+/// How mesh peers are admitted.
+public enum MeshTrustMode: String, Sendable, Hashable, Codable, CaseIterable {
+    /// Any node holding the mesh secret joins (it authenticates with the secret-derived key).
+    case secret
+    /// The mesh secret encrypts and authenticates servers, but a node joins only if its own
+    /// public key is in `mesh.trusted_keys_file`; `meshctl trust revoke` shuts one machine out.
+    case keys
 }
 
 /// `discovery:` section (upcoming feature; parsed and validated now).

@@ -51,26 +51,6 @@ public struct ResponseBodyWriter: Sendable {
         self.sink = sink
     }
 
-    init(outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, eventLoop: any EventLoop) {
-        let unsynced = Mutex(0)
-        sink = { bytes in
-            try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: bytes))))
-            // The outbound writer hands chunks to the event loop asynchronously and learns that the
-            // channel became unwritable only once the loop has written them; without a round trip a
-            // fast producer queues megabytes ahead of that signal. One round trip per 64 KiB bounds
-            // that excess without paying a hop for every token-sized chunk.
-            let due = unsynced.withLock { n -> Bool in
-                n += bytes.count
-                if n < Self.syncEveryBytes { return false }
-                n = 0
-                return true
-            }
-            if due { try await eventLoop.submit {}.get() }
-        }
-    }
-
-    static let syncEveryBytes = 64 * 1024
-
     /// Sends one chunk now (no buffering in meshd). Throws when the receiver has gone.
     public func write(_ bytes: [UInt8]) async throws {
         try await sink(bytes)
@@ -142,23 +122,23 @@ public struct HTTPServerConfiguration: Sendable {
 
 /// The HTTP/1.1 data plane on SwiftNIO: keep-alive, bounded bodies, streamed responses with
 /// channel-writability backpressure, client disconnect → task cancellation, graceful shutdown.
+///
+/// Each connection is served by a plain channel handler on its event loop; a request, once its
+/// body is complete, is answered by one Swift task that calls the responder and hands the
+/// response back to the loop.
 public final class HTTPServer: Sendable {
     public let configuration: HTTPServerConfiguration
     private let group: any EventLoopGroup
-    private let responder: any HTTPResponder
+    let responder: any HTTPResponder
     private let logger: Logger
     private let state = Mutex(State())
+    private let inFlightCount = Atomic<Int>(0)
 
     private struct State {
         var serverChannel: (any Channel)?
-        var connections: [ObjectIdentifier: ConnectionEntry] = [:]
+        var connections: [ObjectIdentifier: HTTPConnectionHandler] = [:]
         var shuttingDown = false
-        var inFlight = 0
-    }
-
-    private struct ConnectionEntry {
-        let channel: any Channel
-        var busy: Bool
+        var drainWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     public init(configuration: HTTPServerConfiguration, group: any EventLoopGroup, responder: any HTTPResponder, logger: Logger) {
@@ -169,226 +149,398 @@ public final class HTTPServer: Sendable {
     }
 
     /// Requests being answered now.
-    public var inFlight: Int { state.withLock { $0.inFlight } }
+    public var inFlight: Int { inFlightCount.load(ordering: .relaxed) }
+
+    @inline(__always) func requestStarted() { inFlightCount.wrappingAdd(1, ordering: .relaxed) }
+    @inline(__always) func requestEnded() { inFlightCount.wrappingSubtract(1, ordering: .relaxed) }
 
     /// Binds and serves until ``shutdown(grace:)``. `onBound` gets the bound address (port 0 → real port).
     public func run(onBound: @Sendable (SocketAddress) -> Void = { _ in }) async throws {
-        let bootstrap = ServerBootstrap(group: group)
+        var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 512)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 64 * 1024))
-        let initializer: @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>> = { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
-            }
-        }
-        let server: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
+            .childChannelInitializer { [self] channel in self.initialize(channel) }
+        let server: any Channel
         if let path = configuration.unixSocketPath {
-            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true, childChannelInitializer: initializer)
+            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
             // Connecting needs write permission on the socket: only the owner gets it.
             _ = chmod(path, 0o600)
         } else {
-            server = try await bootstrap.childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .bind(host: configuration.host, port: configuration.port, childChannelInitializer: initializer)
+            bootstrap = bootstrap.childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            server = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
         }
         let stop = state.withLock { st -> Bool in
-            st.serverChannel = server.channel
+            st.serverChannel = server
             return st.shuttingDown
         }
-        if stop { server.channel.close(promise: nil) }
-        if let addr = server.channel.localAddress { onBound(addr) }
-        logger.info("http listening", metadata: ["address": "\(server.channel.localAddress.map { "\($0)" } ?? "?")"])
+        if stop { server.close(promise: nil) }
+        if let addr = server.localAddress { onBound(addr) }
+        logger.info("http listening", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? "?")"])
 
-        try await withThrowingDiscardingTaskGroup { group in
-            try await server.executeThenClose { inbound in
-                for try await connection in inbound {
-                    group.addTask { await self.handle(connection) }
-                }
-            }
-        }
+        try? await server.closeFuture.get()
+        await waitForConnectionsToClose()
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes everything.
     public func shutdown(grace: Duration) async {
-        let (server, idle) = state.withLock { st -> ((any Channel)?, [any Channel]) in
+        let (server, connections) = state.withLock { st -> ((any Channel)?, [HTTPConnectionHandler]) in
             st.shuttingDown = true
-            return (st.serverChannel, st.connections.values.filter { !$0.busy }.map(\.channel))
+            return (st.serverChannel, Array(st.connections.values))
         }
-        if let server {
-            // Stop accepting, then let the event loops finish handing over connections already accepted
-            // before the listener closes: NIO drops one still being set up at that moment, and the
-            // dropped NIOAsyncChannel traps in NIOAsyncWriter's deinit (apple/swift-nio#2813).
-            try? await server.setOption(ChannelOptions.autoRead, value: false).get()
-            for _ in 0..<3 {
-                for loop in group.makeIterator() { try? await loop.submit {}.get() }
-            }
-        }
-        try? await server?.close()
-        for c in idle { c.close(promise: nil) }
+        try? await server?.close().get()
+        // Idle connections close now; busy ones after their current response.
+        for c in connections { c.quiesce() }
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: grace)
         while clock.now < deadline {
             if state.withLock({ $0.connections.isEmpty }) { return }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        let rest = state.withLock { Array($0.connections.values.map(\.channel)) }
+        let rest = state.withLock { Array($0.connections.values) }
         if !rest.isEmpty { logger.warning("grace period over; closing busy connections", metadata: ["count": "\(rest.count)"]) }
-        for c in rest { c.close(promise: nil) }
+        for c in rest { c.channel.close(promise: nil) }
     }
 
     // MARK: connections
 
-    private func handle(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
-        let channel = connection.channel
-        let key = ObjectIdentifier(channel)
+    /// Sets up an accepted connection (on its event loop).
+    private func initialize(_ channel: any Channel) -> EventLoopFuture<Void> {
+        let handler = HTTPConnectionHandler(server: self, channel: channel)
+        let key = ObjectIdentifier(handler)
         let accepted = state.withLock { st -> Bool in
             if st.shuttingDown { return false }
-            st.connections[key] = ConnectionEntry(channel: channel, busy: false)
+            st.connections[key] = handler
             return true
         }
         guard accepted else {
-            // Finish the async channel's writer as well as closing it: NIO traps when a wrapped
-            // channel is dropped unfinished.
-            try? await connection.executeThenClose { _, outbound in outbound.finish() }
-            return
+            channel.close(promise: nil)
+            return channel.eventLoop.makeSucceededVoidFuture()
         }
-        defer { _ = state.withLock { $0.connections.removeValue(forKey: key) } }
-        // One task serves the current request; the channel closing (client gone) cancels it.
-        let current = CurrentTask()
-        channel.closeFuture.whenComplete { _ in current.cancel() }
-        let remote = channel.remoteAddress
-
+        channel.closeFuture.whenComplete { _ in self.connectionClosed(key) }
         do {
-            try await connection.executeThenClose { inbound, outbound in
-                var head: HTTPRequestHead?
-                var body = ByteBuffer()
-                var tooLarge = false
-                for try await part in inbound {
-                    switch part {
-                    case .head(let h):
-                        head = h
-                        body.clear()
-                        tooLarge = false
-                        self.setBusy(key, true)
-                        if let len = h.headers.first(name: "content-length").flatMap(Int.init), len > configuration.maxBodyBytes {
-                            tooLarge = true
-                        } else if h.headers.first(name: "expect")?.lowercased() == "100-continue" {
-                            try await outbound.write(.head(HTTPResponseHead(version: h.version, status: .continue)))
-                        }
-                    case .body(var chunk):
-                        if tooLarge { continue }
-                        if body.readableBytes + chunk.readableBytes > configuration.maxBodyBytes {
-                            tooLarge = true
-                            body.clear()
-                        } else {
-                            body.writeBuffer(&chunk)
-                        }
-                    case .end:
-                        guard let h = head else { continue }
-                        head = nil
-                        if tooLarge {
-                            let path = String(h.uri.split(separator: "?", maxSplits: 1).first ?? "")
-                            let resp = responder.serverError(
-                                status: .payloadTooLarge,
-                                message: "request body exceeds the limit of \(configuration.maxBodyBytes) bytes",
-                                code: "request_too_large", path: path)
-                            // The connection may hold an unread body: answer and close it.
-                            try await self.write(resp, for: h, to: outbound, on: channel.eventLoop, keepAlive: false, current: current)
-                            return
-                        }
-                        let request = HTTPServerRequest(head: h, body: body, remoteAddress: remote)
-                        body = ByteBuffer()
-                        let keepAlive = h.isKeepAlive && !self.isShuttingDown
-                        self.beginRequest()
-                        let response = await current.run { await self.responder.respond(to: request) }
-                        let ok: Bool
-                        do {
-                            try await self.write(response, for: h, to: outbound, on: channel.eventLoop,
-                                                 keepAlive: keepAlive && !self.isShuttingDown, current: current)
-                            ok = true
-                        } catch {
-                            ok = false
-                        }
-                        self.endRequest()
-                        self.setBusy(key, false)
-                        if !ok || !keepAlive || self.isShuttingDown { return }
-                    }
-                }
-            }
+            try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+            try channel.pipeline.syncOperations.addHandler(handler)
+            return channel.eventLoop.makeSucceededVoidFuture()
         } catch {
-            logger.debug("connection ended", metadata: ["error": "\(error)"])
+            return channel.eventLoop.makeFailedFuture(error)
         }
     }
 
-    private var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
-    private func setBusy(_ key: ObjectIdentifier, _ busy: Bool) { state.withLock { $0.connections[key]?.busy = busy } }
-    private func beginRequest() { state.withLock { $0.inFlight += 1 } }
-    private func endRequest() { state.withLock { $0.inFlight -= 1 } }
+    private func connectionClosed(_ key: ObjectIdentifier) {
+        let waiters = state.withLock { st -> [CheckedContinuation<Void, Never>] in
+            st.connections.removeValue(forKey: key)
+            guard st.connections.isEmpty, !st.drainWaiters.isEmpty else { return [] }
+            defer { st.drainWaiters = [] }
+            return st.drainWaiters
+        }
+        for w in waiters { w.resume() }
+    }
 
-    private func write(_ response: HTTPServerResponse, for request: HTTPRequestHead,
-                       to outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, on eventLoop: any EventLoop,
-                       keepAlive: Bool, current: CurrentTask) async throws {
-        var head = HTTPResponseHead(version: request.version, status: response.status, headers: response.headers)
-        for (n, v) in configuration.extraHeaders { head.headers.replaceOrAdd(name: n, value: v) }
-        if !keepAlive { head.headers.replaceOrAdd(name: "Connection", value: "close") }
-        switch response.body {
-        case .buffer(let buf):
-            head.headers.replaceOrAdd(name: "Content-Length", value: "\(buf.readableBytes)")
-            if request.method == .HEAD {
-                try await outbound.write(contentsOf: [.head(head), .end(nil)])
-            } else {
-                try await outbound.write(contentsOf: [.head(head), .body(.byteBuffer(buf)), .end(nil)])
+    private func waitForConnectionsToClose() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { st -> Bool in
+                if st.connections.isEmpty { return true }
+                st.drainWaiters.append(c)
+                return false
             }
-        case .stream(let produce):
-            head.headers.remove(name: "Content-Length")
-            try await outbound.write(.head(head))
-            let writer = ResponseBodyWriter(outbound: outbound, eventLoop: eventLoop)
-            let failed = await current.run { () async -> Bool in
-                do {
-                    try await produce(writer)
-                    return false
-                } catch {
-                    return true
-                }
-            }
-            if failed {
-                // The client went away or the producer gave up mid-body: the connection is unusable.
-                throw CancellationError()
-            }
-            try await outbound.write(.end(nil))
+            if done { c.resume() }
         }
     }
 }
 
-/// The task serving a connection, so a closing channel can cancel the request being served
-/// without spawning a task per request.
-final class CurrentTask: Sendable {
-    private struct State: @unchecked Sendable {
-        // Only set while `run` is executing on that task, and cancelled under the lock, so the
-        // reference never outlives the task it names.
-        var task: UnsafeCurrentTask?
-        var cancelled = false
-    }
-    private let state = Mutex(State())
+/// One connection. All mutable state is confined to the channel's event loop; the request's task
+/// touches it only through hops to that loop (or directly when it already runs there).
+final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
 
-    /// Runs `body` on the current task; ``cancel()`` meanwhile cancels that task.
-    func run<T: Sendable>(_ body: @Sendable () async -> T) async -> T {
-        let cancelled = withUnsafeCurrentTask { t in
-            state.withLock { st -> Bool in
-                st.task = t
-                return st.cancelled
+    private let server: HTTPServer
+    let channel: any Channel
+    private let eventLoop: any EventLoop
+    private let maxBodyBytes: Int
+    private let extraHeaders: [(String, String)]
+
+    // Event-loop state.
+    private var context: ChannelHandlerContext?
+    private var remoteAddress: SocketAddress?
+    private var remoteFetched = false
+    private var head: HTTPRequestHead?
+    private var body: ByteBuffer?
+    private var tooLarge = false
+    /// A request's head has arrived and its response has not ended.
+    private var busy = false
+    /// The server is shutting down: close after the current response.
+    private var quiescing = false
+    /// No further requests are served on this connection.
+    private var closing = false
+    private var closed = false
+    private var task: Task<Void, Never>?
+    /// Fulfilled when the channel becomes writable again (a streamed write waits on it).
+    private var writable: EventLoopPromise<Void>?
+    /// Whether the streamed response now being written keeps the connection open.
+    private var streamKeepAlive = false
+
+    init(server: HTTPServer, channel: any Channel) {
+        self.server = server
+        self.channel = channel
+        self.eventLoop = channel.eventLoop
+        self.maxBodyBytes = server.configuration.maxBodyBytes
+        self.extraHeaders = server.configuration.extraHeaders
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        markClosed()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        markClosed()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Malformed HTTP has been answered with 400 by NIO's error handler; the connection is done.
+        closing = true
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let w = writable {
+            writable = nil
+            w.succeed(())
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func markClosed() {
+        guard !closed else { return }
+        closed = true
+        closing = true
+        task?.cancel()
+        if let w = writable {
+            writable = nil
+            w.fail(ChannelError.ioOnClosedChannel)
+        }
+    }
+
+    /// Called by the server's shutdown from any thread.
+    func quiesce() {
+        if eventLoop.inEventLoop {
+            quiesceOnLoop()
+        } else {
+            eventLoop.execute { self.quiesceOnLoop() }
+        }
+    }
+
+    private func quiesceOnLoop() {
+        quiescing = true
+        if !busy && !closed {
+            closing = true
+            channel.close(promise: nil)
+        }
+    }
+
+    // MARK: requests
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if closing { return }
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+            body = nil
+            tooLarge = false
+            busy = true
+            if !remoteFetched {
+                remoteFetched = true
+                remoteAddress = context.channel.remoteAddress
+            }
+            if let cl = h.headers.first(name: "content-length"), let len = Int(cl), len > maxBodyBytes {
+                tooLarge = true
+            } else if let expect = h.headers.first(name: "expect"), expect.lowercased() == "100-continue" {
+                let interim = HTTPResponseHead(version: h.version, status: .continue)
+                context.writeAndFlush(wrapOutboundOut(.head(interim)), promise: nil)
+            }
+        case .body(var chunk):
+            guard head != nil, !tooLarge else { return }
+            if var b = body {
+                body = nil
+                if b.readableBytes + chunk.readableBytes > maxBodyBytes {
+                    tooLarge = true
+                } else {
+                    b.writeBuffer(&chunk)
+                    body = b
+                }
+            } else if chunk.readableBytes > maxBodyBytes {
+                tooLarge = true
+            } else {
+                body = chunk
+            }
+        case .end:
+            guard let h = head else { return }
+            head = nil
+            let b = body ?? ByteBuffer()
+            body = nil
+            if tooLarge {
+                respondTooLarge(h, context: context)
+                return
+            }
+            let request = HTTPServerRequest(head: h, body: b, remoteAddress: remoteAddress)
+            let keepAlive = h.isKeepAlive && !quiescing
+            server.requestStarted()
+            let responder = server.responder
+            task = Task {
+                let response = await responder.respond(to: request)
+                await self.send(response, for: h, keepAlive: keepAlive)
             }
         }
-        if cancelled { withUnsafeCurrentTask { $0?.cancel() } }
-        defer { state.withLock { $0.task = nil } }
-        return await body()
     }
 
-    func cancel() {
-        state.withLock { st in
-            st.cancelled = true
-            st.task?.cancel()
+    private func respondTooLarge(_ h: HTTPRequestHead, context: ChannelHandlerContext) {
+        let path = String(h.uri.split(separator: "?", maxSplits: 1).first ?? "")
+        let resp = server.responder.serverError(
+            status: .payloadTooLarge,
+            message: "request body exceeds the limit of \(maxBodyBytes) bytes",
+            code: "request_too_large", path: path)
+        busy = false
+        // The connection may hold an unread body: answer and close it.
+        guard case .buffer(let buf) = resp.body else {
+            closing = true
+            context.close(promise: nil)
+            return
+        }
+        writeWhole(status: resp.status, headers: resp.headers, body: buf, for: h, keepAlive: false, context: context)
+    }
+
+    /// Finishes the bookkeeping of the request being answered (once per request).
+    private func requestDone() {
+        server.requestEnded()
+        task = nil
+        busy = false
+    }
+
+    private func responseHead(status: HTTPResponseStatus, headers: HTTPHeaders, for request: HTTPRequestHead, keepAlive: Bool) -> HTTPResponseHead {
+        var head = HTTPResponseHead(version: request.version, status: status, headers: headers)
+        for (n, v) in extraHeaders { head.headers.replaceOrAdd(name: n, value: v) }
+        if !keepAlive { head.headers.replaceOrAdd(name: "Connection", value: "close") }
+        return head
+    }
+
+    /// Writes a complete response in one flush (event loop).
+    private func writeWhole(status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer, for request: HTTPRequestHead,
+                            keepAlive: Bool, context: ChannelHandlerContext) {
+        var head = responseHead(status: status, headers: headers, for: request, keepAlive: keepAlive)
+        head.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if request.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
+        endResponse(keepAlive: keepAlive, context: context)
+    }
+
+    /// Ends the response; the request's state must already be reset, because the pipelining
+    /// handler may deliver the next request from inside this write.
+    private func endResponse(keepAlive: Bool, context: ChannelHandlerContext) {
+        if keepAlive && !quiescing {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        } else {
+            closing = true
+            let channel = self.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    // MARK: the request's task
+
+    private func send(_ response: HTTPServerResponse, for request: HTTPRequestHead, keepAlive: Bool) async {
+        switch response.body {
+        case .buffer(let buf):
+            if eventLoop.inEventLoop {
+                sendWhole(response.status, response.headers, buf, for: request, keepAlive: keepAlive)
+            } else {
+                let status = response.status, headers = response.headers
+                eventLoop.execute { self.sendWhole(status, headers, buf, for: request, keepAlive: keepAlive) }
+            }
+        case .stream(let produce):
+            // An HTTP/1.0 streamed body is delimited by closing the connection.
+            let keep = keepAlive && !(request.version.major == 1 && request.version.minor == 0)
+            let status = response.status, headers = response.headers
+            let started: Bool
+            if eventLoop.inEventLoop {
+                started = startStream(status, headers, for: request, keepAlive: keep)
+            } else {
+                started = (try? await eventLoop.submit { self.startStream(status, headers, for: request, keepAlive: keep) }.get()) ?? false
+            }
+            guard started else { return }
+            let ok: Bool
+            do {
+                try await produce(ResponseBodyWriter { bytes in try await self.writeChunk(bytes) })
+                ok = true
+            } catch {
+                ok = false
+            }
+            if eventLoop.inEventLoop {
+                endStream(ok: ok)
+            } else {
+                eventLoop.execute { self.endStream(ok: ok) }
+            }
+        }
+    }
+
+    private func sendWhole(_ status: HTTPResponseStatus, _ headers: HTTPHeaders, _ body: ByteBuffer, for request: HTTPRequestHead, keepAlive: Bool) {
+        requestDone()
+        guard !closed, let context else { return }
+        writeWhole(status: status, headers: headers, body: body, for: request, keepAlive: keepAlive && !quiescing, context: context)
+    }
+
+    /// Writes the head of a streamed response; false when the connection is gone (the request is then done).
+    private func startStream(_ status: HTTPResponseStatus, _ headers: HTTPHeaders, for request: HTTPRequestHead, keepAlive: Bool) -> Bool {
+        guard !closed, let context else {
+            requestDone()
+            return false
+        }
+        streamKeepAlive = keepAlive && !quiescing
+        var head = responseHead(status: status, headers: headers, for: request, keepAlive: streamKeepAlive)
+        head.headers.remove(name: "Content-Length")
+        context.writeAndFlush(wrapOutboundOut(.head(head)), promise: nil)
+        return true
+    }
+
+    private func writeChunk(_ bytes: [UInt8]) async throws {
+        if eventLoop.inEventLoop {
+            if let wait = try writeChunkOnLoop(bytes) { try await wait.get() }
+        } else {
+            let wait = try await eventLoop.submit { try self.writeChunkOnLoop(bytes) }.get()
+            if let wait { try await wait.get() }
+        }
+    }
+
+    /// Writes one chunk; returns a future to wait on when the channel is not writable (backpressure).
+    private func writeChunkOnLoop(_ bytes: [UInt8]) throws -> EventLoopFuture<Void>? {
+        guard !closed, let context else { throw ChannelError.ioOnClosedChannel }
+        var buf = context.channel.allocator.buffer(capacity: bytes.count)
+        buf.writeBytes(bytes)
+        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
+        if context.channel.isWritable { return nil }
+        if let w = writable { return w.futureResult }
+        let p = context.eventLoop.makePromise(of: Void.self)
+        writable = p
+        return p.futureResult
+    }
+
+    private func endStream(ok: Bool) {
+        requestDone()
+        guard !closed, let context else { return }
+        if ok {
+            endResponse(keepAlive: streamKeepAlive, context: context)
+        } else {
+            // The producer gave up mid-body: the connection is unusable and the body must not look complete.
+            closing = true
+            context.close(promise: nil)
         }
     }
 }

@@ -14,6 +14,12 @@ public struct MeshServiceConfiguration: Sendable {
     public var secret: MeshSecret
     /// Unacknowledged response bytes a serving node may have in flight per request.
     public var creditWindowBytes: Int = 512 * 1024
+    /// Admission: every secret holder, or only trusted node keys.
+    public var trust: MeshTrustMode = .secret
+    /// This node's own keypair (dialling identity with `trust: keys`).
+    public var nodeKeyPair: CurveKeyPair?
+    /// Node public keys admitted with `trust: keys`.
+    public var trustedKeys: Set<[UInt8]> = []
     public var maxPayloadBytes: Int = 8 << 20
 
     public init(nodeID: String, listen: HostPort, staticPeers: [HostPort], heartbeatMs: Int, deadAfterMissed: Int, secret: MeshSecret) {
@@ -198,6 +204,7 @@ public final class MeshService: Sendable {
         var rejectedFrames = 0
         var authFailures = 0
         var nextID: UInt64 = 0
+        var redialAttempts: [String: Int] = [:]
     }
 
     public init(configuration: MeshServiceConfiguration, logger: Logger, clock: any WallClock,
@@ -208,6 +215,13 @@ public final class MeshService: Sendable {
         self.localState = localState
         var sc = try MeshSocketConfiguration(secret: configuration.secret)
         sc.maxMessageSize = configuration.maxPayloadBytes + (1 << 20)
+        if configuration.trust == .keys {
+            // The secret-derived key still serves (encryption, server authentication), but no
+            // longer admits clients: each node dials with its own key, admitted only if trusted.
+            sc.clientKeyPair = configuration.nodeKeyPair
+            sc.allowedKeys = configuration.trustedKeys
+            sc.revokedKeys = [sc.meshPublicKey]
+        }
         loop = try MeshSocketLoop(configuration: sc, logger: logger)
         state = Mutex(State(peers: PeerTable(heartbeatMs: configuration.heartbeatMs, deadAfterMissed: configuration.deadAfterMissed)))
     }
@@ -220,6 +234,17 @@ public final class MeshService: Sendable {
 
     /// Frames rejected (bad version, malformed, oversized) since start.
     public var rejectedFrames: Int { state.withLock { $0.rejectedFrames } }
+
+    /// Admits a node key from now on (`meshctl trust add`).
+    public func trust(key: [UInt8]) async throws {
+        try await loop.allow(key: key)
+    }
+
+    /// Refuses a node key for new connections (`meshctl trust revoke`). Connections already
+    /// established with it stay until they drop: libzmq cannot close one ROUTER peer.
+    public func revoke(key: [UInt8]) async throws {
+        try await loop.revoke(key: key)
+    }
 
     /// Connections refused by authentication (ZAP or handshake) since start.
     public var authFailureCount: Int { state.withLock { $0.authFailures } }
@@ -297,6 +322,20 @@ public final class MeshService: Sendable {
         } catch {
             _ = state.withLock { $0.dialed.remove(ep) }
             logger.warning("cannot dial peer", metadata: ["endpoint": "\(ep)", "error": "\(error)"])
+        }
+    }
+
+    func scheduleRedial(_ endpoint: String) {
+        let attempt = state.withLock { s -> Int in
+            s.dialed.remove(endpoint)
+            s.redialAttempts[endpoint, default: 0] += 1
+            return s.redialAttempts[endpoint]!
+        }
+        _ = loop.disconnect(peer: MeshPeerID(endpoint))
+        let delay = Duration.milliseconds(min(30_000, 1000 << min(5, attempt - 1)))
+        Task {
+            try? await Task.sleep(for: delay)
+            if !self.isStopped { await self.dial(endpoint) }
         }
     }
 
@@ -419,6 +458,9 @@ public final class MeshService: Sendable {
             case .handshakeFailed(let peer, let reason):
                 state.withLock { $0.authFailures += 1 }
                 logger.warning("mesh handshake failed", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+                // libzmq does not retry a DEALER refused by authentication: redial with backoff
+                // (the peer may trust us later, e.g. after `meshctl trust add`).
+                scheduleRedial(peer.rawValue)
             case .malformed(let link, let reason):
                 state.withLock { $0.rejectedFrames += 1 }
                 logger.warning("malformed mesh message", metadata: ["link": "\(link)", "reason": "\(reason)"])
@@ -457,6 +499,7 @@ public final class MeshService: Sendable {
                 let new = st.peers.entries[s.id] == nil
                 st.peers.update(s, nowNanos: now)
                 st.recentlyDown[s.id] = nil
+                st.redialAttempts[s.meshEndpoint] = nil
                 return new
             }
             if isNew { logger.info("peer joined", metadata: ["peer": "\(s.id)", "endpoint": "\(s.meshEndpoint)", "models": "\(s.modelNames)"]) }

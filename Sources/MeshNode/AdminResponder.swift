@@ -2,6 +2,7 @@ import Foundation
 import MeshCore
 import MeshHTTPServer
 import MeshNet
+import MeshZMQ
 import NIOCore
 import NIOHTTP1
 
@@ -15,10 +16,12 @@ struct AdminResponder: HTTPResponder {
     let mesh: MeshService?
     let draining: DrainFlag
     let httpListen: String
+    let meshConfig: MeshConfig
     let startedNanos: UInt64
 
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
-         draining: DrainFlag, httpListen: String) {
+         draining: DrainFlag, httpListen: String, meshConfig: MeshConfig) {
+        self.meshConfig = meshConfig
         self.nodeName = nodeName
         self.engines = engines
         self.clock = clock
@@ -30,6 +33,9 @@ struct AdminResponder: HTTPResponder {
     }
 
     func respond(to request: HTTPServerRequest) async -> HTTPServerResponse {
+        if request.path.hasPrefix("/v1/trust") {
+            return await trust(request)
+        }
         if request.method == .POST {
             return control(request)
         }
@@ -107,6 +113,44 @@ struct AdminResponder: HTTPResponder {
         mesh.setDrained(node, drain)
         _ = mesh.sendControl(to: node, action: drain ? "drain" : "undrain")
         return .json(.ok, ["node": .string(node), "draining": .bool(drain)])
+    }
+
+    /// `GET /v1/trust`; `POST /v1/trust/add?key=HEX&name=N`, `POST /v1/trust/revoke?key=HEX`.
+    func trust(_ request: HTTPServerRequest) async -> HTTPServerResponse {
+        let path = meshConfig.trustedKeysFile
+        var entries: [(key: [UInt8], name: String)]
+        do {
+            entries = try TrustStore.loadTrusted(path: path)
+        } catch {
+            return .json(.internalServerError, ["error": .string("\(error)")])
+        }
+        var nodeKey: JSON = .null
+        if meshConfig.trust == .keys, let pair = try? TrustStore.loadOrCreateNodeKey(path: meshConfig.nodeKeyFile) {
+            nodeKey = .string(TrustStore.hex(pair.publicKey))
+        }
+        func listing() -> JSON {
+            ["mode": .string(meshConfig.trust.rawValue), "node_key": nodeKey, "trusted_keys_file": .string(path),
+             "trusted": .array(entries.map { ["key": .string(TrustStore.hex($0.key)), "name": .string($0.name)] })]
+        }
+        if request.method == .GET || request.method == .HEAD { return .json(.ok, listing()) }
+        guard request.method == .POST else { return .json(.methodNotAllowed, ["error": "use GET or POST"]) }
+        guard let text = Self.queryValue(request.query, "key"), let key = TrustStore.parseKey(text) else {
+            return .json(.badRequest, ["error": "key: expected a public key, 64 hex digits (meshctl trust show on that node)"])
+        }
+        switch request.path {
+        case "/v1/trust/add":
+            entries.removeAll { $0.key == key }
+            entries.append((key, Self.queryValue(request.query, "name") ?? ""))
+            do { try TrustStore.saveTrusted(path: path, entries) } catch { return .json(.internalServerError, ["error": .string("\(error)")]) }
+            if meshConfig.trust == .keys { try? await mesh?.trust(key: key) }
+        case "/v1/trust/revoke":
+            entries.removeAll { $0.key == key }
+            do { try TrustStore.saveTrusted(path: path, entries) } catch { return .json(.internalServerError, ["error": .string("\(error)")]) }
+            if meshConfig.trust == .keys { try? await mesh?.revoke(key: key) }
+        default:
+            return .json(.notFound, ["error": .string("no admin route POST \(request.path)")])
+        }
+        return .json(.ok, listing())
     }
 
     /// This node, live peers and recently lost ones, in the `meshctl nodes --json` shape.

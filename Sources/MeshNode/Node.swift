@@ -93,7 +93,8 @@ public final class MeshdNode: Service, Sendable {
             ac.unixSocketPath = config.admin.socket
             admin = HTTPServer(configuration: ac, group: group,
                                responder: AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
-                                                         mesh: mesh, draining: draining, httpListen: config.http.listen.description),
+                                                         mesh: mesh, draining: draining, httpListen: config.http.listen.description,
+                                                         meshConfig: config.mesh),
                                logger: logger)
         }
     }
@@ -108,9 +109,18 @@ public final class MeshdNode: Service, Sendable {
             return nil
         }
         let secret = try MeshSecret.load(path: path)
-        let sc = MeshServiceConfiguration(nodeID: config.nodeName, listen: config.mesh.listen, staticPeers: config.mesh.peers,
+        var sc = MeshServiceConfiguration(nodeID: config.nodeName, listen: config.mesh.listen, staticPeers: config.mesh.peers,
                                           heartbeatMs: config.mesh.heartbeatMs, deadAfterMissed: config.mesh.deadAfterMissed,
                                           secret: secret)
+        sc.trust = config.mesh.trust
+        if config.mesh.trust == .keys {
+            let pair = try TrustStore.loadOrCreateNodeKey(path: config.mesh.nodeKeyFile)
+            sc.nodeKeyPair = pair
+            sc.trustedKeys = Set(try TrustStore.loadTrusted(path: config.mesh.trustedKeysFile).map(\.key))
+            logger.info("mesh trust: node keys", metadata: [
+                "node_key": "\(pair.publicKeyZ85)", "trusted": "\(sc.trustedKeys.count)",
+                "trusted_keys_file": "\(config.mesh.trustedKeysFile)"])
+        }
         let name = config.nodeName
         let http = config.http.listen.description
         return try MeshService(configuration: sc, logger: logger, clock: clock) {

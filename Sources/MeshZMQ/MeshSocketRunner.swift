@@ -266,8 +266,9 @@ final class MeshSocketRunner {
             try ZMQSocketOps.setInt(dealer, ZMQ_RECONNECT_IVL, configuration.reconnectIntervalMilliseconds, "ZMQ_RECONNECT_IVL")
             try ZMQSocketOps.setInt(dealer, ZMQ_RECONNECT_IVL_MAX, configuration.reconnectIntervalMaxMilliseconds, "ZMQ_RECONNECT_IVL_MAX")
             try ZMQSocketOps.setBytes(dealer, ZMQ_CURVE_SERVERKEY, serverKey, "ZMQ_CURVE_SERVERKEY")
-            try ZMQSocketOps.setBytes(dealer, ZMQ_CURVE_PUBLICKEY, configuration.keyPair.publicKey, "ZMQ_CURVE_PUBLICKEY")
-            try ZMQSocketOps.setBytes(dealer, ZMQ_CURVE_SECRETKEY, configuration.keyPair.secretKey, "ZMQ_CURVE_SECRETKEY")
+            let client = configuration.clientKeyPair ?? configuration.keyPair
+            try ZMQSocketOps.setBytes(dealer, ZMQ_CURVE_PUBLICKEY, client.publicKey, "ZMQ_CURVE_PUBLICKEY")
+            try ZMQSocketOps.setBytes(dealer, ZMQ_CURVE_SECRETKEY, client.secretKey, "ZMQ_CURVE_SECRETKEY")
             monitor = try attachMonitor(to: dealer, events: Self.dealerMonitorEvents)
             guard zmq_connect(dealer, endpoint) == 0 else { throw MeshZMQError.lastZMQ("zmq_connect(\(endpoint))") }
         } catch {

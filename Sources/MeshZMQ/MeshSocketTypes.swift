@@ -73,6 +73,9 @@ public struct MeshSocketConfiguration: Sendable {
     /// This node's CURVE keypair: the ROUTER's server key and every DEALER's client key.
     /// Normally the mesh keypair, ``MeshSecret/curveKeyPair()``.
     public var keyPair: CurveKeyPair
+    /// The keypair DEALERs authenticate with, when it differs from the server keypair (a node's
+    /// own key in `trust: keys` meshes). nil: `keyPair`.
+    public var clientKeyPair: CurveKeyPair?
     /// The client key the ZAP handler always accepts (unless revoked). Defaults to `keyPair.publicKey`.
     public var meshPublicKey: [UInt8]
     /// Further client keys accepted by ZAP (per-node keypairs); changeable at runtime with ``MeshSocketLoop/allow(key:)``.
