@@ -58,8 +58,10 @@ public struct MeshResponder: Sendable {
     /// Sends one body chunk; suspends while the requester has not acknowledged enough bytes.
     /// Large bodies go out as several wire messages: the requester refuses payloads over
     /// `maxPayloadBytes`, and libzmq drops the whole connection on a message over its size limit.
+    /// A piece is never larger than the credit window (`awaitCredit` could not admit it after another).
     public func chunk(_ bytes: [UInt8]) async throws {
-        let limit = max(1, min(1 << 20, service.configuration.maxPayloadBytes))
+        let c = service.configuration
+        let limit = max(1, min(1 << 20, c.maxPayloadBytes, c.creditWindowBytes))
         var start = 0
         repeat {
             let end = min(bytes.count, start + limit)
@@ -385,7 +387,19 @@ public final class MeshService: Sendable {
         let interval = Duration.milliseconds(max(50, configuration.heartbeatMs))
         let tick = Duration.milliseconds(max(20, configuration.heartbeatMs / 10))
         var sinceBeat = Duration.zero
+        let monotonic = ContinuousClock()
+        var lastTick = monotonic.now
         while !Task.isCancelled && !isStopped {
+            // If this loop itself was held up (a CPU-heavy request on the executor, a suspended
+            // process), peers' silence is our own: credit them the stall instead of expiring them.
+            let now = monotonic.now
+            let late = now - lastTick - tick
+            lastTick = now
+            if late > interval {
+                let wall = clock.nowNanos()
+                state.withLock { s in s.peers.touchAll(nowNanos: wall) }
+                logger.notice("mesh heartbeat loop was stalled; not expiring peers for it", metadata: ["late": "\(late)"])
+            }
             if sinceBeat >= interval || sinceBeat == .zero {
                 sinceBeat = .zero
                 let links = state.withLock { s in s.dialed.map { MeshLink.outbound(MeshPeerID($0)) } }

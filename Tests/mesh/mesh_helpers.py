@@ -264,5 +264,14 @@ def served_by(r: httpx.Response) -> tuple[str | None, str | None]:
     return r.headers.get("x-meshd-node"), r.headers.get("x-meshd-via")
 
 
+def metric(node: "MeshNode", name: str) -> float:
+    """A label-less sample of the node's /metrics."""
+    for line in node.get("/metrics").text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == name:
+            return float(parts[1])
+    raise AssertionError(f"{name} not in {node.name}'s /metrics")
+
+
 def count_lines(text: str, *needles: str) -> int:
     return sum(1 for line in text.splitlines() if any(n in line for n in needles))

@@ -15,11 +15,12 @@ import pytest
 import zmq
 
 from meshd_e2e import ProcessPool, wait_until
-from mesh_helpers import MeshBinaries, MeshNode, chat, count_lines, curve_keypair, sim_entry, start_sim
+from mesh_helpers import MeshBinaries, MeshNode, chat, count_lines, curve_keypair, metric, sim_entry, start_sim
 
 MODEL = "b-model"
 V = 1  # protocol version
 REJECT_LINES = ("rejected mesh frame", "malformed mesh message")
+REJECT_METRIC = "meshd_mesh_rejected_frames_total"
 
 HELLO, STATE, REQUEST, HEAD, CHUNK, END, ERROR, CANCEL, CREDIT = 0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16
 
@@ -164,6 +165,7 @@ def test_malformed_frames_are_rejected_and_counted(mesh: HostileSetup) -> None:
         s = dealer(ctx, mesh)
         answered(s, "hello-1")  # connected and accepted
         before = rejects(mesh.a)
+        metric_before = metric(mesh.a, REJECT_METRIC)
         for name, frames in MALFORMED.items():
             s.send_multipart(frames)
             check_a(mesh, name)
@@ -183,9 +185,11 @@ def test_malformed_frames_are_rejected_and_counted(mesh: HostileSetup) -> None:
         ctx.term()
     assert results and all(r == (200, "B", "A") for r in results), [r for r in results if r != (200, "B", "A")][:5]
     counted = rejects(mesh.a) - before
-    print(f"\n[mesh] hostile frames: {len(MALFORMED)} malformed sent, {counted} rejects logged by A; "
-          f"{len(results)} HTTP requests through A meanwhile, all 200")
+    metered = metric(mesh.a, REJECT_METRIC) - metric_before
+    print(f"\n[mesh] hostile frames: {len(MALFORMED)} malformed sent, {counted} rejects logged by A, "
+          f"{metered:.0f} counted in {REJECT_METRIC}; {len(results)} HTTP requests through A meanwhile, all 200")
     assert counted >= len(MALFORMED)
+    assert metered >= len(MALFORMED)
     assert set(mesh.a.nodes()) == {"A", "B"}, mesh.a.nodes()
 
 
@@ -199,6 +203,7 @@ def test_flood_is_absorbed(mesh: HostileSetup) -> None:
         s = dealer(ctx, mesh)
         answered(s, "pre-flood")
         before = rejects(mesh.a)
+        metric_before = metric(mesh.a, REJECT_METRIC)
         t0 = time.monotonic()
         sent = 0
         for i in range(n):
@@ -225,5 +230,6 @@ def test_flood_is_absorbed(mesh: HostileSetup) -> None:
     print(f"\n[mesh] flood: {sent} bad messages sent in {send_s:.2f}s, all counted by A after {absorbed_s:.2f}s; "
           f"{len(results)} HTTP requests through A meanwhile; A RSS {rss_kib // 1024} MiB")
     assert sent == n and send_s <= 5
+    assert metric(mesh.a, REJECT_METRIC) - metric_before >= sent
     assert results and all(r == (200, "B", "A") for r in results), [r for r in results if r != (200, "B", "A")][:5]
     assert mesh.a.nodes()["B"]["state"] == "up"

@@ -68,3 +68,16 @@ def test_peer_restart(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> 
     print(f"\n[mesh] restart: A saw B down {down * 1000:.0f} ms after kill -9 and up again "
           f"{back * 1000:.0f} ms after the restarted B answered /healthz")
     assert back < 3.0
+
+    # The node with the static peer list restarts: its one seed brings the whole mesh back.
+    a.kill9()
+    b.wait_sees({"A": "down"}, timeout=3)
+    a.start()
+    t_a = time.monotonic()
+    a.wait_sees({"A": "up", "B": "up", "C": "up"}, timeout=3, models={"B": ["b-model"], "C": ["c-model"]})
+    rejoined = time.monotonic() - t_a
+    for model, server in (("b-model", "B"), ("c-model", "C")):
+        r = a.post("/v1/chat/completions", json=chat(model))
+        assert (r.status_code, r.headers.get("x-meshd-node"), r.headers.get("x-meshd-via")) == (200, server, "A"), r.text
+    c.wait_sees({"A": "up"}, timeout=3)
+    print(f"[mesh] restart of A (seeded with B only): whole mesh seen again {rejoined * 1000:.0f} ms after /healthz")

@@ -11,8 +11,8 @@ import pytest
 import zmq
 
 from meshd_e2e import ProcessPool
-from mesh_helpers import (MeshBinaries, MeshNode, chat, count_lines, curve_keypair, make_secret, ollama_chat,
-                          sim_entry, start_sim)
+from mesh_helpers import (MeshBinaries, MeshNode, chat, count_lines, curve_keypair, make_secret, metric,
+                          ollama_chat, sim_entry, start_sim)
 
 B_MODEL = "b-model"
 D_MODEL = "d-only"
@@ -72,9 +72,12 @@ def test_refusal_is_logged(mesh: Intruded) -> None:
     refusals = count_lines(a_log, "mesh peer refused")
     assert refusals >= 1, a_log[-3000:]
     assert count_lines(mesh.d.log(), "handshake with peer failed", "mesh handshake failed") >= 1
-    # Not a log flood: libzmq backs off reconnects (at most 5 s apart).
+    # Not a log flood: reconnects back off (at most 5 s apart).
     assert refusals < 200, refusals
-    print(f"\n[mesh] A logged {refusals} refusals of D so far")
+    failures = metric(mesh.a, "meshd_mesh_auth_failures_total")
+    assert failures >= 1
+    assert metric(mesh.a, "meshd_mesh_peers") == 1  # B only
+    print(f"\n[mesh] A logged {refusals} refusals of D so far; meshd_mesh_auth_failures_total {failures:.0f}")
 
 
 def _raw_dealer(ctx: zmq.Context, endpoint: str, *, public: bytes | None = None, secret: bytes | None = None,

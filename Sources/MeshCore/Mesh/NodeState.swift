@@ -68,7 +68,7 @@ public struct PeerTable: Sendable {
     public mutating func update(_ s: NodeState, nowNanos: UInt64) -> Bool {
         if var e = entries[s.id] {
             let changed = s.seq != e.state.seq || e.state != s
-            if s.seq < e.state.seq && e.state.meshEndpoint == s.meshEndpoint { 
+            if s.seq < e.state.seq && e.state.meshEndpoint == s.meshEndpoint {
                 e.lastHeardNanos = nowNanos
                 entries[s.id] = e
                 return false
@@ -85,6 +85,11 @@ public struct PeerTable: Sendable {
     /// Any sign of life (a hello, a chunk) keeps a peer alive.
     public mutating func touch(_ id: String, nowNanos: UInt64) {
         entries[id]?.lastHeardNanos = nowNanos
+    }
+
+    /// Treats every peer as just heard (after this node itself was stalled).
+    public mutating func touchAll(nowNanos: UInt64) {
+        for k in entries.keys { entries[k]?.lastHeardNanos = nowNanos }
     }
 
     /// Drops peers not heard within the expiry; returns their ids.
