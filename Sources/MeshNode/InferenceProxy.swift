@@ -199,6 +199,20 @@ public struct InferenceProxy: Sendable {
                                     totalSeconds: Double(total.nanoseconds) / 1e9, ok: status < 400)
         }
 
+        // A failure before any byte went to the client: an error response in the client's dialect.
+        let fail: (APIError) -> Outcome = { e in
+            finishMetrics(e.status, nil, nil)
+            return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+        }
+        // The HTTP client failed: another engine if this one was unreachable, else an error.
+        let clientFailed: (any Error) -> Outcome = { error in
+            if let o = unreachable(error) {
+                engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false)
+                return o
+            }
+            return fail(mapClientError(error))
+        }
+
         engines.requestStarted(engineID: engine.id)
         if !er.stream {
             let head: HTTPClientResponseHead
@@ -206,35 +220,24 @@ public struct InferenceProxy: Sendable {
             do {
                 (head, body) = try await client.execute(httpReq)
             } catch {
-                if let o = unreachable(error) {
-                    engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false)
-                    return o
-                }
-                let e = mapClientError(error)
-                finishMetrics(e.status, nil, nil)
-                return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+                return clientFailed(error)
             }
             let endNanos = clock.nowNanos()
             if head.status != 200 {
-                let e = engineStatusError(head.status, body: body, model: req.model)
-                finishMetrics(e.status, nil, nil)
-                return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+                return fail(engineStatusError(head.status, body: body, model: req.model))
             }
             let json: JSON
             do {
                 json = try JSONParser.parse(body)
             } catch {
-                let e = APIError.engineFailed("engine answered with invalid JSON (\(error.description))")
-                finishMetrics(e.status, nil, nil)
-                return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+                return fail(.engineFailed("engine answered with invalid JSON (\(error.description))"))
             }
             do {
                 let (out, usage) = try ResponseTranslator.translate(engineBody: json, context: ctx, endNanos: endNanos)
                 finishMetrics(200, usage, nil)
                 return .response(.json(.ok, out, headers: respHeaders))
             } catch {
-                finishMetrics(error.status, nil, nil)
-                return .response(errorResponse(error, dialect: req.clientDialect, headers: respHeaders))
+                return fail(error)
             }
         }
 
@@ -243,13 +246,7 @@ public struct InferenceProxy: Sendable {
         do {
             stream = try await client.stream(httpReq)
         } catch {
-            if let o = unreachable(error) {
-                engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false)
-                return o
-            }
-            let e = mapClientError(error)
-            finishMetrics(e.status, nil, nil)
-            return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+            return clientFailed(error)
         }
         if stream.head.status != 200 {
             var body: [UInt8] = []
@@ -260,9 +257,7 @@ public struct InferenceProxy: Sendable {
                 }
             } catch {}
             stream.cancel()
-            let e = engineStatusError(stream.head.status, body: body, model: req.model)
-            finishMetrics(e.status, nil, nil)
-            return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
+            return fail(engineStatusError(stream.head.status, body: body, model: req.model))
         }
         respHeaders.add(name: "Content-Type", value: req.clientDialect == .openai ? "text/event-stream; charset=utf-8" : "application/x-ndjson")
         respHeaders.add(name: "Cache-Control", value: "no-cache")

@@ -37,6 +37,27 @@ def _from_env(var: str, default: Path) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+def copy_runnable(src: Path, into: Path, timeout: float = 120) -> Path:
+    """Copies a binary into `into` and checks the copy runs (`--help`); a copy taken while a build
+    is still writing the file fails that check and is taken again, for up to `timeout` seconds."""
+    into.mkdir(parents=True, exist_ok=True)
+    dst = into / src.name
+    deadline = time.monotonic() + timeout
+    while True:
+        problem = ""
+        try:
+            shutil.copy2(src, dst)
+            res = subprocess.run([str(dst), "--help"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+            if res.returncode == 0:
+                return dst
+            problem = f"exit {res.returncode}: {res.stderr[-300:]!r}"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            problem = repr(e)
+        if time.monotonic() > deadline:
+            raise E2EError(f"{src} does not run ({problem}); is a build still writing it?")
+        time.sleep(1)
+
+
 class Binaries:
     """Paths of everything the suite runs, from the environment with the documented fallbacks."""
 
@@ -60,26 +81,10 @@ class Binaries:
         runs (exec of a file being written fails with ETXTBSY, and a new binary mid-run would mix
         versions). A copy taken mid-link fails its `--help` check and is taken again, for up to
         `timeout` seconds."""
-        into.mkdir(parents=True, exist_ok=True)
         for attr, what, hint in (("meshd", "meshd", "run `swift build --product meshd` or set MESHD_BIN"),
                                  ("sim", "meshd-sim-engine", "run `swift build --product meshd-sim-engine` or set SIM_ENGINE_BIN")):
             src = self.require(getattr(self, attr), what, hint)
-            dst = into / src.name
-            deadline = time.monotonic() + timeout
-            while True:
-                problem = ""
-                try:
-                    shutil.copy2(src, dst)
-                    res = subprocess.run([str(dst), "--help"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
-                    if res.returncode == 0:
-                        break
-                    problem = f"exit {res.returncode}: {res.stderr[-300:]!r}"
-                except (OSError, subprocess.TimeoutExpired) as e:
-                    problem = repr(e)
-                if time.monotonic() > deadline:
-                    raise E2EError(f"{what} at {src} does not run ({problem}); is a build still writing it?")
-                time.sleep(1)
-            setattr(self, attr, dst)
+            setattr(self, attr, copy_runnable(src, into, timeout))
 
     def meshd_bin(self) -> Path:
         return self.require(self.meshd, "meshd", "run `swift build --product meshd` or set MESHD_BIN")

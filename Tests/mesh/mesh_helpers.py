@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +16,7 @@ from typing import Any, Iterable
 
 import httpx
 
-from meshd_e2e import (E2EError, ProcessPool, Proc, SimEngine, free_port, http_client, render_config,
+from meshd_e2e import (E2EError, copy_runnable, ProcessPool, Proc, SimEngine, free_port, http_client, render_config,
                        wait_until)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,26 +42,10 @@ class MeshBinaries:
             "meshctl": _env_path("MESHCTL_BIN", str(self.bin_dir / "meshctl")),
             "sim": _env_path("SIM_ENGINE_BIN", str(self.bin_dir / "meshd-sim-engine")),
         }
-        into.mkdir(parents=True, exist_ok=True)
         for attr, src in srcs.items():
             if not src.exists():
                 raise E2EError(f"{src} not found: run `swift build --product {src.name}` (or set the *_BIN variable)")
-            dst = into / src.name
-            deadline = time.monotonic() + timeout
-            while True:
-                problem = ""
-                try:
-                    shutil.copy2(src, dst)
-                    res = subprocess.run([str(dst), "--help"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
-                    if res.returncode == 0:
-                        break
-                    problem = f"exit {res.returncode}: {res.stderr[-300:]!r}"
-                except (OSError, subprocess.TimeoutExpired) as e:
-                    problem = repr(e)
-                if time.monotonic() > deadline:
-                    raise E2EError(f"{src} does not run ({problem}); is a build still writing it?")
-                time.sleep(1)
-            setattr(self, attr, dst)
+            setattr(self, attr, copy_runnable(src, into, timeout))
         self.meshd: Path
         self.meshctl: Path
         self.sim: Path
