@@ -33,7 +33,7 @@ enum Check {
 
     /// `host:port`, `[v6]:port`, or `:port` (all interfaces) when `allowEmptyHost`.
     static func hostPort(_ text: String, allowEmptyHost: Bool) -> Result<HostPort, FieldProblem> {
-        let example = allowEmptyHost ? "127.0.0.1:11435, [::1]:11435 or :11435" : "10.0.0.2:11436 or [fd00::2]:11436"
+        let example = allowEmptyHost ? "127.0.0.1:11435, [::1]:11435 or :11435" : "198.18.0.2:11436 or [fd00::2]:11436"
         let trimmed = text.trimmingCharacters([" ", "\t"])
         if trimmed.contains("://") {
             return .failure(FieldProblem(reason: "expected host:port without a scheme (e.g. \(example)), got \"\(text)\""))

@@ -99,7 +99,7 @@ public final class MeshSocketLoop: Sendable {
         return try result.get()
     }
 
-    /// Creates a DEALER for `peer` and connects it to `endpoint` (e.g. `tcp://10.0.0.2:11436`), authenticating
+    /// Creates a DEALER for `peer` and connects it to `endpoint` (e.g. `tcp://198.18.0.2:11436`), authenticating
     /// the server with `serverKey` (32 bytes; the mesh public key when every node shares the mesh keypair).
     /// Returns once the connect is issued; ``MeshSocketEvent/peerConnected(_:)`` follows after the handshake.
     /// Messages sent to `.outbound(peer)` before that are queued (up to `maxQueuedMessagesPerPeer`).

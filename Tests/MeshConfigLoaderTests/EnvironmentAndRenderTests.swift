@@ -15,7 +15,7 @@ import Testing
                 "MESHD_TIMEOUTS_CONNECT_MS": "250",
                 "MESHD_DISCOVERY_MDNS": "false",
                 "MESHD_HTTP_SHUTDOWN_GRACE_SECONDS": "1.5",
-                "MESHD_MESH_PEERS": "10.0.0.2:11436, 10.0.0.3:11436",
+                "MESHD_MESH_PEERS": "198.18.0.2:11436, 198.18.0.3:11436",
                 "PATH": "/usr/bin",
             ])
         #expect(loaded.warnings.isEmpty)
@@ -25,7 +25,7 @@ import Testing
         #expect(loaded.config.timeouts.connectMs == 250)
         #expect(loaded.config.discovery.mdns == false)
         #expect(loaded.config.http.shutdownGraceSeconds == 1.5)
-        #expect(loaded.config.mesh.peers == [HostPort(host: "10.0.0.2", port: 11436), HostPort(host: "10.0.0.3", port: 11436)])
+        #expect(loaded.config.mesh.peers == [HostPort(host: "198.18.0.2", port: 11436), HostPort(host: "198.18.0.3", port: 11436)])
     }
 
     @Test func apiKeysFromEnvironmentAreCommaSeparated() throws {
@@ -136,8 +136,8 @@ import Testing
         config.timeouts.betweenChunksMs = 3
         config.enginePoll.intervalMs = 250
         config.logging.level = "trace"
-        config.mesh.listen = HostPort(host: "10.0.0.1", port: 9999)
-        config.mesh.peers = [HostPort(host: "10.0.0.2", port: 9999), HostPort(host: "fd00::2", port: 9999)]
+        config.mesh.listen = HostPort(host: "198.18.0.1", port: 9999)
+        config.mesh.peers = [HostPort(host: "198.18.0.2", port: 9999), HostPort(host: "fd00::2", port: 9999)]
         config.mesh.secretFile = "/etc/meshd/s"
         config.mesh.heartbeatMs = 500
         config.mesh.deadAfterMissed = 5

@@ -26,11 +26,11 @@ import Testing
     }
 
     @Test func listGivenAString() {
-        expectSingleError("mesh: { peers: \"10.0.0.2:11436\" }", key: "mesh.peers", reasonContains: "expected a list of strings, got a string")
+        expectSingleError("mesh: { peers: \"198.18.0.2:11436\" }", key: "mesh.peers", reasonContains: "expected a list of strings, got a string")
     }
 
     @Test func listElementGivenAMap() {
-        expectSingleError("mesh: { peers: [\"10.0.0.2:11436\", { host: x }] }", key: "mesh.peers[1]", reasonContains: "expected a string, got a map")
+        expectSingleError("mesh: { peers: [\"198.18.0.2:11436\", { host: x }] }", key: "mesh.peers[1]", reasonContains: "expected a string, got a map")
     }
 
     @Test func sectionGivenAScalar() {
@@ -89,10 +89,10 @@ import Testing
     }
 
     @Test func meshPeersAreHostPorts() throws {
-        let loaded = try mustLoad("mesh: { peers: [\"10.0.0.2:11436\", \"beta.local:11436\", \"[fd00::3]:11436\"] }")
-        #expect(loaded.config.mesh.peers == [HostPort(host: "10.0.0.2", port: 11436), HostPort(host: "beta.local", port: 11436),
+        let loaded = try mustLoad("mesh: { peers: [\"198.18.0.2:11436\", \"beta.local:11436\", \"[fd00::3]:11436\"] }")
+        #expect(loaded.config.mesh.peers == [HostPort(host: "198.18.0.2", port: 11436), HostPort(host: "beta.local", port: 11436),
                                              HostPort(host: "fd00::3", port: 11436)])
-        expectSingleError("mesh: { peers: [\"10.0.0.2:11436\", \"beta\"] }", key: "mesh.peers[1]", reasonContains: "expected host:port")
+        expectSingleError("mesh: { peers: [\"198.18.0.2:11436\", \"beta\"] }", key: "mesh.peers[1]", reasonContains: "expected host:port")
         expectSingleError("mesh: { peers: [\":11436\"] }", key: "mesh.peers[0]", reasonContains: "needs a host")
         expectSingleError("mesh: { peers: [\"b:99999\"] }", key: "mesh.peers[0]", reasonContains: "out of range")
     }
@@ -254,7 +254,7 @@ import Testing
     }
 
     @Test func offLoopbackWithAuthNonePasses() throws {
-        let loaded = try mustLoad("http: { listen: \"192.168.1.10:11435\", auth: none }")
+        let loaded = try mustLoad("http: { listen: \"198.18.0.10:11435\", auth: none }")
         #expect(loaded.config.http.auth == HTTPAuthMode.none)
     }
 

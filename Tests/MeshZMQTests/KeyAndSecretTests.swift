@@ -132,12 +132,12 @@ import Testing
     var policy: ZAPPolicy { ZAPPolicy(domain: "meshd", meshKey: mesh, allowedKeys: [], revokedKeys: []) }
 
     func request(domain: String = "meshd", mechanism: String = "CURVE", credentials: [[UInt8]]) -> [[UInt8]] {
-        [bytes("1.0"), bytes("7"), bytes(domain), bytes("10.0.0.9"), [0, 1], bytes(mechanism)] + credentials
+        [bytes("1.0"), bytes("7"), bytes(domain), bytes("198.18.0.9"), [0, 1], bytes(mechanism)] + credentials
     }
 
     @Test func acceptsTheMeshKeyAndRepliesWithItsZ85() throws {
         let decision = policy.evaluate(request(credentials: [mesh]))
-        #expect(decision.accepted && decision.address == "10.0.0.9" && decision.clientKey == mesh)
+        #expect(decision.accepted && decision.address == "198.18.0.9" && decision.clientKey == mesh)
         #expect(decision.replyFrames == [bytes("1.0"), bytes("7"), bytes("200"), bytes("OK"), bytes(try #require(Z85.encode(mesh))), []])
     }
 
