@@ -7,75 +7,32 @@ process' log. Binaries come from MESHD_BIN, SIM_ENGINE_BIN, LLAMA_BIN_DIR and TI
 """
 from __future__ import annotations
 
-import atexit
-import signal
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from meshd_e2e import Binaries, E2EError, LlamaServer, Meshd, ProcessPool, SimEngine
+from pytest_harness import PoolRegistry, bounded
 
-# Pools still open, newest last: their logs go into failure reports; atexit kills leftovers.
-_open_pools: list[ProcessPool] = []
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for pool in list(_open_pools):
-        pool.close()
-
-
-def _open_pool(tmp: Path) -> ProcessPool:
-    pool = ProcessPool(tmp)
-    _open_pools.append(pool)
-    return pool
-
-
-def _close_pool(pool: ProcessPool) -> None:
-    try:
-        pool.close()
-    finally:
-        if pool in _open_pools:
-            _open_pools.remove(pool)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
-    rep = yield
-    if rep.failed:
-        for pool in _open_pools:
-            for title, text in pool.logs():
-                rep.sections.append((f"log: {title}", text or "(empty)"))
-    return rep
-
+_pools = PoolRegistry()
+_open_pool = _pools.open
+_close_pool = _pools.close
 
 # Upper bound for one test (setup, call and teardown each), seconds.
 TEST_TIMEOUT = 120
 
 
-class TestTimeout(Exception):
-    pass
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    rep = yield
+    _pools.attach_logs(rep)
+    return rep
 
 
 @pytest.fixture(autouse=True)
 def _bounded_test() -> Iterator[None]:
-    """Every test is bounded in time, whatever it waits on (SIGALRM in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expired(signum: int, frame: Any) -> None:
-        raise TestTimeout(f"test exceeded {TEST_TIMEOUT}s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_TIMEOUT)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    yield from bounded(TEST_TIMEOUT)
 
 
 @pytest.fixture(scope="session")

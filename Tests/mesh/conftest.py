@@ -6,10 +6,7 @@ log tail), and every test is bounded in time. Binaries: MESHD_BIN, MESHCTL_BIN, 
 """
 from __future__ import annotations
 
-import atexit
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,64 +20,26 @@ if _E2E not in sys.path:
 from meshd_e2e import E2EError, ProcessPool  # noqa: E402
 
 from mesh_helpers import MeshBinaries, make_secret  # noqa: E402
+from pytest_harness import PoolRegistry, bounded  # noqa: E402
 
-_open_pools: list[ProcessPool] = []
+_pools = PoolRegistry()
+_open = _pools.open
+_close = _pools.close
 
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for p in list(_open_pools):
-        p.close()
-
-
-def _open(tmp: Path) -> ProcessPool:
-    p = ProcessPool(tmp)
-    _open_pools.append(p)
-    return p
-
-
-def _close(p: ProcessPool) -> None:
-    try:
-        p.close()
-    finally:
-        if p in _open_pools:
-            _open_pools.remove(p)
+MESH_TEST_TIMEOUT = 60
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     rep = yield
-    if rep.failed and "Tests/mesh" in str(item.fspath).replace("\\", "/"):
-        for p in _open_pools:
-            for title, text in p.logs():
-                rep.sections.append((f"log: {title}", text or "(empty)"))
+    if "Tests/mesh" in str(item.fspath).replace("\\", "/"):
+        _pools.attach_logs(rep)
     return rep
-
-
-MESH_TEST_TIMEOUT = 60
-
-
-class MeshTestTimeout(Exception):
-    pass
 
 
 @pytest.fixture(autouse=True)
 def _bounded_mesh_test() -> Iterator[None]:
-    """Every test (setup, call and teardown) is bounded in time (SIGALRM in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expired(signum: int, frame: Any) -> None:
-        raise MeshTestTimeout(f"mesh test exceeded {MESH_TEST_TIMEOUT}s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(MESH_TEST_TIMEOUT)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    yield from bounded(MESH_TEST_TIMEOUT)
 
 
 @pytest.fixture(scope="session")
