@@ -71,7 +71,9 @@ public struct InferenceProxy: Sendable {
                                  maxTokens: req.options.maxTokens, nodes: nodes) {
             case .success(let d): decision = d
             case .failure(let e):
-                metrics.end(api: api, route: route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
+                // A client can name any model: unknown ones share one label, so metrics stay bounded.
+                let label = e.status == 404 ? "(unknown)" : req.model
+                metrics.end(api: api, route: route.rawValue, model: label, status: e.status, duration: ContinuousClock.now - started)
                 return errorResponse(e, dialect: route.dialect)
             }
             if !decision.isLocal, let node = decision.nodeID, let mesh {
@@ -235,6 +237,10 @@ public struct InferenceProxy: Sendable {
             do {
                 let (out, usage) = try ResponseTranslator.translate(engineBody: json, context: ctx, endNanos: endNanos)
                 finishMetrics(200, usage, nil)
+                if req.route == er.engineRoute {
+                    // Same route and dialect: the engine's bytes go out as they came (parsed only for usage).
+                    return .response(.bytes(.ok, body, contentType: "application/json", headers: respHeaders))
+                }
                 return .response(.json(.ok, out, headers: respHeaders))
             } catch {
                 return fail(error)

@@ -39,10 +39,26 @@ public final class NodeMetrics: Sendable {
     public func end(api: String, route: String, model: String, status: Int, duration: Duration) {
         let n = inFlightCount.withLock { $0 -= 1; return $0 }
         inFlight.record(n)
+        let (counter, timer) = handles(api: api, route: route, model: model, status: status)
+        counter.increment()
+        timer.recordNanoseconds(duration.nanoseconds)
+    }
+
+    private struct HandleKey: Hashable {
+        let api: String, route: String, model: String, status: Int
+    }
+    private let cache = Mutex<[HandleKey: (CoreMetrics.Counter, Metrics.Timer)]>([:])
+
+    /// The request counter and latency timer for these labels, made once (a registry lookup per
+    /// request showed up in profiles). Unknown models share one label, and the cache is capped.
+    private func handles(api: String, route: String, model: String, status: Int) -> (CoreMetrics.Counter, Metrics.Timer) {
+        let key = HandleKey(api: api, route: route, model: model, status: status)
+        if let h = cache.withLock({ $0[key] }) { return h }
         let dims = [("api", api), ("route", route), ("model", model), ("status", String(status))]
-        CoreMetrics.Counter(label: "meshd_requests_total", dimensions: dims, factory: factory).increment()
-        Metrics.Timer(label: "meshd_request_duration_seconds", dimensions: [("api", api), ("model", model)], factory: factory)
-            .recordNanoseconds(duration.nanoseconds)
+        let h = (CoreMetrics.Counter(label: "meshd_requests_total", dimensions: dims, factory: factory),
+                 Metrics.Timer(label: "meshd_request_duration_seconds", dimensions: [("api", api), ("model", model)], factory: factory))
+        cache.withLock { c in if c.count < 4096 { c[key] = h } }
+        return h
     }
 
     /// Time from request arrival to the first generated token.
