@@ -207,6 +207,11 @@ public final class MeshService: Sendable {
         var authFailures = 0
         var nextID: UInt64 = 0
         var redialAttempts: [String: Int] = [:]
+        /// Our own forwards to each peer's engines since its last state: (started, completed).
+        /// Routing adds started − completed to the reported load, so a stale state does not
+        /// herd requests onto a node that has just been given work (or keep one marked busy
+        /// with work we already saw finish).
+        var forwardDelta: [String: [String: (started: Int, completed: Int)]] = [:]
     }
 
     public init(configuration: MeshServiceConfiguration, logger: Logger, clock: any WallClock,
@@ -256,6 +261,32 @@ public final class MeshService: Sendable {
     public func broadcastState() {
         let links = state.withLock { s in s.dialed.map { MeshLink.outbound(MeshPeerID($0)) } }
         for l in links { sendState(to: l) }
+    }
+
+    /// Notes a forward to `engine` on `node` starting (`started`) or ending.
+    public func noteForward(node: String, engine: String, started: Bool) {
+        state.withLock { s in
+            var d = s.forwardDelta[node, default: [:]][engine, default: (0, 0)]
+            if started { d.started += 1 } else { d.completed += 1 }
+            s.forwardDelta[node, default: [:]][engine] = d
+        }
+    }
+
+    /// Live peers, with each engine's in-flight count corrected by our own forwards since the
+    /// peer's last state.
+    public func peersForRouting() -> [PeerTable.Entry] {
+        state.withLock { s in
+            s.peers.peers.map { e in
+                guard let delta = s.forwardDelta[e.state.id] else { return e }
+                var e = e
+                for i in e.state.engines.indices {
+                    if let d = delta[e.state.engines[i].id] {
+                        e.state.engines[i].load.inFlight = max(0, e.state.engines[i].load.inFlight + d.started - d.completed)
+                    }
+                }
+                return e
+            }
+        }
     }
 
     /// Live peers.
@@ -514,6 +545,7 @@ public final class MeshService: Sendable {
                 st.peers.update(s, nowNanos: now)
                 st.recentlyDown[s.id] = nil
                 st.redialAttempts[s.meshEndpoint] = nil
+                st.forwardDelta[s.id] = nil
                 return new
             }
             if isNew { logger.info("peer joined", metadata: ["peer": "\(s.id)", "endpoint": "\(s.meshEndpoint)", "models": "\(s.modelNames)"]) }

@@ -5,6 +5,7 @@ import MeshHTTPServer
 import MeshNet
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// What the proxy needs from the engine layer: the current view and bookkeeping hooks.
 public protocol EngineDirectory: Sendable {
@@ -104,7 +105,7 @@ public struct InferenceProxy: Sendable {
         var nodes = [RoutingNode(id: nodeName, isLocal: true, draining: !localOnly && localDraining(),
                                  engines: engines.snapshot().filter { !excludedEngines.contains($0.id) })]
         if !localOnly, let mesh {
-            for p in mesh.peers() where !excludedNodes.contains(p.state.id) {
+            for p in mesh.peersForRouting() where !excludedNodes.contains(p.state.id) {
                 nodes.append(RoutingNode(id: p.state.id, isLocal: false, hopSeconds: 0.001,
                                          draining: p.state.draining || p.drainedLocally, engines: p.state.engines))
             }
@@ -122,9 +123,12 @@ public struct InferenceProxy: Sendable {
                          started: ContinuousClock.Instant) async -> Outcome {
         let api = req.route.dialect.rawValue
         let response: ForwardedResponse
+        mesh.noteForward(node: node, engine: decision.engineID, started: true)
+        let noted = ForwardNote(mesh: mesh, node: node, engine: decision.engineID)
         do {
             response = try await mesh.forward(to: node, path: req.route.rawValue, headers: [("X-Meshd-Via", nodeName)], body: body)
         } catch let e as MeshForwardError {
+            noted.finish()
             switch e {
             case .unreachable(let m), .lost(let m):
                 return .unreachable(m)
@@ -134,6 +138,7 @@ public struct InferenceProxy: Sendable {
                                                dialect: req.clientDialect))
             }
         } catch {
+            noted.finish()
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: 499, duration: ContinuousClock.now - started)
             return .response(errorResponse(APIError(status: 499, message: "client closed the request", type: "server_error", code: "cancelled"),
                                            dialect: req.clientDialect))
@@ -149,6 +154,7 @@ public struct InferenceProxy: Sendable {
         let metrics = self.metrics
         if !streaming {
             var bytes: [UInt8] = []
+            defer { noted.finish() }
             do {
                 for try await chunk in response.body { bytes += chunk }
             } catch {
@@ -160,7 +166,10 @@ public struct InferenceProxy: Sendable {
         let dialect = req.clientDialect
         return .response(HTTPServerResponse(status: status, headers: headers, body: .stream { writer in
             var code = response.status
-            defer { metrics.end(api: api, route: req.route.rawValue, model: req.model, status: code, duration: ContinuousClock.now - started) }
+            defer {
+                noted.finish()
+                metrics.end(api: api, route: req.route.rawValue, model: req.model, status: code, duration: ContinuousClock.now - started)
+            }
             do {
                 for try await chunk in response.body { try await writer.write(chunk) }
             } catch let e as MeshForwardError {
@@ -363,4 +372,28 @@ public struct InferenceProxy: Sendable {
         }
         return String(out.prefix(prefix.count + 24))
     }
+}
+
+/// Ends a forward's pending count exactly once, whichever path the response takes.
+final class ForwardNote: Sendable {
+    private let mesh: MeshService
+    private let node: String
+    private let engine: String
+    private let done = Mutex(false)
+
+    init(mesh: MeshService, node: String, engine: String) {
+        self.mesh = mesh
+        self.node = node
+        self.engine = engine
+    }
+
+    func finish() {
+        let first = done.withLock { d -> Bool in
+            defer { d = true }
+            return !d
+        }
+        if first { mesh.noteForward(node: node, engine: engine, started: false) }
+    }
+
+    deinit { finish() }
 }
