@@ -48,7 +48,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import report  # noqa: E402  (machine_info, sh)
+import report  # noqa: E402  (machine_info, sh, med, fmt)
 import stream_bench  # noqa: E402  (Target, one_request)
 import thread_profile  # noqa: E402  (snapshot)
 import wrk_rounds  # noqa: E402  (run_wrk, task_cpu_ns, task_switches, machine_ticks)
@@ -205,17 +204,8 @@ def loadavg() -> str:
         return "n/a"
 
 
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def fmt(x, nd=1):
-    if x is None:
-        return "n/a"
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.{nd}f}"
+med = report.med  # shared with the main benchmark's report
+fmt = report.fmt
 
 
 # ------------------------------------------------------------------------------------ build

@@ -21,6 +21,9 @@ import sys
 import time
 import urllib.parse
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wrk_rounds  # noqa: E402  (task_cpu_ns, task_switches)
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -38,39 +41,14 @@ def proc_cpu_ticks(pid):
 
 
 def thread_cpu_ns(pid):
-    """Sum of per-thread on-CPU time from /proc/PID/task/*/schedstat (nanoseconds)."""
-    if not pid:
-        return None
-    total = 0
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except OSError:
-                pass
-    except OSError:
-        return None
-    return total
+    """Sum of per-thread on-CPU time of pid (nanoseconds)."""
+    return wrk_rounds.task_cpu_ns(pid)
 
 
 def vol_switches(pid):
     """Voluntary context switches summed over the threads of pid (sleep/wake cycles)."""
-    if not pid:
-        return None
-    total = 0
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    for line in f:
-                        if line.startswith("voluntary_ctxt_switches"):
-                            total += int(line.split()[1])
-            except OSError:
-                pass
-    except OSError:
-        return None
-    return total
+    sw = wrk_rounds.task_switches(pid)
+    return sw[0] if sw else None
 
 
 class Target:
