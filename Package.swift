@@ -49,12 +49,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "MeshZMQ", dependencies: ["CZeroMQ", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MeshDiscovery", dependencies: [
+            "CAvahi", "MeshCore", .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "MeshNet", dependencies: [
             "MeshCore", "MeshZMQ", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "MeshNode", dependencies: [
             "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader", "MeshNet", "MeshZMQ",
-            "CZeroMQ", "CAvahi",
+            "MeshDiscovery", "CZeroMQ", "CAvahi",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -102,6 +105,7 @@ let package = Package(
         ]),
         .testTarget(name: "MeshEnginesTests", dependencies: ["MeshEngines", "MeshCore", "MeshHTTPClient"]),
         .testTarget(name: "MeshZMQTests", dependencies: ["MeshZMQ", "CZeroMQ"]),
+        .testTarget(name: "MeshDiscoveryTests", dependencies: ["MeshDiscovery", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MeshNodeTests", dependencies: ["MeshNode", "MeshCore", "CZeroMQ", "CAvahi", "CCurl"]),
     ]
 )

@@ -162,9 +162,10 @@ public enum MeshTrustMode: String, Sendable, Hashable, Codable, CaseIterable {
     case keys
 }
 
-/// `discovery:` section (upcoming feature; parsed and validated now).
+/// `discovery:` section.
 public struct DiscoveryConfig: Sendable, Hashable, Codable {
-    /// Announce and discover peers on the local network with mDNS (Avahi).
+    /// Announce this node and discover peers on the local network with mDNS (Avahi,
+    /// `_meshd._tcp`); found nodes are dialed and join only through the CURVE handshake.
     public var mdns: Bool = true
     public init() {}
 }

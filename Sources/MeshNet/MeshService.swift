@@ -170,7 +170,8 @@ public final class MeshService: Sendable {
     let logger: Logger
     let clock: any WallClock
     let loop: MeshSocketLoop
-    let localState: @Sendable () -> NodeState
+    /// This node's state as it would be sent now.
+    public let localState: @Sendable () -> NodeState
     let handler: Mutex<(any MeshRequestHandler)?> = Mutex(nil)
     let state: Mutex<State>
     let stopped = Mutex(false)
@@ -287,6 +288,33 @@ public final class MeshService: Sendable {
                 return e
             }
         }
+    }
+
+    /// Hex of the first 8 bytes of SHA-256 of the mesh's server public key: published in the
+    /// mDNS TXT record so nodes of other meshes are not dialed. Not a secret, not a credential.
+    public var meshFingerprint: String {
+        SHA256.hash(loop.publicKey).prefix(8).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+
+    /// Dials a peer that mDNS (or another hint) says listens at `endpoint` (`host:port`). It is a
+    /// hint only: the node is used once the CURVE handshake succeeds and it sends its state.
+    public func dialDiscovered(_ endpoint: String) {
+        Task { await self.dial(endpoint) }
+    }
+
+    /// The hint for `endpoint` went away (its mDNS service was withdrawn). A live peer there stays
+    /// (heartbeats decide); a dialed endpoint with no live node behind it is hung up and forgotten,
+    /// so vanished hosts are not redialed forever.
+    public func forgetDiscovered(_ endpoint: String) {
+        let ep = Self.normalize(endpoint)
+        let drop = state.withLock { s -> Bool in
+            let live = s.peers.peers.contains { Self.normalize($0.state.meshEndpoint) == ep }
+            guard !live, s.dialed.contains(ep), !configuration.staticPeers.contains(where: { $0.description == ep }) else { return false }
+            s.dialed.remove(ep)
+            s.redialAttempts[ep] = nil
+            return true
+        }
+        if drop { _ = loop.disconnect(peer: MeshPeerID(ep)) }
     }
 
     /// Live peers.

@@ -18,10 +18,15 @@ struct AdminResponder: HTTPResponder {
     let httpListen: String
     let meshConfig: MeshConfig
     let startedNanos: UInt64
+    let discovery: DiscoveryAgent?
+    let mdnsEnabled: Bool
 
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
-         draining: DrainFlag, httpListen: String, meshConfig: MeshConfig) {
+         draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, discovery: DiscoveryAgent? = nil,
+         mdnsEnabled: Bool = false) {
         self.meshConfig = meshConfig
+        self.discovery = discovery
+        self.mdnsEnabled = mdnsEnabled
         self.nodeName = nodeName
         self.engines = engines
         self.clock = clock
@@ -54,7 +59,10 @@ struct AdminResponder: HTTPResponder {
                 "engines_total": .integer(snap.count), "engines_healthy": .integer(healthy),
                 "in_flight": .integer(snap.reduce(0) { $0 + $1.load.inFlight }),
                 "models": .array(Router.availableModels(snap).map(JSON.string)),
+                "discovery": discovery?.statusJSON() ?? ["enabled": .bool(false)],
             ])
+        case "/v1/doctor":
+            return .json(.ok, await doctor(snap))
         case "/v1/engines":
             return .json(.ok, .array(snap.map(Self.engineJSON)))
         case "/v1/models":

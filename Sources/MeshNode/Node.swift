@@ -51,6 +51,8 @@ public final class MeshdNode: Service, Sendable {
     let clock: any WallClock
     /// The ZeroMQ mesh, when a mesh secret is configured.
     public let mesh: MeshService?
+    /// mDNS publishing and browsing (`discovery.mdns`), when the mesh is on.
+    let discovery: DiscoveryAgent?
     let draining: DrainFlag
 
     /// - Parameter eventLoopGroup: loops for the HTTP servers; nil makes a private group of
@@ -78,6 +80,11 @@ public final class MeshdNode: Service, Sendable {
         let draining = DrainFlag()
         self.draining = draining
         mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining)
+        if let mesh, config.discovery.mdns {
+            discovery = DiscoveryAgent(mesh: mesh, nodeID: config.nodeName, httpPort: config.http.listen.port, logger: logger)
+        } else {
+            discovery = nil
+        }
         let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
                                    timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value })
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, logger: logger))
@@ -94,7 +101,8 @@ public final class MeshdNode: Service, Sendable {
             admin = HTTPServer(configuration: ac, group: group,
                                responder: AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
                                                          mesh: mesh, draining: draining, httpListen: config.http.listen.description,
-                                                         meshConfig: config.mesh),
+                                                         meshConfig: config.mesh, discovery: discovery,
+                                                         mdnsEnabled: config.discovery.mdns),
                                logger: logger)
         }
     }
@@ -145,6 +153,7 @@ public final class MeshdNode: Service, Sendable {
         let admin = self.admin
         let mesh = self.mesh
         let engines = self.engines
+        let discovery = self.discovery
         let grace = Duration.milliseconds(Int64(config.http.shutdownGraceSeconds * 1000))
 
         try await withGracefulShutdownHandler {
@@ -171,6 +180,9 @@ public final class MeshdNode: Service, Sendable {
                             logger.error("mesh stopped", metadata: ["error": "\(error)"])
                         }
                     }
+                }
+                if let discovery {
+                    group.addTask { await discovery.run() }
                 }
                 if let interval = notifier.watchdogPingInterval {
                     group.addTask {

@@ -419,6 +419,8 @@ class Meshd:
         self.config_path.write_text(render_config(cfg))
         e = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
              and not k.startswith("MESHD_") and k not in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")}
+        # Never reach a system bus (and through it an avahi-daemon on the machine's real network).
+        e["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/meshd-tests-no-system-bus"
         e.update(env or {})
         self.proc = pool.start("meshd", [str(binary), "--config", str(self.config_path)], env=e)
         if wait:

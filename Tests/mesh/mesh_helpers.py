@@ -51,6 +51,9 @@ class MeshBinaries:
         self.sim: Path
 
 
+NO_SYSTEM_BUS = "unix:path=/nonexistent/meshd-tests-no-system-bus"
+
+
 def meshctl(bins: MeshBinaries, socket: Path, *args: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHD_")}
     return subprocess.run([str(bins.meshctl), *args, "--socket", str(socket)], capture_output=True, text=True,
@@ -127,6 +130,9 @@ class MeshNode:
     def start(self, timeout: float = 30) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
                and not k.startswith("MESHD_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+        # Loopback tests never reach a system bus, so a node with discovery on can never publish on
+        # the machine's real network through an avahi-daemon that happens to run there.
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = NO_SYSTEM_BUS
         self.proc = self.pool.start(f"meshd-{self.name}", [str(self.bins.meshd), "--config", str(self.config_path)], env=env)
         self.procs.append(self.proc)
         proc = self.proc
