@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.0.0", traits: ["YAML"]),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
     ],
     targets: [
         // MARK: thin C modules (system libraries, apt providers, typed shims where the C API is variadic)
@@ -49,6 +50,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "MeshZMQ", dependencies: ["CZeroMQ", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "MeshLedger", dependencies: [
+            "MeshCore", .product(name: "GRDB", package: "GRDB.swift"),
+        ], swiftSettings: strict),
         .target(name: "MeshDiscovery", dependencies: [
             "CAvahi", "MeshCore", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -105,6 +109,7 @@ let package = Package(
         ]),
         .testTarget(name: "MeshEnginesTests", dependencies: ["MeshEngines", "MeshCore", "MeshHTTPClient"]),
         .testTarget(name: "MeshZMQTests", dependencies: ["MeshZMQ", "CZeroMQ"]),
+        .testTarget(name: "MeshLedgerTests", dependencies: ["MeshLedger", "MeshCore"]),
         .testTarget(name: "MeshDiscoveryTests", dependencies: ["MeshDiscovery", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MeshNodeTests", dependencies: ["MeshNode", "MeshCore", "CZeroMQ", "CAvahi", "CCurl"]),
     ]

@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export MESHD_CACHE="${MESHD_CACHE:-$HOME/.cache/meshd}"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need=()
-for p in libzmq3-dev libavahi-client-dev libcurl4-openssl-dev pkg-config; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+for p in libzmq3-dev libavahi-client-dev libcurl4-openssl-dev libsqlite3-dev pkg-config; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi

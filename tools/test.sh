@@ -16,7 +16,7 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 log "system packages"
 need=()
-for p in libzmq3-dev libavahi-client-dev libcurl4-openssl-dev cmake systemd pkg-config; do
+for p in libzmq3-dev libavahi-client-dev libcurl4-openssl-dev libsqlite3-dev cmake systemd pkg-config; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
