@@ -62,17 +62,10 @@ public struct BudgetCalendar: Sendable {
 
     func floorDiv(_ a: Int64, _ b: Int64) -> Int64 { a >= 0 ? a / b : -((-a + b - 1) / b) }
 
-    /// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-    static func civil(fromDays z0: Int64) -> (Int, Int, Int) {
-        let z = z0 + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        return (Int(yoe + era * 400 + (m <= 2 ? 1 : 0)), Int(m), Int(d))
+    /// Proleptic Gregorian date of a day count since 1970-01-01.
+    static func civil(fromDays days: Int64) -> (Int, Int, Int) {
+        let (y, m, d) = ISO8601.civil(days: days)
+        return (Int(y), Int(m), Int(d))
     }
 
     /// Day count since 1970-01-01 of a proleptic Gregorian date.
