@@ -57,6 +57,8 @@ RUN="/tmp/$PREFIX"
 BR="$PREFIX-br"
 MARK=".mtb-bed"
 export MTB_BED="$PREFIX"
+# Hosts talk to their own buses only (/run/dbus/system_bus_socket of the host's private /run).
+unset DBUS_SYSTEM_BUS_ADDRESS DBUS_SESSION_BUS_ADDRESS
 ROOT_NETNS="$(readlink /proc/self/ns/net)"
 
 ns_of() { echo "$PREFIX-$1"; }
@@ -291,7 +293,7 @@ do_up() {
   done
   for i in $(seq 1 "$n"); do start_daemons "h$i"; done
   trap - INT TERM EXIT
-  echo "testbed $PREFIX: $n hosts up (h1..h$n = $(host_ip h1)..$(host_ip "h$n")), files in $RUN"
+  echo "testbed $PREFIX: $n host(s) up (h1..h$n = $(host_ip h1)..$(host_ip "h$n")), files in $RUN"
 }
 
 do_status() {
@@ -356,9 +358,10 @@ case "$VERB" in
   check) do_check ;;
   down) teardown "$PREFIX"; echo "testbed $PREFIX: down" ;;
   down-all)
+    unset MTB_BED  # the scan below must not find its own processes
     for p in $( (ip netns list 2>/dev/null | awk '{print $1}' | sed -nE 's/^(mtb[a-z0-9]{0,10})-(br|h[0-9]+)$/\1/p'
                  for d in /tmp/mtb*/.mtb-bed; do [ -f "$d" ] && basename "$(dirname "$d")"; done
-                 grep -hsoa --null-data '^MTB_BED=mtb[a-z0-9]*$' /proc/[0-9]*/environ 2>/dev/null | tr -d '\0' | cut -d= -f2) | sort -u); do
+                 grep -hsoa --null-data '^MTB_BED=mtb[a-z0-9]*$' /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | cut -d= -f2) | sort -u); do
       teardown "$p"; echo "testbed $p: down"
     done ;;
   -h|--help|help) usage ;;

@@ -29,7 +29,7 @@ def before() -> dict[str, object]:
     return {"avahi": root_namespace_avahi(), "addrs": addrs, "routes": routes}
 
 
-def test_no_avahi_in_root_namespace_before(before: dict[str, object]) -> None:
+def test_no_avahi_in_root_namespace_before(before: dict[str, object], bed: Bed) -> None:
     assert before["avahi"] == [], f"an avahi-daemon runs on this machine's own interfaces: {before['avahi']}"
 
 
