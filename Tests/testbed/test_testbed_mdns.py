@@ -91,22 +91,26 @@ def test_cut_link_heals(mesh: BedMesh) -> None:
 
 def test_avahi_restart_is_survived(mesh: BedMesh) -> None:
     mesh.wait_formed(10)
+    pid = int((mesh.bed.dir("h2") / "meshd.pid").read_text())
     mesh.bed.sh("restart-avahi", "h2")
     t0 = time.monotonic()
-    # h2 stays in the mesh throughout...
-    while time.monotonic() - t0 < 4:
+    republished: float | None = None
+    # h2 stays in the mesh throughout (4 s at least) and publishes itself again on the new daemon.
+    while time.monotonic() - t0 < 4 or republished is None:
+        assert time.monotonic() - t0 < 20, "h2 was not published again within 20 s of the avahi-daemon restart"
         for h in mesh.MEMBERS:
             view = mesh.member(h).nodes()
             assert up_with(view, mesh.MEMBERS, {}), (h, view)
+        if republished is None and any(s["host"] == "h2.local" for s in mesh.bed.browse("h1").values()):
+            republished = time.monotonic() - t0
         time.sleep(0.1)
-    # ...publishes itself again on the new daemon, and a node that starts afresh still finds it.
-    _published(mesh.bed, "h1", ["h2"])
-    took = time.monotonic() - t0
+    assert int((mesh.bed.dir("h2") / "meshd.pid").read_text()) == pid and mesh.bed.exec("h2", "kill", "-0", str(pid))
+    # A node that starts afresh finds the others again (h2 through its new avahi-daemon).
     mesh.bed.sh("stop-meshd", "h1")
     mesh.member("h1").start()
     mesh.member("h1").wait_ready()
     t1 = time.monotonic()
     t = mesh.wait_formed(10)
-    print(f"\n[testbed] mDNS: avahi-daemon of h2 restarted, h2 re-published within {took:.2f}s; a restarted h1 "
-          f"rejoined h2 and h3 after {t - t1:.2f}s")
+    print(f"\n[testbed] mDNS: avahi-daemon of h2 restarted, h2 stayed up everywhere and was re-published after "
+          f"{republished:.2f}s; a restarted h1 rejoined h2 and h3 {t - t1:.2f}s after it answered")
     mesh.request_served_by_h3("h2")
