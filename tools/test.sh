@@ -36,10 +36,11 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\n# tools/test.sh: start no services during this install\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null &&
       $SUDO chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d; exit 130' INT TERM
   fi
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   rc=$?
-  [ $own_policy -eq 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
+  [ $own_policy -eq 1 ] && { $SUDO rm -f /usr/sbin/policy-rc.d; trap - INT TERM; }
   [ $rc -eq 0 ] || { echo "apt-get install ${need[*]} failed" >&2; exit 1; }
   for p in $(root_daemons); do
     if ! grep -qx "$p" <<<"$before"; then

@@ -7,6 +7,7 @@ tail of every host's logs (meshd, llama-server, dbus, avahi).
 """
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +27,17 @@ from pytest_harness import bounded  # noqa: E402
 from testbed_helpers import Bed, BedRegistry, needs_root_reason  # noqa: E402
 
 _beds = BedRegistry()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A SIGTERM (a CI time limit) unwinds like Ctrl-C, so fixture teardown and atexit take the beds down.
+    if needs_root_reason() is None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        def terminated(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt("SIGTERM")
+
+        signal.signal(signal.SIGTERM, terminated)
+        for prefix in BedRegistry.down_orphans():
+            print(f"[testbed] tore down {prefix}, left by an earlier session")
 
 TESTBED_TEST_TIMEOUT = 120
 

@@ -155,6 +155,18 @@ class BedRegistry(PoolRegistry):
     """Beds still up, as PoolRegistry keeps process pools: `close` tears one down, the rest go at exit,
     and their hosts' logs go into failure reports (a Bed has the `close()` and `logs()` of a pool)."""
 
+    @staticmethod
+    def down_orphans() -> list[str]:
+        """Tears down beds of earlier sessions that died without tearing down theirs (prefix
+        mtb<pid>x<k> whose pid is gone); beds of live sessions are left alone."""
+        gone = []
+        for d in Path("/tmp").glob("mtb*x*"):
+            pid = d.name[3:].split("x", 1)[0]
+            if (d / ".mtb-bed").exists() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                Bed(d.name, 0).down()
+                gone.append(d.name)
+        return gone
+
     def open_bed(self, n: int) -> Bed:
         bed = Bed(f"mtb{os.getpid()}x{next(_bed_numbers)}", n)
         self.pools.append(bed)  # type: ignore[arg-type]
