@@ -25,7 +25,8 @@
 #   tools/testbed.sh [--prefix P] start-meshd HOST CONFIG   spawn meshd ($MESHD_BIN or .build/debug/meshd)
 #   tools/testbed.sh [--prefix P] stop-meshd HOST
 #   tools/testbed.sh [--prefix P] kill HOST         kill -9 everything running on HOST (meshd, engines,
-#                                                   avahi, dbus), as a crash would; the keeper stays
+#                                                   avahi, dbus), as a crash would; the keeper and the
+#                                                   link stay (peers get TCP resets; `cut` is silent)
 #   tools/testbed.sh [--prefix P] revive HOST       dbus, avahi and every spawned process again
 #   tools/testbed.sh [--prefix P] cut HOST | heal HOST   take HOST's bridge port down / up
 #   tools/testbed.sh [--prefix P] restart-avahi HOST

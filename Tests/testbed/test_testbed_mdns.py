@@ -1,5 +1,5 @@
-"""mDNS discovery on the bed (issue 4, point 4). EXPECTED TO FAIL until meshd announces itself and
-browses `_meshd._tcp` through avahi: every node runs with `discovery: {mdns: true}` and NO
+"""mDNS discovery on the bed (issue 4, point 4). Fails on a meshd that does not announce itself and
+browse `_meshd._tcp` through avahi: every node runs with `discovery: {mdns: true}` and NO
 `mesh.peers`, so nothing but mDNS can join them.
 
 h1..h3 share a secret (h3 serves the tiny model with a real llama-server), h4 has another secret.
