@@ -45,7 +45,7 @@ if [ "${1:-}" = --prefix ]; then PREFIX="${2:-}"; shift 2 || true; fi
 VERB="${1:-}"; shift || true
 
 die() { echo "testbed: $*" >&2; exit 1; }
-usage() { sed -n '/^#   tools/,/^# PREFIX/p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '/^#   tools/,/^# 1 failure/p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [ -n "$VERB" ] || usage
 [[ "$PREFIX" =~ ^mtb[a-z0-9]{0,10}$ ]] || { echo "testbed: bad prefix '$PREFIX' (mtb[a-z0-9]{0,10})" >&2; exit 2; }
