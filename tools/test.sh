@@ -2,7 +2,8 @@
 # Sets up everything the test suite needs on a fresh Debian 12 machine with the Swift toolchain
 # (apt packages, llama.cpp built from source, the tiny model, a Python venv with the real
 # openai/ollama clients), then runs every test: Swift unit/integration tests and the pytest
-# suites (ops, simulated engine, end to end). Exits non-zero if anything fails.
+# suites (ops, simulated engine, end to end, mesh, and the multi-host test bed, which needs root).
+# Exits non-zero if anything fails.
 #   tools/test.sh            # everything
 #   tools/test.sh --swift    # Swift tests only
 #   tools/test.sh --py       # pytest suites only (builds what they need)
@@ -15,13 +16,38 @@ log() { printf '\n=== %s\n' "$*"; }
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 log "system packages"
+# iproute2 ... curl: the multi-host test bed (tools/testbed.sh, Tests/testbed).
 need=()
-for p in libzmq3-dev libavahi-client-dev libcurl4-openssl-dev libsqlite3-dev cmake systemd pkg-config; do
+for p in libzmq3-dev libavahi-client-dev libcurl4-openssl-dev libsqlite3-dev cmake systemd pkg-config \
+         iproute2 util-linux dbus avahi-daemon avahi-utils curl; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+# Daemons running in the machine's own network namespace (avahi must never run there because of us).
+root_daemons() {
+  local p root; root="$(readlink /proc/self/ns/net)"
+  for p in $(pgrep -x 'avahi-daemon|dbus-daemon'); do
+    [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$root" ] && echo "$p"
+  done
+}
 if [ ${#need[@]} -gt 0 ]; then
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null || {
-    echo "apt-get install ${need[*]} failed" >&2; exit 1; }
+  before="$(root_daemons)"
+  # Keep the packages' postinst from starting avahi-daemon/dbus on this machine's interfaces.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# tools/test.sh: start no services during this install\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null &&
+      $SUDO chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d; exit 130' INT TERM
+  fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  rc=$?
+  [ $own_policy -eq 1 ] && { $SUDO rm -f /usr/sbin/policy-rc.d; trap - INT TERM; }
+  [ $rc -eq 0 ] || { echo "apt-get install ${need[*]} failed" >&2; exit 1; }
+  for p in $(root_daemons); do
+    if ! grep -qx "$p" <<<"$before"; then
+      echo "the install started $(cat "/proc/$p/comm") ($p) in the root namespace: stopping it" >&2
+      $SUDO kill "$p"
+    fi
+  done
 fi
 
 log "llama.cpp (llama-server, ggml-rpc-server) and the tiny model"
@@ -47,8 +73,8 @@ fi
 if [ "$MODE" = all ] || [ "$MODE" = --py ]; then
   log "python venv (openai, ollama, pytest)"
   PY="$(tools/e2e-venv.sh)" || { echo "creating the venv failed" >&2; exit 1; }
-  log "pytest: ops, simulated engine, end to end, mesh"
-  "$PY" -m pytest -q -p no:cacheprovider Tests/ops Tests/sim Tests/e2e Tests/mesh
+  log "pytest: ops, simulated engine, end to end, mesh, multi-host test bed (root only)"
+  "$PY" -m pytest -q -p no:cacheprovider Tests/ops Tests/sim Tests/e2e Tests/mesh Tests/testbed
   [ $? -eq 0 ] || status=1
 fi
 
