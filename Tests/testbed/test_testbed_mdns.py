@@ -15,7 +15,7 @@ import time
 import pytest
 
 from meshd_e2e import E2EError, wait_until
-from mesh_helpers import MeshBinaries
+from mesh_helpers import MeshBinaries, meshctl
 from testbed_helpers import HTTP_PORT, MESH_PORT, MODEL, Bed, BedMesh, up_with
 
 HOSTS = 4
@@ -114,3 +114,48 @@ def test_avahi_restart_is_survived(mesh: BedMesh) -> None:
     print(f"\n[testbed] mDNS: avahi-daemon of h2 restarted, h2 stayed up everywhere and was re-published after "
           f"{republished:.2f}s; a restarted h1 rejoined h2 and h3 {t - t1:.2f}s after it answered")
     mesh.request_served_by_h3("h2")
+
+
+def _admin(node, path: str) -> dict:  # type: ignore[no-untyped-def]
+    import httpx
+    transport = httpx.HTTPTransport(uds=str(node.admin_socket))
+    with httpx.Client(transport=transport, base_url="http://meshd", timeout=10, trust_env=False) as c:
+        return c.get(path).json()
+
+
+def test_name_collision_renames_and_still_joins(mesh: BedMesh) -> None:
+    """Another host already publishes h2's instance name (here with a record of another mesh): h2's
+    meshd, restarted, takes Avahi's alternative name, stays in the mesh, and the impostor is ignored."""
+    mesh.wait_formed(10)
+    mesh.bed.sh("stop-meshd", "h2")
+    wait_until(lambda: "h2" not in mesh.bed.browse("h3"), 15, interval=0.2, what="h2's service to be withdrawn")
+    mesh.bed.spawn("h1", "impostor", "avahi-publish", "-s", "h2", "_meshd._tcp", "9",
+                   "id=impostor", "proto=1", "mesh=9", "fp=0000000000000000")
+    try:
+        wait_until(lambda: mesh.bed.browse("h3").get("h2", {}).get("host") == "h1.local", 15,
+                   interval=0.2, what="the impostor service 'h2' on h1")
+        mesh.member("h2").start()
+        mesh.member("h2").wait_ready()
+        st = wait_until(lambda: (lambda d: d if d.get("published_name") else None)(_admin(mesh.member("h2"), "/v1/status")["discovery"]),
+                        15, interval=0.1, what="h2 to publish under another name")
+        assert st["published_name"] == "h2 #2", st
+        mesh.wait_formed(10)
+        ignored = {s["name"]: s for s in _admin(mesh.member("h3"), "/v1/status")["discovery"]["services"]}
+        assert "another mesh" in ignored["h2"].get("ignored", ""), ignored
+        assert ignored["h2 #2"]["node"] == "h2" and ignored["h2 #2"].get("dialed"), ignored
+        doctor = {c["check"]: c for c in _admin(mesh.member("h2"), "/v1/doctor")["checks"]}
+        assert doctor["mDNS service"]["status"] == "warn" and "h2 #2" in doctor["mDNS service"]["detail"], doctor
+        mesh.request_served_by_h3("h2")
+    finally:
+        mesh.bed.sh("stop", "h1", "impostor", check=False)
+
+
+def test_doctor_on_the_bed(mesh: BedMesh) -> None:
+    mesh.wait_formed(10)
+    res = meshctl(mesh.bins, mesh.member("h1").admin_socket, "doctor")
+    out = res.stdout
+    assert "✓ avahi-daemon: connected" in out and "✓ mDNS service: published as 'h1'" in out, out
+    for h in ("h2", "h3"):
+        assert f"✓ peer {mesh.bed.ip(h)}:{MESH_PORT}" in out, out
+    # h4 (another mesh) is listed as ignored, not as a problem.
+    assert f"mDNS 'h4': {mesh.bed.ip('h4')}: not dialed: another mesh" in out, out
