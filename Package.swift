@@ -48,13 +48,16 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        .target(name: "MeshHardware", dependencies: [
+            "MeshCore", .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "MeshZMQ", dependencies: ["CZeroMQ", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MeshNet", dependencies: [
             "MeshCore", "MeshZMQ", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "MeshNode", dependencies: [
             "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader", "MeshNet", "MeshZMQ",
-            "CZeroMQ", "CAvahi",
+            "MeshHardware", "CZeroMQ", "CAvahi",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -101,6 +104,9 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "MeshEnginesTests", dependencies: ["MeshEngines", "MeshCore", "MeshHTTPClient"]),
+        .testTarget(name: "MeshHardwareTests", dependencies: [
+            "MeshHardware", "MeshCore", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "MeshZMQTests", dependencies: ["MeshZMQ", "CZeroMQ"]),
         .testTarget(name: "MeshNodeTests", dependencies: ["MeshNode", "MeshCore", "CZeroMQ", "CAvahi", "CCurl"]),
     ]

@@ -112,6 +112,11 @@ enum Schema {
         .string(["mesh", "trusted_keys_file"], \.mesh.trustedKeysFile, check: Check.path),
 
         .bool(["discovery", "mdns"], \.discovery.mdns),
+
+        .double(["hardware", "refresh_seconds"], \.hardware.refreshSeconds, min: 1),
+        .string(["hardware", "nvidia_smi"], \.hardware.nvidiaSMI, check: Check.path),
+        .string(["hardware", "rocm_smi"], \.hardware.rocmSMI, check: Check.path),
+        .string(["hardware", "sysfs_root"], \.hardware.sysfsRoot, check: Check.path),
     ]
 
     static let engineFields: [EngineField] = [

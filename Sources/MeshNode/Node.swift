@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshEngines
+import MeshHardware
 import MeshHTTPClient
 import MeshHTTPServer
 import MeshNet
@@ -52,6 +53,8 @@ public final class MeshdNode: Service, Sendable {
     /// The ZeroMQ mesh, when a mesh secret is configured.
     public let mesh: MeshService?
     let draining: DrainFlag
+    /// GPUs and memory, refreshed every `hardware.refresh_seconds`; read into every state sent.
+    public let hardware: HardwareMonitor
 
     /// - Parameter eventLoopGroup: loops for the HTTP servers; nil makes a private group of
     ///   `http.threads` loops. `meshd` passes NIO's singleton group, which it also installs as
@@ -77,7 +80,9 @@ public final class MeshdNode: Service, Sendable {
         }
         let draining = DrainFlag()
         self.draining = draining
-        mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining)
+        hardware = Self.makeHardwareMonitor(config.hardware, logger: logger)
+        mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
+                                 hardware: hardware)
         let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
                                    timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value })
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, logger: logger))
@@ -94,14 +99,24 @@ public final class MeshdNode: Service, Sendable {
             admin = HTTPServer(configuration: ac, group: group,
                                responder: AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
                                                          mesh: mesh, draining: draining, httpListen: config.http.listen.description,
-                                                         meshConfig: config.mesh),
+                                                         meshConfig: config.mesh, hardware: hardware),
                                logger: logger)
         }
     }
 
+    /// The hardware probe the `hardware:` section describes, running tools as child processes.
+    static func makeHardwareMonitor(_ config: HardwareConfig, logger: Logger) -> HardwareMonitor {
+        var options = HardwareProbeOptions()
+        options.root = config.sysfsRoot
+        options.nvidiaSMI = config.nvidiaSMI
+        options.rocmSMI = config.rocmSMI
+        let prober = HardwareProber(options: options, runner: ChildProcessCommandRunner())
+        return HardwareMonitor(prober: prober, interval: .milliseconds(Int64(config.refreshSeconds * 1000)), logger: logger)
+    }
+
     /// The mesh, if `mesh.secret_file` exists: without a secret the node runs standalone.
     static func makeMesh(config: MeshdConfig, logger: Logger, clock: any WallClock, engines: EngineRegistry,
-                         draining: DrainFlag) throws -> MeshService? {
+                         draining: DrainFlag, hardware: HardwareMonitor) throws -> MeshService? {
         let path = config.mesh.secretFile
         guard FileManager.default.fileExists(atPath: path) else {
             logger.notice("mesh disabled: no mesh secret", metadata: [
@@ -124,8 +139,10 @@ public final class MeshdNode: Service, Sendable {
         let name = config.nodeName
         let http = config.http.listen.description
         return try MeshService(configuration: sc, logger: logger, clock: clock) {
-            NodeState(id: name, name: name, meshEndpoint: "", httpEndpoint: http, seq: clock.nowNanos(),
-                      draining: draining.value, engines: engines.snapshot())
+            var s = NodeState(id: name, name: name, meshEndpoint: "", httpEndpoint: http, seq: clock.nowNanos(),
+                              draining: draining.value, engines: engines.snapshot())
+            s.apply(hardware.latest)
+            return s
         }
     }
 
@@ -145,10 +162,12 @@ public final class MeshdNode: Service, Sendable {
         let admin = self.admin
         let mesh = self.mesh
         let engines = self.engines
+        let hardware = self.hardware
         let grace = Duration.milliseconds(Int64(config.http.shutdownGraceSeconds * 1000))
 
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await hardware.run() }
                 if let admin {
                     group.addTask {
                         do {
