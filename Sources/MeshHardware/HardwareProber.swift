@@ -32,6 +32,8 @@ public final class HardwareProber: Sendable {
     private let nvml: Mutex<Result<any NVIDIAQuery, ProbeFailure>?>
     /// AMD names from `rocm-smi --showproductname`, asked once (names do not change).
     private let amdNames = Mutex<[Int: String]?>(nil)
+    /// The CPU's model name, read once.
+    private let cpuName = Mutex<String?>(nil)
 
     /// - Parameter nvidia: replaces NVML (tests); nil loads `options.nvmlLibrary`.
     public init(options: HardwareProbeOptions = HardwareProbeOptions(), runner: any CommandRunner, nvidia: (any NVIDIAQuery)? = nil) {
@@ -85,7 +87,10 @@ public final class HardwareProber: Sendable {
         }
 
         if gpus.isEmpty {
-            let model = read("proc/cpuinfo").flatMap(HardwareParsers.cpuModel) ?? "cpu"
+            let model = cpuName.withLock { name in
+                if name == nil { name = read("proc/cpuinfo").flatMap(HardwareParsers.cpuModel) ?? "cpu" }
+                return name ?? "cpu"
+            }
             gpus = [DeviceMemory(kind: .cpu, index: 0, name: model, totalBytes: ram?.totalBytes, freeBytes: ram?.availableBytes)]
             source = .none
         }
