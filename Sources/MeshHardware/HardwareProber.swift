@@ -34,6 +34,9 @@ public final class HardwareProber: Sendable {
     private let amdNames = Mutex<[Int: String]?>(nil)
     /// The CPU's model name, read once.
     private let cpuName = Mutex<String?>(nil)
+    /// Set while an NVML query runs: one that hangs (a wedged driver) holds at most one thread,
+    /// and later probes go to nvidia-smi until it returns.
+    private let nvmlBusy = Mutex(false)
 
     /// - Parameter nvidia: replaces NVML (tests); nil loads `options.nvmlLibrary`.
     public init(options: HardwareProbeOptions = HardwareProbeOptions(), runner: any CommandRunner, nvidia: (any NVIDIAQuery)? = nil) {
@@ -51,13 +54,9 @@ public final class HardwareProber: Sendable {
         var source = HardwareSource.none
 
         var nvmlAnswered = false
-        switch nvidiaLibrary() {
-        case .success(let query):
-            switch query.devices() {
-            case .success(let found):
-                (gpus, source, nvmlAnswered) = (found, found.isEmpty ? .none : .nvml, true)
-            case .failure(let f): problems.note(f)
-            }
+        switch await queryNVML() {
+        case .success(let found):
+            (gpus, source, nvmlAnswered) = (found, found.isEmpty ? .none : .nvml, true)
         case .failure(let f): problems.note(f)
         }
         // NVML saying "no GPU" is believed; nvidia-smi stands in when NVML failed or left gaps.
@@ -105,6 +104,25 @@ public final class HardwareProber: Sendable {
         if candidate.isEmpty { return false }
         if current.isEmpty { return true }
         return !current.allSatisfy(\.isComplete) && candidate.allSatisfy(\.isComplete)
+    }
+
+    /// NVML's devices, within the tool timeout.
+    private func queryNVML() async -> Result<[DeviceMemory], ProbeFailure> {
+        let query: any NVIDIAQuery
+        switch nvidiaLibrary() {
+        case .success(let q): query = q
+        case .failure(let f): return .failure(f)
+        }
+        let wasBusy = nvmlBusy.withLock { busy in
+            defer { busy = true }
+            return busy
+        }
+        if wasBusy { return .failure(.failed("NVML has not returned from an earlier query")) }
+        let answer = await withDeadline(options.toolTimeout) { [self] in
+            defer { nvmlBusy.withLock { $0 = false } }
+            return query.devices()
+        }
+        return answer ?? .failure(.failed("NVML did not answer within \(options.toolTimeout)"))
     }
 
     private func nvidiaLibrary() -> Result<any NVIDIAQuery, ProbeFailure> {

@@ -5,9 +5,16 @@ import Synchronization
 
 /// Runs hardware tools (`nvidia-smi`, `rocm-smi`) as ``ChildProcess``es: looked up on PATH (absent
 /// when not there, so a CPU-only node spawns nothing), output collected, killed at the timeout.
-struct ChildProcessCommandRunner: CommandRunner {
+/// A tool that outlives even SIGKILL (stuck in the kernel on a wedged driver) is not started again
+/// until it has gone, so refreshes cannot pile up stuck processes.
+final class ChildProcessCommandRunner: CommandRunner {
     /// Lines kept per stream; tool output is a few lines per GPU.
     static let maxLines = 4096
+    /// How long a killed tool gets to be reaped before it counts as stuck.
+    let reapGrace: Duration
+    private let stuck = Mutex<[String: ChildProcess]>([:])
+
+    init(reapGrace: Duration = .seconds(2)) { self.reapGrace = reapGrace }
 
     func run(_ executable: String, _ arguments: [String], timeout: Duration) async -> Result<CommandOutput, CommandFailure> {
         let path: String
@@ -17,6 +24,13 @@ struct ChildProcessCommandRunner: CommandRunner {
         } else {
             guard let found = ManagedLlamaCppEngine.searchPath(executable) else { return .failure(.notFound) }
             path = found
+        }
+        if let earlier = stuck.withLock({ s -> ChildProcess? in
+            if let c = s[path], c.exitStatus == nil { return c }
+            s[path] = nil
+            return nil
+        }) {
+            return .failure(.failedToStart("an earlier run (pid \(earlier.pid)) is still stuck after SIGKILL"))
         }
         let lines = Mutex<(out: [String], err: [String])>(([], []))
         let child: ChildProcess
@@ -37,12 +51,17 @@ struct ChildProcessCommandRunner: CommandRunner {
         }
         guard let exit = await child.waitForExit(timeout: timeout) else {
             child.signal(SIGKILL)
-            _ = await child.waitForExit(timeout: .seconds(2))
+            if await child.waitForExit(timeout: reapGrace) == nil { markStuck(path, child) }
             return .failure(.timedOut)
         }
         let (out, err) = lines.withLock { ($0.out.joined(separator: "\n"), $0.err.joined(separator: "\n")) }
         let status: Int32?
         if case .exited(let code) = exit { status = code } else { status = nil }
         return .success(CommandOutput(status: status, stdout: out, stderr: err))
+    }
+
+    /// Remembers a child of `path` that would not die: `path` is not started again while it lives.
+    func markStuck(_ path: String, _ child: ChildProcess) {
+        stuck.withLock { $0[path] = child }
     }
 }

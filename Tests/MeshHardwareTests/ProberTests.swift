@@ -111,6 +111,27 @@ import Testing
         #expect(kept.source == .nvml && kept.gpuSummary == "NVIDIA GB10" && kept.vramTotalBytes == 0)
     }
 
+    @Test func aHangingNVMLIsAbandonedAndNotQueriedAgainUntilItReturns() async throws {
+        let nvml = BlockingNVML()
+        defer { nvml.release() }
+        let runner = RecordedRunner([nvidiaSMIKey: ok(Self.twoGPUs)])
+        let prober = HardwareProber(options: options(root: "/x", timeout: .milliseconds(100)), runner: runner, nvidia: nvml)
+        let first = await prober.probe()
+        #expect(first.source == .nvidiaSMI && first.gpuSummary == "2x NVIDIA GeForce RTX 4090")
+        #expect(first.problems.contains("NVML did not answer within 0.1 seconds"))
+        let second = await prober.probe()
+        #expect(second.source == .nvidiaSMI)
+        #expect(second.problems.contains("NVML has not returned from an earlier query"))
+        #expect(nvml.calls == 1)
+        nvml.release()
+        var after = second
+        for _ in 0..<200 where after.source != .nvml {
+            try await Task.sleep(for: .milliseconds(10))
+            after = await prober.probe()
+        }
+        #expect(after.source == .nvml && after.gpuSummary == "NVIDIA L40S")
+    }
+
     @Test func nvidiaSMIExitingNonZeroIsAProblemAndTheNodeIsCPU() async {
         let runner = RecordedRunner([nvidiaSMIKey: .success(CommandOutput(
             status: 9, stdout: "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.\n"))])

@@ -143,3 +143,17 @@ func options(root: String, timeout: Duration = .seconds(5)) -> HardwareProbeOpti
 
 let mib: Int64 = 1 << 20
 let gib: Int64 = 1 << 30
+
+/// NVML stuck in the driver: `devices()` blocks its thread until `release()`.
+final class BlockingNVML: NVIDIAQuery {
+    private let gate = DispatchSemaphore(value: 0)
+    private let count = Mutex(0)
+    var calls: Int { count.withLock { $0 } }
+    func devices() -> Result<[DeviceMemory], ProbeFailure> {
+        count.withLock { $0 += 1 }
+        gate.wait()
+        gate.signal()
+        return .success([DeviceMemory(kind: .nvidia, index: 0, name: "NVIDIA L40S", totalBytes: 48 * gib, freeBytes: 40 * gib)])
+    }
+    func release() { gate.signal() }
+}

@@ -1,3 +1,5 @@
+import Foundation
+import MeshEngines
 import MeshHardware
 @testable import MeshNode
 import Testing
@@ -44,5 +46,20 @@ import Testing
         let snap = await HardwareProber(options: o, runner: runner).probe()
         #expect(snap.gpuSummary == "cpu")
         #expect(snap.problems.contains("false exited with status 1: (empty)"))
+    }
+}
+
+@Suite struct StuckToolTests {
+    @Test func aToolStillStuckAfterSIGKILLIsNotStartedAgainUntilItIsGone() async throws {
+        let runner = ChildProcessCommandRunner()
+        let stuck = try await ChildProcess.spawn(executable: "/bin/sleep", arguments: ["30"], onLine: { _, _ in })
+        runner.markStuck("/bin/sleep", stuck)
+        let refused = await runner.run("/bin/sleep", ["0"], timeout: .seconds(10))
+        #expect(refused == .failure(.failedToStart("an earlier run (pid \(stuck.pid)) is still stuck after SIGKILL")))
+        // Another tool is not held up by it.
+        #expect((try? await runner.run("/bin/true", [], timeout: .seconds(10)).get())?.status == 0)
+        stuck.signal(SIGKILL)
+        _ = await stuck.waitForExit()
+        #expect((try? await runner.run("/bin/sleep", ["0"], timeout: .seconds(10)).get())?.status == 0)
     }
 }
