@@ -21,7 +21,8 @@ public enum HardwareSource: String, Sendable, Hashable, Codable {
 /// Memory of one device. `nil` means the source could not say (`[N/A]`, a missing file).
 public struct DeviceMemory: Sendable, Hashable, Codable {
     public var kind: DeviceKind
-    /// Index among devices of its kind (the driver's GPU index for NVIDIA).
+    /// The driver's number for it: the GPU index for NVIDIA, the DRM card number (`cardN`, as
+    /// rocm-smi numbers them too) for AMD, 0 for the CPU.
     public var index: Int
     public var name: String
     public var totalBytes: Int64?

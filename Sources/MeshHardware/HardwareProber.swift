@@ -61,7 +61,7 @@ public final class HardwareProber: Sendable {
         }
         // NVML saying "no GPU" is believed; nvidia-smi stands in when NVML failed or left gaps.
         if !nvmlAnswered || !gpus.allSatisfy(\.isComplete) {
-            switch await run(options.nvidiaSMI, HardwareParsers.nvidiaSMIArguments) {
+            switch await run(options.nvidiaSMI, HardwareParsers.nvidiaSMIArguments, absentWhen: "No devices were found") {
             case .success(let text):
                 let parsed = HardwareParsers.nvidiaSMI(text)
                 problems += parsed.problems
@@ -230,8 +230,9 @@ public final class HardwareProber: Sendable {
     }
 
     /// Runs a tool under the timeout (enforced here too, in case the runner does not); its
-    /// standard output when it exited 0.
-    func run(_ executable: String, _ arguments: [String]) async -> Result<String, ProbeFailure> {
+    /// standard output when it exited 0. A failure whose output contains `absentWhen` (the tool
+    /// saying there is nothing to report) counts as absent, not as a problem.
+    func run(_ executable: String, _ arguments: [String], absentWhen: String? = nil) async -> Result<String, ProbeFailure> {
         let runner = self.runner
         let timeout = options.toolTimeout
         let tool = executable.split(separator: "/").last.map(String.init) ?? executable
@@ -247,6 +248,9 @@ public final class HardwareProber: Sendable {
             return .failure(.failed("\(tool) could not start: \(why)"))
         case .success(let out)?:
             guard out.status == 0 else {
+                if let absentWhen, out.stdout.contains(absentWhen) || out.stderr.contains(absentWhen) {
+                    return .failure(.absent("\(tool): \(absentWhen)"))
+                }
                 let said = out.stderr.trimmed.isEmpty ? out.stdout : out.stderr
                 let how = out.status.map { "exited with status \($0)" } ?? "was killed"
                 return .failure(.failed("\(tool) \(how): \(HardwareParsers.quote(said))"))

@@ -142,6 +142,14 @@ import Testing
         #expect(problem?.contains("couldn't communicate") == true)
     }
 
+    @Test func nvidiaSMIFindingNoDeviceIsNotAProblem() async {
+        let runner = RecordedRunner([nvidiaSMIKey: .success(CommandOutput(status: 6, stdout: "No devices were found\n"))])
+        let snap = await HardwareProber(options: options(root: "/x"), runner: runner).probe()
+        #expect(snap.gpuSummary == "cpu")
+        #expect(!snap.problems.contains { $0.contains("nvidia-smi") })
+        #expect(runner.calls == [nvidiaSMIKey, rocmMemoryKey])
+    }
+
     @Test func garbageFromNvidiaSMIKeepsTheGoodLines() async {
         let runner = RecordedRunner([nvidiaSMIKey: ok("0, NVIDIA GeForce RTX 3090, 24576, 1000\n<html>oops</html>\n")])
         let snap = await HardwareProber(options: options(root: "/x"), runner: runner).probe()
