@@ -111,7 +111,8 @@ public final class MeshdNode: Service, Sendable {
         options.nvidiaSMI = config.nvidiaSMI
         options.rocmSMI = config.rocmSMI
         let prober = HardwareProber(options: options, runner: ChildProcessCommandRunner())
-        return HardwareMonitor(prober: prober, interval: .milliseconds(Int64(config.refreshSeconds * 1000)), logger: logger)
+        let seconds = min(max(config.refreshSeconds, 1), 3600)
+        return HardwareMonitor(prober: prober, interval: .milliseconds(Int64(seconds * 1000)), logger: logger)
     }
 
     /// The mesh, if `mesh.secret_file` exists: without a secret the node runs standalone.

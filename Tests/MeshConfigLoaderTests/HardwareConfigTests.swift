@@ -21,11 +21,13 @@ import Testing
         #expect(loaded.config.hardware == expected)
     }
 
-    @Test func refreshMustBeAtLeastOneSecond() {
+    @Test func refreshMustBeBetweenOneSecondAndAnHour() throws {
         let issue = expectSingleError("hardware:\n  refresh_seconds: 0.5\n", key: "hardware.refresh_seconds",
                                       reasonContains: "at least 1", line: 2)
         #expect(issue?.source == "test.yaml")
         expectSingleError("hardware: { refresh_seconds: fast }", key: "hardware.refresh_seconds", reasonContains: "expected a number")
+        expectSingleError("hardware: { refresh_seconds: 1e300 }", key: "hardware.refresh_seconds", reasonContains: "must be at most 3600")
+        #expect(try mustLoad("hardware: { refresh_seconds: 3600 }").config.hardware.refreshSeconds == 3600)
     }
 
     @Test func toolPathsMustNotBeEmpty() {
