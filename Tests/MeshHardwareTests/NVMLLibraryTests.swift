@@ -76,26 +76,27 @@ import Testing
         #expect(Self.counter(lib, "fake_inits") == 2)
     }
 
-    @Test(.enabled(if: compiler != nil, "needs a C compiler"))
-    func failedInitIsAProblemAndNvidiaSMIStandsIn() async throws {
+    /// One probe with the stand-in as NVML.
+    static func probe(initRC: Int, runner: RecordedRunner) async throws -> HardwareSnapshot {
         let root = try FakeRoot()
         defer { root.remove() }
         var o = options(root: root.path)
-        o.nvmlLibrary = try Self.build(initRC: 9, in: root)
+        o.nvmlLibrary = try build(initRC: initRC, in: root)
+        return await HardwareProber(options: o, runner: runner).probe()
+    }
+
+    @Test(.enabled(if: compiler != nil, "needs a C compiler"))
+    func failedInitIsAProblemAndNvidiaSMIStandsIn() async throws {
         let runner = RecordedRunner([nvidiaSMIKey: ok("0, NVIDIA GeForce RTX 4090, 24564, 20000")])
-        let snap = await HardwareProber(options: o, runner: runner).probe()
+        let snap = try await Self.probe(initRC: 9, runner: runner)
         #expect(snap.source == .nvidiaSMI)
         #expect(snap.problems.contains("nvmlInit failed: NVML_ERROR_DRIVER_NOT_LOADED (9)"))
     }
 
     @Test(.enabled(if: compiler != nil, "needs a C compiler"))
     func proberUsesTheLibraryAndAsksNvidiaSMIOnlyForTheGaps() async throws {
-        let root = try FakeRoot()
-        defer { root.remove() }
-        var o = options(root: root.path)
-        o.nvmlLibrary = try Self.build(initRC: 0, in: root)
         let runner = RecordedRunner()
-        let snap = await HardwareProber(options: o, runner: runner).probe()
+        let snap = try await Self.probe(initRC: 0, runner: runner)
         // GPU 1's size is unknown to NVML, so nvidia-smi is asked; it is not installed, so NVML's list stays.
         #expect(runner.calls == [nvidiaSMIKey])
         #expect(snap.source == .nvml)
