@@ -111,7 +111,8 @@ import Testing
         #expect(kept.source == .nvml && kept.gpuSummary == "NVIDIA GB10" && kept.vramTotalBytes == 0)
     }
 
-    @Test func aHangingNVMLIsAbandonedAndNotQueriedAgainUntilItReturns() async throws {
+    @Test(.timeLimit(.minutes(1)))
+    func aHangingNVMLIsAbandonedAndNotQueriedAgainUntilItReturns() async throws {
         let nvml = BlockingNVML()
         defer { nvml.release() }
         let runner = RecordedRunner([nvidiaSMIKey: ok(Self.twoGPUs)])
@@ -125,7 +126,7 @@ import Testing
         #expect(nvml.calls == 1)
         nvml.release()
         var after = second
-        for _ in 0..<200 where after.source != .nvml {
+        for _ in 0..<1000 where after.source != .nvml {
             try await Task.sleep(for: .milliseconds(10))
             after = await prober.probe()
         }
@@ -169,14 +170,15 @@ import Testing
         #expect(snap.problems.contains("nvidia-smi did not answer within 0.3 seconds"))
     }
 
-    @Test func aHangingToolIsAbandonedAfterTheTimeout() async {
+    @Test(.timeLimit(.minutes(1)))
+    func aHangingToolIsAbandonedAfterTheTimeout() async {
         let runner = HangingRunner()
         defer { runner.release() }
         let started = ContinuousClock.now
         let snap = await HardwareProber(options: options(root: "/x", timeout: .milliseconds(100)), runner: runner).probe()
         let took = ContinuousClock.now - started
-        // nvidia-smi and rocm-smi each get the timeout plus as much grace: well under a second.
-        #expect(took < .seconds(2), "took \(took)")
+        // nvidia-smi and rocm-smi each get the timeout plus as much grace: 0.4 s (more on a loaded machine).
+        #expect(took < .seconds(10), "took \(took)")
         #expect(took >= .milliseconds(200))
         #expect(runner.started == 2)
         #expect(snap.gpuSummary == "cpu")

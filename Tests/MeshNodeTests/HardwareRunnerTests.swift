@@ -29,12 +29,29 @@ import Testing
         #expect(await runner.run("/nonexistent/nvidia-smi", [], timeout: .seconds(1)) == .failure(.notFound))
     }
 
-    @Test func hangingToolIsKilledAtTheTimeout() async {
+    @Test func hangingToolIsKilledAtTheTimeout() async throws {
+        let pidFile = FileManager.default.temporaryDirectory.appendingPathComponent("meshd-hw-pid-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: pidFile) }
         let started = ContinuousClock.now
-        let r = await runner.run("/bin/sleep", ["30"], timeout: .milliseconds(200))
-        let took = ContinuousClock.now - started
+        let r = await runner.run("/bin/sh", ["-c", "echo $$ > \(pidFile); exec sleep 30"], timeout: .milliseconds(200))
         #expect(r == .failure(.timedOut))
-        #expect(took < .seconds(5), "took \(took)")
+        // Not waited out: the run ends long before the tool would (generous for a loaded machine).
+        #expect(ContinuousClock.now - started < .seconds(25))
+        // And the tool is gone, not left running. (On a loaded machine it may have been killed before
+        // it wrote its pid; a tool the kill missed would still write it.)
+        var text: String? = nil
+        for _ in 0..<40 where text == nil {
+            text = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { $0.contains("\n") ? $0 : nil }
+            if text == nil { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        guard let text else { return }
+        let pid = try #require(Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+        var alive = true
+        for _ in 0..<200 where alive {
+            alive = kill(pid, 0) == 0
+            if alive { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(!alive, "pid \(pid) still exists")
     }
 
     @Test func proberOverRealProcessesDegradesToCPU() async {
