@@ -49,6 +49,9 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        .target(name: "MeshHardware", dependencies: [
+            "MeshCore", .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "MeshZMQ", dependencies: ["CZeroMQ", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         .target(name: "MeshLedger", dependencies: [
             "MeshCore", .product(name: "GRDB", package: "GRDB.swift"),
@@ -61,7 +64,7 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "MeshNode", dependencies: [
             "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader", "MeshNet", "MeshZMQ",
-            "MeshDiscovery", "CZeroMQ", "CAvahi",
+            "MeshDiscovery", "MeshHardware", "CZeroMQ", "CAvahi",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -108,6 +111,9 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "MeshEnginesTests", dependencies: ["MeshEngines", "MeshCore", "MeshHTTPClient"]),
+        .testTarget(name: "MeshHardwareTests", dependencies: [
+            "MeshHardware", "MeshCore", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "MeshZMQTests", dependencies: ["MeshZMQ", "CZeroMQ"]),
         .testTarget(name: "MeshLedgerTests", dependencies: ["MeshLedger", "MeshCore"]),
         .testTarget(name: "MeshDiscoveryTests", dependencies: ["MeshDiscovery", .product(name: "Logging", package: "swift-log")]),

@@ -112,6 +112,11 @@ enum Schema {
         .string(["mesh", "trusted_keys_file"], \.mesh.trustedKeysFile, check: Check.path),
 
         .bool(["discovery", "mdns"], \.discovery.mdns),
+
+        .double(["hardware", "refresh_seconds"], \.hardware.refreshSeconds, min: 1, max: 3600),
+        .string(["hardware", "nvidia_smi"], \.hardware.nvidiaSMI, check: Check.path),
+        .string(["hardware", "rocm_smi"], \.hardware.rocmSMI, check: Check.path),
+        .string(["hardware", "sysfs_root"], \.hardware.sysfsRoot, check: Check.path),
     ]
 
     static let engineFields: [EngineField] = [
@@ -238,12 +243,15 @@ extension Field {
     }
 
     static func double(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, Double> & Sendable,
-                       min: Double) -> Field {
+                       min: Double, max: Double? = nil) -> Field {
         Field(path: path, type: .double, secret: false,
               apply: { config, value in
                   guard case .double(let number) = value else { return [] }
                   guard number.isFinite, number >= min else {
                       return [FieldProblem(reason: "must be a finite number of at least \(Render.number(min)), got \(number)")]
+                  }
+                  if let max, number > max {
+                      return [FieldProblem(reason: "must be at most \(Render.number(max)), got \(Render.number(number))")]
                   }
                   config[keyPath: keyPath] = number
                   return []

@@ -170,6 +170,19 @@ public struct DiscoveryConfig: Sendable, Hashable, Codable {
     public init() {}
 }
 
+/// `hardware:` section: how the node reads its GPUs and memory.
+public struct HardwareConfig: Sendable, Hashable, Codable {
+    /// Seconds between two readings of free GPU memory and RAM.
+    public var refreshSeconds: Double = 10
+    /// `nvidia-smi` (a name looked up on PATH, or a path), used when NVML cannot be loaded.
+    public var nvidiaSMI: String = "nvidia-smi"
+    /// `rocm-smi`, used when sysfs does not tell an AMD GPU's memory.
+    public var rocmSMI: String = "rocm-smi"
+    /// Directory under which `sys/class/drm` and `proc/meminfo` are read (`/`; other for containers).
+    public var sysfsRoot: String = "/"
+    public init() {}
+}
+
 /// The whole effective configuration of a node.
 public struct MeshdConfig: Sendable, Hashable, Codable {
     public var nodeName: String
@@ -183,6 +196,7 @@ public struct MeshdConfig: Sendable, Hashable, Codable {
     public var logging = LoggingConfig()
     public var mesh = MeshConfig()
     public var discovery = DiscoveryConfig()
+    public var hardware = HardwareConfig()
 
     public init(nodeName: String) {
         self.nodeName = nodeName

@@ -327,7 +327,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         return .failure(DetailError("llama-server not found on PATH nor at \(cached)"))
     }
 
-    static func searchPath(_ name: String) -> String? {
+    /// The first executable `name` in the directories of PATH.
+    public static func searchPath(_ name: String) -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
         for dir in path.split(separator: ":") where !dir.isEmpty {
             let candidate = "\(dir)/\(name)"

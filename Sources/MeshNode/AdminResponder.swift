@@ -1,5 +1,6 @@
 import Foundation
 import MeshCore
+import MeshHardware
 import MeshHTTPServer
 import MeshNet
 import MeshZMQ
@@ -17,14 +18,16 @@ struct AdminResponder: HTTPResponder {
     let draining: DrainFlag
     let httpListen: String
     let meshConfig: MeshConfig
+    let hardware: HardwareMonitor
     let startedNanos: UInt64
     let discovery: DiscoveryAgent?
     let mdnsEnabled: Bool
 
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
-         draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, discovery: DiscoveryAgent? = nil,
-         mdnsEnabled: Bool = false) {
+         draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, hardware: HardwareMonitor,
+         discovery: DiscoveryAgent? = nil, mdnsEnabled: Bool = false) {
         self.meshConfig = meshConfig
+        self.hardware = hardware
         self.discovery = discovery
         self.mdnsEnabled = mdnsEnabled
         self.nodeName = nodeName
@@ -60,6 +63,7 @@ struct AdminResponder: HTTPResponder {
                 "in_flight": .integer(snap.reduce(0) { $0 + $1.load.inFlight }),
                 "models": .array(Router.availableModels(snap).map(JSON.string)),
                 "discovery": discovery?.statusJSON() ?? ["enabled": .bool(false)],
+                "hardware": Self.hardwareJSON(hardware.latest),
             ])
         case "/v1/doctor":
             return .json(.ok, await doctor(snap))
@@ -166,31 +170,49 @@ struct AdminResponder: HTTPResponder {
         // host:port like the peers' endpoints (the bound one reads tcp://host:port).
         let bound = mesh?.boundEndpoint ?? ""
         let ownMesh = bound.hasPrefix("tcp://") ? String(bound.dropFirst(6)) : bound
-        var out: [JSON] = [nodeJSON(id: nodeName, state: draining.value ? "draining" : "up",
-                                    address: httpListen, mesh: ownMesh, engines: snap, vramTotal: 0, vramFree: 0, local: true)]
+        let hw = hardware.latest
+        var own = NodeState(id: nodeName, name: nodeName, meshEndpoint: ownMesh, httpEndpoint: httpListen, engines: snap)
+        own.apply(hw)
+        var local = nodeJSON(own, state: draining.value ? "draining" : "up", local: true)
+        local = local.setting("devices", .array(hw.devices.map(Self.deviceJSON)))
+        var out: [JSON] = [local]
         if let mesh {
             for p in mesh.peers() {
-                let st = p.state
-                out.append(nodeJSON(id: st.id, state: st.draining || p.drainedLocally ? "draining" : "up", address: st.httpEndpoint,
-                                    mesh: st.meshEndpoint, engines: st.engines, vramTotal: st.vramTotalBytes, vramFree: st.vramFreeBytes,
-                                    local: false))
+                out.append(nodeJSON(p.state, state: p.state.draining || p.drainedLocally ? "draining" : "up", local: false))
             }
-            for st in mesh.recentlyDown() {
-                out.append(nodeJSON(id: st.id, state: "down", address: st.httpEndpoint, mesh: st.meshEndpoint, engines: [],
-                                    vramTotal: st.vramTotalBytes, vramFree: st.vramFreeBytes, local: false))
+            for var st in mesh.recentlyDown() {
+                st.engines = []
+                out.append(nodeJSON(st, state: "down", local: false))
             }
         }
         return out
     }
 
-    func nodeJSON(id: String, state: String, address: String, mesh: String, engines: [EngineSnapshot], vramTotal: Int64,
-                  vramFree: Int64, local: Bool) -> JSON {
+    /// One node in the `meshctl nodes --json` shape; RAM is null for peers that do not send it.
+    func nodeJSON(_ st: NodeState, state: String, local: Bool) -> JSON {
         [
-            "name": .string(id), "state": .string(state), "address": .string(address), "mesh_endpoint": .string(mesh),
-            "local": .bool(local), "models": .array(Router.availableModels(engines).map(JSON.string)),
-            "vram_total_bytes": .int(vramTotal), "vram_free_bytes": .int(vramFree),
-            "in_flight": .integer(engines.reduce(0) { $0 + $1.load.inFlight }),
+            "name": .string(st.id), "state": .string(state), "address": .string(st.httpEndpoint), "mesh_endpoint": .string(st.meshEndpoint),
+            "local": .bool(local), "models": .array(Router.availableModels(st.engines).map(JSON.string)),
+            "gpu": .string(st.gpuSummary), "vram_total_bytes": .int(st.vramTotalBytes), "vram_free_bytes": .int(st.vramFreeBytes),
+            "ram_total_bytes": st.ramTotalBytes.map(JSON.int) ?? .null, "ram_free_bytes": st.ramFreeBytes.map(JSON.int) ?? .null,
+            "in_flight": .integer(st.inFlight),
         ]
+    }
+
+    /// The local hardware reading for `/v1/status`.
+    static func hardwareJSON(_ hw: HardwareSnapshot) -> JSON {
+        [
+            "gpu": .string(hw.gpuSummary), "source": .string(hw.source.rawValue),
+            "vram_total_bytes": .int(hw.vramTotalBytes), "vram_free_bytes": .int(hw.vramFreeBytes),
+            "ram_total_bytes": hw.ram.map { .int($0.totalBytes) } ?? .null,
+            "ram_free_bytes": hw.ram.map { .int($0.availableBytes) } ?? .null,
+            "devices": .array(hw.devices.map(deviceJSON)), "problems": .array(hw.problems.map(JSON.string)),
+        ]
+    }
+
+    static func deviceJSON(_ d: DeviceMemory) -> JSON {
+        ["kind": .string(d.kind.rawValue), "index": .integer(d.index), "name": .string(d.name),
+         "total_bytes": d.totalBytes.map(JSON.int) ?? .null, "free_bytes": d.freeBytes.map(JSON.int) ?? .null]
     }
 
     func serverError(status: HTTPResponseStatus, message: String, code: String, path: String) -> HTTPServerResponse {

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshEngines
+import MeshHardware
 import MeshHTTPClient
 import MeshHTTPServer
 import MeshNet
@@ -54,6 +55,8 @@ public final class MeshdNode: Service, Sendable {
     /// mDNS publishing and browsing (`discovery.mdns`), when the mesh is on.
     let discovery: DiscoveryAgent?
     let draining: DrainFlag
+    /// GPUs and memory, refreshed every `hardware.refresh_seconds`; read into every state sent.
+    public let hardware: HardwareMonitor
 
     /// - Parameter eventLoopGroup: loops for the HTTP servers; nil makes a private group of
     ///   `http.threads` loops. `meshd` passes NIO's singleton group, which it also installs as
@@ -79,7 +82,9 @@ public final class MeshdNode: Service, Sendable {
         }
         let draining = DrainFlag()
         self.draining = draining
-        mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining)
+        hardware = Self.makeHardwareMonitor(config.hardware, logger: logger)
+        mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
+                                 hardware: hardware)
         if let mesh, config.discovery.mdns {
             discovery = DiscoveryAgent(mesh: mesh, nodeID: config.nodeName, httpPort: config.http.listen.port, logger: logger)
         } else {
@@ -101,15 +106,26 @@ public final class MeshdNode: Service, Sendable {
             admin = HTTPServer(configuration: ac, group: group,
                                responder: AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
                                                          mesh: mesh, draining: draining, httpListen: config.http.listen.description,
-                                                         meshConfig: config.mesh, discovery: discovery,
-                                                         mdnsEnabled: config.discovery.mdns),
+                                                         meshConfig: config.mesh, hardware: hardware,
+                                                         discovery: discovery, mdnsEnabled: config.discovery.mdns),
                                logger: logger)
         }
     }
 
+    /// The hardware probe the `hardware:` section describes, running tools as child processes.
+    static func makeHardwareMonitor(_ config: HardwareConfig, logger: Logger) -> HardwareMonitor {
+        var options = HardwareProbeOptions()
+        options.root = config.sysfsRoot
+        options.nvidiaSMI = config.nvidiaSMI
+        options.rocmSMI = config.rocmSMI
+        let prober = HardwareProber(options: options, runner: ChildProcessCommandRunner())
+        let seconds = min(max(config.refreshSeconds, 1), 3600)
+        return HardwareMonitor(prober: prober, interval: .milliseconds(Int64(seconds * 1000)), logger: logger)
+    }
+
     /// The mesh, if `mesh.secret_file` exists: without a secret the node runs standalone.
     static func makeMesh(config: MeshdConfig, logger: Logger, clock: any WallClock, engines: EngineRegistry,
-                         draining: DrainFlag) throws -> MeshService? {
+                         draining: DrainFlag, hardware: HardwareMonitor) throws -> MeshService? {
         let path = config.mesh.secretFile
         guard FileManager.default.fileExists(atPath: path) else {
             logger.notice("mesh disabled: no mesh secret", metadata: [
@@ -132,8 +148,10 @@ public final class MeshdNode: Service, Sendable {
         let name = config.nodeName
         let http = config.http.listen.description
         return try MeshService(configuration: sc, logger: logger, clock: clock) {
-            NodeState(id: name, name: name, meshEndpoint: "", httpEndpoint: http, seq: clock.nowNanos(),
-                      draining: draining.value, engines: engines.snapshot())
+            var s = NodeState(id: name, name: name, meshEndpoint: "", httpEndpoint: http, seq: clock.nowNanos(),
+                              draining: draining.value, engines: engines.snapshot())
+            s.apply(hardware.latest)
+            return s
         }
     }
 
@@ -154,10 +172,12 @@ public final class MeshdNode: Service, Sendable {
         let mesh = self.mesh
         let engines = self.engines
         let discovery = self.discovery
+        let hardware = self.hardware
         let grace = Duration.milliseconds(Int64(config.http.shutdownGraceSeconds * 1000))
 
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await hardware.run() }
                 if let admin {
                     group.addTask {
                         do {

@@ -12,11 +12,18 @@ struct NodesCommand: AsyncParsableCommand {
         guard let list = try global.decode(data) as? [[String: Any]] else { throw ExitCode(1) }
         let rows = list.map { n -> [String] in
             let name = (n["name"] as? String ?? "?") + ((n["local"] as? Bool) == true ? " (this)" : "")
-            let vram = (n["vram_total_bytes"] as? Int ?? 0) > 0
-                ? "\((n["vram_free_bytes"] as? Int ?? 0) >> 20)/\((n["vram_total_bytes"] as? Int ?? 0) >> 20) MiB" : "-"
-            return [name, n["state"] as? String ?? "?", n["address"] as? String ?? "?", vram, "\(n["in_flight"] ?? 0)",
+            return [name, n["state"] as? String ?? "?", n["address"] as? String ?? "?", n["gpu"] as? String ?? "-",
+                    Self.memory(n, "vram"), Self.memory(n, "ram"), "\(n["in_flight"] ?? 0)",
                     ((n["models"] as? [String]) ?? []).joined(separator: ",")]
         }
-        print(table(["NODE", "STATE", "ADDRESS", "VRAM FREE/TOTAL", "IN-FLIGHT", "MODELS"], rows))
+        print(table(["NODE", "STATE", "ADDRESS", "GPU", "VRAM FREE/TOTAL", "RAM FREE/TOTAL", "IN-FLIGHT", "MODELS"], rows))
+    }
+
+    /// `free/total MiB` from `<prefix>_free_bytes` and `<prefix>_total_bytes`, `-` when unknown or 0.
+    static func memory(_ node: [String: Any], _ prefix: String) -> String {
+        let total = node["\(prefix)_total_bytes"] as? Int ?? 0
+        guard total > 0 else { return "-" }
+        let free = node["\(prefix)_free_bytes"] as? Int ?? 0
+        return "\(free >> 20)/\(total >> 20) MiB"
     }
 }

@@ -11,12 +11,15 @@ struct StatusCommand: AsyncParsableCommand {
         if global.json { global.printJSON(data); return }
         guard let s = try global.decode(data) as? [String: Any] else { throw ExitCode(1) }
         let models = (s["models"] as? [String]) ?? []
+        let hw = s["hardware"] as? [String: Any] ?? [:]
         print("""
         node:     \(s["node"] ?? "?") (meshd \(s["version"] ?? "?"))
         uptime:   \(Int((s["uptime_seconds"] as? Double) ?? 0)) s
         engines:  \(s["engines_healthy"] ?? 0) healthy of \(s["engines_total"] ?? 0)
         in flight: \(s["in_flight"] ?? 0)
         models:   \(models.isEmpty ? "(none)" : models.joined(separator: ", "))
+        gpu:      \(hw["gpu"] ?? "?") (VRAM \(NodesCommand.memory(hw, "vram")), RAM \(NodesCommand.memory(hw, "ram")))
         """)
+        for p in (hw["problems"] as? [String]) ?? [] { print("hardware: \(p)") }
     }
 }

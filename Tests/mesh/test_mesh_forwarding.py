@@ -61,6 +61,26 @@ def test_one_seed_is_enough(mesh: Mesh3) -> None:
     assert table.returncode == 0 and "A (this)" in table.stdout and B_MODEL in table.stdout and C_MODEL in table.stdout
 
 
+def test_nodes_carry_their_hardware(mesh: Mesh3) -> None:
+    # Each node's hardware reading (GPUs, or "cpu" and its RAM) reaches the others with its state.
+    view = wait_until(lambda: (v := mesh.a.meshctl_nodes()) and all((n.get("ram_total_bytes") or 0) > 0 for n in v.values()) and v,
+                      timeout=15, what="every node's RAM in A's view")
+    for name, node in view.items():
+        assert isinstance(node["gpu"], str) and node["gpu"], view
+        assert 0 <= node["vram_free_bytes"] <= node["vram_total_bytes"], view
+        assert (node["gpu"] == "cpu") == (node["vram_total_bytes"] == 0), view
+        assert 0 <= node["ram_free_bytes"] <= node["ram_total_bytes"], view
+    # Only the local node lists its devices; a CPU-only node lists the CPU with system RAM.
+    devices = view["A"]["devices"]
+    assert devices and all(d["kind"] in ("nvidia", "amd", "cpu") for d in devices), devices
+    assert "devices" not in view["B"]
+    if view["A"]["gpu"] == "cpu":
+        assert devices[0]["kind"] == "cpu" and devices[0]["total_bytes"] == view["A"]["ram_total_bytes"], devices
+    status = mesh.a.admin("GET", "/v1/status").json()
+    assert status["hardware"]["gpu"] == view["A"]["gpu"], status
+    assert [d["name"] for d in status["hardware"]["devices"]] == [d["name"] for d in devices], status
+
+
 def test_models_of_the_whole_mesh(mesh: Mesh3) -> None:
     ids = [m["id"] for m in mesh.a.get("/v1/models").raise_for_status().json()["data"]]
     assert sorted(ids) == [B_MODEL, C_MODEL]

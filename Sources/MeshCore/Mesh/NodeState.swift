@@ -15,8 +15,12 @@ public struct NodeState: Sendable, Equatable, Codable {
     /// Accelerator memory in bytes (0 when the node has none), summed over devices.
     public var vramTotalBytes: Int64
     public var vramFreeBytes: Int64
-    /// Short hardware summary (`2x RTX 4090`, `cpu`).
+    /// Short hardware summary (`2x NVIDIA GeForce RTX 4090`, `cpu` when the node has no GPU).
     public var gpuSummary: String
+    /// System RAM in bytes (`MemTotal`, `MemAvailable`), separate from VRAM, so a CPU-only node
+    /// still shows its memory. nil when unknown or sent by a build that predates these fields.
+    public var ramTotalBytes: Int64?
+    public var ramFreeBytes: Int64?
     /// The node's engines with their models, load and measured speeds.
     public var engines: [EngineSnapshot]
     /// Mesh endpoints of peers this node knows (one seed is enough to find the rest).
@@ -24,7 +28,8 @@ public struct NodeState: Sendable, Equatable, Codable {
 
     public init(id: String, name: String, proto: Int = Int(meshProtocolVersion), meshEndpoint: String, httpEndpoint: String,
                 seq: UInt64 = 0, draining: Bool = false, vramTotalBytes: Int64 = 0, vramFreeBytes: Int64 = 0,
-                gpuSummary: String = "cpu", engines: [EngineSnapshot] = [], knownPeers: [String] = []) {
+                gpuSummary: String = "cpu", ramTotalBytes: Int64? = nil, ramFreeBytes: Int64? = nil,
+                engines: [EngineSnapshot] = [], knownPeers: [String] = []) {
         self.id = id
         self.name = name
         self.proto = proto
@@ -35,6 +40,8 @@ public struct NodeState: Sendable, Equatable, Codable {
         self.vramTotalBytes = vramTotalBytes
         self.vramFreeBytes = vramFreeBytes
         self.gpuSummary = gpuSummary
+        self.ramTotalBytes = ramTotalBytes
+        self.ramFreeBytes = ramFreeBytes
         self.engines = engines
         self.knownPeers = knownPeers
     }
