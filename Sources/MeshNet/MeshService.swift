@@ -563,7 +563,12 @@ public final class MeshService: Sendable {
                 Task { await self.dial(fixed) }
             }
         case .state:
-            guard var s = Self.decodeState(msg.header), s.id != configuration.nodeID else { return }
+            guard var s = Self.decodeState(msg.header) else {
+                state.withLock { $0.rejectedFrames += 1 }
+                logger.warning("rejected mesh frame", metadata: ["link": "\(m.link)", "reason": "state that does not decode"])
+                return
+            }
+            guard s.id != configuration.nodeID else { return }
             s.meshEndpoint = Self.fillHost(s.meshEndpoint, peerAddress: m.peerAddress)
             let known = s.knownPeers
             let isNew = state.withLock { st -> Bool in

@@ -52,6 +52,7 @@ MALFORMED: dict[str, list[bytes]] = {
     "hello missing proto": [pre(HELLO), b'{"node":"Z","name":"Z"}'],
     "state missing id": [pre(STATE), b'{"name":"Z","seq":1}'],
     "state id not a string": [pre(STATE), b'{"id":7}'],
+    "state with wrong types": [pre(STATE), b'{"id":"Z","seq":"soon","engines":7}'],
     "request without req": [pre(REQUEST), b'{"path":"/v1/chat/completions"}', b"{}"],
     "chunk without req": [pre(CHUNK), b"{}", b"data"],
     "credit req not a string": [pre(CREDIT), b'{"req":1,"bytes":5}'],
@@ -71,7 +72,6 @@ ODD: dict[str, list[bytes]] = {
     "credit, huge": [pre(CREDIT), b'{"req":"nope","bytes":1e308}'],
     "hello claiming to be A": [pre(HELLO), b'{"node":"A","name":"A","proto":1}'],
     "state claiming to be A": [pre(STATE), b'{"id":"A"}'],
-    "state with wrong types": [pre(STATE), b'{"id":"Z","seq":"soon","engines":7}'],
     "request with bad headers": [pre(REQUEST), b'{"req":"odd-1","path":"/v1/chat/completions","headers":[1,[2],"x",[null,null]]}', b"{"],
     "request for an unknown path": [pre(REQUEST), b'{"req":"odd-2","path":"/../../etc/passwd"}', b""],
 }
