@@ -122,6 +122,8 @@ struct FileSource {
             }
             if prefix.isEmpty && name == Schema.enginesKey {
                 engines(valueNode, into: &state)
+            } else if let sk = Schema.structured(at: path) {
+                structured(sk, valueNode, into: &state)
             } else if let field = Schema.field(at: path) {
                 leaf(field, valueNode, keyLine: line, into: &state)
             } else if isNull(valueNode) {
@@ -190,36 +192,12 @@ struct FileSource {
                         line: node.mark?.line)
             return nil
         }
-        let names = Schema.engineFields.map(\.name)
-        var values: [(field: EngineField, value: FieldValue, line: Int?, node: Node)] = []
-        var ok = true
-        // Keys suggested for a misspelt one are not also reported as missing.
-        var suggested: Set<String> = []
-        for (keyNode, valueNode) in mapping {
-            let line = keyNode.mark?.line
-            guard case .scalar(let keyScalar) = keyNode, !isNull(keyNode) else {
-                state.error(source, "\(base).?", "keys must be plain names, got \(describe(keyNode, secret: false))", line: line)
-                ok = false
-                continue
-            }
-            let name = keyScalar.string
-            guard let field = Schema.engineFields.first(where: { $0.name == name }) else {
-                let suggestion = Suggest.closest(to: name, among: names)
-                if let suggestion { suggested.insert(suggestion) }
-                let hint = suggestion.map { "did you mean \"\($0)\"?" }
-                    ?? "known keys: \(names.joined(separator: ", "))"
-                state.error(source, "\(base).\(name)", "unknown key \"\(name)\" in an engine; \(hint)", line: line)
-                ok = false
-                continue
-            }
-            switch convert(valueNode, to: field.type, secret: false) {
-            case .failure(let problem):
-                state.error(source, problem.index.map { "\(base).\(name)[\($0)]" } ?? "\(base).\(name)", problem.reason,
-                            line: problem.line ?? valueNode.mark?.line ?? line)
-                ok = false
-            case .success(let value):
-                values.append((field, value, valueNode.mark?.line ?? line, valueNode))
-            }
+        let keys = Schema.engineFields.map { RecordKey($0.name, $0.type) }
+        let read = recordValues(mapping, base: base, keys: keys, what: "an engine", into: &state)
+        var ok = read.ok
+        let suggested = read.suggested
+        let values = read.values.compactMap { v -> (field: EngineField, value: FieldValue, line: Int?, node: Node)? in
+            Schema.engineFields.first { $0.name == v.key.name }.map { ($0, v.value, v.line, v.node) }
         }
 
         // `kind` decides which keys apply.
@@ -268,7 +246,7 @@ struct FileSource {
         var line: Int? = nil
     }
 
-    private func convert(_ node: Node, to type: FieldType, secret: Bool) -> Result<FieldValue, ConvertProblem> {
+    func convert(_ node: Node, to type: FieldType, secret: Bool) -> Result<FieldValue, ConvertProblem> {
         func mismatch(_ node: Node, index: Int? = nil) -> ConvertProblem {
             let expected = index == nil ? type.expectation : "a string"
             return ConvertProblem(reason: "expected \(expected), got \(describe(node, secret: secret))", index: index, line: node.mark?.line)
@@ -306,20 +284,20 @@ struct FileSource {
         }
     }
 
-    private func elementLine(_ node: Node, _ index: Int) -> Int? {
+    func elementLine(_ node: Node, _ index: Int) -> Int? {
         guard case .sequence(let sequence) = node, index < sequence.count else { return nil }
         return sequence[index].mark?.line
     }
 
-    private func tagName(_ node: Node) -> Tag.Name { Tag.Name(rawValue: node.tag.rawValue) }
+    func tagName(_ node: Node) -> Tag.Name { Tag.Name(rawValue: node.tag.rawValue) }
 
-    private func isNull(_ node: Node) -> Bool {
+    func isNull(_ node: Node) -> Bool {
         guard case .scalar = node else { return false }
         return tagName(node) == .null
     }
 
     /// "a string (\"abc\")", "a list", ...; never quotes a secret.
-    private func describe(_ node: Node, secret: Bool) -> String {
+    func describe(_ node: Node, secret: Bool) -> String {
         switch node {
         case .mapping: return "a map"
         case .sequence: return "a list"
@@ -339,7 +317,7 @@ struct FileSource {
         }
     }
 
-    private func dotted(_ path: [String]) -> String { path.joined(separator: ".") }
+    func dotted(_ path: [String]) -> String { path.joined(separator: ".") }
 
     // MARK: syntax errors
 

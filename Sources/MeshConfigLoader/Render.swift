@@ -20,8 +20,14 @@ enum Render {
             let path = prefix + [name]
             if prefix.isEmpty && name == Schema.enginesKey {
                 engines(config.engines, into: &lines)
+            } else if let sk = Schema.structured(at: path) {
+                structured(sk, config, indent: indent, into: &lines)
             } else if let field = Schema.field(at: path) {
-                lines.append("\(indent)\(name): \(value(field.read(config), secret: field.secret))")
+                if let v = field.read(config) {
+                    lines.append("\(indent)\(name): \(value(v, secret: field.secret))")
+                } else {
+                    lines.append("\(indent)# \(name): not set")
+                }
             } else {
                 lines.append("\(indent)\(name):")
                 emit(prefix: path, config: config, indent: indent + "  ", into: &lines)

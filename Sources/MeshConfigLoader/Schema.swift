@@ -48,8 +48,8 @@ struct Field: Sendable {
     let secret: Bool
     /// Validates `value` and stores it into the configuration; returns what is wrong instead.
     let apply: @Sendable (inout MeshdConfig, FieldValue) -> [FieldProblem]
-    /// The current value, for rendering.
-    let read: @Sendable (MeshdConfig) -> FieldValue
+    /// The current value, for rendering; nil when unset (an optional key left out).
+    let read: @Sendable (MeshdConfig) -> FieldValue?
 
     /// `http.listen`
     var dotted: String { path.joined(separator: ".") }
@@ -117,7 +117,25 @@ enum Schema {
         .string(["hardware", "nvidia_smi"], \.hardware.nvidiaSMI, check: Check.path),
         .string(["hardware", "rocm_smi"], \.hardware.rocmSMI, check: Check.path),
         .string(["hardware", "sysfs_root"], \.hardware.sysfsRoot, check: Check.path),
+
+        .int(["cloud", "escalate_after_ms"], \.cloud.escalateAfterMs, min: 0),
+        .string(["cloud", "prices_file"], \.cloud.pricesFile, check: Check.path),
+        .stringList(["cloud", "local_only_models"], \.cloud.localOnlyModels, secret: false, check: Check.name),
+        .stringList(["cloud", "local_only_keys"], \.cloud.localOnlyKeys, secret: false, check: Check.name),
+
+        .optionalDouble(["budget", "daily_usd"], \.budget.dailyUSD, min: 0),
+        .optionalDouble(["budget", "monthly_usd"], \.budget.monthlyUSD, min: 0),
+        .double(["budget", "alert_at"], \.budget.alertAt, min: 0, max: 1),
+        .string(["budget", "time_zone"], \.budget.timeZone, check: Check.timeZone),
+        .optionalString(["budget", "webhook"], \.budget.webhook, check: Check.url),
     ]
+
+    /// Sections holding records (file only).
+    static let structured: [StructuredKey] = [CloudSchema.providers, CloudSchema.prices, CloudSchema.aliases,
+                                              CloudSchema.caps(["budget", "per_provider"], \.budget.perProvider),
+                                              CloudSchema.caps(["budget", "per_key"], \.budget.perKey)]
+
+    static func structured(at path: [String]) -> StructuredKey? { structured.first { $0.path == path } }
 
     static let engineFields: [EngineField] = [
         EngineField(
@@ -194,8 +212,8 @@ enum Schema {
     /// Names allowed directly under the mapping at `prefix` (`[]` is the top level).
     static func childNames(of prefix: [String]) -> [String] {
         var names: [String] = []
-        for field in fields where field.path.count > prefix.count && Array(field.path.prefix(prefix.count)) == prefix {
-            let name = field.path[prefix.count]
+        for path in fields.map(\.path) + structured.map(\.path) where path.count > prefix.count && Array(path.prefix(prefix.count)) == prefix {
+            let name = path[prefix.count]
             if !names.contains(name) { names.append(name) }
         }
         if prefix.isEmpty, let at = names.firstIndex(of: enginesAfter) {
@@ -214,14 +232,20 @@ enum Schema {
 extension Field {
     static func string(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, String> & Sendable,
                        check: @escaping @Sendable (String) -> String?) -> Field {
+        text(path, check: check, store: { $0[keyPath: keyPath] = $1 }, read: { .string($0[keyPath: keyPath]) })
+    }
+
+    static func text(_ path: [String], check: @escaping @Sendable (String) -> String?,
+                     store: @escaping @Sendable (inout MeshdConfig, String) -> Void,
+                     read: @escaping @Sendable (MeshdConfig) -> FieldValue?) -> Field {
         Field(path: path, type: .string, secret: false,
               apply: { config, value in
                   guard case .string(let text) = value else { return [] }
                   if let reason = check(text) { return [FieldProblem(reason: reason)] }
-                  config[keyPath: keyPath] = text
+                  store(&config, text)
                   return []
               },
-              read: { .string($0[keyPath: keyPath]) })
+              read: read)
     }
 
     static func int(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, Int> & Sendable,
@@ -247,16 +271,37 @@ extension Field {
         Field(path: path, type: .double, secret: false,
               apply: { config, value in
                   guard case .double(let number) = value else { return [] }
-                  guard number.isFinite, number >= min else {
-                      return [FieldProblem(reason: "must be a finite number of at least \(Render.number(min)), got \(number)")]
-                  }
-                  if let max, number > max {
-                      return [FieldProblem(reason: "must be at most \(Render.number(max)), got \(Render.number(number))")]
-                  }
+                  if let problem = checkDouble(number, min: min, max: max) { return [problem] }
                   config[keyPath: keyPath] = number
                   return []
               },
               read: { .double($0[keyPath: keyPath]) })
+    }
+
+    static func checkDouble(_ number: Double, min: Double, max: Double?) -> FieldProblem? {
+        guard number.isFinite, number >= min else {
+            return FieldProblem(reason: "must be a finite number of at least \(Render.number(min)), got \(number)")
+        }
+        if let max, number > max {
+            return FieldProblem(reason: "must be at most \(Render.number(max)), got \(Render.number(number))")
+        }
+        return nil
+    }
+
+    static func optionalDouble(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, Double?> & Sendable, min: Double) -> Field {
+        Field(path: path, type: .double, secret: false,
+              apply: { config, value in
+                  guard case .double(let number) = value else { return [] }
+                  if let problem = checkDouble(number, min: min, max: nil) { return [problem] }
+                  config[keyPath: keyPath] = number
+                  return []
+              },
+              read: { $0[keyPath: keyPath].map(FieldValue.double) })
+    }
+
+    static func optionalString(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, String?> & Sendable,
+                               check: @escaping @Sendable (String) -> String?) -> Field {
+        text(path, check: check, store: { $0[keyPath: keyPath] = $1 }, read: { $0[keyPath: keyPath].map(FieldValue.string) })
     }
 
     static func bool(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, Bool> & Sendable) -> Field {

@@ -197,6 +197,8 @@ public struct MeshdConfig: Sendable, Hashable, Codable {
     public var mesh = MeshConfig()
     public var discovery = DiscoveryConfig()
     public var hardware = HardwareConfig()
+    public var cloud = CloudConfig()
+    public var budget = BudgetConfig()
 
     public init(nodeName: String) {
         self.nodeName = nodeName

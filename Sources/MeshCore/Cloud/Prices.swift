@@ -10,7 +10,7 @@ extension MicroUSD {
 }
 
 /// Price of one model in USD per million tokens.
-public struct ModelPrice: Sendable, Equatable, Codable {
+public struct ModelPrice: Sendable, Hashable, Codable {
     public var input: Double
     public var output: Double
     /// Price of prompt tokens served from the provider's cache (defaults to `input`).
