@@ -14,6 +14,9 @@ public struct RouteDecision: Sendable, Equatable {
     public var expectedSeconds: Double
     /// One line for people: why this engine (sent as a response header and shown by meshctl).
     public var reason: String
+    /// Expected seconds before generation starts there (queue wait + cold load + hop): what
+    /// `cloud.escalate_after_ms` is compared with.
+    public var expectedWaitSeconds: Double = 0
 }
 
 /// What the router assumes when nothing has been measured yet.
@@ -100,7 +103,7 @@ public enum Router {
         if anyLoaded { candidates = candidates.filter { $0.model.loaded } }
 
         let output = Double(maxTokens ?? defaults.expectedOutputTokens)
-        var best: (Candidate, Double, Double)?
+        var best: (Candidate, Double, Double, Double)?
         for c in candidates {
             let e = c.engine
             let slots = Double(max(1, e.load.slots ?? 1))
@@ -111,15 +114,16 @@ public enum Router {
             let cold = c.model.loaded ? 0 : defaults.loadFixedSeconds + Double(c.model.sizeBytes ?? 0) / defaults.loadBytesPerSecond
             let hop = c.node.isLocal ? 0 : max(c.node.hopSeconds, defaults.hopSeconds)
             let total = wait + prefill + decode + cold + hop
-            if best == nil || total < best!.1 - 1e-9 { best = (c, total, wait) }
+            if best == nil || total < best!.1 - 1e-9 { best = (c, total, wait, wait + cold + hop) }
         }
-        let (c, total, wait) = best!
+        let (c, total, wait, delay) = best!
         let e = c.engine
         let slotText = e.load.slots.map { " of \($0) slots" } ?? ""
         let reason = "\(label(c.node, e)): model \(c.model.loaded ? "loaded" : "available, not loaded"), \(e.load.busy) busy\(slotText), "
             + "expected wait \(Int((wait * 1000).rounded())) ms, of \(candidates.count) candidate\(candidates.count == 1 ? "" : "s")"
         return .success(RouteDecision(nodeID: c.node.id.isEmpty ? nil : c.node.id, isLocal: c.node.isLocal, engineID: e.id,
-                                      engineModel: c.model.name, loaded: c.model.loaded, expectedSeconds: total, reason: reason))
+                                      engineModel: c.model.name, loaded: c.model.loaded, expectedSeconds: total, reason: reason,
+                                      expectedWaitSeconds: delay))
     }
 
     static func label(_ n: RoutingNode, _ e: EngineSnapshot) -> String {

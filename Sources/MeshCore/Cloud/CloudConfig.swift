@@ -13,7 +13,8 @@ public struct CloudProviderConfig: Sendable, Hashable, Codable {
     public var caFile: String?
     /// Azure `api-version`.
     public var apiVersion: String?
-    /// Models this provider serves; empty means every model the price table knows.
+    /// Models this provider serves; empty means the models priced for it (`name/model`) and the
+    /// priced models of its family (`claude-*`, `gemini-*`, any other for OpenAI-compatible).
     public var models: [String] = []
 
     public init(name: String, kind: ProviderKind) {
