@@ -121,6 +121,9 @@ enable-wide-area=no
 
 [publish]
 publish-addresses=yes
+# IPv4 only: no AAAA records (of the veth's link-local address) on the IPv4 network either, so a
+# resolve never returns an address meshd does not dial.
+publish-aaaa-on-ipv4=no
 publish-hinfo=no
 publish-workstation=no
 publish-domain=yes
