@@ -21,11 +21,13 @@ struct AdminResponder: HTTPResponder {
     let hardware: HardwareMonitor
     let startedNanos: UInt64
     let discovery: DiscoveryAgent?
+    let gateway: Gateway?
     let mdnsEnabled: Bool
 
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
          draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, hardware: HardwareMonitor,
-         discovery: DiscoveryAgent? = nil, mdnsEnabled: Bool = false) {
+         discovery: DiscoveryAgent? = nil, mdnsEnabled: Bool = false, gateway: Gateway? = nil) {
+        self.gateway = gateway
         self.meshConfig = meshConfig
         self.hardware = hardware
         self.discovery = discovery
@@ -65,6 +67,12 @@ struct AdminResponder: HTTPResponder {
                 "discovery": discovery?.statusJSON() ?? ["enabled": .bool(false)],
                 "hardware": Self.hardwareJSON(hardware.latest),
             ])
+        case "/v1/budget":
+            guard let gateway else {
+                return .json(.notFound, ["gateway": false, "error": .string(
+                    "\(nodeName) is not a gateway: it lists no cloud.providers, so it keeps no budget (ask the gateway node)")])
+            }
+            return .json(.ok, gateway.budgetJSON())
         case "/v1/doctor":
             return .json(.ok, await doctor(snap))
         case "/v1/engines":

@@ -57,6 +57,8 @@ public final class MeshdNode: Service, Sendable {
     let draining: DrainFlag
     /// GPUs and memory, refreshed every `hardware.refresh_seconds`; read into every state sent.
     public let hardware: HardwareMonitor
+    /// The gateway role, when `cloud.providers` lists any.
+    let gateway: Gateway?
 
     /// - Parameter eventLoopGroup: loops for the HTTP servers; nil makes a private group of
     ///   `http.threads` loops. `meshd` passes NIO's singleton group, which it also installs as
@@ -83,8 +85,10 @@ public final class MeshdNode: Service, Sendable {
         let draining = DrainFlag()
         self.draining = draining
         hardware = Self.makeHardwareMonitor(config.hardware, logger: logger)
+        let gateway = config.cloud.providers.isEmpty ? nil : try Gateway(config: config, clock: clock, logger: logger)
+        self.gateway = gateway
         mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
-                                 hardware: hardware)
+                                 hardware: hardware, gateway: gateway)
         if let mesh, config.discovery.mdns {
             discovery = DiscoveryAgent(mesh: mesh, nodeID: config.nodeName, httpPort: config.http.listen.port, logger: logger)
         } else {
@@ -107,7 +111,8 @@ public final class MeshdNode: Service, Sendable {
                                responder: AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
                                                          mesh: mesh, draining: draining, httpListen: config.http.listen.description,
                                                          meshConfig: config.mesh, hardware: hardware,
-                                                         discovery: discovery, mdnsEnabled: config.discovery.mdns),
+                                                         discovery: discovery, mdnsEnabled: config.discovery.mdns,
+                                                         gateway: gateway),
                                logger: logger)
         }
     }
@@ -125,7 +130,7 @@ public final class MeshdNode: Service, Sendable {
 
     /// The mesh, if `mesh.secret_file` exists: without a secret the node runs standalone.
     static func makeMesh(config: MeshdConfig, logger: Logger, clock: any WallClock, engines: EngineRegistry,
-                         draining: DrainFlag, hardware: HardwareMonitor) throws -> MeshService? {
+                         draining: DrainFlag, hardware: HardwareMonitor, gateway: Gateway?) throws -> MeshService? {
         let path = config.mesh.secretFile
         guard FileManager.default.fileExists(atPath: path) else {
             logger.notice("mesh disabled: no mesh secret", metadata: [
@@ -151,6 +156,7 @@ public final class MeshdNode: Service, Sendable {
             var s = NodeState(id: name, name: name, meshEndpoint: "", httpEndpoint: http, seq: clock.nowNanos(),
                               draining: draining.value, engines: engines.snapshot())
             s.apply(hardware.latest)
+            s.gateway = gateway?.advert()
             return s
         }
     }

@@ -67,6 +67,10 @@ struct Meshd: AsyncParsableCommand {
         let node: MeshdNode
         do {
             node = try MeshdNode(config: loaded.config, logger: logger, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        } catch let error as ConfigLoadError {
+            // The prices file is configuration too: same message shape and exit status.
+            FileHandle.standardError.write(Data("meshd: configuration error\n\(error.description)\n".utf8))
+            throw ExitCode(ConfigLoadError.exitCode)
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)

@@ -87,3 +87,32 @@ public struct BudgetConfig: Sendable, Hashable, Codable {
                    providers: perProvider.mapValues(\.limit), keys: perKey.mapValues(\.limit), alertAt: alertAt)
     }
 }
+
+/// What a gateway tells the mesh in its state: its providers (no keys, no URLs) and their health,
+/// so any node can forward cloud-bound requests to it and explain the choice.
+public struct GatewayAdvert: Sendable, Hashable, Codable {
+    /// One provider as the mesh sees it.
+    public struct Provider: Sendable, Hashable, Codable {
+        public var name: String
+        public var kind: ProviderKind
+        /// Not in cooldown and not open-circuited.
+        public var healthy: Bool
+        /// Models it may be asked for (priced).
+        public var models: [String]
+        public init(name: String, kind: ProviderKind, healthy: Bool, models: [String]) {
+            self.name = name
+            self.kind = kind
+            self.healthy = healthy
+            self.models = models
+        }
+    }
+
+    public var providers: [Provider]
+    /// Whether some budget is left today and this month (global caps).
+    public var budgetLeft: Bool
+
+    public init(providers: [Provider], budgetLeft: Bool) {
+        self.providers = providers
+        self.budgetLeft = budgetLeft
+    }
+}

@@ -72,7 +72,7 @@ public struct EscalationPolicy: Sendable {
     /// Whether provider `p` is asked for model `m`: the models it lists, or, when it lists none,
     /// models priced for it by name (`name/model`) and priced models of its family (`claude-*` at
     /// Anthropic, `gemini-*` at Gemini, any other at OpenAI-compatible and Azure providers).
-    static func serves(_ p: CloudProviderConfig, _ m: String, prices: PriceTable) -> Bool {
+    public static func serves(_ p: CloudProviderConfig, _ m: String, prices: PriceTable) -> Bool {
         if !p.models.isEmpty { return p.models.contains(m) }
         if prices.models["\(p.name)/\(m)"] != nil { return true }
         guard prices.models[m] != nil else { return false }

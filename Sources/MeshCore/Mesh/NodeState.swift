@@ -46,6 +46,10 @@ public struct NodeState: Sendable, Equatable, Codable {
         self.knownPeers = knownPeers
     }
 
+    /// Set on a gateway (a node with cloud providers): what it can escalate to. Optional on the
+    /// wire (added after protocol 1): older nodes neither send nor read it.
+    public var gateway: GatewayAdvert? = nil
+
     /// Requests in flight on this node's engines.
     public var inFlight: Int { engines.reduce(0) { $0 + $1.load.inFlight } }
 

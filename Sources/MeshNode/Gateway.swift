@@ -1,0 +1,80 @@
+import Foundation
+import Logging
+import MeshConfigLoader
+import MeshCore
+import MeshLedger
+
+/// The gateway role of a node that lists cloud providers: its price table, its durable budget
+/// ledger (`state_dir/ledger.sqlite`), and what it advertises to the mesh. (Sending requests to the
+/// providers is being wired up; see issue 5.)
+final class Gateway: Sendable {
+    let cloud: CloudConfig
+    let budget: BudgetConfig
+    let prices: PriceTable
+    let ledger: BudgetLedger
+    let calendar: BudgetCalendar
+    let clock: any WallClock
+
+    init(config: MeshdConfig, clock: any WallClock, logger: Logger) throws {
+        cloud = config.cloud
+        budget = config.budget
+        self.clock = clock
+        prices = try PricesLoader.load(path: config.cloud.pricesFile, overrides: config.cloud.prices)
+        calendar = Self.calendar(config.budget.timeZone)
+        let path = (config.stateDir as NSString).appendingPathComponent("ledger.sqlite")
+        ledger = try BudgetLedger(path: path, caps: config.budget.caps, calendar: calendar, clock: clock, node: config.nodeName)
+        for o in ledger.reconciledAtStart {
+            logger.warning("budget: a cloud request was in flight when meshd stopped; counted as spent at its reservation", metadata: [
+                "request": "\(o.request.id)", "provider": "\(o.request.provider)", "usd": "\(o.request.amount.usd)"])
+        }
+        logger.info("gateway: cloud providers configured", metadata: [
+            "providers": "\(config.cloud.providers.map(\.name))", "priced_models": "\(prices.models.count)", "ledger": "\(path)",
+            "daily_usd": "\(config.budget.dailyUSD.map { "\($0)" } ?? "no cap")", "monthly_usd": "\(config.budget.monthlyUSD.map { "\($0)" } ?? "no cap")"])
+    }
+
+    /// Day and month boundaries in an IANA zone (validated by the config loader).
+    static func calendar(_ zone: String) -> BudgetCalendar {
+        let tz = TimeZone(identifier: zone) ?? TimeZone(identifier: "UTC")!
+        return BudgetCalendar(zoneName: zone) { tz.secondsFromGMT(for: Date(timeIntervalSince1970: TimeInterval($0))) }
+    }
+
+    /// What the mesh sees of this gateway.
+    func advert() -> GatewayAdvert {
+        let policy = EscalationPolicy(cloud: cloud, prices: prices, hasGateway: true)
+        let providers = cloud.providers.map { p in
+            GatewayAdvert.Provider(name: p.name, kind: p.kind, healthy: true,
+                                   models: prices.models.keys.filter { !$0.contains("/") || $0.hasPrefix(p.name + "/") }
+                                       .map { $0.hasPrefix(p.name + "/") ? String($0.dropFirst(p.name.count + 1)) : $0 }
+                                       .filter { EscalationPolicy.serves(p, $0, prices: prices) && !policy.isLocalOnly(model: $0, apiKeyName: nil) }
+                                       .sorted())
+        }
+        let left = ledger.usage().filter { $0.scope == .global }.allSatisfy { ($0.remaining ?? 1) > 0 }
+        return GatewayAdvert(providers: providers, budgetLeft: left)
+    }
+
+    /// `GET /v1/budget` (what `meshctl budget` shows): every cap with limit, spent, reserved,
+    /// remaining and reset time.
+    func budgetJSON() -> JSON {
+        let usage = ledger.usage()
+        func cap(_ u: CapUsage?) -> JSON {
+            guard let u else { return .null }
+            return ["limit_usd": u.limit.map { .number($0.usd) } ?? .null, "spent_usd": .number(u.spent.usd),
+                    "reserved_usd": .number(u.reserved.usd), "remaining_usd": u.remaining.map { .number($0.usd) } ?? .null,
+                    "resets_at": .string(ISO8601.format(nanos: UInt64(u.resetsAt) * 1_000_000_000))]
+        }
+        func scoped(_ match: (BudgetScope) -> String?) -> JSON {
+            var names: [String] = []
+            for u in usage { if let n = match(u.scope), !names.contains(n) { names.append(n) } }
+            return .object(names.sorted().map { n in
+                (n, ["daily": cap(usage.first { match($0.scope) == n && $0.period == .daily }),
+                     "monthly": cap(usage.first { match($0.scope) == n && $0.period == .monthly })] as JSON)
+            })
+        }
+        let global = { (p: BudgetPeriod) in usage.first { $0.scope == .global && $0.period == p } }
+        return ["gateway": true, "time_zone": .string(calendar.zoneName), "alert_at": .number(budget.alertAt),
+                "daily": cap(global(.daily)), "monthly": cap(global(.monthly)),
+                "providers": scoped { if case .provider(let p) = $0 { return p } else { return nil } },
+                "keys": scoped { if case .key(let k) = $0 { return k } else { return nil } },
+                "in_flight": .integer(ledger.openReservations)]
+    }
+}
