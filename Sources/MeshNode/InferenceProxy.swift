@@ -237,6 +237,11 @@ public struct InferenceProxy: Sendable {
             if head.status != 200 {
                 return fail(engineStatusError(head.status, body: body, model: req.model))
             }
+            if req.route == er.engineRoute, let usage = ResponseTranslator.relayedUsage(route: req.route, body: body) {
+                // Same route: the engine's bytes go out as they came, read only for usage.
+                finishMetrics(200, usage, nil)
+                return .response(.bytes(.ok, body, contentType: "application/json", headers: respHeaders))
+            }
             let json: JSON
             do {
                 json = try JSONParser.parse(body)

@@ -83,4 +83,55 @@ import Testing
         // Some mutations leave a plain chunk plain.
         #expect(accepted > 100)
     }
+
+    // MARK: non-streamed answers relayed as they came
+
+    static let completion = #"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":8,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":0}}}"#
+
+    /// Accepted only where the parser accepts, with the usage ResponseTranslator reads.
+    @discardableResult
+    static func checkUsage(_ body: [UInt8], _ note: @autoclosure () -> String = "") -> Bool {
+        guard let usage = OpenAIChunkScan.completionUsage(body) else { return false }
+        guard let json = try? JSONParser.parse(body) else {
+            Issue.record("scanner accepted what the parser rejects: \(note()) \(String(decoding: body, as: UTF8.self).debugDescription)")
+            return true
+        }
+        #expect(ResponseTranslator.engineError(json) == nil, "error body accepted: \(note())")
+        #expect(usage == ResponseTranslator.openAIUsage(json["usage"]), "usage differs: \(note())")
+        return true
+    }
+
+    @Test func readsCompletionUsage() {
+        #expect(OpenAIChunkScan.completionUsage(utf8(Self.completion)) == .some(TokenUsage(promptTokens: 9, completionTokens: 8)))
+        let cases: [(String, TokenUsage??)] = [
+            (#"{"choices":[]}"#, .some(nil)),
+            (#"{"usage":null}"#, .some(nil)),
+            (#"{"usage":{"completion_tokens":3}}"#, .some(nil)),
+            (#"{"usage":{"prompt_tokens":-2}}"#, .some(TokenUsage(promptTokens: -2, completionTokens: 0))),
+            (#"{"usage":{"prompt_tokens":4.0,"completion_tokens":1}}"#, nil),
+            (#"{"usage":{"prompt_tokens":"4"}}"#, nil),
+            (#"{"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#, nil),
+            (#"{"usage":{"prompt_tokens":1},"usage":null}"#, nil),
+            (#"{"error":{"message":"boom"},"usage":{"prompt_tokens":1}}"#, nil),
+            (#"[{"usage":{"prompt_tokens":1}}]"#, nil),
+            (#"{"usage":{"prompt_tokens":1}"#, nil),
+        ]
+        for (text, expected) in cases {
+            #expect(OpenAIChunkScan.completionUsage(utf8(text)) == expected, "\(text)")
+            Self.checkUsage(utf8(text), text)
+        }
+        #expect(ResponseTranslator.relayedUsage(route: .ollamaChat, body: utf8(Self.completion)) == nil)
+    }
+
+    @Test func mutatedCompletions() {
+        let seed = fuzzSeed(default: 0x05A6_E5ED)
+        print("OpenAIChunkScanTests.mutatedCompletions seed \(seed)")
+        var rng = SplitMix64(seed: seed)
+        let seeds = [Self.completion, #"{"choices":[{"text":"x"}],"usage":{"total_tokens":3,"prompt_tokens":1,"completion_tokens":2}}"#].map(utf8)
+        var accepted = 0
+        for iteration in 0..<20_000 {
+            if Self.checkUsage(FuzzTests.mutate(rng.pick(seeds), &rng), "seed \(seed) iteration \(iteration)") { accepted += 1 }
+        }
+        #expect(accepted > 100)
+    }
 }

@@ -130,7 +130,7 @@ struct OpenAIChunkScan {
         }
     }
 
-    private enum Keys {
+    fileprivate enum Keys {
         static let error = Array("error".utf8)
         static let usage = Array("usage".utf8)
         static let choices = Array("choices".utf8)
@@ -138,12 +138,14 @@ struct OpenAIChunkScan {
         static let content = Array("content".utf8)
         static let text = Array("text".utf8)
         static let finishReason = Array("finish_reason".utf8)
+        static let promptTokens = Array("prompt_tokens".utf8)
+        static let completionTokens = Array("completion_tokens".utf8)
         static let null = Array("null".utf8)
         static let `true` = Array("true".utf8)
         static let `false` = Array("false".utf8)
     }
 
-    private struct Cursor {
+    fileprivate struct Cursor {
         let p: UnsafeBufferPointer<UInt8>
         var i = 0
 
@@ -260,5 +262,60 @@ struct OpenAIChunkScan {
                 }
             }
         }
+    }
+}
+
+extension OpenAIChunkScan {
+    /// The usage of a non-streamed OpenAI answer that is relayed as it came (same route), read
+    /// without building a JSON tree: `.some(nil)` when it has no `usage`, nil when the full parser
+    /// must decide (an `error` member, a usage count that is not a plain integer, anything the
+    /// scanner is unsure of). Like ``scan(_:)``, it only accepts what ``JSONParser`` accepts.
+    static func completionUsage(_ body: [UInt8]) -> TokenUsage?? {
+        body.withUnsafeBufferPointer { p -> TokenUsage?? in
+            var c = Cursor(p: p)
+            var usage: TokenUsage?
+            var usageSeen = false
+            c.skipWS()
+            guard c.at(UInt8(ascii: "{")) else { return nil }
+            let ok = object(&c, depth: 1) { c, key in
+                if c.keyIs(key, Keys.error) { return false }
+                guard c.keyIs(key, Keys.usage) else { return skip(&c, depth: 2) }
+                guard !usageSeen else { return false }
+                usageSeen = true
+                if c.literal(Keys.null) { return true }
+                guard c.at(UInt8(ascii: "{")) else { return false }
+                var prompt: Int?, completion: Int?
+                let ok = object(&c, depth: 2) { c, key in
+                    let isPrompt = c.keyIs(key, Keys.promptTokens)
+                    guard isPrompt || c.keyIs(key, Keys.completionTokens) else { return skip(&c, depth: 3) }
+                    guard (isPrompt ? prompt : completion) == nil, let v = c.integer() else { return false }
+                    if isPrompt { prompt = v } else { completion = v }
+                    return true
+                }
+                // As ResponseTranslator.openAIUsage reads it: no prompt count, no usage.
+                if let prompt { usage = TokenUsage(promptTokens: prompt, completionTokens: completion ?? 0) }
+                return ok
+            }
+            guard ok else { return nil }
+            c.skipWS()
+            return c.i == p.count ? .some(usage) : nil
+        }
+    }
+}
+
+extension OpenAIChunkScan.Cursor {
+    /// A plain integer literal (no fraction, no exponent, at most 18 characters), or nil.
+    mutating func integer() -> Int? {
+        let start = i
+        guard number() else { return nil }
+        var value = 0
+        var negative = false
+        for k in start..<i {
+            let b = p[k]
+            if b == UInt8(ascii: "-") { negative = true; continue }
+            guard Self.isDigit(b) else { return nil }
+            value = value * 10 + Int(b - UInt8(ascii: "0"))
+        }
+        return negative ? -value : value
     }
 }

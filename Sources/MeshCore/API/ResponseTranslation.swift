@@ -69,6 +69,15 @@ public enum ResponseTranslator {
         return (render(result, ctx: ctx, endNanos: endNanos), result.usage)
     }
 
+    /// For a non-streamed answer relayed unchanged (client and engine on the same route): the
+    /// usage it reports (`.some(nil)`: none), read without parsing it into a tree. Nil when it needs
+    /// ``translate(engineBody:context:endNanos:)`` (an error body, an unusual one, or not an OpenAI
+    /// chat/completion route).
+    public static func relayedUsage(route: InferenceRoute, body: [UInt8]) -> TokenUsage?? {
+        guard route == .openaiChat || route == .openaiCompletion else { return nil }
+        return OpenAIChunkScan.completionUsage(body)
+    }
+
     /// The message of an `{"error": …}` body in either dialect.
     public static func engineError(_ body: JSON) -> String? {
         guard let e = body["error"], !e.isNull else { return nil }
