@@ -138,6 +138,10 @@ public enum ModelName {
 
 extension String {
     func trimmingSpaces() -> String {
+        // Usually nothing to trim: decide on the end bytes (each of these characters is one byte)
+        // before walking Characters, which costs grapheme breaking on every request.
+        func isSpace(_ b: UInt8?) -> Bool { b == 0x20 || b == 0x09 || b == 0x0A || b == 0x0D }
+        if !isSpace(utf8.first) && !isSpace(utf8.last) { return self }
         var s = Substring(self)
         while let f = s.first, f == " " || f == "\t" || f == "\n" || f == "\r" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\t" || l == "\n" || l == "\r" { s = s.dropLast() }

@@ -8,6 +8,7 @@ final class ActiveTransfer {
     let state: TransferState
     let easy: UnsafeMutableRawPointer
     private let loop: CurlLoop
+    private let pool: EasyHandlePool
     private var headerList: UnsafeMutablePointer<curl_slist>?
     private let errorBuffer: UnsafeMutablePointer<CChar>
     private var retainedSelf: UnsafeMutableRawPointer?
@@ -27,24 +28,25 @@ final class ActiveTransfer {
         state: TransferState,
         configuration: HTTPClientConfiguration,
         loop: CurlLoop,
+        pool: EasyHandlePool,
         now: ContinuousClock.Instant
     ) throws(HTTPClientError) {
         let firstByte = request.firstByteTimeout ?? configuration.firstByteTimeout
         let idle = request.idleTimeout ?? configuration.idleTimeout
         self.state = state
         self.loop = loop
+        self.pool = pool
         self.firstByteDeadline = firstByte > .zero ? now + firstByte : nil
         self.idleTimeout = idle > .zero ? idle : nil
         self.lastActivity = now
 
         let headerLines = try Self.headerLines(for: request)
-        guard let easy = curl_easy_init() else {
+        guard let easy = pool.take() else {
             throw .transport(code: -1, message: "curl_easy_init failed")
         }
         self.easy = easy
         errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE))
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
-        loop.liveEasyHandles.add(1, ordering: .relaxed)
         loop.liveContexts.add(1, ordering: .relaxed)
         let context = Unmanaged.passRetained(self).toOpaque()
         retainedSelf = context
@@ -140,14 +142,13 @@ final class ActiveTransfer {
         return lines
     }
 
-    /// Frees the easy handle, header list, error buffer and the context reference held for curl.
-    /// The easy handle must already be detached from the multi handle.
+    /// Returns the easy handle to the pool and frees the header list, error buffer and the context
+    /// reference held for curl. The easy handle must already be detached from the multi handle.
     func cleanup() {
-        curl_easy_cleanup(easy)
+        pool.give(easy)
         curl_slist_free_all(headerList)
         headerList = nil
         errorBuffer.deallocate()
-        loop.liveEasyHandles.subtract(1, ordering: .relaxed)
         if let retainedSelf {
             self.retainedSelf = nil
             Unmanaged<ActiveTransfer>.fromOpaque(retainedSelf).release()
@@ -289,4 +290,42 @@ private func curlHeaderCallback(
     let transfer = Unmanaged<ActiveTransfer>.fromOpaque(userdata).takeUnretainedValue()
     let total = size * count
     return transfer.onHeaderLine(UnsafeRawBufferPointer(start: pointer, count: total)) ? total : 0
+}
+
+/// Easy handles kept between transfers (loop thread only). A finished transfer's handle is reset
+/// with `curl_easy_reset` and reused, instead of a `curl_easy_init`/`curl_easy_cleanup` pair per
+/// request; connections live in the multi handle's cache either way.
+final class EasyHandlePool {
+    private var idle: [UnsafeMutableRawPointer] = []
+    private let loop: CurlLoop
+    /// Most idle handles kept; more are freed.
+    static let limit = 16
+
+    init(loop: CurlLoop) {
+        self.loop = loop
+    }
+
+    /// A fresh or reset handle, counted in use; nil when curl cannot allocate one.
+    func take() -> UnsafeMutableRawPointer? {
+        guard let easy = idle.popLast() ?? curl_easy_init() else { return nil }
+        loop.liveEasyHandles.add(1, ordering: .relaxed)
+        return easy
+    }
+
+    /// Takes back a handle no longer attached to the multi handle.
+    func give(_ easy: UnsafeMutableRawPointer) {
+        loop.liveEasyHandles.subtract(1, ordering: .relaxed)
+        if idle.count < Self.limit {
+            curl_easy_reset(easy)
+            idle.append(easy)
+        } else {
+            curl_easy_cleanup(easy)
+        }
+    }
+
+    /// Frees every idle handle (at shutdown).
+    func drain() {
+        for easy in idle { curl_easy_cleanup(easy) }
+        idle = []
+    }
 }

@@ -3,7 +3,7 @@ import Logging
 /// HTTP/1.1 client over the libcurl multi interface.
 ///
 /// One dedicated OS thread owns the `CURLM` handle and every easy handle; callers talk to it through a
-/// command queue and `curl_multi_wakeup`. Connections are kept alive and reused through the multi handle's
+/// command queue and a wakeup pipe the loop polls. Connections are kept alive and reused through the multi handle's
 /// connection cache. Call ``shutdown()`` (or drop the client) to stop the thread.
 public final class CurlHTTPClient: Sendable {
     /// The configuration the client was created with.
@@ -66,7 +66,7 @@ public final class CurlHTTPClient: Sendable {
         loop.shutdown()
     }
 
-    /// Easy handles currently allocated (for leak checks in tests).
+    /// Easy handles in use by transfers (for leak checks in tests); reset ones kept for reuse do not count.
     package var loopThreadCPUTime: Duration { loop.threadCPUTime ?? .zero }
     package var liveEasyHandleCount: Int { loop.liveEasyHandles.load(ordering: .relaxed) }
     /// Per-transfer callback contexts currently alive (for leak checks in tests).

@@ -13,11 +13,13 @@ import Darwin
 /// `curl_global_init` must run once before any other libcurl call; Swift globals initialise exactly once.
 let curlGlobalInitResult: CURLcode = curl_global_init(Int(CURL_GLOBAL_ALL))
 
-/// The thread-safe face of the curl loop: a command queue plus `curl_multi_wakeup`.
+/// The thread-safe face of the curl loop: a command queue plus a self-pipe that wakes the loop.
 ///
-/// Only the loop thread (``CurlLoopRunner``) touches curl handles. Other threads append commands here; the
-/// wakeup is issued while holding the lock, and the loop clears `multi` under the same lock before it calls
-/// `curl_multi_cleanup`, so a wakeup can never hit a freed multi handle.
+/// Only the loop thread (``CurlLoopRunner``) touches curl handles. Other threads append commands here
+/// and then write one byte to the pipe, which the loop polls next to curl's sockets
+/// (`curl_multi_poll`'s extra fds). The byte is written after the lock is released: a wakeup issued
+/// under the lock let the woken loop thread block on that lock (a PI futex, an extra sleep and wake
+/// per request). The pipe lives as long as this object, so a late write is harmless.
 final class CurlLoop: Sendable {
     enum Command: Sendable {
         case add(TransferState, HTTPClientRequest)
@@ -28,15 +30,10 @@ final class CurlLoop: Sendable {
         case shutdown
     }
 
-    /// The multi handle pointer. Sendable only because other threads use it for `curl_multi_wakeup` alone
-    /// (documented as thread-safe), and only under `state`'s lock while the handle is known to be alive.
-    private struct WakeupHandle: @unchecked Sendable {
-        let raw: UnsafeMutableRawPointer
-    }
-
     private struct State {
         var commands: [Command] = []
-        var multi: WakeupHandle?
+        /// False once the loop thread has stopped taking commands.
+        var accepting = true
         var shutdownRequested = false
         var wakeupPending = false
     }
@@ -46,15 +43,44 @@ final class CurlLoop: Sendable {
         var joined = false
     }
 
-    private let state: Mutex<State>
+    private let state = Mutex(State())
     private let threadState = Mutex(ThreadState())
-    /// Easy handles created and not yet cleaned up (leak check for tests).
+    /// Read end (polled by the loop thread) and write end of the wakeup pipe; both non-blocking.
+    let wakeReadFD: Int32
+    private let wakeWriteFD: Int32
+    /// Easy handles in use by transfers, not counting reset ones kept for reuse (leak check for tests).
     let liveEasyHandles = Atomic<Int>(0)
     /// Per-transfer callback contexts alive (leak check for tests).
     let liveContexts = Atomic<Int>(0)
 
-    init(multi: UnsafeMutableRawPointer) {
-        state = Mutex(State(multi: WakeupHandle(raw: multi)))
+    /// Nil when the wakeup pipe cannot be made.
+    init?() {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { return nil }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        wakeReadFD = fds[0]
+        wakeWriteFD = fds[1]
+    }
+
+    deinit {
+        close(wakeReadFD)
+        close(wakeWriteFD)
+    }
+
+    /// Wakes the loop thread (any thread; never under `state`'s lock).
+    private func signal() {
+        var byte: UInt8 = 1
+        _ = write(wakeWriteFD, &byte, 1)  // EAGAIN: the pipe is full, so the loop is woken anyway
+    }
+
+    /// Loop thread: empties the pipe after `curl_multi_poll` reported it readable.
+    func drainWakeups() {
+        var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        let size = MemoryLayout.size(ofValue: buffer)
+        while withUnsafeMutableBytes(of: &buffer, { read(wakeReadFD, $0.baseAddress, size) }) == size {}
     }
 
     func setThread(_ thread: pthread_t) {
@@ -77,15 +103,16 @@ final class CurlLoop: Sendable {
     /// Enqueues a command and wakes the loop; false once shutdown has been requested.
     @discardableResult
     func submit(_ command: Command) -> Bool {
-        state.withLock { s in
-            guard !s.shutdownRequested, let multi = s.multi else { return false }
+        let wake = state.withLock { s -> Bool? in
+            guard !s.shutdownRequested, s.accepting else { return nil }
             s.commands.append(command)
-            if !s.wakeupPending {
-                s.wakeupPending = true
-                _ = curl_multi_wakeup(multi.raw)
-            }
+            if s.wakeupPending { return false }
+            s.wakeupPending = true
             return true
         }
+        guard let wake else { return false }
+        if wake { signal() }
+        return true
     }
 
     /// Loop thread: takes all queued commands.
@@ -99,22 +126,21 @@ final class CurlLoop: Sendable {
         }
     }
 
-    /// Loop thread: after this no one calls `curl_multi_wakeup` on the handle any more.
-    func detachMulti() {
-        state.withLock { $0.multi = nil }
+    /// Loop thread: it takes no more commands; later submissions fail.
+    func stopAccepting() {
+        state.withLock { $0.accepting = false }
     }
 
     /// Requests shutdown and waits for the loop thread to exit (unless called on the loop thread itself).
     func shutdown() {
-        state.withLock { s in
-            guard !s.shutdownRequested else { return }
+        let wake = state.withLock { s -> Bool in
+            guard !s.shutdownRequested else { return false }
             s.shutdownRequested = true
             s.commands.append(.shutdown)
-            if let multi = s.multi {
-                s.wakeupPending = true
-                _ = curl_multi_wakeup(multi.raw)
-            }
+            s.wakeupPending = true
+            return s.accepting
         }
+        if wake { signal() }
         // Holding the lock while joining makes concurrent callers wait for the join too.
         threadState.withLock { t in
             guard !t.joined, let thread = t.thread else { return }
@@ -142,14 +168,17 @@ func startCurlLoop(configuration: HTTPClientConfiguration, logger: Logger) throw
         throw .transport(code: -1, message: "curl_multi_init failed")
     }
     _ = meshd_curl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, max(0, configuration.maxConnectionsPerHost))
-    let loop = CurlLoop(multi: multi)
+    guard let loop = CurlLoop() else {
+        curl_multi_cleanup(multi)
+        throw .transport(code: -1, message: "cannot create the curl loop's wakeup pipe")
+    }
     let runner = CurlLoopRunner(loop: loop, multi: multi, configuration: configuration, logger: logger)
     let context = Unmanaged.passRetained(runner).toOpaque()
     var thread = pthread_t()
     let rc = pthread_create(&thread, nil, curlLoopThreadMain, context)
     guard rc == 0 else {
         Unmanaged<CurlLoopRunner>.fromOpaque(context).release()
-        loop.detachMulti()
+        loop.stopAccepting()
         curl_multi_cleanup(multi)
         throw .transport(code: -1, message: "pthread_create failed: \(rc)")
     }
@@ -166,6 +195,7 @@ final class CurlLoopRunner {
     private var active: [ObjectIdentifier: ActiveTransfer] = [:]
     private var shuttingDown = false
     private let clock = ContinuousClock()
+    private let pool: EasyHandlePool
 
     /// Longest single sleep in `curl_multi_poll` when nothing is due.
     private static let maxPollMilliseconds = 1000
@@ -175,6 +205,7 @@ final class CurlLoopRunner {
         self.multi = multi
         self.configuration = configuration
         self.logger = logger
+        self.pool = EasyHandlePool(loop: loop)
     }
 
     func run() {
@@ -193,10 +224,12 @@ final class CurlLoopRunner {
             enforceDeadlines()
 
             var ready: Int32 = 0
-            let pollResult = curl_multi_poll(multi, nil, 0, Int32(pollTimeoutMilliseconds()), &ready)
+            var wakeup = curl_waitfd(fd: loop.wakeReadFD, events: Int16(CURL_WAIT_POLLIN), revents: 0)
+            let pollResult = curl_multi_poll(multi, &wakeup, 1, Int32(pollTimeoutMilliseconds()), &ready)
             if pollResult != CURLM_OK {
                 logger.error("curl_multi_poll failed", metadata: ["code": "\(pollResult.rawValue)"])
             }
+            if wakeup.revents != 0 { loop.drainWakeups() }
         }
 
         for transfer in active.values {
@@ -204,7 +237,8 @@ final class CurlLoopRunner {
             remove(transfer)
         }
         active.removeAll()
-        loop.detachMulti()
+        pool.drain()
+        loop.stopAccepting()
         curl_multi_cleanup(multi)
         logger.debug("curl loop stopped")
     }
@@ -220,7 +254,7 @@ final class CurlLoopRunner {
             let transfer: ActiveTransfer
             do {
                 transfer = try ActiveTransfer(
-                    request: request, state: state, configuration: configuration, loop: loop, now: clock.now)
+                    request: request, state: state, configuration: configuration, loop: loop, pool: pool, now: clock.now)
             } catch {
                 state.fail(error)
                 return

@@ -237,6 +237,11 @@ public struct InferenceProxy: Sendable {
             if head.status != 200 {
                 return fail(engineStatusError(head.status, body: body, model: req.model))
             }
+            if req.route == er.engineRoute, let usage = ResponseTranslator.relayedUsage(route: req.route, body: body) {
+                // Same route: the engine's bytes go out as they came, read only for usage.
+                finishMetrics(200, usage, nil)
+                return .response(.bytes(.ok, body, contentType: "application/json", headers: respHeaders))
+            }
             let json: JSON
             do {
                 json = try JSONParser.parse(body)
@@ -362,17 +367,40 @@ public struct InferenceProxy: Sendable {
         case .openaiCompletion: prefix = "cmpl-"
         default: prefix = "chatcmpl-"
         }
-        // One draw of 128 bits (one getrandom call), not one per character.
-        var g = SystemRandomNumberGenerator()
-        let a = g.next(), b = g.next()
-        var out = prefix
-        for v in [a, b] {
-            let hex = String(v, radix: 16)
-            out += String(repeating: "0", count: 16 - hex.count) + hex
+        // A process-wide counter through a bijective mixer, keyed by one random draw at start: unique
+        // ids that look random, without a getrandom syscall per request.
+        let n = idCounter.wrappingAdd(1, ordering: .relaxed).newValue
+        var out = Array(prefix.utf8)
+        out.reserveCapacity(out.count + 24)
+        appendHex(mix(idKey.0 &+ n), digits: 16, to: &out)
+        appendHex(mix(idKey.1 ^ n), digits: 8, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The SplitMix64 finaliser: a bijection on 64 bits that scatters consecutive inputs.
+    static func mix(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
+    /// Appends the low `digits` hex digits of `v` (most significant first).
+    static func appendHex(_ v: UInt64, digits: Int, to out: inout [UInt8]) {
+        for k in stride(from: digits - 1, through: 0, by: -1) {
+            out.append(hexDigits[Int((v >> UInt64(4 * k)) & 0xF)])
         }
-        return String(out.prefix(prefix.count + 24))
     }
 }
+
+/// Response ids: a counter and a random key drawn once per process (see `InferenceProxy.newID`).
+private let idCounter = Atomic<UInt64>(0)
+private let idKey: (UInt64, UInt64) = {
+    var g = SystemRandomNumberGenerator()
+    return (g.next(), g.next())
+}()
 
 /// Ends a forward's pending count exactly once, whichever path the response takes.
 final class ForwardNote: Sendable {

@@ -63,14 +63,30 @@ public final class NodeMetrics: Sendable {
 
     /// Time from request arrival to the first generated token.
     public func timeToFirstToken(api: String, model: String, _ d: Duration) {
-        Metrics.Timer(label: "meshd_time_to_first_token_seconds", dimensions: [("api", api), ("model", model)], factory: factory)
-            .recordNanoseconds(d.nanoseconds)
+        let timer = Self.cached(ttftCache, HandleKey(api: api, route: "", model: model, status: 0)) {
+            Metrics.Timer(label: "meshd_time_to_first_token_seconds", dimensions: [("api", api), ("model", model)], factory: factory)
+        }
+        timer.recordNanoseconds(d.nanoseconds)
     }
 
     /// Tokens in (prompt) and out (generated).
     public func tokens(model: String, prompt: Int, completion: Int) {
-        if prompt > 0 { CoreMetrics.Counter(label: "meshd_tokens_in_total", dimensions: [("model", model)], factory: factory).increment(by: prompt) }
-        if completion > 0 { CoreMetrics.Counter(label: "meshd_tokens_out_total", dimensions: [("model", model)], factory: factory).increment(by: completion) }
+        for (label, n) in [("meshd_tokens_in_total", prompt), ("meshd_tokens_out_total", completion)] where n > 0 {
+            Self.cached(tokenCache, HandleKey(api: "", route: label, model: model, status: 0)) {
+                CoreMetrics.Counter(label: label, dimensions: [("model", model)], factory: factory)
+            }.increment(by: n)
+        }
+    }
+
+    private let tokenCache = Mutex<[HandleKey: CoreMetrics.Counter]>([:])
+    private let ttftCache = Mutex<[HandleKey: Metrics.Timer]>([:])
+
+    /// The instrument for `key`, made once (capped, like ``handles(api:route:model:status:)``).
+    private static func cached<V: Sendable>(_ cache: borrowing Mutex<[HandleKey: V]>, _ key: HandleKey, make: () -> V) -> V {
+        if let v = cache.withLock({ $0[key] }) { return v }
+        let v = make()
+        cache.withLock { c in if c.count < 4096 { c[key] = v } }
+        return v
     }
 
     /// Engine health as a gauge (1 healthy, 0 not).

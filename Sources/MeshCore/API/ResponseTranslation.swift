@@ -69,6 +69,15 @@ public enum ResponseTranslator {
         return (render(result, ctx: ctx, endNanos: endNanos), result.usage)
     }
 
+    /// For a non-streamed answer relayed unchanged (client and engine on the same route): the
+    /// usage it reports (`.some(nil)`: none), read without parsing it into a tree. Nil when it needs
+    /// ``translate(engineBody:context:endNanos:)`` (an error body, an unusual one, or not an OpenAI
+    /// chat/completion route).
+    public static func relayedUsage(route: InferenceRoute, body: [UInt8]) -> TokenUsage?? {
+        guard route == .openaiChat || route == .openaiCompletion else { return nil }
+        return OpenAIChunkScan.completionUsage(body)
+    }
+
     /// The message of an `{"error": …}` body in either dialect.
     public static func engineError(_ body: JSON) -> String? {
         guard let e = body["error"], !e.isNull else { return nil }
@@ -304,6 +313,7 @@ public struct StreamTranslator: Sendable {
                 handleOpenAIDone(nowNanos: nowNanos, out: &out)
                 return
             }
+            if relayPlainChunk(payload, nowNanos: nowNanos, out: &out) { return }
             guard let json = try? JSONParser.parse(payload) else { return }
             handleOpenAIChunk(json, payload: payload, nowNanos: nowNanos, out: &out)
         case .ollama:
@@ -316,12 +326,30 @@ public struct StreamTranslator: Sendable {
     static let doneMarker = Array("[DONE]".utf8)
 
     private mutating func noteContent(_ s: String, nowNanos: UInt64) {
-        if s.isEmpty { return }
+        if !s.isEmpty { countContent(nowNanos: nowNanos) }
+    }
+
+    private mutating func countContent(nowNanos: UInt64) {
         contentChunks += 1
         if firstTokenNanos == nil { firstTokenNanos = nowNanos }
     }
 
     // MARK: OpenAI engine
+
+    /// OpenAI engine to OpenAI client, after the first event: a plain content chunk goes out as it
+    /// came, read by ``OpenAIChunkScan`` instead of being parsed into a tree. False when the event
+    /// needs the full path (first event, usage, finish reason, error, a CR, anything unusual).
+    private mutating func relayPlainChunk(_ payload: ArraySlice<UInt8>, nowNanos: UInt64, out: inout [UInt8]) -> Bool {
+        guard context.clientRoute.dialect == .openai, openAIMeta != nil,
+              sentRole || context.clientRoute != .openaiChat, !payload.contains(0x0D),
+              let scan = OpenAIChunkScan.scan(payload) else { return false }
+        if scan.hasContent { countContent(nowNanos: nowNanos) }
+        out += Self.dataPrefix
+        out.append(0x20)
+        out += payload
+        out += [0x0A, 0x0A]
+        return true
+    }
 
     private mutating func handleOpenAIChunk(_ json: JSON, payload: ArraySlice<UInt8>, nowNanos: UInt64, out: inout [UInt8]) {
         if let err = ResponseTranslator.engineError(json) {
