@@ -122,6 +122,24 @@ public enum ConfigLoader {
             let at = origin("http.api_keys")
             state.warning(at.source, at.key, "ignored because http.auth is none", line: at.line)
         }
+        let names = ClientKey.parse(http.apiKeys).map(\.name)
+        if let dup = names.first(where: { n in names.filter { $0 == n }.count > 1 }) {
+            let at = origin("http.api_keys")
+            state.error(at.source, at.key, "two api keys are named '\(dup)'; give each NAME:KEY entry its own name", line: at.line)
+        }
+        let cloud = state.config.cloud
+        for k in cloud.localOnlyKeys where !names.contains(k) {
+            let at = origin("cloud.local_only_keys")
+            state.warning(at.source, at.key, "no api key is named '\(k)' (http.api_keys entries are NAME:KEY, or key1, key2... by position)", line: at.line)
+        }
+        for k in state.config.budget.perKey.keys.sorted() where !names.contains(k) {
+            let at = origin("budget.per_key")
+            state.warning(at.source, "\(at.key).\(k)", "no api key is named '\(k)' (http.api_keys entries are NAME:KEY, or key1, key2... by position)", line: at.line)
+        }
+        for p in state.config.budget.perProvider.keys.sorted() where !cloud.providers.contains(where: { $0.name == p }) {
+            let at = origin("budget.per_provider")
+            state.warning(at.source, "\(at.key).\(p)", "no cloud provider is named '\(p)'", line: at.line)
+        }
         let mesh = state.config.mesh
         if mesh.listen.port == http.listen.port && listenersOverlap(mesh.listen.host, http.listen.host) {
             let at = origin("mesh.listen")

@@ -10,7 +10,9 @@ import Glibc
 
 /// A request as the responder sees it: head plus the whole body (bounded by the server's limit).
 public struct HTTPServerRequest: Sendable {
-    public let head: HTTPRequestHead
+    /// Mutable so a responder can annotate headers (e.g. the authenticated key's name); change
+    /// headers only: `path` and `query` were taken from the URI.
+    public var head: HTTPRequestHead
     public let body: ByteBuffer
     /// Path without the query string.
     public let path: String

@@ -11,7 +11,8 @@ public struct APIResponder: HTTPResponder {
     let proxy: InferenceProxy
     let engines: any EngineDirectory
     let metrics: NodeMetrics
-    let apiKeys: [[UInt8]]
+    /// Client keys: name and secret bytes.
+    let apiKeys: [(name: String, secret: [UInt8])]
     let clock: any WallClock
     let nodeName: String
 
@@ -20,7 +21,7 @@ public struct APIResponder: HTTPResponder {
         self.proxy = proxy
         self.engines = engines
         self.metrics = metrics
-        self.apiKeys = apiKeys.map { Array($0.utf8) }
+        self.apiKeys = ClientKey.parse(apiKeys).map { ($0.name, Array($0.secret.utf8)) }
         self.clock = clock
     }
 
@@ -58,7 +59,8 @@ public struct APIResponder: HTTPResponder {
 
     static func dialect(forPath path: String) -> Dialect { path.hasPrefix("/api/") ? .ollama : .openai }
 
-    public func respond(to request: HTTPServerRequest) async -> HTTPServerResponse {
+    public func respond(to incoming: HTTPServerRequest) async -> HTTPServerResponse {
+        var request = incoming
         let path = request.path
         let dialect = Self.dialect(forPath: path)
         let (route, allowed) = Self.match(request.method, path)
@@ -74,11 +76,15 @@ public struct APIResponder: HTTPResponder {
         switch route {
         case .healthz, .readyz, .root: break
         default:
-            if !authorized(request) {
+            guard let key = authorizedKey(request) else {
                 var h = HTTPHeaders()
                 h.add(name: "WWW-Authenticate", value: "Bearer")
                 return error(.unauthorized, dialect, headers: h)
             }
+            // Which key the client used (for per-key budgets and local-only keys): set here only,
+            // never taken from the client.
+            request.head.headers.remove(name: Self.keyNameHeader)
+            if !key.isEmpty { request.head.headers.add(name: Self.keyNameHeader, value: key) }
         }
         switch route {
         case .root: return .text(.ok, "meshd is running")
@@ -143,15 +149,20 @@ public struct APIResponder: HTTPResponder {
         return .json(HTTPResponseStatus(statusCode: e.status), e.body(for: dialect), headers: h)
     }
 
-    func authorized(_ request: HTTPServerRequest) -> Bool {
-        if apiKeys.isEmpty { return true }
-        guard let auth = request.header("authorization") else { return false }
+    /// Header carrying the name of the client key a request was authorized with, inside meshd and
+    /// across the mesh.
+    static let keyNameHeader = "X-Meshd-Key-Name"
+
+    /// The name of the key the request presents ("" when no keys are configured), or nil.
+    func authorizedKey(_ request: HTTPServerRequest) -> String? {
+        if apiKeys.isEmpty { return "" }
+        guard let auth = request.header("authorization") else { return nil }
         let parts = auth.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return false }
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
         let presented = Array(parts[1].utf8)
-        var ok = false
-        for k in apiKeys where Self.constantTimeEqual(k, presented) { ok = true }
-        return ok
+        var found: String?
+        for k in apiKeys where Self.constantTimeEqual(k.secret, presented) { found = k.name }
+        return found
     }
 
     /// Compares without an early exit, so timing does not reveal how much of a key matched.

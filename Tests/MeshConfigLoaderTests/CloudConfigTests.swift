@@ -127,3 +127,17 @@ import Testing
         #expect(shipped.price(provider: "openai", model: "gpt-4o-mini") == ModelPrice(input: 0.15, output: 0.60, cachedInput: 0.075, maxOutputTokens: 16384))
     }
 }
+
+@Suite struct ClientKeyNameTests {
+    @Test func keyNamesAreUniqueAndReferencesChecked() throws {
+        expectSingleError("http: { api_keys: [\"ci:a1\", \"ci:b2\"] }", key: "http.api_keys", reasonContains: "named 'ci'")
+        let loaded = try mustLoad("""
+        http: { api_keys: ["ci:a1", "b2"] }
+        cloud: { local_only_keys: [ci, key2, ghost] }
+        budget: { per_key: { ci: { daily_usd: 1 }, nobody: { daily_usd: 1 } }, per_provider: { openai: { daily_usd: 1 } } }
+        """)
+        let keys = loaded.warnings.map(\.key).sorted()
+        #expect(keys == ["budget.per_key.nobody", "budget.per_provider.openai", "cloud.local_only_keys"], "\(loaded.warnings)")
+        #expect(loaded.warnings.first { $0.key == "cloud.local_only_keys" }?.reason.contains("'ghost'") == true)
+    }
+}

@@ -112,3 +112,12 @@ import Testing
         #expect(EscalationPolicy.serves(listed, "only-this", prices: prices) && !EscalationPolicy.serves(listed, "gpt-4o-mini", prices: prices))
     }
 }
+
+@Suite struct ClientKeyTests {
+    @Test func namedAndPositionalKeys() {
+        let keys = ClientKey.parse(["ci:s3cret", "plainkey", "sk-live:abc:def", "bad name:x", "trailing:"])
+        #expect(keys.map(\.name) == ["ci", "key2", "sk-live", "key4", "key5"])
+        #expect(keys.map(\.secret) == ["s3cret", "plainkey", "abc:def", "bad name:x", "trailing:"])
+        #expect(ClientKey.isName("a.b-c_9") && !ClientKey.isName("") && !ClientKey.isName(Substring(String(repeating: "x", count: 65))))
+    }
+}

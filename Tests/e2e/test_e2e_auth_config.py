@@ -142,3 +142,15 @@ def test_check_config_redacts_keys(bins: Binaries, tmp_path: Path) -> None:
     again.write_text(out)
     res3 = run_meshd(bins, "--config", str(again), "--check-config")
     assert res3.returncode == 2 and "http.api_keys" in res3.stderr
+
+
+def test_named_api_keys(sim: SimEngine, start_meshd: Callable[..., Meshd]) -> None:
+    """`NAME:KEY` entries name a key (for per-key budgets); the client presents only KEY."""
+    m = start_meshd([{"kind": "openai", "url": sim.url}], http={"api_keys": ["ci:named-key-1", "plain-key-2"]})
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for key, status in (("named-key-1", 200), ("plain-key-2", 200), ("ci:named-key-1", 401), ("ci", 401)):
+        r = m.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}",
+                                                                "X-Meshd-Key-Name": "spoofed"})
+        assert r.status_code == status, (key, r.status_code, r.text)
+    assert "named-key-1" not in m.proc.log()
+
