@@ -132,6 +132,16 @@ public final class CloudClient: Sendable {
         return CloudStream(head: response.head, response: response, adapter: adapter, provider: provider, client: self)
     }
 
+    /// Whether `provider` may take a request now; takes the one probe slot of a half-open circuit.
+    public func admit(_ provider: ProviderSettings) -> Bool {
+        health.admit(provider.name, nowNanos: clock.nowNanos())
+    }
+
+    /// The health of `providers` now, for `meshctl`.
+    public func healthSnapshots(_ providers: [ProviderSettings]) -> [ProviderHealthSnapshot] {
+        health.snapshots(providers.map(\.name), nowNanos: clock.nowNanos())
+    }
+
     var createdSeconds: Int64 { Int64(clock.nowNanos() / 1_000_000_000) }
 
     func transportError(_ error: any Error) -> CloudError {

@@ -219,6 +219,23 @@ struct FakeCloudFailureTests {
         }
     }
 
+    /// A stream the caller cancels ends with `.cancelled` and is not held against the provider.
+    @Test func cancelledStream() async throws {
+        try await withCloud(slowDelay: 0.2) { cloud, client, _, clock in
+            let provider = cloud.provider(.openai)
+            #expect(client.admit(provider))
+            let stream = try await client.stream(try engineRequest(.openai, model: "gpt-slow", stream: true, maxTokens: 20), to: provider, model: "gpt", id: "i")
+            var iterator = stream.makeAsyncIterator()
+            let first = try await iterator.next()
+            #expect(first?.isEmpty == false)
+            stream.cancel()
+            let error = await cloudError { while try await iterator.next() != nil {} }
+            #expect(error == .cancelled)
+            #expect(client.healthSnapshots([provider]).map(\.consecutiveFailures) == [0])
+            #expect(client.health.snapshot(provider.name, nowNanos: clock.nowNanos()).state == .closed)
+        }
+    }
+
     @Test func keyNeverLogged() async throws {
         try await withCloud { cloud, client, log, _ in
             for (kind, model) in [(ProviderKind.openai, "m"), (.azure, "m-fail-500"), (.anthropic, "m-fail-429"), (.gemini, "m-cut-stream")] {

@@ -43,6 +43,7 @@ enum TestCA {
         let task = made.withLock { t in
             if let t { return t }
             let new = Task<Void, any Error> {
+                atexit { try? FileManager.default.removeItem(atPath: TestCA.directory) }
                 let (exit, lines) = try await runTool("/bin/bash", [repoRoot + "/Tests/cloud/make-test-ca.sh", directory])
                 guard exit == .exited(0) else {
                     throw SetupError(description: "make-test-ca.sh \(exit.map { "\($0)" } ?? "timed out"): \(lines.joined(separator: "\n"))")
