@@ -20,6 +20,8 @@ public final class CloudStream: AsyncSequence, Sendable {
         var adapter: ProviderStreamAdapter
         var observer = SSEObserver()
         var finished = false
+        /// The end marker (or an error event) passed and the outcome was recorded.
+        var succeeded = false
         var pendingError: CloudError?
     }
 
@@ -38,6 +40,9 @@ public final class CloudStream: AsyncSequence, Sendable {
 
     /// Whether the provider ended the stream properly (end marker or an error event).
     public var completed: Bool { state.withLock { $0.observer.ended } }
+
+    /// The message of the provider's error event, when it ended the stream with one.
+    public var providerError: String? { state.withLock { $0.observer.errorMessage.map(provider.secret.redact) } }
 
     /// Aborts the transfer.
     public func cancel() { response.cancel() }
@@ -69,21 +74,22 @@ public final class CloudStream: AsyncSequence, Sendable {
             do {
                 chunk = try await body.next()
             } catch {
+                // A connection that breaks after the end marker lost nothing.
+                if state.withLock({ $0.succeeded }) { return finish() }
                 throw end(client.transportError(error) == .cancelled ? .cancelled : .cut, reason: "\(error)")
             }
             guard let chunk else {
-                let (tail, ended) = state.withLock { s in
+                let tail = state.withLock { s in
                     let tail = s.adapter.finish()
                     s.observer.observe(tail)
-                    return (tail, s.observer.ended)
+                    return tail
                 }
-                if ended {
-                    state.withLock { $0.finished = true }
-                    client.succeeded(provider, status: head.status)
-                } else {
+                recordSuccessIfEnded()
+                if !state.withLock({ $0.succeeded }) {
                     let e = end(.cut, reason: "the body ended without the end marker")
                     state.withLock { $0.pendingError = e }
                 }
+                state.withLock { $0.finished = true }
                 if !tail.isEmpty { return tail }
                 continue
             }
@@ -96,12 +102,35 @@ public final class CloudStream: AsyncSequence, Sendable {
                     return .failure(error)
                 }
             }
+            recordSuccessIfEnded()
             switch out {
             case .success(let bytes) where !bytes.isEmpty: return bytes
             case .success: continue
             case .failure(let e): throw end(.invalidResponse(provider.secret.redact(e.message)), reason: nil)
             }
         }
+    }
+
+    /// Records the outcome once, as soon as the end marker (or an error event) has passed: a
+    /// consumer that stops reading there must not leave a half-open probe hanging. An error event
+    /// is passed on to the client as it is and counts as a provider failure.
+    private func recordSuccessIfEnded() {
+        let ended: (Bool, String?) = state.withLock { s in
+            guard s.observer.ended, !s.succeeded else { return (false, nil) }
+            s.succeeded = true
+            return (true, s.observer.errorMessage)
+        }
+        guard ended.0 else { return }
+        if let message = ended.1 {
+            _ = client.failed(provider, .invalidResponse("error event: " + provider.secret.redact(message)))
+        } else {
+            client.succeeded(provider, status: head.status)
+        }
+    }
+
+    private func finish() -> [UInt8]? {
+        state.withLock { $0.finished = true }
+        return nil
     }
 
     /// Marks the stream finished with `error`, records and logs it.

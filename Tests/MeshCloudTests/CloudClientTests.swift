@@ -200,6 +200,37 @@ struct FakeCloudFailureTests {
         }
     }
 
+    /// A provider's error event mid-stream reaches the client in OpenAI form and counts as a failure.
+    @Test(arguments: ProviderKind.allCases)
+    func errorEventInStream(kind: ProviderKind) async throws {
+        try await withCloud { cloud, client, _, clock in
+            let provider = cloud.provider(kind, model: "x-stream-error")
+            let stream = try await client.stream(try engineRequest(kind, model: "x-stream-error", stream: true, maxTokens: 6), to: provider, model: "x", id: "i")
+            let (bytes, error) = await drain(stream)
+            #expect(error == nil && stream.completed)
+            #expect(stream.providerError?.contains("Overloaded") == true)
+            let text = String(decoding: bytes, as: UTF8.self)
+            #expect(text.contains("tok2") && text.contains(#"{"error":"#) && !text.contains("[DONE]"))
+            let snap = client.health.snapshot(provider.name, nowNanos: clock.nowNanos())
+            #expect(snap.consecutiveFailures == 1 && snap.lastError?.contains("Overloaded") == true)
+        }
+    }
+
+    /// The success is recorded when the end marker passes, even if the reader stops there.
+    @Test func successRecordedAtTheEndMarker() async throws {
+        try await withCloud { cloud, client, _, clock in
+            let provider = cloud.provider(.anthropic)
+            client.health.record(provider.name, .failure("earlier"), nowNanos: clock.nowNanos())
+            let stream = try await client.stream(try engineRequest(.anthropic, model: "c", stream: true), to: provider, model: "c", id: "i")
+            var bytes: [UInt8] = []
+            for try await chunk in stream {
+                bytes += chunk
+                if parseOpenAISSE(bytes).done { break }
+            }
+            #expect(client.health.snapshot(provider.name, nowNanos: clock.nowNanos()).consecutiveFailures == 0)
+        }
+    }
+
     /// Chunks are handed on as they arrive: with 0.3 s between provider chunks, the first content
     /// comes long before the stream ends.
     @Test func streamIsNotBuffered() async throws {

@@ -12,7 +12,7 @@ Answers are deterministic: N tokens "tok0 tok1 ..." (N from max_tokens / maxOutp
 --default-tokens), usage = prompt words + N. Failures are injected by model (or deployment) name:
 a name containing `fail-429` answers 429 with `retry-after: 2`, `fail-500` answers 500,
 `cut-stream` stops a stream mid-way without its end marker (a whole answer is cut short of its
-Content-Length), `slow` waits --slow-delay seconds before each chunk.
+Content-Length), `stream-error` sends the dialect's error event mid-stream and ends it, `slow` waits --slow-delay seconds before each chunk.
 
 GET /_stats returns request counts per path and model. Binds 127.0.0.1 only and prints
 `LISTENING 127.0.0.1:PORT` on stdout once it accepts connections (--port 0 picks a free port).
@@ -198,6 +198,16 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
+    def stops_here(self, model, i, pieces, error, event_name=None):
+        """Half-way through the pieces of a `cut-stream` or `stream-error` model, ends the stream
+        (after an error event in `error`'s shape for `stream-error`); True when it did."""
+        if i != len(pieces) // 2 or not ("cut-stream" in model or "stream-error" in model):
+            return False
+        if "stream-error" in model:
+            self.event(error(500, "Overloaded"), event_name)
+        self.end_chunks()
+        return True
+
     # ---- OpenAI and Azure
 
     def openai(self, path, body, model, key, azure=False):
@@ -234,8 +244,7 @@ class Handler(BaseHTTPRequestHandler):
         self.start_sse()
         chunk({"role": "assistant", "content": ""})
         for i, piece in enumerate(pieces):
-            if "cut-stream" in model and i == len(pieces) // 2:
-                self.end_chunks()
+            if self.stops_here(model, i, pieces, error):
                 return
             chunk({"content": piece})
         chunk({}, finish)
@@ -282,8 +291,7 @@ class Handler(BaseHTTPRequestHandler):
                    "content_block_start")
         self.event({"type": "ping"}, "ping")
         for i, piece in enumerate(pieces):
-            if "cut-stream" in model and i == len(pieces) // 2:
-                self.end_chunks()
+            if self.stops_here(model, i, pieces, error, "error"):
                 return
             self.event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
                        "content_block_delta")
@@ -325,8 +333,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.start_sse()
         for i, piece in enumerate(pieces):
-            if "cut-stream" in model and i == len(pieces) // 2:
-                self.end_chunks()
+            if self.stops_here(model, i, pieces, error):
                 return
             last = i == len(pieces) - 1
             event = {"candidates": [candidate(piece, finish if last else None)], "modelVersion": model,
