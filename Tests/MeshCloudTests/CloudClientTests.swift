@@ -134,6 +134,17 @@ struct FakeCloudTLSTests {
 
 @Suite(.timeLimit(.minutes(2)))
 struct FakeCloudFailureTests {
+    /// Streams 8 tokens of `model` (a failure injected by its name) from the fake's `kind`
+    /// endpoint; returns the provider, the stream, its bytes, the error that ended it and the
+    /// provider's health after it.
+    func streamInjected(_ kind: ProviderKind, _ model: String, _ cloud: FakeCloud, _ client: CloudClient, _ clock: TestClock) async throws
+        -> (ProviderSettings, CloudStream, [UInt8], CloudError?, ProviderHealthSnapshot) {
+        let provider = cloud.provider(kind, model: model)
+        let stream = try await client.stream(try engineRequest(kind, model: model, stream: true, maxTokens: 8), to: provider, model: "x", id: "i")
+        let (bytes, error) = await drain(stream)
+        return (provider, stream, bytes, error, client.health.snapshot(provider.name, nowNanos: clock.nowNanos()))
+    }
+
     @Test func rateLimitHonoursRetryAfter() async throws {
         try await withCloud { cloud, client, _, clock in
             let provider = cloud.provider(.anthropic)
@@ -184,13 +195,11 @@ struct FakeCloudFailureTests {
     @Test(arguments: ProviderKind.allCases)
     func cutStream(kind: ProviderKind) async throws {
         try await withCloud { cloud, client, _, clock in
-            let provider = cloud.provider(kind, model: "x-cut-stream")
-            let stream = try await client.stream(try engineRequest(kind, model: "x-cut-stream", stream: true, maxTokens: 8), to: provider, model: "x", id: "i")
-            let (bytes, error) = await drain(stream)
+            let (provider, stream, bytes, error, health) = try await streamInjected(kind, "x-cut-stream", cloud, client, clock)
             #expect(error == .cut)
             let parsed = parseOpenAISSE(bytes)
             #expect(parsed.content == "tok0 tok1 tok2 tok3" && !parsed.done && !stream.completed)
-            #expect(client.health.snapshot(provider.name, nowNanos: clock.nowNanos()).consecutiveFailures == 1)
+            #expect(health.consecutiveFailures == 1)
             // A whole answer cut short of its Content-Length is a transport failure.
             let whole = await cloudError { _ = try await client.send(try engineRequest(kind, model: "x-cut-stream", stream: false), to: provider, model: "x", id: "i") }
             guard case .transport = whole else {
@@ -204,14 +213,11 @@ struct FakeCloudFailureTests {
     @Test(arguments: ProviderKind.allCases)
     func errorEventInStream(kind: ProviderKind) async throws {
         try await withCloud { cloud, client, _, clock in
-            let provider = cloud.provider(kind, model: "x-stream-error")
-            let stream = try await client.stream(try engineRequest(kind, model: "x-stream-error", stream: true, maxTokens: 6), to: provider, model: "x", id: "i")
-            let (bytes, error) = await drain(stream)
+            let (_, stream, bytes, error, snap) = try await streamInjected(kind, "x-stream-error", cloud, client, clock)
             #expect(error == nil && stream.completed)
             #expect(stream.providerError?.contains("Overloaded") == true)
             let text = String(decoding: bytes, as: UTF8.self)
-            #expect(text.contains("tok2") && text.contains(#"{"error":"#) && !text.contains("[DONE]"))
-            let snap = client.health.snapshot(provider.name, nowNanos: clock.nowNanos())
+            #expect(text.contains("tok3") && text.contains(#"{"error":"#) && !text.contains("[DONE]"))
             #expect(snap.consecutiveFailures == 1 && snap.lastError?.contains("Overloaded") == true)
         }
     }
