@@ -91,6 +91,35 @@ struct FakeCloudDialectTests {
 }
 
 @Suite(.timeLimit(.minutes(2)))
+struct FakeCloudConcurrencyTests {
+    /// 100 requests at once, half streamed, over the four dialects: every answer whole, every
+    /// request counted by the fake.
+    @Test func hundredConcurrentRequests() async throws {
+        try await withCloud { cloud, client, _, _ in
+            let ok = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<100 {
+                    let kind = ProviderKind.allCases[i % 4]
+                    let stream = i % 2 == 0
+                    let req = try engineRequest(kind, model: "m", stream: stream)
+                    group.addTask {
+                        if stream {
+                            let (bytes, error) = await drain(try await client.stream(req, to: cloud.provider(kind), model: "m", id: "i"))
+                            return error == nil && parseOpenAISSE(bytes).content == "tok0 tok1 tok2"
+                        }
+                        let r = try await client.send(req, to: cloud.provider(kind), model: "m", id: "i")
+                        return r.body["choices"]?[0]?["message"]?["content"] == "tok0 tok1 tok2"
+                    }
+                }
+                return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+            #expect(ok == 100)
+            let stats = try await cloud.stats(client.http)
+            #expect(stats["total"]?.intValue == 100 && stats["by_path"]?["/v1/messages"]?.intValue == 25)
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(2)))
 struct FakeCloudTLSTests {
     /// The CA file set on one request is trusted for that request only; a kept-alive connection
     /// verified with it is not reused for a request without it.

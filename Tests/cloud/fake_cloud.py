@@ -347,6 +347,7 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # listen backlog: hundreds of connections may arrive at once
 
     def __init__(self, options, context):
         self.options = options
