@@ -16,6 +16,8 @@ public enum ProviderSecretError: Error, Sendable, Equatable, CustomStringConvert
     case missingEnvironment(name: String)
     /// The file or variable holds nothing but whitespace.
     case empty(source: String)
+    /// The key contains whitespace or control characters inside (two lines, a stray label).
+    case malformed(source: String)
 
     public var description: String {
         switch self {
@@ -24,6 +26,7 @@ public enum ProviderSecretError: Error, Sendable, Equatable, CustomStringConvert
             return "key file \(path) is accessible by group or others (mode \(String(mode & 0o777, radix: 8))); run: chmod 600 \(path)"
         case .missingEnvironment(let name): return "environment variable \(name) (key_env) is not set"
         case .empty(let source): return "\(source) holds no key"
+        case .malformed(let source): return "\(source) holds more than one word: a key has no spaces, tabs or line breaks inside"
         }
     }
 }
@@ -81,6 +84,9 @@ public struct ProviderSecret: Sendable, Equatable, CustomStringConvertible, Cust
     static func make(_ raw: String, source: String) throws(ProviderSecretError) -> ProviderSecret {
         let key = raw.trimmedWhitespace
         guard !key.isEmpty else { throw .empty(source: source) }
+        guard !key.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7F }) else {
+            throw .malformed(source: source)
+        }
         return ProviderSecret(key: key, source: source)
     }
 

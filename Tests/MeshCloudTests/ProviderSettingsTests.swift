@@ -73,6 +73,8 @@ import Testing
         #expect(!"\(settings)".contains("sk-file") && !String(reflecting: settings).contains("sk-file"))
         #expect(secret.redact("bad key sk-file-KEY-5678 given") == "bad key <redacted> given")
 
+        try "sk-one\nsk-two\n".write(toFile: path, atomically: false, encoding: .utf8)
+        #expect(throws: ProviderSecretError.malformed(source: "key file \(path)")) { try ProviderSecret.fromFile(path) }
         try "\n \n".write(toFile: path, atomically: false, encoding: .utf8)
         #expect(throws: ProviderSecretError.empty(source: "key file \(path)")) { try ProviderSecret.fromFile(path) }
         #expect(throws: ProviderSecretError.self) { try ProviderSecret.fromFile(dir.appendingPathComponent("missing").path) }
