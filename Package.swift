@@ -38,6 +38,9 @@ let package = Package(
             .product(name: "Configuration", package: "swift-configuration"),
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: strict),
+        .target(name: "MeshCloud", dependencies: [
+            "MeshCore", "MeshHTTPClient", .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "MeshEngines", dependencies: [
             "MeshCore", "MeshHTTPClient",
             .product(name: "Logging", package: "swift-log"),
@@ -109,6 +112,9 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
+        .testTarget(name: "MeshCloudTests", dependencies: [
+            "MeshCloud", "MeshCore", "MeshHTTPClient", "MeshEngines", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "MeshEnginesTests", dependencies: ["MeshEngines", "MeshCore", "MeshHTTPClient"]),
         .testTarget(name: "MeshHardwareTests", dependencies: [

@@ -71,7 +71,7 @@ final class ActiveTransfer {
         set(meshd_curl_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1))
         // Ignore http_proxy & co. from the environment: engines are local, and a stray proxy would break them.
         set(meshd_curl_easy_setopt_str(easy, CURLOPT_PROXY, ""))
-        if let caFile = configuration.caFile {
+        if let caFile = request.caFile ?? configuration.caFile {
             set(meshd_curl_easy_setopt_str(easy, CURLOPT_CAINFO, caFile))
         }
         set(meshd_curl_easy_setopt_ptr(easy, CURLOPT_PRIVATE, context))

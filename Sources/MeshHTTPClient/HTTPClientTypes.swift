@@ -50,6 +50,9 @@ public struct HTTPClientRequest: Sendable {
     public var firstByteTimeout: Duration?
     /// Overrides ``HTTPClientConfiguration/idleTimeout`` for this request.
     public var idleTimeout: Duration?
+    /// Overrides ``HTTPClientConfiguration/caFile`` for this request (`CURLOPT_CAINFO`). curl reuses a
+    /// kept-alive TLS connection only for a request whose TLS settings, the CA file included, match.
+    public var caFile: String?
 
     /// Creates a request.
     public init(
@@ -58,7 +61,8 @@ public struct HTTPClientRequest: Sendable {
         headers: [(String, String)] = [],
         body: [UInt8] = [],
         firstByteTimeout: Duration? = nil,
-        idleTimeout: Duration? = nil
+        idleTimeout: Duration? = nil,
+        caFile: String? = nil
     ) {
         self.method = method
         self.url = url
@@ -66,6 +70,7 @@ public struct HTTPClientRequest: Sendable {
         self.body = body
         self.firstByteTimeout = firstByteTimeout
         self.idleTimeout = idleTimeout
+        self.caFile = caFile
     }
 }
 
