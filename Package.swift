@@ -67,7 +67,7 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "MeshNode", dependencies: [
             "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader", "MeshNet", "MeshZMQ",
-            "MeshDiscovery", "MeshHardware", "MeshLedger", "CZeroMQ", "CAvahi",
+            "MeshDiscovery", "MeshHardware", "MeshLedger", "MeshCloud", "CZeroMQ", "CAvahi",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),

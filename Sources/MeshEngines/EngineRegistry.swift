@@ -59,6 +59,8 @@ public final class EngineRegistry: Sendable {
         var started = false
         var shutDown = false
         var subscribers: [Int: AsyncStream<[EngineSnapshot]>.Continuation] = [:]
+        /// Told when a request starts or ends (coalesced: the newest only).
+        var loadWatcher: AsyncStream<Void>.Continuation?
         var nextSubscriber = 0
         var signature: [Signature] = []
     }
@@ -171,7 +173,7 @@ public final class EngineRegistry: Sendable {
     public func shutdown() async {
         let (tasks, subs) = state.withLock { s in
             s.shutDown = true
-            defer { s.tasks = []; s.subscribers = [:] }
+            defer { s.tasks = []; s.subscribers = [:]; s.loadWatcher?.finish(); s.loadWatcher = nil }
             return (s.tasks, Array(s.subscribers.values))
         }
         for t in tasks { t.cancel() }
@@ -299,17 +301,36 @@ public final class EngineRegistry: Sendable {
 
     /// A request is being sent to the engine.
     public func beginRequest(_ engineID: String) {
-        state.withLock { s in s.engines[engineID]?.inFlight += 1 }
+        let w = state.withLock { s in
+            s.engines[engineID]?.inFlight += 1
+            return s.loadWatcher
+        }
+        w?.yield()
+    }
+
+    /// Yields whenever a request starts or ends on an engine (in-flight counts changed), coalesced
+    /// to the newest: the mesh sends its state on such changes, not only at heartbeats. One
+    /// consumer; a new call replaces the previous stream.
+    public func loadChanges() -> AsyncStream<Void> {
+        let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let old = state.withLock { s in
+            defer { s.loadWatcher = continuation }
+            return s.loadWatcher
+        }
+        old?.finish()
+        return stream
     }
 
     /// A request begun with `beginRequest` ended; successful outcomes update the smoothed speeds.
     public func endRequest(_ engineID: String, outcome: EngineRequestOutcome) {
-        state.withLock { s in
-            guard var e = s.engines[engineID] else { return }
+        let w = state.withLock { s -> AsyncStream<Void>.Continuation? in
+            guard var e = s.engines[engineID] else { return nil }
             e.inFlight = max(0, e.inFlight - 1)
             if outcome.succeeded { e.speeds = Self.updated(e.speeds, with: outcome) }
             s.engines[engineID] = e
+            return s.loadWatcher
         }
+        w?.yield()
     }
 
     /// A proxied request could not reach the engine: unhealthy until a poll that starts later succeeds.

@@ -1,8 +1,11 @@
 import Foundation
 import Logging
+import MeshCloud
 import MeshConfigLoader
 import MeshCore
+import MeshHTTPClient
 import MeshLedger
+import Synchronization
 
 /// The gateway role of a node that lists cloud providers: its price table, its durable budget
 /// ledger (`state_dir/ledger.sqlite`), and what it advertises to the mesh. (Sending requests to the
@@ -14,11 +17,39 @@ final class Gateway: Sendable {
     let ledger: BudgetLedger
     let calendar: BudgetCalendar
     let clock: any WallClock
+    /// Provider endpoints with their keys (loaded once at start), by name.
+    let settings: [String: ProviderSettings]
+    let client: CloudClient
+    let logger: Logger
+    /// Budget alerts fired since start (also a metric).
+    let alertCount = Mutex(0)
 
-    init(config: MeshdConfig, clock: any WallClock, logger: Logger) throws {
+    init(config: MeshdConfig, http: CurlHTTPClient, clock: any WallClock, logger: Logger,
+         environment: [String: String] = ProcessInfo.processInfo.environment) throws {
         cloud = config.cloud
         budget = config.budget
         self.clock = clock
+        self.logger = logger
+        var settings: [String: ProviderSettings] = [:]
+        var issues: [ConfigIssue] = []
+        for (i, p) in config.cloud.providers.enumerated() {
+            do throws(ProviderSecretError) {
+                let secret: ProviderSecret
+                if let f = p.keyFile {
+                    secret = try ProviderSecret.fromFile(f)
+                } else {
+                    secret = try ProviderSecret.fromEnvironment(p.keyEnv ?? "", environment: environment)
+                }
+                settings[p.name] = ProviderSettings(name: p.name, kind: p.kind, baseURL: p.baseURL, secret: secret, caFile: p.caFile,
+                                                    apiVersion: p.apiVersion)
+            } catch {
+                issues.append(ConfigIssue(source: "cloud.providers", key: "cloud.providers[\(i)].\(p.keyFile != nil ? "key_file" : "key_env")",
+                                          reason: "provider '\(p.name)': \(error)"))
+            }
+        }
+        if !issues.isEmpty { throw ConfigLoadError(issues: issues) }
+        self.settings = settings
+        client = CloudClient(http: http, clock: clock, logger: logger)
         prices = try PricesLoader.load(path: config.cloud.pricesFile, overrides: config.cloud.prices)
         calendar = Self.calendar(config.budget.timeZone)
         let path = (config.stateDir as NSString).appendingPathComponent("ledger.sqlite")
@@ -42,7 +73,7 @@ final class Gateway: Sendable {
     func advert() -> GatewayAdvert {
         let policy = EscalationPolicy(cloud: cloud, prices: prices, hasGateway: true)
         let providers = cloud.providers.map { p in
-            GatewayAdvert.Provider(name: p.name, kind: p.kind, healthy: true,
+            GatewayAdvert.Provider(name: p.name, kind: p.kind, healthy: client.health.isAvailable(p.name, nowNanos: clock.nowNanos()),
                                    models: prices.models.keys.filter { !$0.contains("/") || $0.hasPrefix(p.name + "/") }
                                        .map { $0.hasPrefix(p.name + "/") ? String($0.dropFirst(p.name.count + 1)) : $0 }
                                        .filter { EscalationPolicy.serves(p, $0, prices: prices) && !policy.isLocalOnly(model: $0, apiKeyName: nil) }
@@ -75,6 +106,7 @@ final class Gateway: Sendable {
                 "daily": cap(global(.daily)), "monthly": cap(global(.monthly)),
                 "providers": scoped { if case .provider(let p) = $0 { return p } else { return nil } },
                 "keys": scoped { if case .key(let k) = $0 { return k } else { return nil } },
-                "in_flight": .integer(ledger.openReservations)]
+                "in_flight": .integer(ledger.openReservations),
+                "provider_health": .array(client.health.snapshots(cloud.providers.map(\.name), nowNanos: clock.nowNanos()).map(\.json))]
     }
 }

@@ -33,10 +33,13 @@ public struct InferenceProxy: Sendable {
     let timeouts: TimeoutConfig
     let mesh: MeshService?
     let localDraining: @Sendable () -> Bool
+    /// Cloud escalation (issue 5): this node's cloud config and gateway role.
+    let cloud: CloudSetup
 
     public init(nodeName: String, engines: any EngineDirectory, client: CurlHTTPClient, metrics: NodeMetrics,
                 clock: any WallClock, timeouts: TimeoutConfig, logger: Logger, mesh: MeshService? = nil,
-                localDraining: @escaping @Sendable () -> Bool = { false }) {
+                localDraining: @escaping @Sendable () -> Bool = { false }, cloud: CloudSetup = CloudSetup(config: CloudConfig())) {
+        self.cloud = cloud
         self.mesh = mesh
         self.localDraining = localDraining
         self.nodeName = nodeName
@@ -62,14 +65,25 @@ public struct InferenceProxy: Sendable {
             metrics.end(api: api, route: route.rawValue, model: "", status: error.status, duration: ContinuousClock.now - started)
             return errorResponse(error, dialect: route.dialect)
         }
+        if localOnly && request.header(Self.escalateHeader) == "1" {
+            return await serveEscalated(req, request: request, started: started, startNanos: startNanos)
+        }
         var excludedEngines = Set<String>()
         var excludedNodes = Set<String>()
+        var considered = false
         // Retry on another engine or node while nothing has been sent to the client.
         while true {
             let nodes = routingView(localOnly: localOnly, excludedEngines: excludedEngines, excludedNodes: excludedNodes)
             let decision: RouteDecision
-            switch Router.choose(model: req.model, operation: req.operation, promptTokens: req.estimatedPromptTokens,
-                                 maxTokens: req.options.maxTokens, nodes: nodes) {
+            let routed = Router.choose(model: req.model, operation: req.operation, promptTokens: req.estimatedPromptTokens,
+                                       maxTokens: req.options.maxTokens, nodes: nodes)
+            // Mesh or cloud: decided once per request (a retry after a failed mesh attempt may
+            // still escalate when the mesh has nothing left).
+            if !localOnly && req.operation != .embedding && (!considered || (try? routed.get()) == nil) {
+                considered = true
+                if let r = await escalate(req, request: request, routed: routed, started: started, startNanos: startNanos) { return r }
+            }
+            switch routed {
             case .success(let d): decision = d
             case .failure(let e):
                 // A client can name any model: unknown ones share one label, so metrics stay bounded.
@@ -288,36 +302,61 @@ public struct InferenceProxy: Sendable {
             var status = 200
             defer { finishMetrics(status, translator.usage ?? (translator.contentChunks > 0 ? TokenUsage(promptTokens: 0, completionTokens: translator.contentChunks) : nil), translator.firstTokenNanos) }
             do {
-                for try await chunk in stream {
-                    let out = try translator.feed(chunk, nowNanos: clock.nowNanos())
-                    if !out.isEmpty { try await writer.write(out) }
-                    if translator.finished { break }
+                status = try await Self.pump(stream, through: &translator, to: writer, clock: clock, cancel: { stream.cancel() }) { error in
+                    guard let e = error as? HTTPClientError else { return nil }
+                    if e == .cancelled { return .cancelled }
+                    logger.warning("engine stream failed", metadata: ["engine": "\(engine.id)", "error": "\(e)"])
+                    return .failed(e == .idleTimeout ? 504 : 502, "engine stream failed: \(e)")
                 }
-            } catch let e as APIError {
-                status = e.status
-                try await writer.write(translator.fail(message: e.message, nowNanos: clock.nowNanos()))
-                stream.cancel()
-                return
-            } catch let e as HTTPClientError {
-                if e == .cancelled || Task.isCancelled {
-                    status = 499
-                    stream.cancel()
-                    throw CancellationError()
-                }
-                status = e == .idleTimeout ? 504 : 502
-                logger.warning("engine stream failed", metadata: ["engine": "\(engine.id)", "error": "\(e)"])
-                try await writer.write(translator.fail(message: "engine stream failed: \(e)", nowNanos: clock.nowNanos()))
-                return
             } catch {
-                // The client went away (write failed) or the task was cancelled.
                 status = 499
-                stream.cancel()
                 throw error
             }
-            stream.cancel()
-            let tail = translator.finish(nowNanos: clock.nowNanos())
-            if !tail.isEmpty { try await writer.write(tail) }
         }))
+    }
+
+    /// How a source's error ends a relayed stream.
+    enum StreamFailure {
+        /// Our side cancelled (the client left): nothing more to write.
+        case cancelled
+        /// The source failed: the client gets an error event with this status and message.
+        case failed(Int, String)
+    }
+
+    /// Feeds `source` through `translator` to `writer` chunk by chunk and closes the stream
+    /// properly (the translator's tail, or an error event). Returns the status for metrics;
+    /// rethrows when the client went away. `classify` maps the source's own errors.
+    static func pump<S: AsyncSequence>(_ source: S, through translator: inout StreamTranslator, to writer: ResponseBodyWriter,
+                                       clock: any WallClock, cancel: () -> Void,
+                                       classify: (any Error) -> StreamFailure?) async throws -> Int where S.Element == [UInt8] {
+        do {
+            for try await chunk in source {
+                let out = try translator.feed(chunk, nowNanos: clock.nowNanos())
+                if !out.isEmpty { try await writer.write(out) }
+                if translator.finished { break }
+            }
+        } catch let e as APIError {
+            try await writer.write(translator.fail(message: e.message, nowNanos: clock.nowNanos()))
+            cancel()
+            return e.status
+        } catch {
+            switch classify(error) {
+            case .failed(let status, let message)? where !Task.isCancelled:
+                try await writer.write(translator.fail(message: message, nowNanos: clock.nowNanos()))
+                return status
+            case .cancelled?, .failed?:
+                cancel()
+                throw CancellationError()
+            case nil:
+                // The client went away (write failed) or the task was cancelled.
+                cancel()
+                throw error
+            }
+        }
+        cancel()
+        let tail = translator.finish(nowNanos: clock.nowNanos())
+        if !tail.isEmpty { try await writer.write(tail) }
+        return 200
     }
 
     private func unreachable(_ error: any Error) -> Outcome? {

@@ -85,7 +85,7 @@ public final class MeshdNode: Service, Sendable {
         let draining = DrainFlag()
         self.draining = draining
         hardware = Self.makeHardwareMonitor(config.hardware, logger: logger)
-        let gateway = config.cloud.providers.isEmpty ? nil : try Gateway(config: config, clock: clock, logger: logger)
+        let gateway = config.cloud.providers.isEmpty ? nil : try Gateway(config: config, http: client, clock: clock, logger: logger)
         self.gateway = gateway
         mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
                                  hardware: hardware, gateway: gateway)
@@ -95,7 +95,8 @@ public final class MeshdNode: Service, Sendable {
             discovery = nil
         }
         let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
-                                   timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value })
+                                   timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
+                                   cloud: CloudSetup(config: config.cloud, gateway: gateway))
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, logger: logger))
         let responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
                                      apiKeys: config.http.apiKeys, clock: clock)
@@ -198,6 +199,15 @@ public final class MeshdNode: Service, Sendable {
                     let changes = engines.changes()
                     group.addTask {
                         for await _ in changes { mesh.broadcastState() }
+                    }
+                    // ...and of load changes (a request started or ended), at most every 20 ms, so
+                    // peers do not route on a stale in-flight count for a whole heartbeat.
+                    let load = engines.loadChanges()
+                    group.addTask {
+                        for await _ in load {
+                            mesh.broadcastState()
+                            try? await Task.sleep(for: .milliseconds(20))
+                        }
                     }
                     group.addTask {
                         do {

@@ -1,0 +1,180 @@
+"""Cloud escalation through a gateway (issue 5), against a fake cloud over real TLS (a test CA that
+libcurl is told to trust through ca_file): the OpenAI, Anthropic and Gemini dialects, streamed and
+not, through the gateway itself and through a node without providers (the real openai and ollama
+clients); escalation only when the mesh cannot serve; local-only models; the budget cap with a 429
+that names it; a provider that rate-limits; 200 concurrent requests against a small cap."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from cloud_helpers import PRICES, FakeCloud
+from meshd_e2e import ProcessPool
+from mesh_helpers import MeshBinaries, MeshNode, chat, sim_entry, start_sim
+
+
+class Gatewayed:
+    def __init__(self, pool: ProcessPool, bins: MeshBinaries, secret: Path, tmp: Path) -> None:
+        self.cloud = FakeCloud(pool, tmp / "tls")
+        self.sim = start_sim(pool, bins, "--models", "local-m")
+        cloud_cfg = {"providers": self.cloud.providers(tmp / "cloud.key"), "prices": PRICES,
+                     "prices_file": str(tmp / "no-prices.yaml"), "local_only_models": ["private-gpt"],
+                     "escalate_after_ms": 2000}
+        budget = {"daily_usd": 1.0, "monthly_usd": 10.0}
+        self.g = MeshNode(pool, bins, "G", secret=secret, engines=[sim_entry(self.sim)],
+                          extra={"cloud": cloud_cfg, "budget": budget})
+        self.a = MeshNode(pool, bins, "A", secret=secret, peers=[self.g])
+        self.a.wait_sees({"A": "up", "G": "up"}, models={"G": ["local-m"]})
+
+    def budget(self) -> dict[str, Any]:
+        res = self.g.meshctl("budget", "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        return json.loads(res.stdout)
+
+
+@pytest.fixture(scope="module")
+def gw(module_mpool: ProcessPool, mbins: MeshBinaries, module_secret: Path, tmp_path_factory: pytest.TempPathFactory) -> Gatewayed:
+    return Gatewayed(module_mpool, mbins, module_secret, tmp_path_factory.mktemp("gateway"))
+
+
+def test_each_dialect_through_the_gateway(gw: Gatewayed) -> None:
+    before = gw.budget()["daily"]["spent_usd"]
+    for model, provider, path in (("gpt-4o-mini", "openai", "/v1/chat/completions"), ("claude-haiku", "claude", "/v1/messages"),
+                                  ("gemini-flash", "gemini", "/v1beta/models/gemini-flash:generateContent")):
+        r = gw.g.post("/v1/chat/completions", json=chat(model, max_tokens=3))
+        assert r.status_code == 200, (model, r.text)
+        assert r.headers["x-meshd-provider"] == provider and r.headers["x-meshd-node"] == "G"
+        assert "escalated to" in r.headers["x-meshd-route"]
+        body = r.json()
+        assert body["choices"][0]["message"]["content"] == "tok0 tok1 tok2" and body["usage"]["completion_tokens"] == 3
+        assert gw.cloud.stats()["by_path"].get(path, 0) >= 1
+    # Streamed, to the Ollama dialect, through Gemini's SSE.
+    with gw.g.client() as c, c.stream("POST", "/api/chat", json={"model": "gemini-flash", "messages": [{"role": "user", "content": "hi"}],
+                                                                 "options": {"num_predict": 4}}) as r:
+        lines = [json.loads(x) for x in r.iter_lines() if x]
+    assert "".join(x["message"]["content"] for x in lines) == "tok0 tok1 tok2 tok3"
+    assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 4
+    after = gw.budget()
+    assert after["daily"]["spent_usd"] > before and after["daily"]["reserved_usd"] == 0
+    assert after["in_flight"] == 0
+
+
+def test_local_models_stay_local_and_local_only_never_leaves(gw: Gatewayed) -> None:
+    total = gw.cloud.stats()["total"]
+    r = gw.a.post("/v1/chat/completions", json=chat("local-m"))
+    assert r.status_code == 200 and r.headers["x-meshd-node"] == "G" and "x-meshd-provider" not in r.headers
+    # The gateway does not advertise its local-only models, so A has nowhere to send it.
+    r = gw.a.post("/v1/chat/completions", json=chat("private-gpt"))
+    assert r.status_code == 404 and "no healthy cloud provider" in r.json()["error"]["message"], r.text
+    r = gw.g.post("/v1/chat/completions", json=chat("private-gpt"))
+    assert r.status_code == 404 and "local-only" in r.json()["error"]["message"], r.text
+    assert gw.cloud.stats()["total"] == total
+
+
+def test_real_clients_through_a_node_without_providers(gw: Gatewayed) -> None:
+    client = openai.OpenAI(base_url=f"{gw.a.url}/v1", api_key="unused", max_retries=0, timeout=30)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert raw.headers["x-meshd-via"] == "A" and raw.headers["x-meshd-node"] == "G" and raw.headers["x-meshd-provider"] == "openai"
+    assert raw.parse().choices[0].message.content == "tok0 tok1"
+    chunks = list(client.chat.completions.create(model="claude-haiku", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    oc = ollama.Client(host=gw.a.url, timeout=30)
+    resp = oc.chat(model="gemini-flash", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 2})
+    assert resp["message"]["content"] == "tok0 tok1"
+
+
+def test_rate_limited_provider_is_reported_and_cooled_down(gw: Gatewayed) -> None:
+    r = gw.g.post("/v1/chat/completions", json=chat("fail-429-gpt"))
+    assert r.status_code == 429 and r.json()["error"]["code"] == "provider_rate_limited", r.text
+    health = {h["name"]: h for h in gw.budget()["provider_health"]}
+    assert health["openai"]["available"] is False and health["openai"]["state"] == "open", health
+    # Nothing spent for a refused request.
+    assert gw.budget()["daily"]["reserved_usd"] == 0
+
+
+def test_concurrent_requests_never_exceed_the_cap(module_mpool: ProcessPool, mbins: MeshBinaries, module_secret: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp = tmp_path_factory.mktemp("gw-cap")
+    cloud = FakeCloud(module_mpool, tmp / "tls")
+    providers = [p for p in cloud.providers(tmp / "k") if p["name"] == "claude"]
+    # Worst case per request: (prompt estimate ≤ ~100 tokens × $0.80 + 8 × $4.00) / 1M ≈ $0.0001; the cap fits about 20.
+    cap = 0.002
+    node = MeshNode(module_mpool, mbins, "C", secret=module_secret,
+                    extra={"cloud": {"providers": providers, "prices": PRICES, "prices_file": str(tmp / "none.yaml")},
+                           "budget": {"daily_usd": cap}})
+    body = chat("claude-haiku", max_tokens=8)
+    n = 200
+
+    def one(_: int) -> int:
+        with httpx.Client(base_url=node.url, timeout=60, trust_env=False) as c:
+            return c.post("/v1/chat/completions", json=body).status_code
+
+    with ThreadPoolExecutor(max_workers=40) as ex:
+        codes = list(ex.map(one, range(n)))
+    ok, over = codes.count(200), codes.count(429)
+    b = json.loads(node.meshctl("budget", "--json").stdout)
+    spent, reserved = b["daily"]["spent_usd"], b["daily"]["reserved_usd"]
+    print(f"\n[gateway] {n} concurrent requests, cap ${cap}: {ok} served, {over} refused with 429, spent ${spent:.6f}, reserved ${reserved}")
+    assert ok + over == n, codes
+    assert ok >= 1 and over >= 1
+    assert spent <= cap and reserved == 0
+    assert cloud.stats()["by_path"].get("/v1/messages", 0) == ok
+    r = node.post("/v1/chat/completions", json=body)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded" and "daily budget" in r.json()["error"]["message"]
+    assert int(r.headers["retry-after"]) >= 1
+
+
+def test_kill9_of_the_gateway_loses_nothing(module_mpool: ProcessPool, mbins: MeshBinaries, module_secret: Path,
+                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    import threading
+
+    from meshd_e2e import wait_until
+    tmp = tmp_path_factory.mktemp("gw-kill")
+    cloud = FakeCloud(module_mpool, tmp / "tls")
+    providers = [p for p in cloud.providers(tmp / "k") if p["name"] == "openai"]
+    node = MeshNode(module_mpool, mbins, "K", secret=module_secret,
+                    extra={"cloud": {"providers": providers, "prices": PRICES, "prices_file": str(tmp / "none.yaml")},
+                           "budget": {"daily_usd": 5.0}})
+
+    def budget() -> dict[str, Any]:
+        return json.loads(node.meshctl("budget", "--json").stdout)
+
+    assert node.post("/v1/chat/completions", json=chat("gpt-4o-mini", max_tokens=4)).status_code == 200
+    settled = budget()["daily"]["spent_usd"]
+    assert settled > 0
+
+    def stream() -> None:
+        try:
+            with httpx.Client(base_url=node.url, timeout=30, trust_env=False) as c:
+                with c.stream("POST", "/v1/chat/completions", json=chat("slow-gpt", stream=True, max_tokens=8)) as r:
+                    for _ in r.iter_bytes():
+                        pass
+        except httpx.HTTPError:
+            pass  # the gateway dies under it
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: budget()["in_flight"] == 3, 10, interval=0.05, what="three cloud streams in flight")
+    reserved = budget()["daily"]["reserved_usd"]
+    assert reserved > 0
+    node.kill9()
+    for t in threads:
+        t.join(30)
+    node.start()
+    after = budget()
+    print(f"\n[gateway] kill -9 with 3 streams in flight: ${settled:.6f} settled before, ${reserved:.6f} reserved; after restart "
+          f"spent ${after['daily']['spent_usd']:.6f}, reserved ${after['daily']['reserved_usd']}")
+    # Every reservation without a settlement counts as spent in full; nothing earlier is lost.
+    assert after["daily"]["reserved_usd"] == 0 and after["in_flight"] == 0
+    assert after["daily"]["spent_usd"] == pytest.approx(settled + reserved, abs=1e-6)
+    assert "counted as spent" in node.log()
