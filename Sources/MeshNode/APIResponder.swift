@@ -110,6 +110,7 @@ public struct APIResponder: HTTPResponder {
 
                 """.utf8)
             }
+            if let gw = proxy.cloud.gateway { body += Array(gw.metricsText().utf8) }
             return .bytes(.ok, body, contentType: "text/plain; version=0.0.4; charset=utf-8")
         case .inference(let r):
             return await proxy.handle(route: r, request: request)

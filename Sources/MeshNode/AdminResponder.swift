@@ -101,7 +101,21 @@ struct AdminResponder: HTTPResponder {
         case "/v1/route":
             let model = Self.queryValue(request.query, "model") ?? ""
             guard !model.isEmpty else { return .json(.badRequest, ["error": "missing ?model="]) }
-            switch proxy.explain(model: model) {
+            let routed = proxy.explain(model: model)
+            let key = Self.queryValue(request.query, "key")
+            if let (decision, peer) = proxy.cloudDecision(model: model, keyName: key, routed: routed, estimatedPromptTokens: 1, maxTokens: nil) {
+                switch decision {
+                case .cloud(let candidates, let why):
+                    return .json(.ok, ["model": .string(model), "node": .string(peer ?? nodeName), "cloud": true,
+                                       "providers": .array(candidates.map { .string("\($0.provider) (\($0.model))") }),
+                                       "reason": .string(why)])
+                case .refuse(let e):
+                    return .json(HTTPResponseStatus(statusCode: e.status), ["model": .string(model), "error": .string(e.message)])
+                case .mesh:
+                    break
+                }
+            }
+            switch routed {
             case .success(let d):
                 return .json(.ok, ["model": .string(model), "node": .string(d.nodeID ?? nodeName), "engine": .string(d.engineID),
                                    "engine_model": .string(d.engineModel), "loaded": .bool(d.loaded),

@@ -36,19 +36,39 @@ extension InferenceProxy {
                   started: ContinuousClock.Instant, startNanos: UInt64) async -> HTTPServerResponse? {
         let keyName = request.header(APIResponder.keyNameHeader)
         let est = PriceTable.estimatePromptTokens(utf8Bytes: request.body.readableBytes, messages: req.messages.count)
+        guard let (decision, peer) = cloudDecision(model: req.model, keyName: keyName, routed: routed, estimatedPromptTokens: est,
+                                                   maxTokens: req.options.maxTokens) else { return nil }
+        switch decision {
+        case .mesh: return nil
+        case .refuse(let e): return finishError(req, e, started: started)
+        case .cloud(let candidates, let why):
+            if let gw = cloud.gateway {
+                return await serveFromCloud(req, gateway: gw, candidates: candidates, why: why, keyName: keyName, estimatedPromptTokens: est,
+                                            meshCanServe: (try? routed.get()) != nil, started: started, startNanos: startNanos)
+            }
+            guard let mesh, let peer else { return nil }
+            var headers: [(String, String)] = [("X-Meshd-Via", nodeName), (Self.escalateHeader, "1")]
+            if let keyName { headers.append((APIResponder.keyNameHeader, keyName)) }
+            do {
+                let response = try await mesh.forward(to: peer, path: req.route.rawValue, headers: headers, body: request.bodyBytes)
+                return relayForwarded(response, req: req, note: why, started: started)
+            } catch {
+                if (try? routed.get()) != nil { return nil }
+                return finishError(req, .noHealthyEngine("gateway \(peer) unreachable: \(error)"), started: started)
+            }
+        }
+    }
+
+    /// The escalation decision for `model` given the mesh route, with the gateway peer that would
+    /// serve a cloud decision (nil when this node is the gateway). nil: no gateway anywhere, so the
+    /// router's answer stands.
+    func cloudDecision(model: String, keyName: String?, routed: Result<RouteDecision, APIError>, estimatedPromptTokens est: Int,
+                       maxTokens: Int?) -> (EscalationDecision, String?)? {
         let now = clock.nowNanos()
         if let gw = cloud.gateway {
             let policy = EscalationPolicy(cloud: gw.cloud, prices: gw.prices, hasGateway: true)
-            let d = policy.decide(model: req.model, apiKeyName: keyName, mesh: routed, estimatedPromptTokens: est,
-                                  maxTokens: req.options.maxTokens, healthy: { gw.client.health.isAvailable($0, nowNanos: now) })
-            switch d {
-            case .mesh: return nil
-            case .refuse(let e): return finishError(req, e, started: started)
-            case .cloud(let candidates, let why):
-                let meshCanServe = (try? routed.get()) != nil
-                return await serveFromCloud(req, gateway: gw, candidates: candidates, why: why, keyName: keyName,
-                                            estimatedPromptTokens: est, meshCanServe: meshCanServe, started: started, startNanos: startNanos)
-            }
+            return (policy.decide(model: model, apiKeyName: keyName, mesh: routed, estimatedPromptTokens: est, maxTokens: maxTokens,
+                                  healthy: { gw.client.health.isAvailable($0, nowNanos: now) }), nil)
         }
         guard let mesh, let (peer, advert) = gatewayPeer(mesh) else { return nil }
         // Another node is the gateway: decide with what it advertises, and let it pick the provider.
@@ -61,21 +81,10 @@ extension InferenceProxy {
         var advertised: [String: ModelPrice] = [:]
         for p in advert.providers { for m in p.models { advertised[m] = ModelPrice(input: 0, output: 0) } }
         let policy = EscalationPolicy(cloud: cc, prices: PriceTable(models: advertised), hasGateway: true)
-        switch policy.decide(model: req.model, apiKeyName: keyName, mesh: routed, estimatedPromptTokens: est,
-                             maxTokens: req.options.maxTokens, healthy: { _ in true }) {
-        case .mesh: return nil
-        case .refuse(let e): return finishError(req, e, started: started)
-        case .cloud(_, let why):
-            var headers: [(String, String)] = [("X-Meshd-Via", nodeName), (Self.escalateHeader, "1")]
-            if let keyName { headers.append((APIResponder.keyNameHeader, keyName)) }
-            do {
-                let response = try await mesh.forward(to: peer, path: req.route.rawValue, headers: headers, body: request.bodyBytes)
-                return relayForwarded(response, req: req, note: "\(why) via gateway \(peer)", started: started)
-            } catch {
-                if (try? routed.get()) != nil { return nil }
-                return finishError(req, .noHealthyEngine("gateway \(peer) unreachable: \(error)"), started: started)
-            }
-        }
+        var d = policy.decide(model: model, apiKeyName: keyName, mesh: routed, estimatedPromptTokens: est, maxTokens: maxTokens,
+                              healthy: { _ in true })
+        if case .cloud(let c, let why) = d { d = .cloud(candidates: c, why: "\(why) via gateway \(peer)") }
+        return (d, peer)
     }
 
     /// A live peer that advertises cloud providers (the first by name).

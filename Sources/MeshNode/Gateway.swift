@@ -110,3 +110,44 @@ final class Gateway: Sendable {
                 "provider_health": .array(client.health.snapshots(cloud.providers.map(\.name), nowNanos: clock.nowNanos()).map(\.json))]
     }
 }
+
+extension Gateway {
+    /// Prometheus lines for `/metrics`: every cap's spent, reserved and limit, alerts fired, and
+    /// whether each provider is available.
+    func metricsText() -> String {
+        func label(_ s: BudgetScope) -> String {
+            switch s {
+            case .global: return "scope=\"global\""
+            case .provider(let p): return "scope=\"provider\",name=\"\(p)\""
+            case .key(let k): return "scope=\"key\",name=\"\(k)\""
+            }
+        }
+        var out = """
+        # HELP meshd_budget_spent_usd Cloud spend in the current period, USD.
+        # TYPE meshd_budget_spent_usd gauge
+        # HELP meshd_budget_reserved_usd Worst-case cost of cloud requests in flight, USD.
+        # TYPE meshd_budget_reserved_usd gauge
+        # HELP meshd_budget_limit_usd Cap of the period, USD.
+        # TYPE meshd_budget_limit_usd gauge
+
+        """
+        for u in ledger.usage() {
+            let l = "\(label(u.scope)),period=\"\(u.period.rawValue)\""
+            out += "meshd_budget_spent_usd{\(l)} \(u.spent.usd)\nmeshd_budget_reserved_usd{\(l)} \(u.reserved.usd)\n"
+            if let limit = u.limit { out += "meshd_budget_limit_usd{\(l)} \(limit.usd)\n" }
+        }
+        out += """
+        # HELP meshd_budget_alerts_total Budget alerts fired (a cap crossed budget.alert_at).
+        # TYPE meshd_budget_alerts_total counter
+        meshd_budget_alerts_total \(alertCount.withLock { $0 })
+        # HELP meshd_cloud_provider_available Whether a cloud provider takes requests (not cooling down).
+        # TYPE meshd_cloud_provider_available gauge
+
+        """
+        let now = clock.nowNanos()
+        for p in cloud.providers {
+            out += "meshd_cloud_provider_available{provider=\"\(p.name)\"} \(client.health.isAvailable(p.name, nowNanos: now) ? 1 : 0)\n"
+        }
+        return out
+    }
+}

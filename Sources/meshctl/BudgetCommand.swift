@@ -33,6 +33,15 @@ struct BudgetCommand: AsyncParsableCommand {
             }
         }
         print(table(["CAP", "PERIOD", "LIMIT", "SPENT", "RESERVED", "REMAINING", "RESETS AT"], rows))
+        let health = (b["provider_health"] as? [[String: Any]] ?? []).map { h -> [String] in
+            let until = (h["cooldown_until"] as? Double).map { Date(timeIntervalSince1970: $0).ISO8601Format() } ?? "-"
+            return [h["name"] as? String ?? "?", h["state"] as? String ?? "?", (h["available"] as? Bool) == true ? "yes" : "no",
+                    "\(h["consecutive_failures"] ?? 0)", until, h["last_error"] as? String ?? "-"]
+        }
+        if !health.isEmpty {
+            print("")
+            print(table(["PROVIDER", "CIRCUIT", "AVAILABLE", "FAILURES", "COOLDOWN UNTIL", "LAST ERROR"], health))
+        }
         print("\ntime zone \(b["time_zone"] as? String ?? "?"), alerts at \(Int(((b["alert_at"] as? Double) ?? 0) * 100))%, "
               + "\(b["in_flight"] as? Int ?? 0) cloud request(s) in flight")
     }

@@ -15,6 +15,9 @@ struct RouteCommand: AsyncParsableCommand {
         } else if let r = try global.decode(data) as? [String: Any] {
             if let err = r["error"] as? String {
                 print("\(model): cannot be served: \(err)")
+            } else if (r["cloud"] as? Bool) == true {
+                let providers = (r["providers"] as? [String] ?? []).joined(separator: ", then ")
+                print("\(model) → cloud through node \(r["node"] ?? "?"): \(providers)\n  why: \(r["reason"] ?? "?")")
             } else {
                 print("\(model) → node \(r["node"] ?? "?"), engine \(r["engine"] ?? "?")\n  why: \(r["reason"] ?? "?")")
             }

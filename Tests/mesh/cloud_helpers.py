@@ -49,6 +49,8 @@ class FakeCloud:
             {"name": "openai", "kind": "openai", "base_url": f"{self.url}/v1", **common},
             {"name": "claude", "kind": "anthropic", "base_url": f"{self.url}/v1", **common},
             {"name": "gemini", "kind": "gemini", "base_url": f"{self.url}/v1beta", **common},
+            {"name": "azure", "kind": "azure", "base_url": f"{self.url}/openai/deployments/azure-gpt", "api_version": "2024-10-21",
+             **common},
         ]
 
 
@@ -57,6 +59,9 @@ PRICES = {
     "claude-haiku": {"input": 0.80, "output": 4.00, "max_output_tokens": 64},
     "gemini-flash": {"input": 0.10, "output": 0.40, "max_output_tokens": 64},
     "slow-gpt": {"input": 1.0, "output": 2.0, "max_output_tokens": 64},
-    "fail-429-gpt": {"input": 0.15, "output": 0.60},
+    "openai/fail-429-gpt": {"input": 0.15, "output": 0.60},  # openai only: no fallback
     "private-gpt": {"input": 0.15, "output": 0.60},
+    "fail-500-gpt": {"input": 0.15, "output": 0.60},
+    "cut-stream-gpt": {"input": 100.0, "output": 100.0, "max_output_tokens": 64},
+    "azure/azure-gpt": {"input": 0.15, "output": 0.60, "max_output_tokens": 64},
 }

@@ -92,6 +92,40 @@ def test_real_clients_through_a_node_without_providers(gw: Gatewayed) -> None:
     assert resp["message"]["content"] == "tok0 tok1"
 
 
+def test_azure_and_route_explanations_and_metrics(gw: Gatewayed) -> None:
+    r = gw.a.post("/v1/chat/completions", json=chat("azure-gpt", max_tokens=2))
+    assert r.status_code == 200 and r.headers["x-meshd-provider"] == "azure", r.text
+    assert gw.cloud.stats()["by_path"].get("/openai/deployments/azure-gpt/chat/completions", 0) >= 1
+    res = gw.a.meshctl("route", "gpt-4o-mini")
+    assert res.returncode == 0 and "cloud through node G" in res.stdout and "openai (gpt-4o-mini)" in res.stdout, res.stdout
+    res = gw.g.meshctl("route", "local-m")
+    assert res.returncode == 0 and "engine" in res.stdout and "cloud" not in res.stdout, res.stdout
+    route = json.loads(gw.g.meshctl("route", "claude-haiku", "--json").stdout)
+    assert route["cloud"] is True and route["providers"] == ["claude (claude-haiku)"]
+    metrics = gw.g.get("/metrics").text
+    assert 'meshd_budget_spent_usd{scope="global",period="daily"}' in metrics
+    assert 'meshd_cloud_provider_available{provider="claude"} 1' in metrics
+
+
+def test_provider_failures_cost_nothing_or_what_was_generated(gw: Gatewayed) -> None:
+    # openai answers 500 before the first byte: the next provider that serves the model (azure,
+    # an OpenAI-compatible family member) answers instead, and only it is billed.
+    r = gw.g.post("/v1/chat/completions", json=chat("fail-500-gpt", max_tokens=2))
+    assert r.status_code == 200 and r.headers["x-meshd-provider"] == "azure", r.text
+    assert "fell back to azure" in r.headers["x-meshd-route"]
+    assert gw.cloud.stats()["by_path_model"].get("/v1/chat/completions fail-500-gpt", 0) >= 1
+    health = {h["name"]: h for h in gw.budget()["provider_health"]}
+    assert health["openai"]["consecutive_failures"] >= 1 and "500" in (health["openai"]["last_error"] or ""), health
+    mid = gw.budget()["daily"]
+    assert mid["reserved_usd"] == 0
+    # A stream cut mid-way: the client gets what came and an error event; the bill covers it.
+    with gw.g.client() as c, c.stream("POST", "/v1/chat/completions", json=chat("cut-stream-gpt", stream=True, max_tokens=8)) as r:
+        text = "".join(r.iter_text())
+    assert "tok0" in text and '"error"' in text and "[DONE]" not in text, text
+    after = gw.budget()["daily"]
+    assert after["spent_usd"] > mid["spent_usd"] and after["reserved_usd"] == 0
+
+
 def test_rate_limited_provider_is_reported_and_cooled_down(gw: Gatewayed) -> None:
     r = gw.g.post("/v1/chat/completions", json=chat("fail-429-gpt"))
     assert r.status_code == 429 and r.json()["error"]["code"] == "provider_rate_limited", r.text
