@@ -212,3 +212,80 @@ def test_kill9_of_the_gateway_loses_nothing(module_mpool: ProcessPool, mbins: Me
     assert after["daily"]["reserved_usd"] == 0 and after["in_flight"] == 0
     assert after["daily"]["spent_usd"] == pytest.approx(settled + reserved, abs=1e-6)
     assert "counted as spent" in node.log()
+
+
+def test_busy_mesh_escalates_and_per_key_caps_and_alert_webhook(module_mpool: ProcessPool, mbins: MeshBinaries, module_secret: Path,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from meshd_e2e import wait_until
+    tmp = tmp_path_factory.mktemp("gw-busy")
+    cloud = FakeCloud(module_mpool, tmp / "tls")
+    alerts: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            alerts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    sim = start_sim(module_mpool, mbins, "--models", "busy-m", "--slots", 1, "--gen-tps", 20)
+    prices = {**PRICES, "busy-m": {"input": 0.15, "output": 0.60, "max_output_tokens": 64}}
+    node = MeshNode(module_mpool, mbins, "Q", secret=module_secret, engines=[sim_entry(sim)],
+                    extra={"http": {"listen": "127.0.0.1:0", "api_keys": ["ci:ci-key-123", "dev:dev-key-456"]},
+                           "cloud": {"providers": [p for p in cloud.providers(tmp / "k") if p["name"] == "openai"], "prices": prices,
+                                     "prices_file": str(tmp / "none.yaml"), "escalate_after_ms": 100},
+                           "budget": {"daily_usd": 1.0, "alert_at": 0.5, "webhook": f"http://127.0.0.1:{hook.server_port}/alert",
+                                      "per_key": {"ci": {"daily_usd": 0.00006}}}}, start=False)
+    node.config["http"]["listen"] = f"127.0.0.1:{node.http_port}"
+    from meshd_e2e import render_config
+    node.config_path.write_text(render_config(node.config))
+    node.start()
+    dev = {"Authorization": "Bearer dev-key-456"}
+    ci = {"Authorization": "Bearer ci-key-123"}
+    try:
+        # Idle local engine: served locally (20 tokens at 20/s: the engine's measured service time is ~1 s).
+        r = node.post("/v1/chat/completions", json=chat("busy-m", max_tokens=20), headers=dev)
+        assert r.status_code == 200 and "x-meshd-provider" not in r.headers, r.headers
+        # (Until the next engine poll shows it idle, the node would still see it busy and escalate.)
+        wait_until(lambda: all(not e["in_flight"] and not e["running"] for e in node.admin("GET", "/v1/engines").json()), 5,
+                   what="the node to see its engine idle")
+        # Its only slot taken by a long stream: the expected wait exceeds 100 ms, so the cloud serves.
+        done = threading.Event()
+
+        def occupy() -> None:
+            with httpx.Client(base_url=node.url, timeout=30, trust_env=False) as c:
+                with c.stream("POST", "/v1/chat/completions", json=chat("busy-m", stream=True, max_tokens=200), headers=dev) as s:
+                    for _ in s.iter_lines():
+                        if done.is_set():
+                            break
+
+        t = threading.Thread(target=occupy)
+        t.start()
+        try:
+            wait_until(lambda: sim.stats()["in_flight"] == 1, 5, what="the local engine busy")
+            r = node.post("/v1/chat/completions", json=chat("busy-m", max_tokens=2), headers=dev)
+            assert r.status_code == 200 and r.headers["x-meshd-provider"] == "openai", r.headers
+            assert "would wait over 100 ms" in r.headers["x-meshd-route"]
+        finally:
+            done.set()
+            t.join(30)
+        # The ci key has a tiny cap of its own ($0.00006; one request of 64 tokens costs ~$0.000039, its
+        # worst case ~$0.000048): its second cloud request is refused, naming the key.
+        codes = [node.post("/v1/chat/completions", json=chat("gpt-4o-mini", max_tokens=64), headers=ci) for _ in range(3)]
+        refused = [r for r in codes if r.status_code == 429]
+        assert refused and "API key 'ci'" in refused[0].json()["error"]["message"], [r.text for r in codes]
+        assert node.post("/v1/chat/completions", json=chat("gpt-4o-mini", max_tokens=8), headers=dev).status_code == 200
+        keys = json.loads(node.meshctl("budget", "--json").stdout)["keys"]
+        assert [r.status_code for r in codes] == [200, 429, 429]
+        assert keys["ci"]["daily"]["limit_usd"] == 0.00006 and 0 < keys["ci"]["daily"]["spent_usd"] <= 0.00006
+        # The ci cap crossed 50 %: the webhook heard of it.
+        wait_until(lambda: any(a.get("scope") == "API key 'ci'" for a in alerts), 5, what="a budget alert on the webhook")
+    finally:
+        hook.shutdown()
