@@ -159,3 +159,31 @@ def test_doctor_on_the_bed(mesh: BedMesh) -> None:
         assert f"✓ peer {mesh.bed.ip(h)}:{MESH_PORT}" in out, out
     # h4 (another mesh) is listed as ignored, not as a problem.
     assert f"mDNS 'h4': {mesh.bed.ip('h4')}: not dialed: another mesh" in out, out
+
+
+def test_changed_record_is_reannounced(mesh: BedMesh) -> None:
+    """h4's GPU changes (a stand-in nvidia-smi reads its answer from a file): its TXT record is
+    updated in place and the other hosts' avahi-daemons see the new gpu and vram values."""
+    node = mesh.member("h4")
+    d = mesh.bed.dir("h4")
+    answer = d / "gpus.csv"
+    answer.write_text("0, NVIDIA GeForce RTX 4090, 24564, 20000\n")
+    smi = d / "fake-nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat {answer}\n")
+    smi.chmod(0o755)
+    cfg = node.config_path.read_text() + f'hardware:\n  refresh_seconds: 1\n  nvidia_smi: "{smi}"\n'
+    node.config_path.write_text(cfg)
+    mesh.bed.sh("stop-meshd", "h4")
+    node.start()
+    node.wait_ready()
+
+    def txt() -> dict[str, str]:
+        return mesh.bed.browse("h2").get("h4", {}).get("txt", {})
+
+    wait_until(lambda: txt().get("gpu") == "NVIDIA GeForce RTX 4090", 15, interval=0.3, what="h4's first GPU in its TXT record")
+    assert txt()["vram"] == str(24564 * 1024 * 1024)
+    answer.write_text("0, NVIDIA GeForce RTX 4090, 24564, 20000\n1, NVIDIA GeForce RTX 4090, 24564, 20000\n")
+    t0 = time.monotonic()
+    wait_until(lambda: txt().get("gpu") == "2x NVIDIA GeForce RTX 4090", 20, interval=0.3, what="h4's record re-announced")
+    print(f"\n[testbed] mDNS: a changed record (1 → 2 GPUs) was seen by another host {time.monotonic() - t0:.1f}s later")
+    assert txt()["vram"] == str(2 * 24564 * 1024 * 1024)
