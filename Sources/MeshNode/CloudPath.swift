@@ -44,7 +44,7 @@ extension InferenceProxy {
         case .cloud(let candidates, let why):
             if let gw = cloud.gateway {
                 return await serveFromCloud(req, gateway: gw, candidates: candidates, why: why, keyName: keyName, estimatedPromptTokens: est,
-                                            meshCanServe: (try? routed.get()) != nil, started: started, startNanos: startNanos)
+                                            meshWait: (try? routed.get())?.expectedWaitSeconds, started: started, startNanos: startNanos)
             }
             guard let mesh, let peer else { return nil }
             var headers: [(String, String)] = [("X-Meshd-Via", nodeName), (Self.escalateHeader, "1")]
@@ -119,15 +119,17 @@ extension InferenceProxy {
             return finishError(req, .noHealthyEngine("no healthy cloud provider with a price serves '\(req.model)'"), started: started)
         }
         return await serveFromCloud(req, gateway: gw, candidates: candidates, why: "escalated to \(first.provider) (\(first.model)) at a peer's request",
-                                    keyName: keyName, estimatedPromptTokens: est, meshCanServe: false, started: started, startNanos: startNanos)
+                                    keyName: keyName, estimatedPromptTokens: est, meshWait: nil, started: started, startNanos: startNanos)
             ?? finishError(req, .noHealthyEngine("cloud unavailable"), started: started)
     }
 
     /// Tries the candidates in order: reserve the worst case in the ledger, send, settle to the
     /// real usage (or release when nothing was spent), falling back to the next provider before the
-    /// first byte. Returns nil only when the budget refuses and the mesh can serve instead.
+    /// first byte. Returns nil only when the budget refuses and the mesh can serve instead: when
+    /// `meshWait` (the mesh route's expected wait, seconds) is within `timeouts.first_byte_ms`, the
+    /// request queues there; a longer queue would only end in a timeout, so the client gets 429.
     func serveFromCloud(_ req: InferenceRequest, gateway gw: Gateway, candidates: [CloudCandidate], why: String, keyName: String?,
-                        estimatedPromptTokens est: Int, meshCanServe: Bool, started: ContinuousClock.Instant,
+                        estimatedPromptTokens est: Int, meshWait: Double?, started: ContinuousClock.Instant,
                         startNanos: UInt64) async -> HTTPServerResponse? {
         let id = Self.newID(req.route)
         var denial: BudgetDenial?
@@ -232,7 +234,10 @@ extension InferenceProxy {
             })
         }
         if let denial {
-            if meshCanServe { return nil }
+            if let w = meshWait, w * 1000 <= Double(timeouts.firstByteMs) {
+                logger.notice("cloud budget exhausted; queueing in the mesh instead", metadata: ["cap": "\(denial.scope) \(denial.period.rawValue)"])
+                return nil
+            }
             var h = HTTPHeaders()
             h.add(name: "X-Meshd-Node", value: nodeName)
             h.add(name: "Retry-After", value: "\(max(1, denial.resetsAt - Int64(clock.nowNanos() / 1_000_000_000)))")

@@ -217,6 +217,7 @@ def test_kill9_of_the_gateway_loses_nothing(module_mpool: ProcessPool, mbins: Me
 def test_busy_mesh_escalates_and_per_key_caps_and_alert_webhook(module_mpool: ProcessPool, mbins: MeshBinaries, module_secret: Path,
                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     import threading
+    import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from meshd_e2e import wait_until
@@ -285,6 +286,27 @@ def test_busy_mesh_escalates_and_per_key_caps_and_alert_webhook(module_mpool: Pr
         keys = json.loads(node.meshctl("budget", "--json").stdout)["keys"]
         assert [r.status_code for r in codes] == [200, 429, 429]
         assert keys["ci"]["daily"]["limit_usd"] == 0.00006 and 0 < keys["ci"]["daily"]["spent_usd"] <= 0.00006
+        # Over its cap, a request the mesh can serve (within timeouts.first_byte_ms) queues there
+        # instead of failing: the busy local engine answers it once free.
+        done.clear()
+        t = threading.Thread(target=occupy)
+        t.start()
+        queued: dict[str, Any] = {}
+
+        def over_budget() -> None:
+            queued["r"] = node.post("/v1/chat/completions", json=chat("busy-m", max_tokens=64), headers=ci, timeout=30)
+
+        try:
+            wait_until(lambda: sim.stats()["in_flight"] == 1, 5, what="the local engine busy again")
+            q = threading.Thread(target=over_budget)
+            q.start()
+            time.sleep(0.5)
+        finally:
+            done.set()
+            t.join(30)
+        q.join(30)
+        assert queued["r"].status_code == 200 and "x-meshd-provider" not in queued["r"].headers, queued["r"].headers
+        assert "queueing in the mesh instead" in node.log()
         # The ci cap crossed 50 %: the webhook heard of it.
         wait_until(lambda: any(a.get("scope") == "API key 'ci'" for a in alerts), 5, what="a budget alert on the webhook")
     finally:
