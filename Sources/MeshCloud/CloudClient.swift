@@ -4,7 +4,7 @@ import MeshHTTPClient
 
 /// Why a provider request failed. Messages never contain the provider key.
 public enum CloudError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// HTTP 429; the provider's `retry-after` in seconds when it sent a usable one.
+    /// HTTP 429 (or 503/529 with `retry-after`); the provider's `retry-after` in seconds when it sent a usable one.
     case rateLimited(retryAfter: Double?)
     /// Any other non-2xx status, with the provider's error message.
     case http(status: Int, message: String)
@@ -153,8 +153,11 @@ public final class CloudClient: Sendable {
     }
 
     func statusError(_ head: HTTPClientResponseHead, _ bytes: [UInt8], _ provider: ProviderSettings) -> CloudError {
-        if head.status == 429 {
-            return .rateLimited(retryAfter: head.header("retry-after").flatMap { RetryAfter.seconds($0, nowNanos: clock.nowNanos()) })
+        let retryAfter = head.header("retry-after").flatMap { RetryAfter.seconds($0, nowNanos: clock.nowNanos()) }
+        // 429, and an overloaded or unavailable provider that says when to come back (503, and
+        // Anthropic's 529): back off for that long.
+        if head.status == 429 || ([503, 529].contains(head.status) && retryAfter != nil) {
+            return .rateLimited(retryAfter: retryAfter)
         }
         let parsed = try? JSONParser.parse(bytes)
         var message = parsed.flatMap(ProviderResponse.errorMessage)

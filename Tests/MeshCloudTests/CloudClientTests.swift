@@ -196,6 +196,17 @@ struct FakeCloudFailureTests {
         }
     }
 
+    @Test func overloadedWithRetryAfterCoolsDownToo() async throws {
+        try await withCloud { cloud, client, _, clock in
+            let provider = cloud.provider(.anthropic)
+            let error = await cloudError { _ = try await client.send(try engineRequest(.anthropic, model: "c-fail-529", stream: false), to: provider, model: "c", id: "i") }
+            #expect(error == .rateLimited(retryAfter: 3))
+            let now = clock.nowNanos()
+            let until = try #require(client.health.snapshot(provider.name, nowNanos: now).cooldownUntilNanos)
+            #expect(until > now + 2_000_000_000 && until <= now + 3_000_000_000)
+        }
+    }
+
     @Test func rateLimitedStream() async throws {
         try await withCloud { cloud, client, _, _ in
             let error = await cloudError { _ = try await client.stream(try engineRequest(.gemini, model: "g-fail-429", stream: true), to: cloud.provider(.gemini), model: "g", id: "i") }

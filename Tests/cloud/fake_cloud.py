@@ -10,7 +10,8 @@ Speaks four dialects, each with its own authentication and error shapes:
 
 Answers are deterministic: N tokens "tok0 tok1 ..." (N from max_tokens / maxOutputTokens, else
 --default-tokens), usage = prompt words + N. Failures are injected by model (or deployment) name:
-a name containing `fail-429` answers 429 with `retry-after: 2`, `fail-500` answers 500,
+a name containing `fail-429` answers 429 with `retry-after: 2`, `fail-529` answers 529 (overloaded)
+with `retry-after: 3`, `fail-500` answers 500,
 `cut-stream` stops a stream mid-way without its end marker (a whole answer is cut short of its
 Content-Length), `stream-error` sends the dialect's error event mid-stream and ends it, `slow` waits --slow-delay seconds before each chunk.
 
@@ -178,6 +179,9 @@ class Handler(BaseHTTPRequestHandler):
         if "fail-429" in model:
             self.send_json(429, error(429, "Rate limit reached for requests"), headers=[("retry-after", "2")])
             return False
+        if "fail-529" in model:
+            self.send_json(529, error(529, "Overloaded"), headers=[("retry-after", "3")])
+            return False
         if "fail-500" in model:
             self.send_json(500, error(500, "The server had an error while processing your request"))
             return False
@@ -214,8 +218,8 @@ class Handler(BaseHTTPRequestHandler):
         def error(status, message):
             if azure:
                 return {"error": {"code": str(status), "message": message}}
-            kind = {401: "invalid_request_error", 429: "requests", 500: "server_error"}[status]
-            code = {401: "invalid_api_key", 429: "rate_limit_exceeded", 500: None}[status]
+            kind = {401: "invalid_request_error", 429: "requests", 500: "server_error", 529: "server_error"}[status]
+            code = {401: "invalid_api_key", 429: "rate_limit_exceeded", 500: None, 529: "overloaded"}[status]
             return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
         if not self.check(key, path, model, error):
@@ -259,7 +263,7 @@ class Handler(BaseHTTPRequestHandler):
         model = body.get("model", "")
 
         def error(status, message):
-            kind = {401: "authentication_error", 429: "rate_limit_error", 500: "api_error"}[status]
+            kind = {401: "authentication_error", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}[status]
             return {"type": "error", "error": {"type": kind, "message": message}}
 
         if not self.headers.get("anthropic-version"):
@@ -305,7 +309,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def gemini(self, path, body, model, stream, key):
         def error(status, message):
-            kind = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}[status]
+            kind = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 529: "UNAVAILABLE"}[status]
             return {"error": {"code": status, "message": message, "status": kind}}
 
         if not self.check(key, path, model, error):
