@@ -98,8 +98,7 @@ public struct EscalationPolicy: Sendable {
         if case .success(let r) = mesh, localOnly || waitMs(r) <= cloud.escalateAfterMs {
             return .mesh(route: r, why: r.reason)
         }
-        if localOnly {
-            guard case .failure(let e) = mesh else { fatalError("unreachable") }
+        if localOnly, case .failure(let e) = mesh {
             return .refuse(APIError(status: e.status, message: "\(e.message); '\(model)' is local-only, so it is never sent to the cloud",
                                     type: e.type, param: e.param, code: e.code))
         }
