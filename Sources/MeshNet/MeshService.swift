@@ -400,7 +400,8 @@ public final class MeshService: Sendable {
         }
     }
 
-    static func normalize(_ endpoint: String) -> String {
+    /// `host:port` of an endpoint written with or without `tcp://`.
+    public static func normalize(_ endpoint: String) -> String {
         endpoint.hasPrefix("tcp://") ? String(endpoint.dropFirst(6)) : endpoint
     }
 

@@ -47,14 +47,15 @@ extension InferenceProxy {
                                             meshWait: (try? routed.get())?.expectedWaitSeconds, started: started, startNanos: startNanos)
             }
             guard let mesh, let peer else { return nil }
-            var headers: [(String, String)] = [("X-Meshd-Via", nodeName), (Self.escalateHeader, "1")]
+            var headers: [(String, String)] = [(Self.escalateHeader, "1")]
             if let keyName { headers.append((APIResponder.keyNameHeader, keyName)) }
-            do {
-                let response = try await mesh.forward(to: peer, path: req.route.rawValue, headers: headers, body: request.bodyBytes)
-                return relayForwarded(response, req: req, note: why, started: started)
-            } catch {
+            switch await forward(req, body: request.bodyBytes, to: peer, engine: nil, headers: headers,
+                                 route: { theirs in theirs.map { "\(why): \($0)" } ?? why }, mesh: mesh, started: started) {
+            case .response(let r):
+                return r
+            case .unreachable(let reason):
                 if (try? routed.get()) != nil { return nil }
-                return finishError(req, .noHealthyEngine("gateway \(peer) unreachable: \(error)"), started: started)
+                return finishError(req, .noHealthyEngine("gateway \(peer) unreachable: \(reason)"), started: started)
             }
         }
     }
@@ -257,22 +258,6 @@ extension InferenceProxy {
         default:
             return .engineFailed("cloud provider \(provider): \(error)")
         }
-    }
-
-    /// Relays a gateway peer's answer (already in the client's dialect).
-    func relayForwarded(_ response: ForwardedResponse, req: InferenceRequest, note: String, started: ContinuousClock.Instant) -> HTTPServerResponse {
-        var headers = HTTPHeaders()
-        for (n, v) in response.headers where !["content-length", "transfer-encoding", "connection"].contains(n.lowercased()) {
-            headers.add(name: n, value: v)
-        }
-        headers.replaceOrAdd(name: "X-Meshd-Via", value: nodeName)
-        if let r = headers.first(name: "X-Meshd-Route") { headers.replaceOrAdd(name: "X-Meshd-Route", value: "\(note): \(r)") }
-        metrics.end(api: req.route.dialect.rawValue, route: req.route.rawValue, model: req.model, status: response.status,
-                    duration: ContinuousClock.now - started)
-        let body = response.body
-        return HTTPServerResponse(status: HTTPResponseStatus(statusCode: response.status), headers: headers, body: .stream { writer in
-            for try await chunk in body { try await writer.write(chunk) }
-        })
     }
 }
 

@@ -30,7 +30,7 @@ final class DiscoveryAgent: Sendable {
 
     /// The record as it would be published now (mesh port from the bound socket).
     func announcement() -> MDNSAnnouncement? {
-        guard let bound = HostPort(parsing: mesh.boundEndpoint.replacingPrefix("tcp://")) else { return nil }
+        guard let bound = HostPort(parsing: MeshService.normalize(mesh.boundEndpoint)) else { return nil }
         let s = mesh.localState()
         let txt = DiscoveryTXT(nodeID: nodeID, proto: Int(meshProtocolVersion), meshPort: bound.port, httpPort: httpPort,
                                gpu: s.gpuSummary, vramTotalBytes: s.vramTotalBytes, meshFingerprint: mesh.meshFingerprint,
@@ -136,8 +136,4 @@ final class DiscoveryAgent: Sendable {
             ("services", .array(services)),
         ])
     }
-}
-
-extension String {
-    func replacingPrefix(_ p: String) -> String { hasPrefix(p) ? String(dropFirst(p.count)) : self }
 }

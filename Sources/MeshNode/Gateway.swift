@@ -21,6 +21,8 @@ final class Gateway: Sendable {
     let settings: [String: ProviderSettings]
     let client: CloudClient
     let logger: Logger
+    /// What ``advert()`` lists per provider (computed once: config and prices do not change).
+    let providerModels: [String: [String]]
     /// Budget alerts fired since start (also a metric).
     let alertCount = Mutex(0)
 
@@ -50,7 +52,9 @@ final class Gateway: Sendable {
         if !issues.isEmpty { throw ConfigLoadError(issues: issues) }
         self.settings = settings
         client = CloudClient(http: http, clock: clock, logger: logger)
-        prices = try PricesLoader.load(path: config.cloud.pricesFile, overrides: config.cloud.prices)
+        let prices = try PricesLoader.load(path: config.cloud.pricesFile, overrides: config.cloud.prices)
+        self.prices = prices
+        providerModels = Self.servedModels(config.cloud, prices)
         calendar = Self.calendar(config.budget.timeZone)
         let path = (config.stateDir as NSString).appendingPathComponent("ledger.sqlite")
         ledger = try BudgetLedger(path: path, caps: config.budget.caps, calendar: calendar, clock: clock, node: config.nodeName)
@@ -63,6 +67,19 @@ final class Gateway: Sendable {
             "daily_usd": "\(config.budget.dailyUSD.map { "\($0)" } ?? "no cap")", "monthly_usd": "\(config.budget.monthlyUSD.map { "\($0)" } ?? "no cap")"])
     }
 
+    /// Priced, not local-only models each provider may be asked for, by provider name.
+    static func servedModels(_ cloud: CloudConfig, _ prices: PriceTable) -> [String: [String]] {
+        let policy = EscalationPolicy(cloud: cloud, prices: prices, hasGateway: true)
+        var out: [String: [String]] = [:]
+        for p in cloud.providers {
+            let own = p.name + "/"
+            out[p.name] = Set(prices.models.keys.compactMap { k in k.hasPrefix(own) ? String(k.dropFirst(own.count)) : k.contains("/") ? nil : k })
+                .filter { EscalationPolicy.serves(p, $0, prices: prices) && !policy.isLocalOnly(model: $0, apiKeyName: nil) }
+                .sorted()
+        }
+        return out
+    }
+
     /// Day and month boundaries in an IANA zone (validated by the config loader).
     static func calendar(_ zone: String) -> BudgetCalendar {
         let tz = TimeZone(identifier: zone) ?? TimeZone(identifier: "UTC")!
@@ -70,14 +87,13 @@ final class Gateway: Sendable {
     }
 
     /// What the mesh sees of this gateway.
+    /// Sent with every state (heartbeats and load changes): only health and budget are computed
+    /// here; the models each provider may be asked for are fixed at start (``providerModels``).
     func advert() -> GatewayAdvert {
-        let policy = EscalationPolicy(cloud: cloud, prices: prices, hasGateway: true)
+        let now = clock.nowNanos()
         let providers = cloud.providers.map { p in
-            GatewayAdvert.Provider(name: p.name, kind: p.kind, healthy: client.health.isAvailable(p.name, nowNanos: clock.nowNanos()),
-                                   models: prices.models.keys.filter { !$0.contains("/") || $0.hasPrefix(p.name + "/") }
-                                       .map { $0.hasPrefix(p.name + "/") ? String($0.dropFirst(p.name.count + 1)) : $0 }
-                                       .filter { EscalationPolicy.serves(p, $0, prices: prices) && !policy.isLocalOnly(model: $0, apiKeyName: nil) }
-                                       .sorted())
+            GatewayAdvert.Provider(name: p.name, kind: p.kind, healthy: client.health.isAvailable(p.name, nowNanos: now),
+                                   models: providerModels[p.name] ?? [])
         }
         let left = ledger.usage().filter { $0.scope == .global }.allSatisfy { ($0.remaining ?? 1) > 0 }
         return GatewayAdvert(providers: providers, budgetLeft: left)

@@ -92,7 +92,8 @@ public struct InferenceProxy: Sendable {
                 return errorResponse(e, dialect: route.dialect)
             }
             if !decision.isLocal, let node = decision.nodeID, let mesh {
-                switch await forward(req, body: request.bodyBytes, to: node, decision: decision, mesh: mesh, started: started) {
+                switch await forward(req, body: request.bodyBytes, to: node, engine: decision.engineID,
+                                     route: { _ in "forwarded to \(node): \(decision.reason)" }, mesh: mesh, started: started) {
                 case .response(let r):
                     return r
                 case .unreachable(let reason):
@@ -133,14 +134,18 @@ public struct InferenceProxy: Sendable {
     }
 
     /// Sends the request to a peer and relays its answer (already in the client's dialect).
-    private func forward(_ req: InferenceRequest, body: [UInt8], to node: String, decision: RouteDecision, mesh: MeshService,
-                         started: ContinuousClock.Instant) async -> Outcome {
+    /// - Parameters:
+    ///   - engine: the peer's engine routing chose (counted as pending until the answer ends), if any.
+    ///   - headers: sent along besides `X-Meshd-Via`.
+    ///   - route: the `X-Meshd-Route` to answer with, given the serving node's own.
+    func forward(_ req: InferenceRequest, body: [UInt8], to node: String, engine: String?, headers extra: [(String, String)] = [],
+                 route: @escaping (String?) -> String, mesh: MeshService, started: ContinuousClock.Instant) async -> Outcome {
         let api = req.route.dialect.rawValue
         let response: ForwardedResponse
-        mesh.noteForward(node: node, engine: decision.engineID, started: true)
-        let noted = ForwardNote(mesh: mesh, node: node, engine: decision.engineID)
+        if let engine { mesh.noteForward(node: node, engine: engine, started: true) }
+        let noted = ForwardNote(mesh: engine == nil ? nil : mesh, node: node, engine: engine ?? "")
         do {
-            response = try await mesh.forward(to: node, path: req.route.rawValue, headers: [("X-Meshd-Via", nodeName)], body: body)
+            response = try await mesh.forward(to: node, path: req.route.rawValue, headers: [("X-Meshd-Via", nodeName)] + extra, body: body)
         } catch let e as MeshForwardError {
             noted.finish()
             switch e {
@@ -162,7 +167,7 @@ public struct InferenceProxy: Sendable {
             headers.add(name: n, value: v)
         }
         headers.replaceOrAdd(name: "X-Meshd-Via", value: nodeName)
-        headers.replaceOrAdd(name: "X-Meshd-Route", value: "forwarded to \(node): \(decision.reason)")
+        headers.replaceOrAdd(name: "X-Meshd-Route", value: route(headers.first(name: "X-Meshd-Route")))
         let status = HTTPResponseStatus(statusCode: response.status)
         let streaming = (headers.first(name: "content-type") ?? "").contains("event-stream") || (headers.first(name: "content-type") ?? "").contains("ndjson")
         let metrics = self.metrics
@@ -443,12 +448,13 @@ private let idKey: (UInt64, UInt64) = {
 
 /// Ends a forward's pending count exactly once, whichever path the response takes.
 final class ForwardNote: Sendable {
-    private let mesh: MeshService
+    private let mesh: MeshService?
     private let node: String
     private let engine: String
     private let done = Mutex(false)
 
-    init(mesh: MeshService, node: String, engine: String) {
+    /// `mesh` nil: nothing to count (a forward that routing did not pick an engine for).
+    init(mesh: MeshService?, node: String, engine: String) {
         self.mesh = mesh
         self.node = node
         self.engine = engine
@@ -459,7 +465,7 @@ final class ForwardNote: Sendable {
             defer { d = true }
             return !d
         }
-        if first { mesh.noteForward(node: node, engine: engine, started: false) }
+        if first { mesh?.noteForward(node: node, engine: engine, started: false) }
     }
 
     deinit { finish() }

@@ -185,9 +185,20 @@ struct CurlHTTPClientTests {
     }
 
     @Test func connectionRefusedFailsQuickly() async throws {
-        let closed = try await TestHTTPServer.start(route: echoRoute)
-        let port = closed.port
-        await closed.shutdown()
+        // A port held by a bound socket that does not listen refuses connections, and no other
+        // test can take it meanwhile (a closed server's port could be reused by a parallel test).
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        try #require(bound)
+        let port = Int(UInt16(bigEndian: addr.sin_port))
         let client = try CurlHTTPClient()
         defer { client.shutdown() }
         let (error, elapsed) = await measure { () async -> HTTPClientError? in

@@ -84,7 +84,7 @@ struct HTTPServerTests {
             let r = try await c.readResponse()
             #expect(r.status == 200)
             #expect(r.closes)
-            try await c.readToEOF(timeout: .seconds(2))
+            try await c.readToEOF(timeout: .seconds(10))
             #expect(c.buffer.isEmpty)
 
             // HTTP/1.0 without keep-alive closes too.
@@ -92,7 +92,7 @@ struct HTTPServerTests {
             try await old.send("GET /echo HTTP/1.0\r\n\r\n")
             let o = try await old.readResponse()
             #expect(o.status == 200)
-            try await old.readToEOF(timeout: .seconds(2))
+            try await old.readToEOF(timeout: .seconds(10))
         }
     }
 
