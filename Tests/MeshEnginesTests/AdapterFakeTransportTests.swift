@@ -144,7 +144,7 @@ func next(_ it: inout AsyncStream<[EngineSnapshot]>.AsyncIterator, _ predicate: 
         a.set(healthy: false)
         let t0 = ContinuousClock.now
         #expect(await next(&changes) { $0.map(\.healthy) == [false, false] } != nil)
-        #expect(ContinuousClock.now - t0 < .seconds(1))  // 2 intervals + slack for loaded CI machines
+        #expect(ContinuousClock.now - t0 < .seconds(3))  // 2 intervals + slack for loaded CI machines
         #expect(reg.snapshot().first?.healthDetail == "scripted down")
 
         await reg.shutdown()

@@ -80,12 +80,12 @@ import Testing
         sim.kill9()
         let t0 = ContinuousClock.now
         #expect(await next(&changes) { $0.allSatisfy { !$0.healthy } } != nil)
-        #expect(ContinuousClock.now - t0 <= interval * 2 + .milliseconds(400))
+        #expect(ContinuousClock.now - t0 <= interval * 2 + .seconds(2))  // "within seconds"; slack for a loaded CI machine
 
         sim = try SimEngine(port: port)
         let t1 = ContinuousClock.now
         #expect(await next(&changes) { $0.allSatisfy(\.healthy) } != nil)
-        #expect(ContinuousClock.now - t1 <= interval * 2 + .milliseconds(400))
+        #expect(ContinuousClock.now - t1 <= interval * 2 + .seconds(2))  // "within seconds"; slack for a loaded CI machine
         await reg.shutdown()
         sim.kill9()
     }

@@ -422,10 +422,10 @@ struct HTTPServerTests {
             await server.server.shutdown(grace: .milliseconds(200))
             let took = seconds(now() - started)
             #expect(took >= 0.19, "shutdown returned after \(took) s, before the grace period")
-            #expect(took < 1.5, "shutdown took \(took) s")
+            #expect(took < 3, "shutdown took \(took) s")
             try await c.readToEOF(timeout: .seconds(1))
             let closedAfter = seconds(now() - started)
-            #expect(closedAfter < 1.5)
+            #expect(closedAfter < 3)
             #expect(!(String(decoding: c.buffer, as: UTF8.self).hasSuffix("0\r\n\r\n")), "the cut stream must not look complete")
             try await eventually("producer to be stopped", timeout: .seconds(1)) { probe.value.ended != nil }
             let runTask = server.runTask
@@ -468,7 +468,7 @@ struct HTTPServerTests {
         let server = try await TestServer.start()
         let started = now()
         try await server.stop(grace: .seconds(5))
-        #expect(seconds(now() - started) < 1)
+        #expect(seconds(now() - started) < 3)  // not the 5 s grace
         #expect(throws: SocketFailure.self) { _ = try server.connect() }
     }
 

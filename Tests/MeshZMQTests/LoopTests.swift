@@ -196,8 +196,8 @@ import Testing
 
         let clock = ContinuousClock()
         let elapsed = clock.measure { client.loop.stop() }
-        #expect(elapsed < .seconds(1), "stop took \(elapsed)")
-        #expect(clock.measure { client.loop.stop() } < .milliseconds(100))
+        #expect(elapsed < .seconds(3), "stop took \(elapsed)")  // linger is bounded; a blocked stop would hang
+        #expect(clock.measure { client.loop.stop() } < .seconds(1))
         #expect(client.loop.isStopped)
         #expect(!client.loop.send([bytes("late")], to: .outbound("s")))
         await #expect(throws: MeshZMQError.stopped) { try await client.loop.bind("tcp://127.0.0.1:*") }
