@@ -46,13 +46,43 @@ public struct ForwardedRequest: Sendable {
 public struct MeshResponder: Sendable {
     let service: MeshService
     let requestID: String
+    /// The requester accepts a whole response as one `response` message.
+    let wholeAccepted: Bool
 
-    /// Sends the response head (status and headers).
+    /// The largest piece of body one wire message carries: under the requester's payload limit
+    /// (libzmq drops the whole connection on a message over its size limit) and at most half the
+    /// credit window, so a requester that returns credit in half-window batches never stalls us.
+    var pieceLimit: Int {
+        let c = service.configuration
+        return max(1, min(1 << 20, c.maxPayloadBytes, c.creditWindowBytes / 2))
+    }
+
+    /// Sends the response head (status and headers). The head tells the requester our credit
+    /// window, so it may return credit in batches instead of one message per chunk.
     public func head(status: Int, headers: [(String, String)]) {
         service.sendToRequester(requestID, WireMessage(type: .responseHead, header: [
             "req": .string(requestID), "status": .integer(status),
-            "headers": .array(headers.map { JSON.array([.string($0.0), .string($0.1)]) }),
+            "headers": Self.encode(headers), "window": .integer(service.configuration.creditWindowBytes),
         ]))
+    }
+
+    /// Sends a whole response that is already in memory: one `response` message when the
+    /// requester accepts it and the body fits one piece (a non-streamed answer: one message
+    /// instead of head, chunk, end and a credit back), else head, chunks and end.
+    public func respond(status: Int, headers: [(String, String)], body: [UInt8]) async throws {
+        if wholeAccepted && body.count <= pieceLimit {
+            service.sendToRequester(requestID, WireMessage(type: .response, header: [
+                "req": .string(requestID), "status": .integer(status), "headers": Self.encode(headers),
+            ], payload: body))
+            return
+        }
+        head(status: status, headers: headers)
+        if !body.isEmpty { try await chunk(body) }
+        end()
+    }
+
+    static func encode(_ headers: [(String, String)]) -> JSON {
+        .array(headers.map { JSON.array([.string($0.0), .string($0.1)]) })
     }
 
     /// Sends one body chunk; suspends while the requester has not acknowledged enough bytes.
@@ -60,8 +90,7 @@ public struct MeshResponder: Sendable {
     /// `maxPayloadBytes`, and libzmq drops the whole connection on a message over its size limit.
     /// A piece is never larger than the credit window (`awaitCredit` could not admit it after another).
     public func chunk(_ bytes: [UInt8]) async throws {
-        let c = service.configuration
-        let limit = max(1, min(1 << 20, c.maxPayloadBytes, c.creditWindowBytes))
+        let limit = pieceLimit
         var start = 0
         repeat {
             let end = min(bytes.count, start + limit)
@@ -115,7 +144,7 @@ public struct ForwardedBody: AsyncSequence, Sendable {
         let dropGuard: ForwardedBodyDropGuard
         public mutating func next() async throws -> [UInt8]? {
             guard let chunk = try await base.next() else { return nil }
-            service.grantCredit(requestID, bytes: chunk.count)
+            service.consumed(requestID, bytes: chunk.count)
             return chunk
         }
     }
@@ -181,6 +210,10 @@ public final class MeshService: Sendable {
         var head: CheckedContinuation<ForwardedResponse, any Error>?
         var body: AsyncThrowingStream<[UInt8], any Error>.Continuation
         var stream: AsyncThrowingStream<[UInt8], any Error>
+        /// The serving node's credit window, from its head; nil (an older peer): credit per chunk.
+        var window: Int?
+        /// Bytes the client consumed that were not yet credited back.
+        var ungranted = 0
     }
 
     struct Served {
@@ -594,7 +627,7 @@ public final class MeshService: Sendable {
             if let id = msg.requestID { cancelServed(id) }
         case .credit:
             if let id = msg.requestID, let n = msg.header["bytes"]?.intValue { creditReceived(id, bytes: n) }
-        case .responseHead, .chunk, .end, .error:
+        case .responseHead, .chunk, .end, .error, .response:
             forwardReply(msg)
         }
     }
@@ -623,9 +656,10 @@ public final class MeshService: Sendable {
         cont.onTermination = { [weak self] termination in
             if case .cancelled = termination { self?.cancelForward(id) }
         }
+        // `whole`: we accept a one-message `response` (a peer that does not know it ignores it).
         let msg = WireMessage(type: .request, header: [
             "req": .string(id), "path": .string(path), "from": .string(configuration.nodeID),
-            "headers": .array(headers.map { JSON.array([.string($0.0), .string($0.1)]) }),
+            "headers": MeshResponder.encode(headers), "whole": true,
         ], payload: body)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<ForwardedResponse, any Error>) in
@@ -659,28 +693,59 @@ public final class MeshService: Sendable {
         }
     }
 
-    func grantCredit(_ id: String, bytes: Int) {
-        guard let node = state.withLock({ $0.pending[id]?.node }), let ep = state.withLock({ $0.endpoints[node] }) else { return }
-        send(WireMessage(type: .credit, header: ["req": .string(id), "bytes": .integer(bytes)]), to: .outbound(MeshPeerID(ep)))
+    /// The client consumed `bytes` of a forwarded response: credit them back to the serving node,
+    /// batched to half its window when it announced one (it never sends a piece over half, so it
+    /// cannot wait on credit we hold back), else one credit per chunk.
+    func consumed(_ id: String, bytes: Int) {
+        let grant = state.withLock { s -> (Int, String)? in
+            guard var p = s.pending[id], let ep = s.endpoints[p.node] else { return nil }
+            p.ungranted += bytes
+            guard p.ungranted >= max(1, (p.window ?? 0) / 2) else {
+                s.pending[id] = p
+                return nil
+            }
+            let n = p.ungranted
+            p.ungranted = 0
+            s.pending[id] = p
+            return (n, ep)
+        }
+        if let (n, ep) = grant {
+            send(WireMessage(type: .credit, header: ["req": .string(id), "bytes": .integer(n)]), to: .outbound(MeshPeerID(ep)))
+        }
+    }
+
+    static func decodeHeaders(_ j: JSON?) -> [(String, String)] {
+        (j?.arrayValue ?? []).compactMap { pair in
+            guard let n = pair[0]?.stringValue, let v = pair[1]?.stringValue else { return nil }
+            return (n, v)
+        }
     }
 
     func forwardReply(_ msg: WireMessage) {
         guard let id = msg.requestID else { return }
         switch msg.type {
         case .responseHead:
+            let window = msg.header["window"]?.intValue.flatMap { $0 > 0 ? $0 : nil }
             let taken = state.withLock { s -> (CheckedContinuation<ForwardedResponse, any Error>, AsyncThrowingStream<[UInt8], any Error>)? in
                 guard let c = s.pending[id]?.head, let stream = s.pending[id]?.stream else { return nil }
                 s.pending[id]!.head = nil
+                s.pending[id]!.window = window
                 return (c, stream)
             }
             guard let (head, stream) = taken else { return }
             let status = msg.header["status"]?.intValue ?? 502
-            let headers: [(String, String)] = (msg.header["headers"]?.arrayValue ?? []).compactMap { pair in
-                guard let n = pair[0]?.stringValue, let v = pair[1]?.stringValue else { return nil }
-                return (n, v)
-            }
-            head.resume(returning: ForwardedResponse(status: status, headers: headers,
+            head.resume(returning: ForwardedResponse(status: status, headers: Self.decodeHeaders(msg.header["headers"]),
                                                      body: ForwardedBody(stream: stream, service: self, requestID: id)))
+        case .response:
+            // The whole answer at once: nothing more will come, so no credit is owed either.
+            guard let p = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
+            if !msg.payload.isEmpty { p.body.yield(msg.payload) }
+            p.body.finish()
+            let status = msg.header["status"]?.intValue ?? 502
+            if let head = p.head {
+                head.resume(returning: ForwardedResponse(status: status, headers: Self.decodeHeaders(msg.header["headers"]),
+                                                         body: ForwardedBody(stream: p.stream, service: self, requestID: id)))
+            }
         case .chunk:
             let c = state.withLock { $0.pending[id]?.body }
             c?.yield(msg.payload)
@@ -708,17 +773,14 @@ public final class MeshService: Sendable {
     func startServing(_ msg: WireMessage, link: MeshLink) {
         guard let id = msg.requestID, let path = msg.header["path"]?.stringValue else { return }
         let from = msg.header["from"]?.stringValue ?? "?"
-        let headers: [(String, String)] = (msg.header["headers"]?.arrayValue ?? []).compactMap { pair in
-            guard let n = pair[0]?.stringValue, let v = pair[1]?.stringValue else { return nil }
-            return (n, v)
-        }
+        let headers = Self.decodeHeaders(msg.header["headers"])
         guard let h = handler.withLock({ $0 }) else {
             send(WireMessage(type: .error, header: ["req": .string(id), "status": 503, "message": "node not serving"]), to: link)
             return
         }
         state.withLock { $0.served[id] = Served(link: link, node: from, outstanding: 0, waiter: nil, task: nil, cancelled: false) }
         let req = ForwardedRequest(requestID: id, fromNode: from, path: path, headers: headers, body: msg.payload)
-        let responder = MeshResponder(service: self, requestID: id)
+        let responder = MeshResponder(service: self, requestID: id, wholeAccepted: msg.header["whole"]?.boolValue == true)
         let task = Task {
             await h.handle(req, responder: responder)
             self.finishServing(id)

@@ -305,15 +305,17 @@ struct MeshHandler: MeshRequestHandler {
         let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: request.path, headers: headers)
         let response = await proxy.handle(route: route, request: HTTPServerRequest(head: head, body: ByteBuffer(bytes: request.body)),
                                           localOnly: true)
-        responder.head(status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) })
+        let status = Int(response.status.code)
+        let responseHeaders = response.headers.map { ($0.name, $0.value) }
         do {
             switch response.body {
             case .buffer(let b):
-                if b.readableBytes > 0 { try await responder.chunk(Array(b.readableBytesView)) }
+                try await responder.respond(status: status, headers: responseHeaders, body: Array(b.readableBytesView))
             case .stream(let produce):
+                responder.head(status: status, headers: responseHeaders)
                 try await produce(ResponseBodyWriter { bytes in try await responder.chunk(bytes) })
+                responder.end()
             }
-            responder.end()
         } catch {
             if !Task.isCancelled { responder.fail(status: 502, message: "\(error)") }
         }

@@ -6,7 +6,7 @@ import Testing
         for t in WireMessageType.allCases {
             var header: JSON = ["req": "r1", "node": "a", "name": "a", "proto": 1, "id": "a"]
             if t == .state { header = ["id": "a"] }
-            let m = WireMessage(type: t, header: header, payload: t == .chunk ? [1, 2, 3] : [])
+            let m = WireMessage(type: t, header: header, payload: t == .chunk || t == .response ? [1, 2, 3] : [])
             let back = try MeshWireCodec.decode(MeshWireCodec.encode(m))
             #expect(back == m)
         }

@@ -308,9 +308,17 @@ struct HTTPServerTests {
             let c = try server.connect(receiveBuffer: 64 * 1024)
             try await c.send("GET /firehose HTTP/1.1\r\nHost: t\r\n\r\n")
             try await c.read(until: "response head") { try parseHead($0.buffer[...]) != nil }
-            // Stop reading for a second: the producer must be held back, not buffered without bound.
-            try await Task.sleep(for: .seconds(1))
-            let stalled = probe.value.bytes
+            // Stop reading: the producer must be held back, not buffered without bound. Wait until it
+            // stops moving (a loaded machine may take a while to fill the kernel buffers); one that is
+            // never held back runs to the end (64 MiB) and fails the bound below.
+            var stalled = probe.value.bytes
+            let settleBy = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < settleBy {
+                try await Task.sleep(for: .milliseconds(400))
+                let b = probe.value.bytes
+                if b == stalled && b > 0 { break }
+                stalled = b
+            }
             #expect(stalled > 0)
             // What the kernel may hold (socket send buffer + the client's receive buffer) plus at most
             // a megabyte in meshd/NIO. (About 5 MiB with Linux defaults.)

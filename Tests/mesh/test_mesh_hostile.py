@@ -22,7 +22,7 @@ V = 1  # protocol version
 REJECT_LINES = ("rejected mesh frame", "malformed mesh message")
 REJECT_METRIC = "meshd_mesh_rejected_frames_total"
 
-HELLO, STATE, REQUEST, HEAD, CHUNK, END, ERROR, CANCEL, CREDIT = 0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16
+HELLO, STATE, REQUEST, HEAD, CHUNK, END, ERROR, CANCEL, CREDIT, RESPONSE = 0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17
 
 
 def pre(t: int, version: int = V) -> bytes:
@@ -66,6 +66,8 @@ ODD: dict[str, list[bytes]] = {
     "reply for an unknown request": [pre(HEAD), b'{"req":"nope","status":200,"headers":[]}'],
     "chunk for an unknown request": [pre(CHUNK), b'{"req":"nope"}', b"data"],
     "end for an unknown request": [pre(END), b'{"req":"nope"}'],
+    "whole response for an unknown request": [pre(RESPONSE), b'{"req":"nope","status":200,"headers":[]}', b"data"],
+    "whole response with junk fields": [pre(RESPONSE), b'{"req":"nope","status":"x","headers":7}'],
     "error for an unknown request": [pre(ERROR), b'{"req":"nope","status":500,"message":"x"}'],
     "cancel of an unknown request": [pre(CANCEL), b'{"req":"nope"}'],
     "credit, negative": [pre(CREDIT), b'{"req":"nope","bytes":-99999999999}'],

@@ -12,6 +12,8 @@ public enum WireMessageType: UInt8, Sendable, CaseIterable {
     case error = 0x14
     case cancel = 0x15
     case credit = 0x16
+    /// A whole response in one message (head, body and end), for a request that asked for it.
+    case response = 0x17
 }
 
 /// One decoded mesh message: a type, a JSON header and an optional binary payload.
@@ -64,7 +66,7 @@ public enum MeshWireCodec {
 
     public static func encode(_ m: WireMessage) -> [[UInt8]] {
         var frames: [[UInt8]] = [[meshProtocolVersion, m.type.rawValue], m.header.serialized()]
-        if !m.payload.isEmpty || m.type == .request || m.type == .chunk { frames.append(m.payload) }
+        if !m.payload.isEmpty || m.type == .request || m.type == .chunk || m.type == .response { frames.append(m.payload) }
         return frames
     }
 
@@ -89,7 +91,7 @@ public enum MeshWireCodec {
             for f in ["node", "name", "proto"] where header[f] == nil { throw .missingField(f) }
         case .state:
             if header["id"]?.stringValue == nil { throw .missingField("id") }
-        case .request, .responseHead, .chunk, .end, .error, .cancel, .credit:
+        case .request, .responseHead, .chunk, .end, .error, .cancel, .credit, .response:
             if header["req"]?.stringValue == nil { throw .missingField("req") }
         }
         return WireMessage(type: type, header: header, payload: payload)
