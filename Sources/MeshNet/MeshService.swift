@@ -246,6 +246,12 @@ public final class MeshService: Sendable {
         /// herd requests onto a node that has just been given work (or keep one marked busy
         /// with work we already saw finish).
         var forwardDelta: [String: [String: (started: Int, completed: Int)]] = [:]
+        /// Node id → the client key it dialled us with (learned from its hello/state over our ROUTER).
+        var nodeKeys: [String: [UInt8]] = [:]
+        /// Nodes whose key was revoked (id → key), and the endpoints we dialled them on: never
+        /// dialled again, and nothing they send over a connection we made is used, until trusted again.
+        var revokedNodes: [String: [UInt8]] = [:]
+        var revokedEndpoints: Set<String> = []
     }
 
     public init(configuration: MeshServiceConfiguration, logger: Logger, clock: any WallClock,
@@ -276,15 +282,42 @@ public final class MeshService: Sendable {
     /// Frames rejected (bad version, malformed, oversized) since start.
     public var rejectedFrames: Int { state.withLock { $0.rejectedFrames } }
 
-    /// Admits a node key from now on (`meshctl trust add`).
+    /// Admits a node key from now on (`meshctl trust add`); a node revoked earlier under that key
+    /// is dialled again (it may not know us any more, e.g. after a restart).
     public func trust(key: [UInt8]) async throws {
         try await loop.allow(key: key)
+        let redial = state.withLock { s -> [String] in
+            var endpoints: [String] = []
+            for (id, k) in s.revokedNodes where k == key {
+                s.revokedNodes[id] = nil
+                if let ep = s.endpoints[id], s.revokedEndpoints.remove(ep) != nil { endpoints.append(ep) }
+            }
+            return endpoints
+        }
+        for ep in redial { await dial(ep) }
     }
 
-    /// Refuses a node key for new connections (`meshctl trust revoke`). Connections already
-    /// established with it stay until they drop: libzmq cannot close one ROUTER peer.
+    /// Shuts a node key out (`meshctl trust revoke`), connections made before included: new
+    /// handshakes with it are refused, what arrives over its open connection to us is dropped (by
+    /// the socket loop), and the node is out of rotation at once: its pending forwards fail over,
+    /// the connection we dialled to it is closed and not redialled.
     public func revoke(key: [UInt8]) async throws {
         try await loop.revoke(key: key)
+        let (ids, endpoints) = state.withLock { s -> ([String], [String]) in
+            let ids = s.nodeKeys.filter { $0.value == key }.map(\.key)
+            var endpoints: [String] = []
+            for id in ids {
+                s.revokedNodes[id] = key
+                if let ep = s.endpoints[id] {
+                    s.revokedEndpoints.insert(ep)
+                    s.dialed.remove(ep)
+                    endpoints.append(ep)
+                }
+            }
+            return (ids, endpoints)
+        }
+        for ep in endpoints { _ = loop.disconnect(peer: MeshPeerID(ep)) }
+        for id in ids where state.withLock({ $0.peers.entries[id] != nil }) { peerLost(id, reason: "its key was revoked") }
     }
 
     /// Connections refused by authentication (ZAP or handshake) since start.
@@ -404,7 +437,7 @@ public final class MeshService: Sendable {
     func dial(_ endpoint: String) async {
         let ep = Self.normalize(endpoint)
         let skip = state.withLock { s -> Bool in
-            if s.dialed.contains(ep) || ep == Self.normalize(s.boundEndpoint) { return true }
+            if s.dialed.contains(ep) || ep == Self.normalize(s.boundEndpoint) || s.revokedEndpoints.contains(ep) { return true }
             s.dialed.insert(ep)
             return false
         }
@@ -587,10 +620,19 @@ public final class MeshService: Sendable {
             return
         }
         let now = clock.nowNanos()
+        if case .outbound(let peer) = m.link, state.withLock({ $0.revokedEndpoints.contains(peer.rawValue) }) {
+            return  // a revoked node answering over a connection we made before revoking it
+        }
         switch msg.type {
         case .hello:
             guard let node = msg.header["node"]?.stringValue, node != configuration.nodeID else { return }
-            if case .inbound(let rid) = m.link { state.withLock { $0.inbound[rid] = node } }
+            if case .inbound(let rid) = m.link {
+                state.withLock { s in
+                    s.inbound[rid] = node
+                    if let key = m.peerKey { s.nodeKeys[node] = key }
+                }
+            }
+            guard state.withLock({ $0.revokedNodes[node] == nil }) else { return }
             if let ep = msg.header["endpoint"]?.stringValue {
                 let fixed = Self.fillHost(ep, peerAddress: m.peerAddress)
                 state.withLock { $0.endpoints[node] = fixed }
@@ -605,8 +647,14 @@ public final class MeshService: Sendable {
             guard s.id != configuration.nodeID else { return }
             s.meshEndpoint = Self.fillHost(s.meshEndpoint, peerAddress: m.peerAddress)
             let known = s.knownPeers
-            let isNew = state.withLock { st -> Bool in
-                if case .inbound(let rid) = m.link { st.inbound[rid] = s.id }
+            let isNew = state.withLock { st -> Bool? in
+                if case .inbound(let rid) = m.link {
+                    st.inbound[rid] = s.id
+                    if let key = m.peerKey { st.nodeKeys[s.id] = key }
+                }
+                // A revoked node's state is ignored whichever way it came (the loop drops its own
+                // connection's messages; this also covers one that moved to a new endpoint).
+                guard st.revokedNodes[s.id] == nil else { return nil }
                 st.endpoints[s.id] = s.meshEndpoint
                 let new = st.peers.entries[s.id] == nil
                 st.peers.update(s, nowNanos: now)
@@ -615,6 +663,7 @@ public final class MeshService: Sendable {
                 st.forwardDelta[s.id] = nil
                 return new
             }
+            guard let isNew else { return }
             if isNew { logger.info("peer joined", metadata: ["peer": "\(s.id)", "endpoint": "\(s.meshEndpoint)", "models": "\(s.modelNames)"]) }
             let ep = s.meshEndpoint
             Task {

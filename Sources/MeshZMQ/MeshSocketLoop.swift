@@ -137,7 +137,9 @@ public final class MeshSocketLoop: Sendable {
     }
 
     /// Makes the ZAP handler refuse the client `key`, even if it is the mesh key. Returns once applied.
-    /// Connections already established with that key stay up (libzmq cannot drop a single ROUTER peer).
+    /// Connections already established with that key stay up (libzmq cannot drop a single ROUTER peer),
+    /// but every message that arrives over them from then on is dropped and reported once as an
+    /// ``MeshSocketEvent/authFailure(address:reason:)``.
     public func revoke(key: [UInt8]) async throws(MeshZMQError) {
         try await updatePolicy(.revoke, key: key)
     }

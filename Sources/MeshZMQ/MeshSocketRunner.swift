@@ -62,6 +62,8 @@ final class MeshSocketRunner {
     private var monitorSerial = 0
     private var stopping = false
     private var droppedEvents = 0
+    /// Inbound routing ids whose messages were dropped because their key was revoked (reported once).
+    private var revokedLinks: Set<[UInt8]> = []
 
     init(shared: LoopShared, wakeReadFD: Int32, configuration: MeshSocketConfiguration, logger: Logger,
          continuation: AsyncStream<MeshSocketEvent>.Continuation, startup: StartupSignal) {
@@ -217,6 +219,7 @@ final class MeshSocketRunner {
             send(frames, to: link)
         case let .policy(.allow, key, reply):
             policy.allow(key)
+            revokedLinks.removeAll()
             logger.info("client key allowed", metadata: ["key": "\(Z85.encode(key) ?? "?")"])
             reply.resume(returning: .success(()))
         case let .policy(.revoke, key, reply):
@@ -382,9 +385,22 @@ final class MeshSocketRunner {
                 emit(.malformed(link: link, reason: "message has no payload frames"))
                 continue
             }
+            let key = received.userID.flatMap(Z85.decode)
+            if let key, policy.revokedKeys.contains(key) {
+                // Revocation reaches connections made before it: libzmq cannot close one ROUTER peer,
+                // but nothing that arrives over it is used any more (reported once per connection).
+                if revokedLinks.insert(routingID).inserted {
+                    if revokedLinks.count > 4096 { revokedLinks = [routingID] }
+                    let reason = "client key is revoked: its established connection is ignored"
+                    logger.warning("dropping messages from a revoked key", metadata: [
+                        "address": "\(received.peerAddress ?? "unknown")", "key": "\(received.userID ?? "-")"])
+                    emit(.authFailure(address: received.peerAddress ?? "unknown", reason: reason))
+                }
+                continue
+            }
             emit(.message(MeshMessage(
                 link: link, frames: Array(received.frames.dropFirst()),
-                peerKey: received.userID.flatMap(Z85.decode), peerAddress: received.peerAddress)))
+                peerKey: key, peerAddress: received.peerAddress)))
         }
     }
 

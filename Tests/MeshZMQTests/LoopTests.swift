@@ -113,6 +113,32 @@ import Testing
         #expect(!server.hasMessage(containing: bytes("after-revoke")))
     }
 
+    @Test func revocationReachesAnEstablishedConnection() async throws {
+        let server = try makeLoop(secret: MeshSecret.generate())
+        let memberKeys = try CurveKeyPair.generate()
+        let member = try makeLoop(keyPair: memberKeys)
+        defer { server.loop.stop(); member.loop.stop() }
+        let endpoint = try await server.loop.bind("tcp://127.0.0.1:*")
+        try await server.loop.allow(key: memberKeys.publicKey)
+        try await member.loop.connect(peer: "m", endpoint: endpoint, serverKey: server.loop.publicKey)
+        member.loop.send([bytes("while-trusted")], to: .outbound("m"))
+        #expect(try #require(await server.message([bytes("while-trusted")])).peerKey == memberKeys.publicKey)
+
+        // Revoked while connected: the connection stays (libzmq cannot drop one ROUTER peer), but
+        // nothing that comes over it is delivered, and that is reported once, not per message.
+        try await server.loop.revoke(key: memberKeys.publicKey)
+        for i in 0..<20 { member.loop.send([bytes("after-revoke-\(i)")], to: .outbound("m")) }
+        #expect(await server.first { isAuthFailure($0, containing: "established connection is ignored") } != nil)
+        try await Task.sleep(for: .milliseconds(500))
+        for i in 0..<20 { #expect(!server.hasMessage(containing: bytes("after-revoke-\(i)"))) }
+        #expect(server.all.filter { isAuthFailure($0, containing: "established connection is ignored") }.count == 1)
+
+        // Trusted again: the same connection carries messages again.
+        try await server.loop.allow(key: memberKeys.publicKey)
+        member.loop.send([bytes("re-allowed")], to: .outbound("m"))
+        #expect(await server.message([bytes("re-allowed")]) != nil)
+    }
+
     @Test func oversizedMessageDropsOnlyThatConnection() async throws {
         let secret = MeshSecret.generate()
         let server = try makeLoop(secret: secret) { $0.maxMessageSize = 64 * 1024; $0.maxFramesPerMessage = 8 }

@@ -1,6 +1,6 @@
 """Per-node keys (mesh.trust: keys): holding the mesh secret is no longer enough to join; a node
 joins once its own key is trusted (meshctl trust add), and `meshctl trust revoke` shuts one machine
-out of new connections. Key and trust files are mode 0600."""
+out, its open connections included. Key and trust files are mode 0600."""
 from __future__ import annotations
 
 import stat
@@ -51,13 +51,34 @@ def test_keys_mode_admits_only_trusted_nodes_and_revokes(mpool: ProcessPool, mbi
     r = a.post("/v1/chat/completions", json=chat(MODEL))
     assert r.status_code == 200 and r.headers["x-meshd-node"] == "B"
 
-    # Revoke B on A, restart B: its new connections to A are refused, A routes nothing to it.
+    # Revoke B on A while B is running and connected: B is out of A's view at once (its open
+    # connection is not grandfathered in), A routes nothing to it, and A leaves B's view once its
+    # heartbeats stop reaching B (A closed the connection it had dialled to B).
+    t0 = time.monotonic()
     assert a.meshctl("trust", "revoke", key_b).returncode == 0
-    b.kill9()
-    b.start()
-    wait_until(lambda: a.nodes().get("B", {}).get("state") != "up", 10, what="B out of A's view")
-    time.sleep(3)
-    assert a.nodes().get("B", {}).get("state") != "up"
+    wait_until(lambda: a.nodes().get("B", {}).get("state") != "up", 3, what="B out of A's view after revoke")
+    out_a = time.monotonic() - t0
+    wait_until(lambda: b.nodes().get("A", {}).get("state") != "up", 10, what="A out of B's view")
+    out_b = time.monotonic() - t0
+    time.sleep(2)
+    assert a.nodes().get("B", {}).get("state") != "up" and b.nodes().get("A", {}).get("state") != "up"
     before = sim.stats()["requests"]
     assert a.post("/v1/chat/completions", json=chat(MODEL)).status_code in (404, 503)
     assert sim.stats()["requests"] == before
+    assert "dropping messages from a revoked key" in a.log()
+    print(f"\n[mesh] revoke of a connected node: gone from the revoker's view in {out_a:.2f}s, "
+          f"the revoker gone from its view in {out_b:.2f}s")
+
+    # A restarted B stays out: its new connections are refused by the handshake.
+    b.kill9()
+    b.start()
+    time.sleep(3)
+    assert a.nodes().get("B", {}).get("state") != "up"
+    assert a.post("/v1/chat/completions", json=chat(MODEL)).status_code in (404, 503)
+    assert sim.stats()["requests"] == before
+
+    # Trusted again: B rejoins (its redial backoff is at most a few seconds here) and serves.
+    assert a.meshctl("trust", "add", key_b, "--name", "B").returncode == 0
+    a.wait_sees({"A": "up", "B": "up"}, timeout=20, models={"B": [MODEL]})
+    r = a.post("/v1/chat/completions", json=chat(MODEL))
+    assert r.status_code == 200 and r.headers["x-meshd-node"] == "B"
