@@ -255,6 +255,23 @@ def build(work: Path) -> tuple[dict, float]:
 
 # ------------------------------------------------------------------------------------ setup
 
+def zmq_floor(warnings: list) -> dict | None:
+    """Median over 3 runs of benches/zmq_floor.py with the test venv's python (it has pyzmq)."""
+    try:
+        py = subprocess.run([str(ROOT / "tools" / "e2e-venv.sh")], capture_output=True, text=True, timeout=900,
+                            cwd=ROOT).stdout.strip().splitlines()[-1]
+        runs = []
+        for _ in range(3):
+            out = subprocess.run([py, str(ROOT / "benches" / "zmq_floor.py"), "--n", "3000"], capture_output=True,
+                                 text=True, timeout=120).stdout.strip().splitlines()[-1]
+            runs.append(json.loads(out))
+    except (OSError, IndexError, ValueError, subprocess.SubprocessError) as e:
+        warnings.append(f"libzmq floor not measured ({e}); run tools/e2e-venv.sh once to make the venv with pyzmq")
+        return None
+    runs.sort(key=lambda r: r["p50_us"])
+    return {**runs[1], "runs_p50_us": [r["p50_us"] for r in runs]}
+
+
 def make_secret(bins: dict, work: Path) -> tuple[Path, str]:
     path = work / "mesh.secret"
     res = subprocess.run([str(bins["meshctl"]), "init", "--secret-file", str(path)], capture_output=True, text=True,
@@ -646,6 +663,10 @@ def render_md(res: dict) -> str:
         "- Chunks are SSE events (one token each). B reads the engine's output in large reads and relays what it "
         "has, so one mesh `chunk` message can carry many events: per-chunk numbers are per event, with the relay "
         "batching that a burst (`--gen-tps 0`) allows; a slowly generating engine would send one message per event.\n"
+        "- **Floor.** `benches/zmq_floor.py` (pyzmq from the test venv, its bundled libzmq): a DEALER in one process "
+        "sends a response-sized 3-frame message to a CURVE ROUTER in another that echoes it, application threads "
+        "blocking in recv; median of 3 runs of 3000 round trips, after the latency rounds. A mesh hop contains one such "
+        "round trip plus meshd's own work and its hand-offs between the HTTP loop and the socket thread.\n"
         f"- The machine has {mach['nproc']} shared cores: wrk, A, B and the engine compete for them, and other tenants' "
         "work shows up as *other cores*. The interleaved same-run comparisons are what to read.\n")
 
@@ -819,6 +840,8 @@ def main() -> int:
         if THREAD_N > 0:
             log(f"per-thread breakdown: {THREAD_N} sequential requests through A, then to B")
             threads = thread_breakdown(url_a, url_b, pids, warnings)
+        log("floor: bare libzmq CURVE round trips (benches/zmq_floor.py, test venv's pyzmq)")
+        floor = zmq_floor(warnings)
         after = {"A": metrics_total(url_a), "B": metrics_total(url_b)}
         for name, p, logf in watch:
             if p.poll() is not None:
@@ -878,6 +901,9 @@ def main() -> int:
                                      "target": TARGET_HOP_P50_MS, "met": m["cost_p50_us"] / 1e3 <= TARGET_HOP_P50_MS}
             verdict["hop_p99_ms"] = {"name": "hop latency p99 (ms), A − B, 1 connection", "value": m["cost_p99_us"] / 1e3,
                                      "target": None, "met": None}
+        if floor:
+            verdict["zmq_floor_p50_ms"] = {"name": "bare libzmq CURVE round trip p50 (ms), 2 processes, no meshd (the floor under a hop)",
+                                           "value": floor["p50_us"] / 1e3, "target": None, "met": None}
         if "c8" in lat:
             verdict["rps_ratio_c8"] = {"name": "req/s at 8 connections, A / B", "value": lat["c8"]["median"]["rps_ratio"],
                                        "target": None, "met": None}
@@ -897,6 +923,7 @@ def main() -> int:
             "latency": lat,
             "streams": st_sum,
             "threads": threads,
+            "zmq_floor": floor,
             "raw": {"wrk_runs": lat_runs, "streams": streams},
         }
         OUT_DIR.mkdir(parents=True, exist_ok=True)

@@ -185,7 +185,9 @@ public enum MeshForwardError: Error, Sendable, Equatable, CustomStringConvertibl
     }
 }
 
-/// Serves requests forwarded by peers.
+/// Serves requests forwarded by peers. `handle` starts on the mesh socket thread (the loop is the
+/// task's preferred executor): it must not block; work that may (disk, a slow lock) should move
+/// off it with `withTaskExecutorPreference(globalConcurrentExecutor)`.
 public protocol MeshRequestHandler: Sendable {
     func handle(_ request: ForwardedRequest, responder: MeshResponder) async
 }
@@ -398,7 +400,9 @@ public final class MeshService: Sendable {
         logger.info("mesh listening", metadata: ["endpoint": "\(bound)", "peers": "\(configuration.staticPeers.map(\.description))"])
         for p in configuration.staticPeers { await dial(p.description) }
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.consumeEvents() }
+            // On the socket thread: a message is handled (and a reply to it queued) where it arrived,
+            // without waking another thread in between.
+            group.addTask(executorPreference: loop) { await self.consumeEvents() }
             group.addTask { await self.heartbeatLoop() }
             await group.next()
             group.cancelAll()
@@ -830,7 +834,9 @@ public final class MeshService: Sendable {
         state.withLock { $0.served[id] = Served(link: link, node: from, outstanding: 0, waiter: nil, task: nil, cancelled: false) }
         let req = ForwardedRequest(requestID: id, fromNode: from, path: path, headers: headers, body: msg.payload)
         let responder = MeshResponder(service: self, requestID: id, wholeAccepted: msg.header["whole"]?.boolValue == true)
-        let task = Task {
+        // The handler runs on the socket thread too (see `MeshRequestHandler`): its answer is queued
+        // there, and only the engine's HTTP client is another thread.
+        let task = Task(executorPreference: loop) {
             await h.handle(req, responder: responder)
             self.finishServing(id)
         }

@@ -282,6 +282,15 @@ struct MeshHandler: MeshRequestHandler {
     let logger: Logger
 
     func handle(_ request: ForwardedRequest, responder: MeshResponder) async {
+        // An escalated request touches the budget ledger (SQLite, fsync): not on the socket thread.
+        if request.headers.contains(where: { $0.0.lowercased() == InferenceProxy.escalateHeader.lowercased() }) {
+            await withTaskExecutorPreference(globalConcurrentExecutor) { await serve(request, responder: responder) }
+        } else {
+            await serve(request, responder: responder)
+        }
+    }
+
+    private func serve(_ request: ForwardedRequest, responder: MeshResponder) async {
         switch request.path {
         case "/_mesh/drain":
             draining.set(true)

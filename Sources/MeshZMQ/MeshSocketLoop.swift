@@ -25,7 +25,12 @@ import Darwin
 ///
 /// ``stop()`` closes every socket with linger 0, terminates the context and joins the thread; it never waits for
 /// peers and may be called any number of times, from any thread. Dropping the last reference also stops it.
-public final class MeshSocketLoop: Sendable {
+///
+/// The loop is also a `TaskExecutor`: a task created with `Task(executorPreference: loop)` runs its jobs on the
+/// loop thread, between socket work, so code that reacts to mesh messages and answers them (the mesh service's
+/// event consumer, the handlers of forwarded requests) does so without a thread hand-off either way. Such jobs must
+/// never block. After ``stop()`` jobs go to Swift's global executor instead, so no task is stranded.
+public final class MeshSocketLoop: TaskExecutor, Sendable {
     /// Messages and connection/security events, in the order the loop saw them. Single consumer; finishes
     /// when the loop stops.
     public let events: AsyncStream<MeshSocketEvent>
@@ -88,6 +93,15 @@ public final class MeshSocketLoop: Sendable {
 
     deinit {
         stop()
+    }
+
+    /// Runs `job` on the loop thread (from the loop thread itself without a wake-up), or on the global
+    /// executor once the loop is stopping.
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        if !shared.submit(.job(job, UnownedTaskExecutor(ordinary: self))) {
+            globalConcurrentExecutor.enqueue(job)
+        }
     }
 
     /// Binds the ROUTER (created with the first bind) to `endpoint`, e.g. `tcp://127.0.0.1:*` or
@@ -215,14 +229,17 @@ final class LoopShared: Sendable {
         case disconnect(MeshPeerID)
         case send(MeshLink, [[UInt8]])
         case policy(PolicyChange, [UInt8], CheckedContinuation<Result<Void, MeshZMQError>, Never>)
+        /// A Swift job of a task that prefers this loop as its executor.
+        case job(UnownedJob, UnownedTaskExecutor)
         case stop
 
-        /// Completes a command the loop will never run.
+        /// Completes a command the loop will never run (a job runs on the global executor instead).
         func fail() {
             switch self {
             case let .bind(_, reply): reply.resume(returning: .failure(.stopped))
             case let .connect(_, _, _, reply): reply.resume(returning: .failure(.stopped))
             case let .policy(_, _, reply): reply.resume(returning: .failure(.stopped))
+            case let .job(job, _): globalConcurrentExecutor.enqueue(job)
             default: break
             }
         }
@@ -237,6 +254,9 @@ final class LoopShared: Sendable {
         var wakeFD: Int32
         var stopRequested = false
         var wakePending = false
+        /// The loop thread, once it runs: its own submits need no wake-up (it takes commands again
+        /// before it polls).
+        var loopThread: pthread_t?
     }
 
     private let state: Mutex<State>
@@ -245,14 +265,20 @@ final class LoopShared: Sendable {
         state = Mutex(State(wakeFD: wakeFD))
     }
 
-    /// Enqueues a command and wakes the loop; false once stop has been requested.
+    /// Enqueues a command and wakes the loop (unless called on the loop thread); false once stop has been requested.
     func submit(_ command: Command) -> Bool {
         state.withLock { s in
             guard !s.stopRequested else { return false }
             s.commands.append(command)
+            if let t = s.loopThread, pthread_equal(t, pthread_self()) != 0 { return true }
             Self.wake(&s)
             return true
         }
+    }
+
+    /// Loop thread, at start: marks the calling thread as the loop thread.
+    func setLoopThread() {
+        state.withLock { $0.loopThread = pthread_self() }
     }
 
     /// Enqueues `.stop` once; later submits are refused.
@@ -274,6 +300,13 @@ final class LoopShared: Sendable {
             let commands = s.commands
             s.commands = []
             return commands
+        }
+    }
+
+    /// Loop thread: commands are still queued after its bounded rounds: make the next poll return at once.
+    func rearmIfPending() {
+        state.withLock { s in
+            if !s.commands.isEmpty { Self.wake(&s) }
         }
     }
 

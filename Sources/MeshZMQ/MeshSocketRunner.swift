@@ -41,6 +41,8 @@ final class MeshSocketRunner {
     static let zapEndpoint = "inproc://zeromq.zap.01"
     /// Messages read from one socket per wake-up before the others get a turn.
     private static let receiveBatch = 256
+    /// Rounds of taking commands per wake-up before the sockets get a turn again.
+    private static let commandRounds = 64
     private static let dealerMonitorEvents = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED
         | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
     private static let routerMonitorEvents = ZMQ_EVENT_HANDSHAKE_SUCCEEDED
@@ -79,6 +81,7 @@ final class MeshSocketRunner {
     }
 
     func run() {
+        shared.setLoopThread()
         do throws(MeshZMQError) {
             try setUp()
         } catch {
@@ -181,11 +184,16 @@ final class MeshSocketRunner {
                 case let .dealerMonitor(peer): readMonitor(of: peer)
                 }
             }
-            if wakeReady {
-                drainWakePipe()
-                for command in shared.takeCommands() {
+            if wakeReady { drainWakePipe() }
+            // Commands and jobs; what they submit from this thread (sends, more jobs) comes without a wake-up,
+            // so take again until none is left (bounded, so sockets get their turn; leftovers re-arm the pipe).
+            for round in 0..<Self.commandRounds {
+                let commands = shared.takeCommands()
+                if commands.isEmpty { break }
+                for command in commands {
                     if stopping { command.fail() } else { handle(command) }
                 }
+                if round == Self.commandRounds - 1 { shared.rearmIfPending() }
             }
         }
     }
@@ -226,6 +234,8 @@ final class MeshSocketRunner {
             policy.revoke(key)
             logger.info("client key revoked", metadata: ["key": "\(Z85.encode(key) ?? "?")"])
             reply.resume(returning: .success(()))
+        case let .job(job, executor):
+            job.runSynchronously(on: executor)
         case .stop:
             stopping = true
         }
