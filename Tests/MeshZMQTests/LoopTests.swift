@@ -278,3 +278,64 @@ func processCPUSeconds() -> Double {
     return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
 }
 #endif
+
+/// The loop as a task executor: jobs run on the loop thread, between socket work, and never get lost.
+/// (In the serialized suite: the idle-CPU test counts every ZeroMQ thread of the process.)
+extension MeshSocketLoopTests {
+    /// The calling thread's name (`/proc/thread-self/comm`); the loop thread is `meshd-zmq`.
+    static func threadName() -> String {
+        (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+    }
+
+    @Test func tasksPreferringTheLoopRunOnItsThreadAndCanUseIt() async throws {
+        let secret = MeshSecret.generate()
+        let server = try makeLoop(secret: secret)
+        let client = try makeLoop(secret: secret)
+        defer { server.loop.stop(); client.loop.stop() }
+        let endpoint = try await server.loop.bind("tcp://127.0.0.1:*")
+
+        let names = try await Task(executorPreference: client.loop) { () async throws -> [String] in
+            var seen = [Self.threadName()]
+            // A command submitted from the loop thread (no wake-up) and awaited there.
+            try await client.loop.connect(peer: "s", endpoint: endpoint, serverKey: server.loop.publicKey)
+            seen.append(Self.threadName())
+            // Suspensions resumed from other threads come back to the loop thread.
+            try await Task.sleep(for: .milliseconds(20))
+            seen.append(Self.threadName())
+            for i in 0..<50 { client.loop.send([bytes("from-loop-\(i)")], to: .outbound("s")) }
+            return seen
+        }.value
+        #expect(names == ["meshd-zmq", "meshd-zmq", "meshd-zmq"])
+        for i in 0..<50 { #expect(await server.message([bytes("from-loop-\(i)")]) != nil) }
+        #expect(Self.threadName() != "meshd-zmq")
+    }
+
+    @Test func manyJobsInterleaveWithSocketTraffic() async throws {
+        let secret = MeshSecret.generate()
+        let server = try makeLoop(secret: secret)
+        let client = try makeLoop(secret: secret)
+        defer { server.loop.stop(); client.loop.stop() }
+        let endpoint = try await server.loop.bind("tcp://127.0.0.1:*")
+        try await client.loop.connect(peer: "s", endpoint: endpoint, serverKey: server.loop.publicKey)
+        // 500 tasks on the loop, each yielding a few times: more jobs than one round of commands takes.
+        let total = await withTaskGroup(of: Int.self) { group in
+            for i in 0..<500 {
+                group.addTask(executorPreference: client.loop) {
+                    for _ in 0..<3 { await Task.yield() }
+                    client.loop.send([bytes("job-\(i)")], to: .outbound("s"))
+                    return Self.threadName() == "meshd-zmq" ? 1 : 0
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(total == 500)
+        for i in stride(from: 0, to: 500, by: 50) { #expect(await server.message([bytes("job-\(i)")]) != nil) }
+    }
+
+    @Test func jobsAfterStopRunElsewhere() async throws {
+        let loop = try makeLoop(secret: MeshSecret.generate()).loop
+        loop.stop()
+        let name = await Task(executorPreference: loop) { Self.threadName() }.value
+        #expect(name != "meshd-zmq")
+    }
+}
