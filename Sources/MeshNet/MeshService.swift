@@ -241,6 +241,7 @@ public final class MeshService: Sendable {
         var boundEndpoint: String = ""
         var rejectedFrames = 0
         var authFailures = 0
+        var abortedHandshakes = 0
         var nextID: UInt64 = 0
         var redialAttempts: [String: Int] = [:]
         /// Our own forwards to each peer's engines since its last state: (started, completed).
@@ -324,6 +325,10 @@ public final class MeshService: Sendable {
 
     /// Connections refused by authentication (ZAP or handshake) since start.
     public var authFailureCount: Int { state.withLock { $0.authFailures } }
+
+    /// Connections to our ROUTER that closed before their handshake finished (probes, clients that
+    /// gave up) since start: not authentication failures.
+    public var abortedHandshakeCount: Int { state.withLock { $0.abortedHandshakes } }
 
     /// Sends this node's state to every peer now (call when engines or models change, so peers
     /// need not wait for the next heartbeat).
@@ -596,6 +601,8 @@ public final class MeshService: Sendable {
             case .peerConnected(let peer):
                 sendHello(to: .outbound(peer))
                 sendState(to: .outbound(peer))
+            case .handshakeAborted:
+                state.withLock { $0.abortedHandshakes += 1 }
             case .authFailure(let address, let reason):
                 state.withLock { $0.authFailures += 1 }
                 logger.warning("mesh peer refused", metadata: ["address": "\(address)", "reason": "\(reason)"])

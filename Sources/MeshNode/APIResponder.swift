@@ -107,6 +107,9 @@ public struct APIResponder: HTTPResponder {
                 # HELP meshd_mesh_auth_failures_total Mesh connections refused by CURVE/ZAP authentication.
                 # TYPE meshd_mesh_auth_failures_total counter
                 meshd_mesh_auth_failures_total \(mesh.authFailureCount)
+                # HELP meshd_mesh_handshakes_aborted_total Connections to the mesh port closed before their handshake finished (probes, clients that gave up).
+                # TYPE meshd_mesh_handshakes_aborted_total counter
+                meshd_mesh_handshakes_aborted_total \(mesh.abortedHandshakeCount)
 
                 """.utf8)
             }

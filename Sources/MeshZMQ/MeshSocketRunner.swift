@@ -494,7 +494,7 @@ final class MeshSocketRunner {
                 // that noticed the mechanism mismatch first), a port scan, or a network failure.
                 let reason = "handshake aborted: \(String(cString: strerror(Int32(bitPattern: event.value))))"
                 logger.info("a client went away during the handshake", metadata: ["endpoint": "\(event.endpoint)", "reason": "\(reason)"])
-                emit(.authFailure(address: event.endpoint, reason: reason))
+                emit(.handshakeAborted(address: event.endpoint, reason: reason))
             case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
                 logger.debug("a client completed the handshake", metadata: ["endpoint": "\(event.endpoint)"])
             default:

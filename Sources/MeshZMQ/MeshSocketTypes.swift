@@ -59,9 +59,12 @@ public enum MeshSocketEvent: Sendable, Equatable {
     /// and connect again once the server may admit us. Other failures are retried with back-off by libzmq.
     case handshakeFailed(peer: MeshPeerID, reason: String)
     /// A client was refused by our ZAP handler, or its handshake with our ROUTER failed (wrong server key, another
-    /// mechanism) or was aborted (connection closed before the handshake finished). `address` is the client IP for
-    /// ZAP refusals and our bound endpoint otherwise (libzmq's monitor does not report the remote address).
+    /// mechanism), or a revoked key's open connection carried a message. `address` is the client IP for ZAP
+    /// refusals and our bound endpoint otherwise (libzmq's monitor does not report the remote address).
     case authFailure(address: String, reason: String)
+    /// A connection to our ROUTER closed before its handshake finished: a port probe (`meshctl doctor` on a
+    /// peer, a scanner), a client that gave up, a network failure. Not counted as an authentication failure.
+    case handshakeAborted(address: String, reason: String)
     /// A message was dropped because it broke a limit this layer enforces (frame count, total size).
     case malformed(link: MeshLink, reason: String)
     /// A message could not be handed to libzmq (peer gone, queue full, unknown peer) and was dropped.

@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from meshd_e2e import ProcessPool
-from mesh_helpers import MeshBinaries, MeshNode, chat, count_lines, sim_entry, start_sim
+from meshd_e2e import ProcessPool, wait_until
+from mesh_helpers import MeshBinaries, MeshNode, chat, count_lines, metric, sim_entry, start_sim
 
 
 def test_without_avahi_static_peers_work_and_doctor_explains(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
@@ -48,6 +48,11 @@ def test_without_avahi_static_peers_work_and_doctor_explains(mpool: ProcessPool,
         assert by["secret file"]["status"] == "fail" and by["secret file"]["fix"] == f"chmod 600 {secret}", by["secret file"]
         engines = [c for name, c in by.items() if name.startswith("engine ")]
         assert len(engines) == 1 and engines[0]["status"] == "ok", engines
+        # A's doctor probed B's mesh port (TCP connect, then close): B counts an aborted handshake,
+        # not a refused machine, so its own doctor raises no false authentication alarm.
+        wait_until(lambda: metric(b, "meshd_mesh_handshakes_aborted_total") >= 1, 5, what="B to count A's probe")
+        assert "mesh authentication" not in by, by.get("mesh authentication")
+        assert metric(b, "meshd_mesh_auth_failures_total") == 0
     finally:
         os.chmod(secret, 0o600)
 
