@@ -255,6 +255,54 @@ public final class MeshService: Sendable {
         /// dialled again, and nothing they send over a connection we made is used, until trusted again.
         var revokedNodes: [String: [UInt8]] = [:]
         var revokedEndpoints: Set<String> = []
+        /// Other machines found using a node name that is taken (by us or by a live peer), by
+        /// "name@endpoint": the first holder keeps the name, the other is ignored.
+        var nameConflicts: [String: NameConflict] = [:]
+    }
+
+    /// Another machine uses a node name already in use in this mesh.
+    public struct NameConflict: Sendable, Equatable {
+        /// The contested node name.
+        public var name: String
+        /// The mesh endpoint of the machine that is ignored.
+        public var endpoint: String
+        /// Whether the name is this node's own.
+        public var isOwnName: Bool
+        /// Wall-clock nanoseconds when it was first seen.
+        public var sinceNanos: UInt64
+    }
+
+    /// Random id of this meshd process (see `NodeState.instance`).
+    let instance: String = (0..<8).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+
+    /// Name conflicts seen since start (newest first), for status and `meshctl doctor`.
+    public func nameConflicts() -> [NameConflict] {
+        state.withLock { $0.nameConflicts.values.sorted { $0.sinceNanos > $1.sinceNanos } }
+    }
+
+    /// Whether a node claiming `id` from `endpoint` with `instance` is another machine than the one
+    /// that holds that name (us, or a live peer at another endpoint); records and logs it once.
+    /// An older peer sends no instance: only its endpoint can tell, so it is never judged here.
+    func isNameConflict(_ s: inout State, id: String, endpoint: String, instance: String?, now: UInt64) -> Bool {
+        guard let instance else { return false }
+        let isOwn = id == configuration.nodeID
+        if isOwn {
+            guard instance != self.instance else { return false }
+        } else {
+            guard let holder = s.peers.entries[id]?.state, let held = holder.instance, held != instance,
+                  Self.normalize(holder.meshEndpoint) != Self.normalize(endpoint) else { return false }
+        }
+        let key = "\(id)@\(endpoint)"
+        if s.nameConflicts[key] == nil {
+            s.nameConflicts[key] = NameConflict(name: id, endpoint: endpoint, isOwnName: isOwn, sinceNanos: now)
+            if s.nameConflicts.count > 64, let oldest = s.nameConflicts.min(by: { $0.value.sinceNanos < $1.value.sinceNanos }) {
+                s.nameConflicts[oldest.key] = nil
+            }
+            logger.error("another machine uses a node name that is taken; it is ignored until renamed", metadata: [
+                "name": "\(id)", "endpoint": "\(endpoint)", "taken_by": "\(isOwn ? "this node" : "a live peer")",
+                "fix": "give every machine its own node.name (meshd.yaml or MESHD_NODE_NAME)"])
+        }
+        return true
     }
 
     public init(configuration: MeshServiceConfiguration, logger: Logger, clock: any WallClock,
@@ -490,13 +538,14 @@ public final class MeshService: Sendable {
         let s = localState()
         send(WireMessage(type: .hello, header: [
             "node": .string(configuration.nodeID), "name": .string(s.name), "proto": .integer(Int(meshProtocolVersion)),
-            "endpoint": .string(advertisedEndpoint),
+            "endpoint": .string(advertisedEndpoint), "instance": .string(instance),
         ]), to: link)
     }
 
     func sendState(to link: MeshLink) {
         var s = localState()
         s.meshEndpoint = advertisedEndpoint
+        s.instance = instance
         s.knownPeers = state.withLock { st in st.peers.peers.map(\.state.meshEndpoint) }
         guard let header = Self.encodeState(s) else { return }
         send(WireMessage(type: .state, header: header), to: link)
@@ -636,7 +685,17 @@ public final class MeshService: Sendable {
         }
         switch msg.type {
         case .hello:
-            guard let node = msg.header["node"]?.stringValue, node != configuration.nodeID else { return }
+            guard let node = msg.header["node"]?.stringValue else { return }
+            let helloEndpoint = msg.header["endpoint"]?.stringValue.map { Self.fillHost($0, peerAddress: m.peerAddress) } ?? "?"
+            let conflict = state.withLock { s in
+                isNameConflict(&s, id: node, endpoint: helloEndpoint, instance: msg.header["instance"]?.stringValue, now: now)
+            }
+            if conflict && helloEndpoint != "?" {
+                // Dial it back anyway: our state (and the peers it lists) lets it find the holder of
+                // the name, and see the conflict itself (its doctor then says so). It is never routed to.
+                Task(executorPreference: loop) { await self.dial(helloEndpoint) }
+            }
+            guard !conflict, node != configuration.nodeID else { return }
             if case .inbound(let rid) = m.link {
                 state.withLock { s in
                     s.inbound[rid] = node
@@ -655,8 +714,9 @@ public final class MeshService: Sendable {
                 logger.warning("rejected mesh frame", metadata: ["link": "\(m.link)", "reason": "state that does not decode"])
                 return
             }
-            guard s.id != configuration.nodeID else { return }
             s.meshEndpoint = Self.fillHost(s.meshEndpoint, peerAddress: m.peerAddress)
+            let conflict = state.withLock { st in isNameConflict(&st, id: s.id, endpoint: s.meshEndpoint, instance: s.instance, now: now) }
+            guard !conflict, s.id != configuration.nodeID else { return }
             let known = s.knownPeers
             let isNew = state.withLock { st -> Bool? in
                 if case .inbound(let rid) = m.link {

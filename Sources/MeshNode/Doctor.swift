@@ -27,6 +27,13 @@ extension AdminResponder {
         var checks: [DoctorCheck] = [Self.secretFileCheck(meshConfig.secretFile)]
         if let mesh {
             checks.append(DoctorCheck(name: "mesh", level: .ok, detail: "listening on \(mesh.boundEndpoint)", fix: nil))
+            for c in mesh.nameConflicts() {
+                checks.append(DoctorCheck(
+                    name: "node name \(c.name)", level: .fail,
+                    detail: c.isOwnName ? "the machine at \(c.endpoint) also calls itself \(c.name): the mesh cannot tell the two apart"
+                                        : "the machine at \(c.endpoint) calls itself \(c.name), which a live peer already is: it is ignored",
+                    fix: "give every machine its own node.name (meshd.yaml `node: { name: ... }` or MESHD_NODE_NAME) and restart it"))
+            }
             let refused = mesh.authFailureCount
             if refused > 0 {
                 checks.append(DoctorCheck(

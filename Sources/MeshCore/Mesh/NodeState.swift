@@ -50,6 +50,10 @@ public struct NodeState: Sendable, Equatable, Codable {
     /// wire (added after protocol 1): older nodes neither send nor read it.
     public var gateway: GatewayAdvert? = nil
 
+    /// Random per meshd process (optional on the wire, added after protocol 1): tells a restart of a
+    /// node (same name, same endpoint) from another machine that uses the same name.
+    public var instance: String? = nil
+
     /// Requests in flight on this node's engines.
     public var inFlight: Int { engines.reduce(0) { $0 + $1.load.inFlight } }
 
