@@ -552,12 +552,11 @@ public final class MeshService: Sendable {
     }
 
     static func encodeState(_ s: NodeState) -> JSON? {
-        guard let data = try? JSONEncoder().encode(s), let j = try? JSONParser.parse(Array(data)) else { return nil }
-        return j
+        try? JSONValueCoding.encode(s)
     }
 
     static func decodeState(_ header: JSON) -> NodeState? {
-        try? JSONDecoder().decode(NodeState.self, from: Data(header.serialized()))
+        try? JSONValueCoding.decode(NodeState.self, from: header)
     }
 
     @discardableResult
