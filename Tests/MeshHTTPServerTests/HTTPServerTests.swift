@@ -77,6 +77,58 @@ struct HTTPServerTests {
         }
     }
 
+    @Test func pipelinedRequestsAreAnsweredInOrderWhateverTheirPace() async throws {
+        // The first request is slow, the second streams, the third is whole: responses must come
+        // back in request order, each complete, on one connection.
+        let handler: Handler = { req in
+            switch req.path {
+            case "/slow":
+                try? await Task.sleep(for: .milliseconds(150))
+                return .json(.ok, ["path": "/slow"])
+            case "/stream":
+                return HTTPServerResponse(status: .ok, body: .stream { w in
+                    for i in 0..<5 { try await w.write(Array("part\(i);".utf8)) }
+                })
+            default:
+                return await echoHandler(req)
+            }
+        }
+        try await withServer(maxBodyBytes: 64, handler) { server in
+            let c = try server.connect()
+            try await c.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+                + "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n"
+                + "POST /echo/3 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+            let first = try await c.readResponse()
+            #expect(first.json?["path"]?.stringValue == "/slow")
+            let second = try await c.readResponse()
+            #expect(String(decoding: second.body, as: UTF8.self) == "part0;part1;part2;part3;part4;")
+            let third = try await c.readResponse()
+            #expect(third.json?["path"]?.stringValue == "/echo/3" && third.json?["body"]?.stringValue == "abc")
+            #expect(!c.eof)
+            #expect(server.server.inFlight == 0)
+
+            // A pipelined request over the body limit is answered 413 in its turn, then the connection closes.
+            try await c.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+                + "POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + String(repeating: "x", count: 100)
+                + "GET /never HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try await c.readResponse().json?["path"]?.stringValue == "/slow")
+            #expect(try await c.readResponse().status == 413)
+            try await c.readToEOF(timeout: .seconds(10))
+            #expect(c.buffer.isEmpty)
+            #expect(server.calls.value == 4)  // /never was not served
+        }
+        // A client that pipelines far more than it lets us answer is cut off, not buffered.
+        try await withServer(maxBodyBytes: 64, handler) { server in
+            let c = try server.connect()
+            let flood = String(repeating: "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 60\r\n\r\n" + String(repeating: "y", count: 60), count: 20_000)
+            // The server may cut us off mid-send (reset): that is the expected outcome, not a failure.
+            try? await c.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n" + flood, timeout: .seconds(10))
+            try? await c.readToEOF(timeout: .seconds(10))
+            #expect(c.eof || c.reset)
+            #expect(server.calls.value < 1000, "served \(server.calls.value) pipelined requests of a flood")
+        }
+    }
+
     @Test func connectionCloseIsHonoured() async throws {
         try await withServer { server in
             let c = try server.connect()
