@@ -62,4 +62,10 @@ private func change(_ global: GlobalOptions, _ path: String, _ key: String, _ na
     let (status, data) = try global.get("\(path)?key=\(k)&name=\(n)", method: "POST")
     if global.json || status != 200 { global.printJSON(data) } else { print("ok") }
     if status != 200 { throw ExitCode(1) }
+    // In `trust: secret` mode every node holds the mesh key: the list is saved for a switch to
+    // `trust: keys`, but admits and shuts out nobody now. Say so instead of a bare "ok".
+    if !global.json, let listing = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], listing["mode"] as? String == "secret" {
+        FileHandle.standardError.write(Data(("note: mesh.trust is \"secret\" on this node: every holder of the mesh secret is admitted, "
+            + "so this list takes effect only with mesh.trust: keys (on every node)\n").utf8))
+    }
 }

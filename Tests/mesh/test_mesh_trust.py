@@ -55,7 +55,8 @@ def test_keys_mode_admits_only_trusted_nodes_and_revokes(mpool: ProcessPool, mbi
     # connection is not grandfathered in), A routes nothing to it, and A leaves B's view once its
     # heartbeats stop reaching B (A closed the connection it had dialled to B).
     t0 = time.monotonic()
-    assert a.meshctl("trust", "revoke", key_b).returncode == 0
+    revoked = a.meshctl("trust", "revoke", key_b)
+    assert revoked.returncode == 0 and "note:" not in revoked.stderr, revoked.stderr
     wait_until(lambda: a.nodes().get("B", {}).get("state") != "up", 3, what="B out of A's view after revoke")
     out_a = time.monotonic() - t0
     wait_until(lambda: b.nodes().get("A", {}).get("state") != "up", 10, what="A out of B's view")
@@ -82,3 +83,14 @@ def test_keys_mode_admits_only_trusted_nodes_and_revokes(mpool: ProcessPool, mbi
     a.wait_sees({"A": "up", "B": "up"}, timeout=20, models={"B": [MODEL]})
     r = a.post("/v1/chat/completions", json=chat(MODEL))
     assert r.status_code == 200 and r.headers["x-meshd-node"] == "B"
+
+
+def test_trust_list_in_secret_mode_says_it_has_no_effect(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
+    node = MeshNode(mpool, mbins, "S", secret=secret)  # mesh.trust: secret (the default)
+    key = "ab" * 32
+    for verb in ("add", "revoke"):
+        res = node.meshctl("trust", verb, key)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "takes effect only with mesh.trust: keys" in res.stderr, res.stderr
+    listed = node.meshctl("trust", "list", "--json").stdout
+    assert '"secret"' in listed
