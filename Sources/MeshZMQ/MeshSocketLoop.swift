@@ -13,7 +13,8 @@ import Darwin
 
 /// The mesh's ZeroMQ endpoint: one dedicated I/O thread that owns a `zmq_ctx` and every socket in it.
 ///
-/// The thread runs a `zmq_poll` loop over a wake-up pipe, the ZAP handler (a REP socket bound to
+/// The thread runs a poll loop (`poll(2)` on each socket's `ZMQ_FD`, asking `ZMQ_EVENTS` only of sockets that
+/// fired or were just used; see `MeshSocketRunner.runLoop`) over a wake-up pipe, the ZAP handler (a REP socket bound to
 /// `inproc://zeromq.zap.01` before any other socket exists), the node's CURVE ROUTER, one CURVE DEALER per
 /// outbound peer, and one monitor PAIR per ROUTER/DEALER. It waits with an infinite timeout, so an idle loop
 /// uses no CPU. Other threads never touch a socket: the methods below append a command to a lock-protected queue

@@ -60,6 +60,14 @@ final class MeshSocketRunner {
     private var router: UnsafeMutableRawPointer?
     private var routerMonitor: UnsafeMutableRawPointer?
     private var peers: [MeshPeerID: Peer] = [:]
+    private struct Watched {
+        let fd: Int32
+        let slot: Slot
+    }
+    /// Every open socket the loop reads from, by handle.
+    private var watchedSockets: [UnsafeMutableRawPointer: Watched] = [:]
+    /// Sockets whose `ZMQ_EVENTS` must be read before the thread may sleep.
+    private var dirty: Set<UnsafeMutableRawPointer> = []
     private var policy: ZAPPolicy
     private var monitorSerial = 0
     private var stopping = false
@@ -107,11 +115,14 @@ final class MeshSocketRunner {
         self.zap = zap
         try ZMQSocketOps.setInt(zap, ZMQ_LINGER, 0, "ZMQ_LINGER")
         guard zmq_bind(zap, Self.zapEndpoint) == 0 else { throw .lastZMQ("zmq_bind(\(Self.zapEndpoint))") }
+        watch(zap, as: .zap)
     }
 
     /// Closes every socket with linger 0, terminates the context, fails leftover commands, closes the pipe and
     /// finishes the event stream. Never waits for a peer.
     private func tearDown() {
+        watchedSockets.removeAll()
+        dirty.removeAll()
         for peer in peers.values { closePeer(peer, lingerMilliseconds: 0) }
         peers.removeAll()
         if let router {
@@ -141,50 +152,17 @@ final class MeshSocketRunner {
 
     // MARK: the poll loop
 
+    /// Waits with `poll(2)` on the wake-up pipe and every socket's `ZMQ_FD`, and asks `ZMQ_EVENTS` only of
+    /// the sockets that may have work: their descriptor fired, or we sent or received on them (libzmq's
+    /// descriptor is edge-triggered and does not fire for what our own send or receive changed). `zmq_poll`
+    /// asks every socket on every wake-up, and in libzmq 4.3 each ask is a `poll` and a `getpid` syscall:
+    /// about 12 per wake-up with one peer, two more per peer. Sockets with work left keep the next poll
+    /// from sleeping; with none, it waits indefinitely (an idle loop uses no CPU).
     private func runLoop() {
-        var items: [zmq_pollitem_t] = []
-        var slots: [Slot] = []
+        var pollfds: [pollfd] = []
+        var owners: [UnsafeMutableRawPointer?] = []
         while !stopping {
-            items.removeAll(keepingCapacity: true)
-            slots.removeAll(keepingCapacity: true)
-            func add(_ socket: UnsafeMutableRawPointer?, fd: Int32 = -1, events: Int32, _ slot: Slot) {
-                items.append(zmq_pollitem_t(socket: socket, fd: fd, events: Int16(events), revents: 0))
-                slots.append(slot)
-            }
-            add(nil, fd: wakeReadFD, events: ZMQ_POLLIN, .wake)
-            add(zap, events: ZMQ_POLLIN, .zap)
-            if let router { add(router, events: ZMQ_POLLIN, .router) }
-            if let routerMonitor { add(routerMonitor, events: ZMQ_POLLIN, .routerMonitor) }
-            for peer in peers.values {
-                add(peer.dealer, events: ZMQ_POLLIN | (peer.outbox.isEmpty ? 0 : ZMQ_POLLOUT), .dealer(peer))
-                add(peer.monitor, events: ZMQ_POLLIN, .dealerMonitor(peer))
-            }
-
-            // No timers yet: wait indefinitely. Commands arrive through the wake-up pipe.
-            let rc = zmq_poll(&items, Int32(items.count), -1)
-            if rc < 0 {
-                let code = zmq_errno()
-                if code == EINTR { continue }
-                logger.critical("zmq_poll failed; stopping the ZeroMQ loop", metadata: ["error": "\(zmqErrorMessage(code))"])
-                break
-            }
-
-            // Sockets first: commands may close sockets that are in `items`.
-            var wakeReady = false
-            for (index, slot) in slots.enumerated() where items[index].revents != 0 {
-                let revents = Int32(items[index].revents)
-                switch slot {
-                case .wake: wakeReady = true
-                case .zap: handleZAPRequests()
-                case .router: receiveFromRouter()
-                case .routerMonitor: readRouterMonitor()
-                case let .dealer(peer):
-                    if revents & ZMQ_POLLIN != 0 { receive(from: peer) }
-                    if revents & ZMQ_POLLOUT != 0 { flush(peer) }
-                case let .dealerMonitor(peer): readMonitor(of: peer)
-                }
-            }
-            if wakeReady { drainWakePipe() }
+            serviceDirtySockets()
             // Commands and jobs; what they submit from this thread (sends, more jobs) comes without a wake-up,
             // so take again until none is left (bounded, so sockets get their turn; leftovers re-arm the pipe).
             for round in 0..<Self.commandRounds {
@@ -195,7 +173,72 @@ final class MeshSocketRunner {
                 }
                 if round == Self.commandRounds - 1 { shared.rearmIfPending() }
             }
+            if stopping { break }
+
+            pollfds.removeAll(keepingCapacity: true)
+            owners.removeAll(keepingCapacity: true)
+            pollfds.append(pollfd(fd: wakeReadFD, events: Int16(POLLIN), revents: 0))
+            owners.append(nil)
+            for (socket, watched) in watchedSockets {
+                pollfds.append(pollfd(fd: watched.fd, events: Int16(POLLIN), revents: 0))
+                owners.append(socket)
+            }
+            let rc = poll(&pollfds, nfds_t(pollfds.count), dirty.isEmpty ? -1 : 0)
+            if rc < 0 {
+                if errno == EINTR { continue }
+                logger.critical("poll failed; stopping the ZeroMQ loop", metadata: ["error": "\(String(cString: strerror(errno)))"])
+                break
+            }
+            for index in pollfds.indices where pollfds[index].revents != 0 {
+                if let socket = owners[index] { dirty.insert(socket) } else { drainWakePipe() }
+            }
         }
+    }
+
+    /// Asks each socket that may have work for its events and does that work; a socket that had work is
+    /// asked again next time round (until it has none).
+    private func serviceDirtySockets() {
+        guard !dirty.isEmpty else { return }
+        let batch = dirty
+        dirty.removeAll(keepingCapacity: true)
+        for socket in batch {
+            // A command may have closed it since it was marked.
+            guard let watched = watchedSockets[socket] else { continue }
+            let events = ZMQSocketOps.events(socket)
+            var worked = false
+            if events & ZMQ_POLLIN != 0 {
+                worked = true
+                switch watched.slot {
+                case .zap: handleZAPRequests()
+                case .router: receiveFromRouter()
+                case .routerMonitor: readRouterMonitor()
+                case let .dealer(peer): receive(from: peer)
+                case let .dealerMonitor(peer): readMonitor(of: peer)
+                case .wake: break
+                }
+            }
+            if events & ZMQ_POLLOUT != 0, case let .dealer(peer) = watched.slot, !peer.outbox.isEmpty, watchedSockets[socket] != nil {
+                flush(peer)
+                worked = true
+            }
+            if worked, watchedSockets[socket] != nil { dirty.insert(socket) }
+        }
+    }
+
+    /// Starts watching a new socket (its `ZMQ_FD`); it is asked for events on the next turn.
+    private func watch(_ socket: UnsafeMutableRawPointer, as slot: Slot) {
+        guard let fd = ZMQSocketOps.fileDescriptor(socket) else {
+            logger.error("a ZeroMQ socket has no file descriptor to poll; it will be served only when others wake the loop")
+            return
+        }
+        watchedSockets[socket] = Watched(fd: fd, slot: slot)
+        dirty.insert(socket)
+    }
+
+    /// Stops watching a socket that is about to be closed.
+    private func unwatch(_ socket: UnsafeMutableRawPointer) {
+        watchedSockets[socket] = nil
+        dirty.remove(socket)
     }
 
     private func drainWakePipe() {
@@ -266,6 +309,8 @@ final class MeshSocketRunner {
             throw error
         }
         router = socket
+        watch(socket, as: .router)
+        if let routerMonitor { watch(routerMonitor, as: .routerMonitor) }
         return socket
     }
 
@@ -290,7 +335,10 @@ final class MeshSocketRunner {
             ZMQSocketOps.closeNow(dealer)
             throw error
         }
-        peers[id] = Peer(id: id, endpoint: endpoint, serverKey: serverKey, dealer: dealer, monitor: monitor!)
+        let peer = Peer(id: id, endpoint: endpoint, serverKey: serverKey, dealer: dealer, monitor: monitor!)
+        peers[id] = peer
+        watch(dealer, as: .dealer(peer))
+        watch(peer.monitor, as: .dealerMonitor(peer))
         logger.debug("connecting to peer", metadata: ["peer": "\(id)", "endpoint": "\(endpoint)"])
     }
 
@@ -326,6 +374,8 @@ final class MeshSocketRunner {
     }
 
     private func closePeer(_ peer: Peer, lingerMilliseconds: Int32) {
+        unwatch(peer.dealer)
+        unwatch(peer.monitor)
         _ = zmq_socket_monitor(peer.dealer, nil, 0)
         ZMQSocketOps.closeNow(peer.monitor)
         var linger = lingerMilliseconds
@@ -342,6 +392,7 @@ final class MeshSocketRunner {
                 emit(.sendFailed(link: link, reason: "no ROUTER is bound"))
                 return
             }
+            dirty.insert(router)  // a send may change its state without its descriptor firing
             if let code = ZMQSocketOps.sendMultipart(router, [routingID] + frames) {
                 let reason = code == EHOSTUNREACH ? "the client is no longer connected"
                     : code == EAGAIN ? "the client's send queue is full" : zmqErrorMessage(code)
@@ -363,6 +414,7 @@ final class MeshSocketRunner {
 
     /// Hands queued messages to the DEALER until it would block (not connected, or at its high-water mark).
     private func flush(_ peer: Peer) {
+        if watchedSockets[peer.dealer] != nil { dirty.insert(peer.dealer) }
         var handled = 0
         while handled < peer.outbox.count {
             if let code = ZMQSocketOps.sendMultipart(peer.dealer, peer.outbox[handled]) {
@@ -444,6 +496,7 @@ final class MeshSocketRunner {
             } else {
                 decision = policy.evaluate(request.frames)
             }
+            dirty.insert(zap)
             if let code = ZMQSocketOps.sendMultipart(zap, decision.replyFrames) {
                 logger.error("could not answer a ZAP request", metadata: ["error": "\(zmqErrorMessage(code))"])
             }

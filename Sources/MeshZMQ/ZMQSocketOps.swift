@@ -29,6 +29,20 @@ enum ZMQSocketOps {
         try setBytes(socket, option, Array(value.utf8), name)
     }
 
+    /// `ZMQ_EVENTS` (`ZMQ_POLLIN`/`ZMQ_POLLOUT` bits); 0 when it cannot be read.
+    static func events(_ socket: UnsafeMutableRawPointer) -> Int32 {
+        var value: Int32 = 0
+        var length = MemoryLayout<Int32>.size
+        return zmq_getsockopt(socket, ZMQ_EVENTS, &value, &length) == 0 ? value : 0
+    }
+
+    /// `ZMQ_FD`: the descriptor that becomes readable when the socket may have events (edge-triggered).
+    static func fileDescriptor(_ socket: UnsafeMutableRawPointer) -> Int32? {
+        var fd: Int32 = -1
+        var length = MemoryLayout<Int32>.size
+        return zmq_getsockopt(socket, ZMQ_FD, &fd, &length) == 0 && fd >= 0 ? fd : nil
+    }
+
     static func lastEndpoint(_ socket: UnsafeMutableRawPointer) -> String? {
         var buffer = [CChar](repeating: 0, count: 512)
         var length = buffer.count
