@@ -88,7 +88,7 @@ public struct MeshResponder: Sendable {
     /// Sends one body chunk; suspends while the requester has not acknowledged enough bytes.
     /// Large bodies go out as several wire messages: the requester refuses payloads over
     /// `maxPayloadBytes`, and libzmq drops the whole connection on a message over its size limit.
-    /// A piece is never larger than the credit window (`awaitCredit` could not admit it after another).
+    /// A piece is never larger than half the credit window (see `pieceLimit`).
     public func chunk(_ bytes: [UInt8]) async throws {
         let limit = pieceLimit
         var start = 0
