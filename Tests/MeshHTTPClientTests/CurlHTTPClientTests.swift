@@ -363,7 +363,7 @@ struct CurlHTTPClientTests {
             let cancelledAt = ContinuousClock.now
             task.cancel()
             await #expect(throws: HTTPClientError.cancelled) { try await task.value }
-            #expect(await server.waitFor(timeout: .seconds(1)) { $0.connectionsClosed == 1 })
+            #expect(await server.waitFor(timeout: .seconds(5)) { $0.connectionsClosed == 1 })
             if let closedAt = server.snapshot.lastClose { #expect(closedAt - cancelledAt < .seconds(1)) }
 
             // 2. Explicit cancel().
@@ -372,14 +372,14 @@ struct CurlHTTPClientTests {
             #expect(try await iterator.next() == Array("first".utf8))
             response.cancel()
             await #expect(throws: HTTPClientError.cancelled) { _ = try await iterator.next() }
-            #expect(await server.waitFor(timeout: .seconds(1)) { $0.connectionsClosed == 2 })
+            #expect(await server.waitFor(timeout: .seconds(5)) { $0.connectionsClosed == 2 })
 
             // 3. The consumer drops the response.
             do {
                 let dropped = try await client.stream(HTTPClientRequest(url: server.baseURL + "/stream"))
                 #expect(dropped.head.status == 200)
             }
-            #expect(await server.waitFor(timeout: .seconds(1)) { $0.connectionsClosed == 3 })
+            #expect(await server.waitFor(timeout: .seconds(5)) { $0.connectionsClosed == 3 })
 
             // 4. Task cancellation while waiting for the head.
             let headTask = Task { try await client.stream(HTTPClientRequest(url: server.baseURL + "/hang")) }
@@ -389,7 +389,7 @@ struct CurlHTTPClientTests {
                 await #expect(throws: HTTPClientError.cancelled) { _ = try await headTask.value }
             }
             #expect(elapsed < .seconds(3))  // cancelled, not the first-byte timeout
-            #expect(await server.waitFor(timeout: .seconds(1)) { $0.connectionsClosed == 4 })
+            #expect(await server.waitFor(timeout: .seconds(5)) { $0.connectionsClosed == 4 })
             await expectNoLeaks(client)
         }
     }
@@ -506,7 +506,7 @@ struct CurlHTTPClientTests {
         client.shutdown()  // idempotent
         #expect(client.liveEasyHandleCount == 0)
         #expect(client.liveTransferContextCount == 0)
-        #expect(await server.waitFor(timeout: .seconds(1)) { $0.connectionsClosed == 6 })
+        #expect(await server.waitFor(timeout: .seconds(5)) { $0.connectionsClosed == 6 })
         await server.shutdown()
     }
 }

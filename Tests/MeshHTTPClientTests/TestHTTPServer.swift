@@ -105,7 +105,7 @@ final class TestHTTPServer: Sendable {
     }
 
     /// Polls `condition` every 5 ms until it holds or `timeout` elapses; returns whether it held.
-    func waitFor(timeout: Duration = .seconds(2), _ condition: (ServerStats) -> Bool) async -> Bool {
+    func waitFor(timeout: Duration = .seconds(10), _ condition: (ServerStats) -> Bool) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if condition(snapshot) { return true }
