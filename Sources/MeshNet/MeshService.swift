@@ -685,11 +685,11 @@ public final class MeshService: Sendable {
         switch msg.type {
         case .hello:
             guard let node = msg.header["node"]?.stringValue else { return }
-            let helloEndpoint = msg.header["endpoint"]?.stringValue.map { Self.fillHost($0, peerAddress: m.peerAddress) } ?? "?"
+            let helloEndpoint = msg.header["endpoint"]?.stringValue.map { Self.fillHost($0, peerAddress: m.peerAddress) }
             let conflict = state.withLock { s in
-                isNameConflict(&s, id: node, endpoint: helloEndpoint, instance: msg.header["instance"]?.stringValue, now: now)
+                isNameConflict(&s, id: node, endpoint: helloEndpoint ?? "?", instance: msg.header["instance"]?.stringValue, now: now)
             }
-            if conflict && helloEndpoint != "?" {
+            if conflict, let helloEndpoint {
                 // Dial it back anyway: our state (and the peers it lists) lets it find the holder of
                 // the name, and see the conflict itself (its doctor then says so). It is never routed to.
                 Task(executorPreference: loop) { await self.dial(helloEndpoint) }
@@ -702,10 +702,9 @@ public final class MeshService: Sendable {
                 }
             }
             guard state.withLock({ $0.revokedNodes[node] == nil }) else { return }
-            if let ep = msg.header["endpoint"]?.stringValue {
-                let fixed = Self.fillHost(ep, peerAddress: m.peerAddress)
-                state.withLock { $0.endpoints[node] = fixed }
-                Task { await self.dial(fixed) }
+            if let helloEndpoint {
+                state.withLock { $0.endpoints[node] = helloEndpoint }
+                Task { await self.dial(helloEndpoint) }
             }
         case .state:
             guard var s = Self.decodeState(msg.header) else {

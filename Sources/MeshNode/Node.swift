@@ -282,15 +282,6 @@ struct MeshHandler: MeshRequestHandler {
     let logger: Logger
 
     func handle(_ request: ForwardedRequest, responder: MeshResponder) async {
-        // An escalated request touches the budget ledger (SQLite, fsync): not on the socket thread.
-        if request.headers.contains(where: { $0.0.lowercased() == InferenceProxy.escalateHeader.lowercased() }) {
-            await withTaskExecutorPreference(globalConcurrentExecutor) { await serve(request, responder: responder) }
-        } else {
-            await serve(request, responder: responder)
-        }
-    }
-
-    private func serve(_ request: ForwardedRequest, responder: MeshResponder) async {
         switch request.path {
         case "/_mesh/drain":
             draining.set(true)
@@ -312,8 +303,17 @@ struct MeshHandler: MeshRequestHandler {
         var headers = HTTPHeaders()
         for (n, v) in request.headers { headers.add(name: n, value: v) }
         let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: request.path, headers: headers)
-        let response = await proxy.handle(route: route, request: HTTPServerRequest(head: head, body: ByteBuffer(bytes: request.body)),
-                                          localOnly: true)
+        let httpRequest = HTTPServerRequest(head: head, body: ByteBuffer(bytes: request.body))
+        // An escalated request touches the budget ledger (SQLite, fsync): not on the socket thread.
+        if httpRequest.header(InferenceProxy.escalateHeader) != nil {
+            await withTaskExecutorPreference(globalConcurrentExecutor) { await answer(route, httpRequest, responder) }
+        } else {
+            await answer(route, httpRequest, responder)
+        }
+    }
+
+    private func answer(_ route: InferenceRoute, _ request: HTTPServerRequest, _ responder: MeshResponder) async {
+        let response = await proxy.handle(route: route, request: request, localOnly: true)
         let status = Int(response.status.code)
         let responseHeaders = response.headers.map { ($0.name, $0.value) }
         do {

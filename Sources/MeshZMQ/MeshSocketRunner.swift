@@ -32,7 +32,7 @@ final class MeshSocketRunner {
     }
 
     private enum Slot {
-        case wake, zap, router, routerMonitor
+        case zap, router, routerMonitor
         case dealer(Peer)
         case dealerMonitor(Peer)
     }
@@ -214,7 +214,6 @@ final class MeshSocketRunner {
                 case .routerMonitor: readRouterMonitor()
                 case let .dealer(peer): receive(from: peer)
                 case let .dealerMonitor(peer): readMonitor(of: peer)
-                case .wake: break
                 }
             }
             if events & ZMQ_POLLOUT != 0, case let .dealer(peer) = watched.slot, !peer.outbox.isEmpty, watchedSockets[socket] != nil {
