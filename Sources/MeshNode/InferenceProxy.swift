@@ -163,13 +163,13 @@ public struct InferenceProxy: Sendable {
                                            dialect: req.clientDialect))
         }
         var headers = HTTPHeaders()
-        for (n, v) in response.headers where n.lowercased() != "content-length" && n.lowercased() != "transfer-encoding" && n.lowercased() != "connection" {
+        for (n, v) in response.headers where !Self.isFramingHeader(n) {
             headers.add(name: n, value: v)
         }
         headers.replaceOrAdd(name: "X-Meshd-Via", value: nodeName)
         headers.replaceOrAdd(name: "X-Meshd-Route", value: route(headers.first(name: "X-Meshd-Route")))
         let status = HTTPResponseStatus(statusCode: response.status)
-        let streaming = (headers.first(name: "content-type") ?? "").contains("event-stream") || (headers.first(name: "content-type") ?? "").contains("ndjson")
+        let streaming = headers.first(name: "content-type").map(Self.isStreamContentType) ?? false
         let metrics = self.metrics
         if !streaming {
             var bytes: [UInt8] = []
@@ -399,6 +399,17 @@ public struct InferenceProxy: Sendable {
         var h = headers
         h.replaceOrAdd(name: "X-Meshd-Node", value: nodeName)
         return .json(HTTPResponseStatus(statusCode: e.status), e.body(for: dialect), headers: h)
+    }
+
+    /// Headers of a forwarded answer that this node sets itself (framing and connection).
+    static func isFramingHeader(_ name: String) -> Bool {
+        ASCII.equalsIgnoringCase(name, "content-length") || ASCII.equalsIgnoringCase(name, "transfer-encoding")
+            || ASCII.equalsIgnoringCase(name, "connection")
+    }
+
+    /// Whether a content type is a stream meshd relays (SSE or NDJSON).
+    static func isStreamContentType(_ value: String) -> Bool {
+        ASCII.contains(value, "event-stream") || ASCII.contains(value, "ndjson")
     }
 
     static func join(_ base: String, _ path: String) -> String {

@@ -65,10 +65,10 @@ public final class MeshSocketLoop: TaskExecutor, Sendable {
 
         let (stream, continuation) = AsyncStream.makeStream(
             of: MeshSocketEvent.self, bufferingPolicy: .bufferingOldest(max(1, configuration.eventBufferLimit)))
-        let shared = LoopShared(wakeFD: fds[1])
+        let shared = LoopShared(wakeReadFD: fds[0], wakeWriteFD: fds[1])
         let startup = StartupSignal()
         let runner = MeshSocketRunner(
-            shared: shared, wakeReadFD: fds[0], configuration: configuration, logger: logger,
+            shared: shared, configuration: configuration, logger: logger,
             continuation: continuation, startup: startup)
 
         let context = Unmanaged.passRetained(runner).toOpaque()
@@ -76,13 +76,11 @@ public final class MeshSocketLoop: TaskExecutor, Sendable {
         let rc = pthread_create(&handle, nil, meshSocketThreadMain, context)
         guard rc == 0 else {
             Unmanaged<MeshSocketRunner>.fromOpaque(context).release()
-            close(fds[0])
-            close(fds[1])
             continuation.finish()
             throw .threadStartFailed(rc)
         }
         if let error = startup.wait() {
-            // The runner has torn everything down (sockets, context, pipe) and is exiting.
+            // The runner has torn everything down (sockets, context) and is exiting; the pipe goes with `shared`.
             pthread_join(handle, nil)
             throw error
         }
@@ -219,10 +217,12 @@ final class StartupSignal: Sendable {
     }
 }
 
-/// The thread-safe half of the loop: the command queue and the write end of the wake-up pipe.
+/// The thread-safe half of the loop: the command queue and the wake-up pipe.
 ///
-/// The pipe is written only under the lock, and the loop thread detaches it under the same lock before closing
-/// it, so a write can never hit a closed (or reused) descriptor.
+/// The pipe's byte is written after the lock is released: written under it, the woken loop thread
+/// (often scheduled at once, on the submitter's own CPU) ran into the held lock in `takeCommands`
+/// and slept on it, an extra sleep and wake-up per forwarded request. Both ends of the pipe live as
+/// long as this object, so a late write is harmless.
 final class LoopShared: Sendable {
     enum Command: Sendable {
         case bind(String, CheckedContinuation<Result<String, MeshZMQError>, Never>)
@@ -252,7 +252,6 @@ final class LoopShared: Sendable {
 
     private struct State {
         var commands: [Command] = []
-        var wakeFD: Int32
         var stopRequested = false
         var wakePending = false
         /// The loop thread, once it runs: its own submits need no wake-up (it takes commands again
@@ -261,20 +260,32 @@ final class LoopShared: Sendable {
     }
 
     private let state: Mutex<State>
+    /// Read end (polled by the loop thread) and write end of the wake-up pipe; both non-blocking.
+    let wakeReadFD: Int32
+    private let wakeWriteFD: Int32
 
-    init(wakeFD: Int32) {
-        state = Mutex(State(wakeFD: wakeFD))
+    init(wakeReadFD: Int32, wakeWriteFD: Int32) {
+        state = Mutex(State())
+        self.wakeReadFD = wakeReadFD
+        self.wakeWriteFD = wakeWriteFD
+    }
+
+    deinit {
+        close(wakeReadFD)
+        close(wakeWriteFD)
     }
 
     /// Enqueues a command and wakes the loop (unless called on the loop thread); false once stop has been requested.
     func submit(_ command: Command) -> Bool {
-        state.withLock { s in
-            guard !s.stopRequested else { return false }
+        let wake = state.withLock { s -> Bool? in
+            guard !s.stopRequested else { return nil }
             s.commands.append(command)
-            if let t = s.loopThread, pthread_equal(t, pthread_self()) != 0 { return true }
-            Self.wake(&s)
-            return true
+            if let t = s.loopThread, pthread_equal(t, pthread_self()) != 0 { return false }
+            return Self.claimWake(&s)
         }
+        guard let wake else { return false }
+        if wake { signal() }
+        return true
     }
 
     /// Loop thread, at start: marks the calling thread as the loop thread.
@@ -284,12 +295,13 @@ final class LoopShared: Sendable {
 
     /// Enqueues `.stop` once; later submits are refused.
     func requestStop() {
-        state.withLock { s in
-            guard !s.stopRequested else { return }
+        let wake = state.withLock { s -> Bool in
+            guard !s.stopRequested else { return false }
             s.stopRequested = true
             s.commands.append(.stop)
-            Self.wake(&s)
+            return Self.claimWake(&s)
         }
+        if wake { signal() }
     }
 
     var isStopRequested: Bool { state.withLock { $0.stopRequested } }
@@ -306,26 +318,26 @@ final class LoopShared: Sendable {
 
     /// Loop thread: commands are still queued after its bounded rounds: make the next poll return at once.
     func rearmIfPending() {
-        state.withLock { s in
-            if !s.commands.isEmpty { Self.wake(&s) }
-        }
+        let wake = state.withLock { s in !s.commands.isEmpty && Self.claimWake(&s) }
+        if wake { signal() }
     }
 
-    /// Loop thread, on exit: stops further submits and returns the pipe's write end for closing.
-    func detachWake() -> Int32 {
-        state.withLock { s in
-            s.stopRequested = true
-            let fd = s.wakeFD
-            s.wakeFD = -1
-            return fd
-        }
+    /// Loop thread, on exit: later submits are refused.
+    func stopAccepting() {
+        state.withLock { $0.stopRequested = true }
     }
 
-    private static func wake(_ s: inout State) {
-        guard !s.wakePending, s.wakeFD >= 0 else { return }
+    /// Under the lock: whether this caller writes the wake-up byte (one write until the loop takes the commands).
+    private static func claimWake(_ s: inout State) -> Bool {
+        guard !s.wakePending else { return false }
         s.wakePending = true
+        return true
+    }
+
+    /// Writes the wake-up byte (never under the lock).
+    private func signal() {
         var byte: UInt8 = 1
         // EAGAIN means the pipe already holds bytes, so the loop wakes anyway.
-        _ = write(s.wakeFD, &byte, 1)
+        _ = write(wakeWriteFD, &byte, 1)
     }
 }

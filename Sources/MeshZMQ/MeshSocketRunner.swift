@@ -49,6 +49,7 @@ final class MeshSocketRunner {
         | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
 
     private let shared: LoopShared
+    /// The wake-up pipe's read end (owned by `shared`).
     private let wakeReadFD: Int32
     private let configuration: MeshSocketConfiguration
     private let logger: Logger
@@ -75,10 +76,10 @@ final class MeshSocketRunner {
     /// Inbound routing ids whose messages were dropped because their key was revoked (reported once).
     private var revokedLinks: Set<[UInt8]> = []
 
-    init(shared: LoopShared, wakeReadFD: Int32, configuration: MeshSocketConfiguration, logger: Logger,
+    init(shared: LoopShared, configuration: MeshSocketConfiguration, logger: Logger,
          continuation: AsyncStream<MeshSocketEvent>.Continuation, startup: StartupSignal) {
         self.shared = shared
-        self.wakeReadFD = wakeReadFD
+        self.wakeReadFD = shared.wakeReadFD
         self.configuration = configuration
         self.logger = logger
         self.continuation = continuation
@@ -143,10 +144,8 @@ final class MeshSocketRunner {
             }
         }
         context = nil
-        let writeFD = shared.detachWake()
+        shared.stopAccepting()
         for command in shared.takeCommands() { command.fail() }
-        if writeFD >= 0 { close(writeFD) }
-        close(wakeReadFD)
         continuation.finish()
     }
 

@@ -143,3 +143,26 @@ import Testing
         #expect(ConfigIssue(source: "f.yaml", key: "http.listen", reason: "bad", line: 3).description == "f.yaml:3: error: http.listen: bad")
     }
 }
+
+@Suite struct ASCIITests {
+    @Test func equalsIgnoresOnlyASCIICase() {
+        #expect(ASCII.equalsIgnoringCase("Content-Length", "content-length"))
+        #expect(ASCII.equalsIgnoringCase("CONNECTION", "connection"))
+        #expect(!ASCII.equalsIgnoringCase("content-lengthx", "content-length"))
+        #expect(!ASCII.equalsIgnoringCase("content_length", "content-length"))
+        // '[' (0x5B) and '{' (0x7B) differ by the case bit but are not letters.
+        #expect(!ASCII.equalsIgnoringCase("[", "{"))
+        #expect(!ASCII.equalsIgnoringCase("é", "É"))
+    }
+
+    @Test func containsFindsAnywhereIgnoringCase() {
+        #expect(ASCII.contains("text/event-stream; charset=utf-8", "event-stream"))
+        #expect(ASCII.contains("Application/X-NDJSON", "ndjson"))
+        #expect(ASCII.contains("ndjson", "ndjson"))
+        #expect(!ASCII.contains("application/json", "ndjson"))
+        #expect(!ASCII.contains("ndjso", "ndjson"))
+        #expect(ASCII.contains("", ""))
+        #expect(!ASCII.contains("", "x"))
+        #expect(ASCII.contains("aaab", "aab"))
+    }
+}
