@@ -206,6 +206,11 @@ public struct InferenceProxy: Sendable {
     private func attempt(_ req: InferenceRequest, engine: EngineSnapshot, decision: RouteDecision,
                          startNanos: UInt64, started: ContinuousClock.Instant) async -> Outcome {
         let api = req.route.dialect.rawValue
+        if !req.tokenInputs.isEmpty && engine.kind.dialect == .ollama {
+            let e = APIError.invalid("input", "token ids cannot be embedded by \(engine.id), an Ollama engine (it takes text): send the text, or serve \(req.model) from an OpenAI-compatible engine")
+            metrics.end(api: api, route: req.route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
+            return .response(errorResponse(e, dialect: req.clientDialect))
+        }
         let er = EngineRequestBuilder.build(req, engine: engine.kind.dialect, engineModel: decision.engineModel)
         let ctx = ResponseContext(request: req, engine: er, id: Self.newID(req.route), startNanos: startNanos)
         var headers: [(String, String)] = [("Content-Type", "application/json"), ("Accept", er.stream ? "text/event-stream, application/x-ndjson" : "application/json")]

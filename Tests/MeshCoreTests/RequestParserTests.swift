@@ -96,6 +96,14 @@ import Testing
         Case(.openaiEmbeddings, #"{"model":"m","input":[]}"#, "input"),
         Case(.openaiEmbeddings, #"{"model":"m","input":null}"#, "input"),
         Case(.openaiEmbeddings, #"{"model":"m","input":["a",2]}"#, "input[1]"),
+        // Token-id forms: every id a non-negative integer, no empty input.
+        Case(.openaiEmbeddings, #"{"model":"m","input":[1,"a"]}"#, "input[1]"),
+        Case(.openaiEmbeddings, #"{"model":"m","input":[1,-2]}"#, "input[1]"),
+        Case(.openaiEmbeddings, #"{"model":"m","input":[1,2.5]}"#, "input[1]"),
+        Case(.openaiEmbeddings, #"{"model":"m","input":[[1,2],[]]}"#, "input[1]"),
+        Case(.openaiEmbeddings, #"{"model":"m","input":[[1,2],"a"]}"#, "input[1]"),
+        Case(.openaiEmbeddings, #"{"model":"m","input":[[1,2],[3,null]]}"#, "input[1][1]"),
+        Case(.ollamaEmbed, #"{"model":"m","input":[1,2]}"#, "input[0]"),
         Case(.ollamaEmbed, #"{"model":"m"}"#, "input", code: "missing_field"),
         Case(.ollamaEmbed, #"{"model":"m","input":{}}"#, "input"),
         Case(.ollamaEmbed, #"{"model":"m","input":[null]}"#, "input[0]"),
@@ -148,6 +156,22 @@ import Testing
         #expect(try request(.ollamaEmbed, #"{"model":"m","input":"x"}"#).stream == false)
         #expect(try request(.ollamaEmbeddings, #"{"model":"m","prompt":"x","stream":true}"#).stream == false)
         #expect(try request(.openaiEmbeddings, #"{"model":"m","input":"x","stream":true}"#).stream == false)
+    }
+
+    @Test func openAIEmbeddingTokenIDs() throws {
+        let one = try request(.openaiEmbeddings, #"{"model":"m","input":[450,4996,0]}"#)
+        #expect(one.tokenInputs == [[450, 4996, 0]])
+        #expect(one.inputs.isEmpty)
+        #expect(one.estimatedPromptTokens == 3)
+        let many = try request(.openaiEmbeddings, #"{"model":"m","input":[[1,2],[3]]}"#)
+        #expect(many.tokenInputs == [[1, 2], [3]])
+        let text = try request(.openaiEmbeddings, #"{"model":"m","input":["a","b"]}"#)
+        #expect(text.tokenInputs.isEmpty)
+        #expect(text.inputs == ["a", "b"])
+        // Same dialect: the ids reach the engine as the client sent them.
+        let er = EngineRequestBuilder.build(many, engine: .openai, engineModel: "e")
+        #expect(er.body["input"] == [[1, 2], [3]])
+        #expect(er.body["model"] == "e")
     }
 
     @Test func openAIChatFields() throws {

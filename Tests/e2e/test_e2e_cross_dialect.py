@@ -137,6 +137,16 @@ def test_openai_embeddings_and_models_via_ollama_engine(setup: Setup) -> None:
     assert {OL_MODEL, "ol-large", OA_MODEL, "oa-large"} <= set(ids)
 
 
+def test_openai_embeddings_of_token_ids_need_an_openai_engine(setup: Setup) -> None:
+    # Ollama embeds text only: token ids get a 400 naming the field and the engine, and reach no engine.
+    before = setup.ol_sim.stats()
+    with pytest.raises(openai.BadRequestError) as e:
+        setup.oa().embeddings.create(model=OL_MODEL, input=[[12, 34], [56]])
+    assert e.value.status_code == 400 and e.value.param == "input"
+    assert "ollama" in e.value.message.lower() and OL_MODEL in e.value.message
+    assert setup.ol_sim.stats() == before
+
+
 # MARK: Ollama client → OpenAI-dialect engine
 
 

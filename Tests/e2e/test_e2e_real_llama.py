@@ -108,6 +108,21 @@ def test_openai_embeddings(oa: openai.OpenAI) -> None:
     assert r.usage.prompt_tokens > 0
 
 
+def test_openai_embeddings_of_token_ids(oa: openai.OpenAI) -> None:
+    # LangChain's OpenAIEmbeddings and others send token ids, not text: relayed to the engine as they are.
+    text = oa.embeddings.create(model=MODEL, input="hello world")
+    dim = len(text.data[0].embedding)
+    one = oa.embeddings.create(model=MODEL, input=[15043, 3186])
+    assert len(one.data) == 1 and len(one.data[0].embedding) == dim
+    two = oa.embeddings.create(model=MODEL, input=[[15043, 3186], [1781, 4646, 29991]])
+    assert [d.index for d in two.data] == [0, 1]
+    assert {len(d.embedding) for d in two.data} == {dim}
+    assert two.data[0].embedding != two.data[1].embedding
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.embeddings.create(model=MODEL, input=[[15043], [-1]])
+    assert e.value.status_code == 400 and e.value.param == "input[1][0]"
+
+
 # MARK: ollama client
 
 

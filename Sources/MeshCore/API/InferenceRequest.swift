@@ -73,6 +73,9 @@ public struct InferenceRequest: Sendable {
     public var rawPrompt: Bool
     /// Embedding inputs.
     public var inputs: [String]
+    /// OpenAI embedding inputs given as token ids (one array per input) instead of text: relayed to
+    /// OpenAI-compatible engines as they are; an Ollama engine takes text only.
+    public var tokenInputs: [[Int]] = []
     public var options: SamplingOptions
     /// The body as the client sent it.
     public var body: JSON
@@ -84,7 +87,7 @@ public struct InferenceRequest: Sendable {
     public var estimatedPromptTokens: Int {
         let chars = messages.reduce(0) { $0 + $1.content.utf8.count } + prompt.utf8.count + (system?.utf8.count ?? 0)
             + inputs.reduce(0) { $0 + $1.utf8.count }
-        return max(1, chars / 4)
+        return max(1, chars / 4 + tokenInputs.reduce(0) { $0 + $1.count })
     }
 }
 
@@ -172,7 +175,11 @@ public enum RequestParser {
             }
         case .openaiEmbeddings:
             guard let input = json["input"] else { throw APIError.missing("input") }
-            req.inputs = try stringOrStrings(input, field: "input")
+            if let tokens = try tokenArrays(input, field: "input") {
+                req.tokenInputs = tokens
+            } else {
+                req.inputs = try stringOrStrings(input, field: "input")
+            }
         default:
             break
         }
@@ -323,6 +330,32 @@ public enum RequestParser {
         for x in a {
             guard let s = x.stringValue else { throw APIError.invalid(field, "must be a string or an array of strings") }
             out.append(s)
+        }
+        return out
+    }
+
+    /// OpenAI's token forms of `input`: an array of token ids (one input) or an array of such
+    /// arrays; nil when `v` is not in either form (text, or invalid: the string check reports it).
+    static func tokenArrays(_ v: JSON, field: String) throws(APIError) -> [[Int]]? {
+        guard let a = v.arrayValue, let first = a.first else { return nil }
+        func ids(_ items: [JSON], at path: String) throws(APIError) -> [Int] {
+            guard !items.isEmpty else { throw APIError.invalid(path, "must be a non-empty array of token ids") }
+            var out: [Int] = []
+            out.reserveCapacity(items.count)
+            for (i, x) in items.enumerated() {
+                guard let t = x.intValue, t >= 0, t <= Int(Int32.max) else {
+                    throw APIError.invalid("\(path)[\(i)]", "must be a token id (a non-negative integer)")
+                }
+                out.append(t)
+            }
+            return out
+        }
+        if first.intValue != nil { return [try ids(a, at: field)] }
+        guard first.arrayValue != nil else { return nil }
+        var out: [[Int]] = []
+        for (i, x) in a.enumerated() {
+            guard let inner = x.arrayValue else { throw APIError.invalid("\(field)[\(i)]", "must be an array of token ids") }
+            out.append(try ids(inner, at: "\(field)[\(i)]"))
         }
         return out
     }
