@@ -52,9 +52,11 @@ import Testing
             if r.model.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }) { return "blank model" }
             if route == .openaiChat && r.messages.isEmpty { return "openai chat without messages" }
             if route.operation == .embedding {
-                if r.inputs.isEmpty { return "embedding without inputs" }
+                if r.inputs.isEmpty && r.tokenInputs.isEmpty { return "embedding without inputs" }
+                if !r.inputs.isEmpty && !r.tokenInputs.isEmpty { return "embedding with both text and token ids" }
+                if r.tokenInputs.contains(where: { $0.isEmpty || $0.contains { $0 < 0 } }) { return "empty or negative token ids" }
                 if r.stream { return "streaming embedding" }
-            } else if !r.inputs.isEmpty {
+            } else if !r.inputs.isEmpty || !r.tokenInputs.isEmpty {
                 return "inputs on a non-embedding route"
             }
             let roles: Set<String> = ["system", "user", "assistant", "tool", "function"]

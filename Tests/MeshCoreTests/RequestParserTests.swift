@@ -97,11 +97,13 @@ import Testing
         Case(.openaiEmbeddings, #"{"model":"m","input":null}"#, "input"),
         Case(.openaiEmbeddings, #"{"model":"m","input":["a",2]}"#, "input[1]"),
         // Token-id forms: every id a non-negative integer, no empty input.
-        Case(.openaiEmbeddings, #"{"model":"m","input":[1,"a"]}"#, "input[1]"),
+        // A mix of ids and text reads as text: the first element that is not a string is named.
+        Case(.openaiEmbeddings, #"{"model":"m","input":[1,"a"]}"#, "input[0]"),
+        Case(.openaiEmbeddings, #"{"model":"m","input":["a",[1]]}"#, "input[1]"),
         Case(.openaiEmbeddings, #"{"model":"m","input":[1,-2]}"#, "input[1]"),
         Case(.openaiEmbeddings, #"{"model":"m","input":[1,2.5]}"#, "input[1]"),
         Case(.openaiEmbeddings, #"{"model":"m","input":[[1,2],[]]}"#, "input[1]"),
-        Case(.openaiEmbeddings, #"{"model":"m","input":[[1,2],"a"]}"#, "input[1]"),
+        Case(.openaiEmbeddings, #"{"model":"m","input":[[1,2],"a"]}"#, "input[0]"),
         Case(.openaiEmbeddings, #"{"model":"m","input":[[1,2],[3,null]]}"#, "input[1][1]"),
         Case(.ollamaEmbed, #"{"model":"m","input":[1,2]}"#, "input[0]"),
         Case(.ollamaEmbed, #"{"model":"m"}"#, "input", code: "missing_field"),

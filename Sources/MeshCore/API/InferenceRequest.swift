@@ -335,9 +335,10 @@ public enum RequestParser {
     }
 
     /// OpenAI's token forms of `input`: an array of token ids (one input) or an array of such
-    /// arrays; nil when `v` is not in either form (text, or invalid: the string check reports it).
+    /// arrays; nil when `v` is in neither form (text, or a mix: the string check then names the
+    /// first element that is not a string).
     static func tokenArrays(_ v: JSON, field: String) throws(APIError) -> [[Int]]? {
-        guard let a = v.arrayValue, let first = a.first else { return nil }
+        guard let a = v.arrayValue, !a.isEmpty else { return nil }
         func ids(_ items: [JSON], at path: String) throws(APIError) -> [Int] {
             guard !items.isEmpty else { throw APIError.invalid(path, "must be a non-empty array of token ids") }
             var out: [Int] = []
@@ -350,13 +351,11 @@ public enum RequestParser {
             }
             return out
         }
-        if first.intValue != nil { return [try ids(a, at: field)] }
-        guard first.arrayValue != nil else { return nil }
+        // Every element a number: one input of ids (a fraction or a negative one is named below).
+        if a.allSatisfy({ $0.doubleValue != nil }) { return [try ids(a, at: field)] }
+        guard a.allSatisfy({ $0.arrayValue != nil }) else { return nil }
         var out: [[Int]] = []
-        for (i, x) in a.enumerated() {
-            guard let inner = x.arrayValue else { throw APIError.invalid("\(field)[\(i)]", "must be an array of token ids") }
-            out.append(try ids(inner, at: "\(field)[\(i)]"))
-        }
+        for (i, x) in a.enumerated() { out.append(try ids(x.arrayValue ?? [], at: "\(field)[\(i)]")) }
         return out
     }
 
