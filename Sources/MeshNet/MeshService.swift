@@ -385,6 +385,26 @@ public final class MeshService: Sendable {
         for l in links { sendState(to: l) }
     }
 
+    /// Sends this node's engine load to every peer now (a request started or ended): a `load`
+    /// message to peers whose state says they read it, the whole state to the others.
+    public func broadcastLoad() {
+        let links = state.withLock { s -> [(MeshLink, Bool)] in
+            let accepting = Set(s.peers.entries.values.filter { $0.state.acceptsLoad == true }.map { Self.normalize($0.state.meshEndpoint) })
+            return s.dialed.map { (MeshLink.outbound(MeshPeerID($0)), accepting.contains($0)) }
+        }
+        guard !links.isEmpty else { return }
+        var current = localState()
+        current.instance = instance
+        let header = links.contains(where: \.1) ? try? JSONValueCoding.encode(current.load) : nil
+        for (link, accepts) in links {
+            if accepts, let header {
+                send(WireMessage(type: .load, header: header), to: link)
+            } else {
+                sendState(to: link)
+            }
+        }
+    }
+
     /// Notes a forward to `engine` on `node` starting (`started`) or ending.
     public func noteForward(node: String, engine: String, started: Bool) {
         state.withLock { s in
@@ -546,6 +566,7 @@ public final class MeshService: Sendable {
         var s = localState()
         s.meshEndpoint = advertisedEndpoint
         s.instance = instance
+        s.acceptsLoad = true
         s.knownPeers = state.withLock { st in st.peers.peers.map(\.state.meshEndpoint) }
         guard let header = Self.encodeState(s) else { return }
         send(WireMessage(type: .state, header: header), to: link)
@@ -738,6 +759,19 @@ public final class MeshService: Sendable {
             Task {
                 await self.dial(ep)
                 for p in known { await self.dial(p) }
+            }
+        case .load:
+            guard let l = try? JSONValueCoding.decode(NodeLoad.self, from: msg.header) else {
+                state.withLock { $0.rejectedFrames += 1 }
+                logger.warning("rejected mesh frame", metadata: ["link": "\(m.link)", "reason": "load that does not decode"])
+                return
+            }
+            state.withLock { st in
+                // Only for a peer we hold a state of, over its own key when we know it.
+                guard st.revokedNodes[l.node] == nil, l.node != configuration.nodeID else { return }
+                if let key = m.peerKey, let bound = st.nodeKeys[l.node], bound != key { return }
+                // Fresh counts from the peer itself: our own forwards since its last report are in them.
+                if st.peers.apply(l, nowNanos: now) { st.forwardDelta[l.node] = nil }
             }
         case .request:
             startServing(msg, link: m.link)

@@ -201,11 +201,12 @@ public final class MeshdNode: Service, Sendable {
                         for await _ in changes { mesh.broadcastState() }
                     }
                     // ...and of load changes (a request started or ended), at most every 20 ms, so
-                    // peers do not route on a stale in-flight count for a whole heartbeat.
+                    // peers do not route on a stale in-flight count for a whole heartbeat: a small
+                    // `load` message, the whole state only to peers that do not read it.
                     let load = engines.loadChanges()
                     group.addTask {
                         for await _ in load {
-                            mesh.broadcastState()
+                            mesh.broadcastLoad()
                             try? await Task.sleep(for: .milliseconds(20))
                         }
                     }

@@ -23,6 +23,7 @@ import Testing
         #expect(throws: MeshWireError.badHeader("not an object")) { try MeshWireCodec.decode([[1, 0x12], Array("[1]".utf8), [0]]) }
         #expect(throws: MeshWireError.missingField("req")) { try MeshWireCodec.decode([[1, 0x12], Array("{}".utf8), [0]]) }
         #expect(throws: MeshWireError.missingField("id")) { try MeshWireCodec.decode([[1, 0x02], Array("{}".utf8)]) }
+        #expect(throws: MeshWireError.missingField("node")) { try MeshWireCodec.decode([[1, 0x03], Array(#"{"id":"a"}"#.utf8)]) }
         #expect(throws: MeshWireError.headerTooLarge(MeshWireCodec.maxHeaderBytes + 1)) {
             try MeshWireCodec.decode([[1, 0x12], [UInt8](repeating: 0x20, count: MeshWireCodec.maxHeaderBytes + 1)])
         }
@@ -92,6 +93,52 @@ import Testing
         #expect(!changed)
         #expect(t.entries["b"]?.state.modelNames == ["new"])
         #expect(t.entries["b"]?.lastHeardNanos == 2)
+    }
+
+    @Test func loadUpdatesTheEnginesOfTheStateHeld() throws {
+        var t = PeerTable(heartbeatMs: 1000, deadAfterMissed: 3)
+        var s = state("b", seq: 10, models: ["m"])
+        s.instance = "i1"
+        s.engines.append(EngineSnapshot(id: "f", kind: .ollama, url: "http://y", healthy: true))
+        t.update(s, nowNanos: 1)
+        let busy = EngineLoad(inFlight: 3, running: 2, waiting: 1, slots: 4)
+        let speeds = EngineSpeeds(prefillTokensPerSecond: 900, decodeTokensPerSecond: 40)
+        let l = NodeLoad(node: "b", seq: 11, instance: "i1",
+                         engines: [.init(id: "e", load: busy, speeds: speeds), .init(id: "unknown", load: busy, speeds: speeds)])
+        // Through the wire as a `load` message.
+        let wire = try MeshWireCodec.decode(MeshWireCodec.encode(WireMessage(type: .load, header: JSONValueCoding.encode(l))))
+        #expect(wire.type == .load)
+        let back = try JSONValueCoding.decode(NodeLoad.self, from: wire.header)
+        #expect(back == l)
+        let applied1 = t.apply(back, nowNanos: 5)
+        #expect(applied1)
+        let e = try #require(t.entries["b"])
+        #expect(e.lastHeardNanos == 5 && e.state.seq == 11)
+        #expect(e.state.engines[0].load == busy && e.state.engines[0].speeds == speeds)
+        #expect(e.state.engines[1].load == EngineLoad())  // not in the load: unchanged
+        #expect(e.state.engines.count == 2 && e.state.modelNames == ["m"])
+        #expect(e.state.inFlight == 3)
+        // Stale, from another instance, or from a node we hold no state of: ignored.
+        var idle = l
+        idle.engines = [.init(id: "e", load: EngineLoad(), speeds: speeds)]
+        idle.seq = 11
+        let applied2 = t.apply(idle, nowNanos: 6)
+        #expect(!applied2)
+        idle.seq = 12
+        idle.instance = "i2"
+        let applied3 = t.apply(idle, nowNanos: 6)
+        #expect(!applied3)
+        idle.instance = "i1"
+        idle.node = "c"
+        let applied4 = t.apply(idle, nowNanos: 6)
+        #expect(!applied4)
+        #expect(t.entries["b"]?.state.inFlight == 3 && t.entries["b"]?.lastHeardNanos == 5)
+        idle.node = "b"
+        let applied5 = t.apply(idle, nowNanos: 7)
+        #expect(applied5)
+        #expect(t.entries["b"]?.state.inFlight == 0)
+        // A state's own numbers make the same message.
+        #expect(s.load.engines.map(\.id) == ["e", "f"] && s.load.seq == 10 && s.load.instance == "i1")
     }
 
     @Test func meshRoutingPrefersLoadedThenLocalThenLessBusy() {

@@ -54,11 +54,53 @@ public struct NodeState: Sendable, Equatable, Codable {
     /// node (same name, same endpoint) from another machine that uses the same name.
     public var instance: String? = nil
 
+    /// The sender reads ``NodeLoad`` (`load`) messages (optional on the wire, added after protocol
+    /// 1): only such a peer is sent them; an older one gets a full state instead.
+    public var acceptsLoad: Bool? = nil
+
+    /// This state's engine load and speeds as a `load` message.
+    public var load: NodeLoad {
+        NodeLoad(node: id, seq: seq, instance: instance, engines: engines.map { NodeLoad.Engine(id: $0.id, load: $0.load, speeds: $0.speeds) })
+    }
+
     /// Requests in flight on this node's engines.
     public var inFlight: Int { engines.reduce(0) { $0 + $1.load.inFlight } }
 
     /// Distinct model names on healthy engines.
     public var modelNames: [String] { Router.availableModels(engines) }
+}
+
+/// The part of a node's state that changes with every request: each engine's load and measured
+/// speeds (the `load` message). Under load a node sends this every few ms instead of its whole
+/// state (models, hardware, peers), which stays on heartbeats and real changes.
+public struct NodeLoad: Sendable, Equatable, Codable {
+    /// One engine's numbers, by the engine's id within the node.
+    public struct Engine: Sendable, Equatable, Codable {
+        public var id: String
+        public var load: EngineLoad
+        public var speeds: EngineSpeeds
+
+        public init(id: String, load: EngineLoad, speeds: EngineSpeeds) {
+            self.id = id
+            self.load = load
+            self.speeds = speeds
+        }
+    }
+
+    /// The sending node's id.
+    public var node: String
+    /// Ordered with the sender's ``NodeState/seq``: a load older than the state a peer holds is ignored.
+    public var seq: UInt64
+    /// The sender's per-process instance, as in its state.
+    public var instance: String?
+    public var engines: [Engine]
+
+    public init(node: String, seq: UInt64, instance: String?, engines: [Engine]) {
+        self.node = node
+        self.seq = seq
+        self.instance = instance
+        self.engines = engines
+    }
 }
 
 /// The peers a node has heard from, with expiry: pure bookkeeping, time passed in.
@@ -94,6 +136,24 @@ public struct PeerTable: Sendable {
             return changed
         }
         entries[s.id] = Entry(state: s, lastHeardNanos: nowNanos, drainedLocally: false)
+        return true
+    }
+
+    /// Applies a peer's `load` to the engines its last state listed (engines it does not list wait
+    /// for the next state); counts as a sign of life. False, and nothing changes, for an unknown
+    /// peer, another instance of it, or a load no newer than what is held.
+    @discardableResult
+    public mutating func apply(_ l: NodeLoad, nowNanos: UInt64) -> Bool {
+        guard var e = entries[l.node], l.seq > e.state.seq, l.instance == e.state.instance else { return false }
+        for report in l.engines {
+            if let i = e.state.engines.firstIndex(where: { $0.id == report.id }) {
+                e.state.engines[i].load = report.load
+                e.state.engines[i].speeds = report.speeds
+            }
+        }
+        e.state.seq = l.seq
+        e.lastHeardNanos = nowNanos
+        entries[l.node] = e
         return true
     }
 

@@ -5,6 +5,9 @@ public let meshProtocolVersion: UInt8 = 1
 public enum WireMessageType: UInt8, Sendable, CaseIterable {
     case hello = 0x01
     case state = 0x02
+    /// A node's engine load and speeds only (``NodeLoad``), sent between full states while requests
+    /// start and end, to a peer whose state says it accepts them.
+    case load = 0x03
     case request = 0x10
     case responseHead = 0x11
     case chunk = 0x12
@@ -91,6 +94,8 @@ public enum MeshWireCodec {
             for f in ["node", "name", "proto"] where header[f] == nil { throw .missingField(f) }
         case .state:
             if header["id"]?.stringValue == nil { throw .missingField("id") }
+        case .load:
+            if header["node"]?.stringValue == nil { throw .missingField("node") }
         case .request, .responseHead, .chunk, .end, .error, .cancel, .credit, .response:
             if header["req"]?.stringValue == nil { throw .missingField("req") }
         }
