@@ -123,34 +123,49 @@ public struct ForwardedResponse: Sendable {
 
 /// Body chunks of a forwarded response. Consuming a chunk returns credit to the serving node, so
 /// a slow client slows the serving node instead of growing buffers; dropping it cancels the request.
+/// An answer that came whole (one `response` message) is held as it is: one chunk, no credit owed,
+/// nothing left to cancel.
 public struct ForwardedBody: AsyncSequence, Sendable {
     public typealias Element = [UInt8]
-    let stream: AsyncThrowingStream<[UInt8], any Error>
-    let service: MeshService
-    let requestID: String
-    let dropGuard: ForwardedBodyDropGuard
+    private enum Source: Sendable {
+        case stream(AsyncThrowingStream<[UInt8], any Error>, MeshService, String, ForwardedBodyDropGuard)
+        case whole([UInt8])
+    }
+    private let source: Source
 
     init(stream: AsyncThrowingStream<[UInt8], any Error>, service: MeshService, requestID: String) {
-        self.stream = stream
-        self.service = service
-        self.requestID = requestID
-        dropGuard = ForwardedBodyDropGuard(service: service, requestID: requestID)
+        source = .stream(stream, service, requestID, ForwardedBodyDropGuard(service: service, requestID: requestID))
+    }
+
+    init(whole: [UInt8]) {
+        source = .whole(whole)
     }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
-        var base: AsyncThrowingStream<[UInt8], any Error>.AsyncIterator
-        let service: MeshService
-        let requestID: String
-        let dropGuard: ForwardedBodyDropGuard
+        fileprivate var base: AsyncThrowingStream<[UInt8], any Error>.AsyncIterator?
+        fileprivate let service: MeshService?
+        fileprivate let requestID: String
+        fileprivate let dropGuard: ForwardedBodyDropGuard?
+        fileprivate var whole: [UInt8]?
+
         public mutating func next() async throws -> [UInt8]? {
-            guard let chunk = try await base.next() else { return nil }
-            service.consumed(requestID, bytes: chunk.count)
-            return chunk
+            if base != nil {
+                guard let chunk = try await base!.next() else { return nil }
+                service?.consumed(requestID, bytes: chunk.count)
+                return chunk
+            }
+            defer { whole = nil }
+            return whole.flatMap { $0.isEmpty ? nil : $0 }
         }
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: stream.makeAsyncIterator(), service: service, requestID: requestID, dropGuard: dropGuard)
+        switch source {
+        case let .stream(stream, service, id, dropGuard):
+            return AsyncIterator(base: stream.makeAsyncIterator(), service: service, requestID: id, dropGuard: dropGuard, whole: nil)
+        case let .whole(bytes):
+            return AsyncIterator(base: nil, service: nil, requestID: "", dropGuard: nil, whole: bytes)
+        }
     }
 }
 
@@ -796,13 +811,13 @@ public final class MeshService: Sendable {
 
     /// Forwards a client request to `node`; returns when its head arrives.
     public func forward(to node: String, path: String, headers: [(String, String)], body: [UInt8]) async throws -> ForwardedResponse {
-        guard let ep = state.withLock({ $0.endpoints[node] }), state.withLock({ $0.peers.entries[node] != nil }) else {
-            throw MeshForwardError.unreachable("\(node) is not a live peer")
-        }
-        let id = state.withLock { s -> String in
+        let target = state.withLock { s -> (endpoint: String, serial: UInt64)? in
+            guard let ep = s.endpoints[node], s.peers.entries[node] != nil else { return nil }
             s.nextID += 1
-            return "\(configuration.nodeID)-\(s.nextID)"
+            return (ep, s.nextID)
         }
+        guard let (ep, serial) = target else { throw MeshForwardError.unreachable("\(node) is not a live peer") }
+        let id = "\(configuration.nodeID)-\(serial)"
         let (stream, cont) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
         // The consumer of the body was cancelled (client gone mid-response): stop the serving node.
         cont.onTermination = { [weak self] termination in
@@ -891,13 +906,16 @@ public final class MeshService: Sendable {
         case .response:
             // The whole answer at once: nothing more will come, so no credit is owed either.
             guard let p = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
-            if !msg.payload.isEmpty { p.body.yield(msg.payload) }
-            p.body.finish()
-            let status = msg.header["status"]?.intValue ?? 502
-            if let head = p.head {
-                head.resume(returning: ForwardedResponse(status: status, headers: Self.decodeHeaders(msg.header["headers"]),
-                                                         body: ForwardedBody(stream: p.stream, service: self, requestID: id)))
+            guard let head = p.head else {
+                // After a head (not what a server sends): the body's reader takes it as the last chunk.
+                if !msg.payload.isEmpty { p.body.yield(msg.payload) }
+                p.body.finish()
+                return
             }
+            p.body.finish()  // never read: the body is handed over as it came
+            let status = msg.header["status"]?.intValue ?? 502
+            head.resume(returning: ForwardedResponse(status: status, headers: Self.decodeHeaders(msg.header["headers"]),
+                                                     body: ForwardedBody(whole: msg.payload)))
         case .chunk:
             let c = state.withLock { $0.pending[id]?.body }
             c?.yield(msg.payload)

@@ -175,7 +175,9 @@ public struct InferenceProxy: Sendable {
             var bytes: [UInt8] = []
             defer { noted.finish() }
             do {
-                for try await chunk in response.body { bytes += chunk }
+                for try await chunk in response.body {
+                    if bytes.isEmpty { bytes = chunk } else { bytes += chunk }
+                }
             } catch {
                 return .unreachable("\(error)")
             }
