@@ -225,8 +225,8 @@ public final class MeshService: Sendable {
     struct Pending {
         var node: String
         var head: CheckedContinuation<ForwardedResponse, any Error>?
-        var body: AsyncThrowingStream<[UInt8], any Error>.Continuation
-        var stream: AsyncThrowingStream<[UInt8], any Error>
+        /// The streamed body's writer, made when a head arrives (an answer that comes whole needs none).
+        var body: AsyncThrowingStream<[UInt8], any Error>.Continuation?
         /// The serving node's credit window, from its head; nil (an older peer): credit per chunk.
         var window: Int?
         /// Bytes the client consumed that were not yet credited back.
@@ -513,7 +513,7 @@ public final class MeshService: Sendable {
         }
         for p in pending {
             p.head?.resume(throwing: MeshForwardError.unreachable("mesh stopped"))
-            p.body.finish(throwing: MeshForwardError.lost("mesh stopped"))
+            p.body?.finish(throwing: MeshForwardError.lost("mesh stopped"))
         }
         for s in served {
             s.task?.cancel()
@@ -661,7 +661,7 @@ public final class MeshService: Sendable {
             if let h = p.head {
                 h.resume(throwing: MeshForwardError.unreachable("\(id): \(reason)"))
             }
-            p.body.finish(throwing: MeshForwardError.lost("\(id): \(reason)"))
+            p.body?.finish(throwing: MeshForwardError.lost("\(id): \(reason)"))
         }
         for s in served {
             s.task?.cancel()
@@ -818,11 +818,6 @@ public final class MeshService: Sendable {
         }
         guard let (ep, serial) = target else { throw MeshForwardError.unreachable("\(node) is not a live peer") }
         let id = "\(configuration.nodeID)-\(serial)"
-        let (stream, cont) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
-        // The consumer of the body was cancelled (client gone mid-response): stop the serving node.
-        cont.onTermination = { [weak self] termination in
-            if case .cancelled = termination { self?.cancelForward(id) }
-        }
         // `whole`: we accept a one-message `response` (a peer that does not know it ignores it).
         let msg = WireMessage(type: .request, header: [
             "req": .string(id), "path": .string(path), "from": .string(configuration.nodeID),
@@ -830,7 +825,7 @@ public final class MeshService: Sendable {
         ], payload: body)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<ForwardedResponse, any Error>) in
-                state.withLock { $0.pending[id] = Pending(node: node, head: c, body: cont, stream: stream) }
+                state.withLock { $0.pending[id] = Pending(node: node, head: c, body: nil) }
                 if Task.isCancelled {
                     // Cancelled before the request was registered: `onCancel` found nothing to cancel.
                     let p = state.withLock { $0.pending.removeValue(forKey: id) }
@@ -854,7 +849,7 @@ public final class MeshService: Sendable {
         p.head?.resume(throwing: CancellationError())
         // Only a consumer that is itself cancelled or gone reads this end (an error here would look
         // like a failed peer and be retried elsewhere).
-        p.body.finish()
+        p.body?.finish()
         if let ep = state.withLock({ $0.endpoints[p.node] }) {
             send(WireMessage(type: .cancel, header: ["req": .string(id)]), to: .outbound(MeshPeerID(ep)))
         }
@@ -893,13 +888,22 @@ public final class MeshService: Sendable {
         switch msg.type {
         case .responseHead:
             let window = msg.header["window"]?.intValue.flatMap { $0 > 0 ? $0 : nil }
-            let taken = state.withLock { s -> (CheckedContinuation<ForwardedResponse, any Error>, AsyncThrowingStream<[UInt8], any Error>)? in
-                guard let c = s.pending[id]?.head, let stream = s.pending[id]?.stream else { return nil }
+            let (stream, cont) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
+            // The consumer of the body was cancelled (client gone mid-response): stop the serving node.
+            cont.onTermination = { [weak self] termination in
+                if case .cancelled = termination { self?.cancelForward(id) }
+            }
+            let taken = state.withLock { s -> CheckedContinuation<ForwardedResponse, any Error>? in
+                guard let c = s.pending[id]?.head else { return nil }
                 s.pending[id]!.head = nil
                 s.pending[id]!.window = window
-                return (c, stream)
+                s.pending[id]!.body = cont
+                return c
             }
-            guard let (head, stream) = taken else { return }
+            guard let head = taken else {
+                cont.finish()
+                return
+            }
             let status = msg.header["status"]?.intValue ?? 502
             head.resume(returning: ForwardedResponse(status: status, headers: Self.decodeHeaders(msg.header["headers"]),
                                                      body: ForwardedBody(stream: stream, service: self, requestID: id)))
@@ -908,30 +912,29 @@ public final class MeshService: Sendable {
             guard let p = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
             guard let head = p.head else {
                 // After a head (not what a server sends): the body's reader takes it as the last chunk.
-                if !msg.payload.isEmpty { p.body.yield(msg.payload) }
-                p.body.finish()
+                if !msg.payload.isEmpty { p.body?.yield(msg.payload) }
+                p.body?.finish()
                 return
             }
-            p.body.finish()  // never read: the body is handed over as it came
             let status = msg.header["status"]?.intValue ?? 502
             head.resume(returning: ForwardedResponse(status: status, headers: Self.decodeHeaders(msg.header["headers"]),
                                                      body: ForwardedBody(whole: msg.payload)))
         case .chunk:
-            let c = state.withLock { $0.pending[id]?.body }
+            let c = state.withLock { $0.pending[id]?.body ?? nil }
             c?.yield(msg.payload)
         case .end:
             let p = state.withLock { $0.pending.removeValue(forKey: id) }
             p?.head?.resume(throwing: MeshForwardError.lost("peer ended without a response head"))
-            p?.body.finish()
+            p?.body?.finish()
         case .error:
             let p = state.withLock { $0.pending.removeValue(forKey: id) }
             let status = msg.header["status"]?.intValue ?? 502
             let message = msg.header["message"]?.stringValue ?? "peer failed"
             if let h = p?.head {
                 h.resume(throwing: MeshForwardError.remote(status: status, message: message))
-                p?.body.finish()
+                p?.body?.finish()
             } else {
-                p?.body.finish(throwing: MeshForwardError.lost(message))
+                p?.body?.finish(throwing: MeshForwardError.lost(message))
             }
         default:
             break

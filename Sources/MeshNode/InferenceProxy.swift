@@ -59,8 +59,9 @@ public struct InferenceProxy: Sendable {
         let api = route.dialect.rawValue
         metrics.begin()
         let req: InferenceRequest
+        let bodyBytes = request.bodyBytes
         do {
-            req = try RequestParser.parse(route: route, body: request.bodyBytes)
+            req = try RequestParser.parse(route: route, body: bodyBytes)
         } catch {
             metrics.end(api: api, route: route.rawValue, model: "", status: error.status, duration: ContinuousClock.now - started)
             return errorResponse(error, dialect: route.dialect)
@@ -92,7 +93,7 @@ public struct InferenceProxy: Sendable {
                 return errorResponse(e, dialect: route.dialect)
             }
             if !decision.isLocal, let node = decision.nodeID, let mesh {
-                switch await forward(req, body: request.bodyBytes, to: node, engine: decision.engineID,
+                switch await forward(req, body: bodyBytes, to: node, engine: decision.engineID,
                                      route: { _ in "forwarded to \(node): \(decision.reason)" }, mesh: mesh, started: started) {
                 case .response(let r):
                     return r
@@ -103,7 +104,7 @@ public struct InferenceProxy: Sendable {
                 continue
             }
             guard let engine = nodes.first(where: \.isLocal)?.engines.first(where: { $0.id == decision.engineID }) else { continue }
-            let outcome = await attempt(req, engine: engine, decision: decision, startNanos: startNanos, started: started)
+            let outcome = await attempt(req, clientBody: bodyBytes, engine: engine, decision: decision, startNanos: startNanos, started: started)
             switch outcome {
             case .response(let r):
                 return r
@@ -205,7 +206,8 @@ public struct InferenceProxy: Sendable {
         case unreachable(String)
     }
 
-    private func attempt(_ req: InferenceRequest, engine: EngineSnapshot, decision: RouteDecision,
+    /// - Parameter clientBody: the client's body bytes, sent as they are when the engine takes them unchanged.
+    private func attempt(_ req: InferenceRequest, clientBody: [UInt8], engine: EngineSnapshot, decision: RouteDecision,
                          startNanos: UInt64, started: ContinuousClock.Instant) async -> Outcome {
         let api = req.route.dialect.rawValue
         if !req.tokenInputs.isEmpty && engine.kind.dialect == .ollama {
@@ -217,7 +219,8 @@ public struct InferenceProxy: Sendable {
         let ctx = ResponseContext(request: req, engine: er, id: Self.newID(req.route), startNanos: startNanos)
         var headers: [(String, String)] = [("Content-Type", "application/json"), ("Accept", er.stream ? "text/event-stream, application/x-ndjson" : "application/json")]
         headers += engines.requestHeaders(engineID: engine.id)
-        let httpReq = HTTPClientRequest(method: "POST", url: Self.join(engine.url, er.path), headers: headers, body: er.body.serialized())
+        let httpReq = HTTPClientRequest(method: "POST", url: Self.join(engine.url, er.path), headers: headers,
+                                        body: er.isClientBody ? clientBody : er.body.serialized())
         var respHeaders = HTTPHeaders()
         respHeaders.add(name: "X-Meshd-Node", value: nodeName)
         respHeaders.add(name: "X-Meshd-Engine", value: engine.id)

@@ -239,11 +239,13 @@ final class MeshSocketRunner {
         dirty.remove(socket)
     }
 
+    /// Empties the wake-up pipe: one read unless it came back full (no read to EAGAIN each wake-up).
     private func drainWakePipe() {
-        var buffer = [UInt8](repeating: 0, count: 64)
+        var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        let size = MemoryLayout.size(ofValue: buffer)
         while true {
-            let n = buffer.withUnsafeMutableBytes { read(wakeReadFD, $0.baseAddress, $0.count) }
-            if n > 0 { continue }
+            let n = withUnsafeMutableBytes(of: &buffer) { read(wakeReadFD, $0.baseAddress, size) }
+            if n == size { continue }
             if n < 0 && errno == EINTR { continue }
             return
         }

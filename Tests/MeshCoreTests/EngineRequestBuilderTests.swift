@@ -22,6 +22,20 @@ import Testing
         #expect(e.body["stream_options"] == nil)  // not streaming: nothing added
     }
 
+    @Test func clientBodyIsRelayedAsItCameOnlyWhenNothingChanges() throws {
+        let chat = #"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#
+        #expect(try build(.openaiChat, chat, engine: .openai, model: "m").isClientBody)
+        #expect(try !build(.openaiChat, chat, engine: .openai, model: "m:latest").isClientBody)  // model renamed
+        #expect(try !build(.openaiChat, #"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#, engine: .openai, model: "m").isClientBody)  // include_usage
+        #expect(try !build(.openaiChat, chat, engine: .ollama, model: "m").isClientBody)  // translated
+        #expect(try build(.openaiEmbeddings, #"{"model":"m","input":[1,2]}"#, engine: .openai, model: "m").isClientBody)
+        #expect(try build(.ollamaChat, #"{"model":"m","messages":[],"stream":false}"#, engine: .ollama, model: "m").isClientBody)
+        #expect(try !build(.ollamaChat, #"{"model":"m","messages":[]}"#, engine: .ollama, model: "m").isClientBody)  // stream made explicit
+        #expect(try build(.ollamaEmbed, #"{"model":"m","input":"x"}"#, engine: .ollama, model: "m").isClientBody)
+        let e = try build(.openaiChat, chat, engine: .openai, model: "m")
+        #expect(e.body == J(chat) && e.path == "/v1/chat/completions" && !e.stream)
+    }
+
     @Test func openAIPassthroughAddsIncludeUsageOnlyWhenStreaming() throws {
         let s = try build(.openaiChat, #"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#, engine: .openai)
         #expect(s.stream)

@@ -7,12 +7,16 @@ public struct EngineRequest: Sendable, Equatable {
     public var stream: Bool
     /// The operation the engine performs; may differ from the client's (Ollama generate → OpenAI chat).
     public var engineRoute: InferenceRoute
+    /// `body` is the client's body as it came (same dialect and model name, nothing to set): the
+    /// client's bytes can be sent as they are instead of serialising `body` again.
+    public var isClientBody: Bool
 
-    public init(path: String, body: JSON, stream: Bool, engineRoute: InferenceRoute) {
+    public init(path: String, body: JSON, stream: Bool, engineRoute: InferenceRoute, isClientBody: Bool = false) {
         self.path = path
         self.body = body
         self.stream = stream
         self.engineRoute = engineRoute
+        self.isClientBody = isClientBody
     }
 }
 
@@ -33,6 +37,9 @@ public enum EngineRequestBuilder {
 
     static func openAI(_ req: InferenceRequest, model: String) -> EngineRequest {
         if req.clientDialect == .openai {
+            if !req.stream && req.model == model {
+                return EngineRequest(path: req.route.rawValue, body: req.body, stream: false, engineRoute: req.route, isClientBody: true)
+            }
             var body = req.body.setting("model", .string(model))
             if req.stream {
                 let so = (body["stream_options"]?.objectValue.map(JSON.object) ?? JSON.object([]))
@@ -107,6 +114,9 @@ public enum EngineRequestBuilder {
     static func ollama(_ req: InferenceRequest, model: String) -> EngineRequest {
         if req.clientDialect == .ollama {
             // Ollama streams unless told otherwise; make the choice explicit so both sides agree.
+            if req.model == model && (req.operation == .embedding || req.body["stream"]?.boolValue == req.stream) {
+                return EngineRequest(path: req.route.rawValue, body: req.body, stream: req.stream, engineRoute: req.route, isClientBody: true)
+            }
             var body = req.body.setting("model", .string(model))
             if req.operation != .embedding { body = body.setting("stream", .bool(req.stream)) }
             return EngineRequest(path: req.route.rawValue, body: body, stream: req.stream, engineRoute: req.route)
