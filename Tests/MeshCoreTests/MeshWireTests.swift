@@ -113,7 +113,7 @@ import Testing
         let applied1 = t.apply(back, nowNanos: 5)
         #expect(applied1)
         let e = try #require(t.entries["b"])
-        #expect(e.lastHeardNanos == 5 && e.state.seq == 11)
+        #expect(e.lastHeardNanos == 5 && e.loadSeq == 11 && e.state.seq == 10)
         #expect(e.state.engines[0].load == busy && e.state.engines[0].speeds == speeds)
         #expect(e.state.engines[1].load == EngineLoad())  // not in the load: unchanged
         #expect(e.state.engines.count == 2 && e.state.modelNames == ["m"])
@@ -137,6 +137,12 @@ import Testing
         let applied5 = t.apply(idle, nowNanos: 7)
         #expect(applied5)
         #expect(t.entries["b"]?.state.inFlight == 0)
+        // A whole state built before that load (a model change) is still taken.
+        var models = s
+        models.seq = 11
+        models.engines[0].models.append(ModelInfo(name: "m2", loaded: true))
+        t.update(models, nowNanos: 8)
+        #expect(t.entries["b"]?.state.modelNames == ["m", "m2"])
         // A state's own numbers make the same message.
         #expect(s.load.engines.map(\.id) == ["e", "f"] && s.load.seq == 10 && s.load.instance == "i1")
     }

@@ -110,6 +110,9 @@ public struct PeerTable: Sendable {
         public var lastHeardNanos: UInt64
         /// Set by `meshctl drain` on this node, independent of what the peer says.
         public var drainedLocally: Bool
+        /// `seq` of the newest `load` applied; kept apart from the state's, so a whole state built
+        /// before it (a model change) is still taken.
+        public var loadSeq: UInt64 = 0
     }
 
     public private(set) var entries: [String: Entry] = [:]
@@ -141,17 +144,17 @@ public struct PeerTable: Sendable {
 
     /// Applies a peer's `load` to the engines its last state listed (engines it does not list wait
     /// for the next state); counts as a sign of life. False, and nothing changes, for an unknown
-    /// peer, another instance of it, or a load no newer than what is held.
+    /// peer, another instance of it, or a load no newer than the state or load held.
     @discardableResult
     public mutating func apply(_ l: NodeLoad, nowNanos: UInt64) -> Bool {
-        guard var e = entries[l.node], l.seq > e.state.seq, l.instance == e.state.instance else { return false }
+        guard var e = entries[l.node], l.seq > e.state.seq, l.seq > e.loadSeq, l.instance == e.state.instance else { return false }
         for report in l.engines {
             if let i = e.state.engines.firstIndex(where: { $0.id == report.id }) {
                 e.state.engines[i].load = report.load
                 e.state.engines[i].speeds = report.speeds
             }
         }
-        e.state.seq = l.seq
+        e.loadSeq = l.seq
         e.lastHeardNanos = nowNanos
         entries[l.node] = e
         return true
