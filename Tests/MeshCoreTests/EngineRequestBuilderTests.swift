@@ -32,6 +32,9 @@ import Testing
         #expect(try build(.ollamaChat, #"{"model":"m","messages":[],"stream":false}"#, engine: .ollama, model: "m").isClientBody)
         #expect(try !build(.ollamaChat, #"{"model":"m","messages":[]}"#, engine: .ollama, model: "m").isClientBody)  // stream made explicit
         #expect(try build(.ollamaEmbed, #"{"model":"m","input":"x"}"#, engine: .ollama, model: "m").isClientBody)
+        // A duplicated routing key: rebuilt, never relayed as it came.
+        #expect(try !build(.openaiChat, #"{"model":"x","model":"m","messages":[{"role":"user","content":"hi"}]}"#, engine: .openai, model: "m").isClientBody)
+        #expect(try !build(.ollamaChat, #"{"model":"m","messages":[],"stream":true,"stream":false}"#, engine: .ollama, model: "m").isClientBody)
         let e = try build(.openaiChat, chat, engine: .openai, model: "m")
         #expect(e.body == J(chat) && e.path == "/v1/chat/completions" && !e.stream)
     }

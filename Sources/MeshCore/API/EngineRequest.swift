@@ -37,7 +37,7 @@ public enum EngineRequestBuilder {
 
     static func openAI(_ req: InferenceRequest, model: String) -> EngineRequest {
         if req.clientDialect == .openai {
-            if !req.stream && req.model == model {
+            if !req.stream && req.model == model && Self.readsAlike(req.body) {
                 return EngineRequest(path: req.route.rawValue, body: req.body, stream: false, engineRoute: req.route, isClientBody: true)
             }
             var body = req.body.setting("model", .string(model))
@@ -74,6 +74,17 @@ public enum EngineRequestBuilder {
         default:
             return EngineRequest(path: req.route.rawValue, body: req.body.setting("model", .string(model)), stream: req.stream, engineRoute: req.route)
         }
+    }
+
+    /// Whether an engine reads the routing keys of `body` as meshd did: each at most once (with a
+    /// duplicate, meshd and most parsers take the last, but a relayed body must not depend on it).
+    static func readsAlike(_ body: JSON) -> Bool {
+        guard let members = body.objectValue else { return false }
+        var models = 0, streams = 0
+        for (k, _) in members {
+            if k == "model" { models += 1 } else if k == "stream" { streams += 1 }
+        }
+        return models <= 1 && streams <= 1
     }
 
     static func chatToOpenAI(model: String, messages: [ChatMessage], req: InferenceRequest) -> EngineRequest {
@@ -114,7 +125,7 @@ public enum EngineRequestBuilder {
     static func ollama(_ req: InferenceRequest, model: String) -> EngineRequest {
         if req.clientDialect == .ollama {
             // Ollama streams unless told otherwise; make the choice explicit so both sides agree.
-            if req.model == model && (req.operation == .embedding || req.body["stream"]?.boolValue == req.stream) {
+            if req.model == model && (req.operation == .embedding || req.body["stream"]?.boolValue == req.stream) && Self.readsAlike(req.body) {
                 return EngineRequest(path: req.route.rawValue, body: req.body, stream: req.stream, engineRoute: req.route, isClientBody: true)
             }
             var body = req.body.setting("model", .string(model))
