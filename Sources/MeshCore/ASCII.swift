@@ -13,7 +13,11 @@ public enum ASCII {
 
     /// Whether `haystack` contains `needle`, ignoring the case of ASCII letters.
     public static func contains(_ haystack: String, _ needle: String) -> Bool {
-        let h = Array(haystack.utf8), n = Array(needle.utf8)
+        var h = haystack, n = needle  // native strings give contiguous UTF-8 without a copy
+        return h.withUTF8 { hb in n.withUTF8 { nb in contains(hb, nb) } }
+    }
+
+    static func contains(_ h: UnsafeBufferPointer<UInt8>, _ n: UnsafeBufferPointer<UInt8>) -> Bool {
         if n.isEmpty { return true }
         guard h.count >= n.count else { return false }
         outer: for start in 0...(h.count - n.count) {

@@ -396,8 +396,7 @@ public final class MeshService: Sendable {
     /// Sends this node's state to every peer now (call when engines or models change, so peers
     /// need not wait for the next heartbeat).
     public func broadcastState() {
-        let links = state.withLock { s in s.dialed.map { MeshLink.outbound(MeshPeerID($0)) } }
-        for l in links { sendState(to: l) }
+        sendState(to: state.withLock { s in s.dialed.map { MeshLink.outbound(MeshPeerID($0)) } })
     }
 
     /// Sends this node's engine load to every peer now (a request started or ended): a `load`
@@ -410,14 +409,11 @@ public final class MeshService: Sendable {
         guard !links.isEmpty else { return }
         var current = localState()
         current.instance = instance
-        let header = links.contains(where: \.1) ? try? JSONValueCoding.encode(current.load) : nil
-        for (link, accepts) in links {
-            if accepts, let header {
-                send(WireMessage(type: .load, header: header), to: link)
-            } else {
-                sendState(to: link)
-            }
+        let accepting = links.filter(\.1).map(\.0)
+        if !accepting.isEmpty, let header = try? JSONValueCoding.encode(current.load) {
+            for link in accepting { send(WireMessage(type: .load, header: header), to: link) }
         }
+        sendState(to: links.filter { !$0.1 }.map(\.0), built: current)
     }
 
     /// Notes a forward to `engine` on `node` starting (`started`) or ending.
@@ -578,13 +574,19 @@ public final class MeshService: Sendable {
     }
 
     func sendState(to link: MeshLink) {
-        var s = localState()
+        sendState(to: [link])
+    }
+
+    /// Sends this node's state to `links`, built and encoded once (from `built` when the caller has it).
+    func sendState(to links: [MeshLink], built: NodeState? = nil) {
+        guard !links.isEmpty else { return }
+        var s = built ?? localState()
         s.meshEndpoint = advertisedEndpoint
         s.instance = instance
         s.acceptsLoad = true
         s.knownPeers = state.withLock { st in st.peers.peers.map(\.state.meshEndpoint) }
         guard let header = Self.encodeState(s) else { return }
-        send(WireMessage(type: .state, header: header), to: link)
+        for l in links { send(WireMessage(type: .state, header: header), to: l) }
     }
 
     static func encodeState(_ s: NodeState) -> JSON? {
@@ -622,7 +624,7 @@ public final class MeshService: Sendable {
             if sinceBeat >= interval || sinceBeat == .zero {
                 sinceBeat = .zero
                 let links = state.withLock { s in s.dialed.map { MeshLink.outbound(MeshPeerID($0)) } }
-                for l in links { sendState(to: l) }
+                sendState(to: links)
             }
             expirePeers()
             try? await Task.sleep(for: tick)

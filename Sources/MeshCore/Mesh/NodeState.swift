@@ -89,7 +89,7 @@ public struct NodeLoad: Sendable, Equatable, Codable {
 
     /// The sending node's id.
     public var node: String
-    /// Ordered with the sender's ``NodeState/seq``: a load older than the state a peer holds is ignored.
+    /// Ordered with the sender's ``NodeState/seq``: a load no newer than the state or load a peer holds is ignored.
     public var seq: UInt64
     /// The sender's per-process instance, as in its state.
     public var instance: String?
