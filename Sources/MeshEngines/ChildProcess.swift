@@ -233,6 +233,13 @@ private func readLinesUntilExit(child: ChildProcess, outFD: Int32, errFD: Int32,
 }
 
 /// posix_spawn with stdin from /dev/null and stdout/stderr on fresh pipes; returns (pid, outR, errR).
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+; not visible to Swift's Glibc module),
+/// nil where the C library lacks it.
+private let spawnCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+    guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+    return unsafeBitCast(sym, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+}()
+
 private func rawSpawn(path: String, argv: [String], env: [String]) throws(SpawnError) -> (pid_t, Int32, Int32) {
     var outPipe: [Int32] = [-1, -1]
     var errPipe: [Int32] = [-1, -1]
@@ -251,6 +258,10 @@ private func rawSpawn(path: String, argv: [String], env: [String]) throws(SpawnE
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
     posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+    // Nothing but 0-2 reaches the child: a descriptor another thread opened without FD_CLOEXEC (a
+    // pipe of some other spawn in this process) would otherwise stay open for the child's lifetime,
+    // and whoever waits for EOF on it would wait that long.
+    if let closeFrom = spawnCloseFrom { _ = closeFrom(&actions, 3) }
 
     var attr = posix_spawnattr_t()
     posix_spawnattr_init(&attr)
