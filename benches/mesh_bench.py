@@ -31,9 +31,9 @@ Measured, in one run, targets interleaved so drift and co-tenants hit all of the
 
 Writes benches/mesh-results.md and benches/mesh-results.json (OUT_DIR to change).
 
-Environment knobs [defaults]: ROUNDS [6], SECS [3], CONNS [1,8], STREAM_N [7], SIM_TOKENS [2000],
+Environment knobs [defaults]: ROUNDS [10], SECS [3], CONNS [1,8], STREAM_N [7], SIM_TOKENS [2000],
 ENGINE_REF [1] (0: skip the straight-to-engine reference), THREAD_N [1000] (sequential requests
-for the per-thread breakdown; 0: skip it), BUDGET_S [150] (no new latency round
+for the per-thread breakdown; 0: skip it), BUDGET_S [240] (no new latency round
 starts after this many seconds of measuring; streams get 40 s more), SKIP_BUILD [0], KEEP_WORK [0],
 OUT_DIR [benches].
 """
@@ -68,13 +68,13 @@ TARGET_HOP_P50_MS = 0.5
 TARGET_CHUNK_RELAY_MS = 0.2
 MODEL = "sim"
 
-ROUNDS = int(os.environ.get("ROUNDS", "6"))
+ROUNDS = int(os.environ.get("ROUNDS", "10"))
 SECS = int(os.environ.get("SECS", "3"))
 CONNS = [int(c) for c in os.environ.get("CONNS", "1,8").split(",") if c.strip()]
 STREAM_N = int(os.environ.get("STREAM_N", "7"))
 SIM_TOKENS = int(os.environ.get("SIM_TOKENS", "2000"))
 ENGINE_REF = os.environ.get("ENGINE_REF", "1") == "1"
-BUDGET_S = float(os.environ.get("BUDGET_S", "150"))
+BUDGET_S = float(os.environ.get("BUDGET_S", "240"))
 THREAD_N = int(os.environ.get("THREAD_N", "1000"))
 SKIP_BUILD = os.environ.get("SKIP_BUILD", "0") == "1"
 KEEP_WORK = os.environ.get("KEEP_WORK", "0") == "1"

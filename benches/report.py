@@ -289,7 +289,7 @@ def render_md(res):
         "in cores: a noise indicator (10 ms tick resolution). `thread sleeps/req` = voluntary context "
         "switches of all meshd threads per request (each is a thread going to sleep and being woken: "
         "a hand-off between threads); `+ preemptions` = involuntary ones.\n"
-        f"- **Streaming tokens/s.** `benches/stream_bench.py` (stdlib `http.client`): {run.get('stream_n')} streamed "
+        f"- **Streaming tokens/s.** `benches/stream_bench.py` (stdlib `http.client`): {run.get('llama_stream_n', run.get('stream_n'))} streamed "
         "chat requests per side, `max_tokens` 256, `ignore_eos`, `stream_options.include_usage` on both sides "
         "(meshd asks the engine for usage anyway), sequential and alternating direct/meshd (ABBA), after a "
         "warm-up each. tokens/s = (content chunks - 1) / (time of last - time of first content chunk).\n"

@@ -9,7 +9,9 @@
 #   ROUNDS [5]          interleaved direct/meshd rounds per backend and connection count
 #   SECS [3]            seconds per wrk run
 #   CONNS [1,8]         wrk connection counts (1 = latency, 8 = throughput)
-#   STREAM_N [5]        streamed requests per target for tokens/s and per-chunk cost
+#   STREAM_N [5]        streamed sim requests per target for the per-chunk cost
+#   LLAMA_STREAM_N [20] streamed llama-server requests per target for tokens/s (a 256-token
+#                       stream lasts ~0.15 s here and single-round ratios swing 0.7-1.5, so many)
 #   SIM_TOKENS [2000]   tokens per sim stream in the per-chunk measurement
 #   LLAMA [auto]        1: require llama-server, 0: skip it, auto: use it when tools/build-llama.sh
 #                       has it cached (building it takes ~7 minutes)
@@ -29,6 +31,7 @@ ROUNDS="${ROUNDS:-5}"
 SECS="${SECS:-3}"
 CONNS="${CONNS:-1,8}"
 STREAM_N="${STREAM_N:-5}"
+LLAMA_STREAM_N="${LLAMA_STREAM_N:-20}"
 SIM_TOKENS="${SIM_TOKENS:-2000}"
 LLAMA="${LLAMA:-auto}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
@@ -244,7 +247,7 @@ wrk_section() {  # wrk_section BACKEND DIRECT_URL MODEL ENGINE_PID
 
 # ---------------------------------------------------------------- run
 log "work dir $WORK; rounds=$ROUNDS secs=$SECS conns=$CONNS stream_n=$STREAM_N sim_tokens=$SIM_TOKENS"
-emit_meta "kind=run" "rounds=$ROUNDS" "secs=$SECS" "conns=$CONNS" "stream_n=$STREAM_N" "sim_tokens=$SIM_TOKENS" \
+emit_meta "kind=run" "rounds=$ROUNDS" "secs=$SECS" "conns=$CONNS" "stream_n=$STREAM_N" "llama_stream_n=$LLAMA_STREAM_N" "sim_tokens=$SIM_TOKENS" \
   "build_s=$BUILD_S" "meshd_bin=$MESHD" "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)" "busy_start=$(busy_now)"
 
 # 1. nginx static answer
@@ -271,9 +274,9 @@ stop_pid "$SIM_PID"
 start_llama
 if [ "$LLAMA_OK" = 1 ]; then
   start_meshd llama "http://127.0.0.1:$LLAMA_PORT" "$LLAMA_MODEL"
-  log "llama-server: streamed tokens/s (max_tokens 256, x$STREAM_N per side)"
+  log "llama-server: streamed tokens/s (max_tokens 256, x$LLAMA_STREAM_N per side)"
   python3 "$HERE/stream_bench.py" --mode tokens --direct "http://127.0.0.1:$LLAMA_PORT" --meshd "$MESHD_URL" \
-    --model "$LLAMA_MODEL" -n "$STREAM_N" --max-tokens 256 --warmup 1 \
+    --model "$LLAMA_MODEL" -n "$LLAMA_STREAM_N" --max-tokens 256 --warmup 1 \
     --pid-meshd "$MESHD_PID" --pid-engine "$LLAMA_PID" --timeout 60 --budget 90 --tag llama >>"$RAW"
   emit_meta "kind=llama" "bin=$LLAMA_BIN" "gguf=$LLAMA_GGUF" \
     "version=$("$LLAMA_BIN" --version 2>&1 | grep -m1 '^version' || true)"
