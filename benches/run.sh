@@ -246,7 +246,7 @@ wrk_section() {  # wrk_section BACKEND DIRECT_URL MODEL ENGINE_PID
 }
 
 # ---------------------------------------------------------------- run
-log "work dir $WORK; rounds=$ROUNDS secs=$SECS conns=$CONNS stream_n=$STREAM_N sim_tokens=$SIM_TOKENS"
+log "work dir $WORK; rounds=$ROUNDS secs=$SECS conns=$CONNS stream_n=$STREAM_N llama_stream_n=$LLAMA_STREAM_N sim_tokens=$SIM_TOKENS"
 emit_meta "kind=run" "rounds=$ROUNDS" "secs=$SECS" "conns=$CONNS" "stream_n=$STREAM_N" "llama_stream_n=$LLAMA_STREAM_N" "sim_tokens=$SIM_TOKENS" \
   "build_s=$BUILD_S" "meshd_bin=$MESHD" "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)" "busy_start=$(busy_now)"
 
