@@ -259,10 +259,12 @@ def test_busy_mesh_escalates_and_per_key_caps_and_alert_webhook(module_mpool: Pr
                    what="the node to see its engine idle")
         # Its only slot taken by a long stream: the expected wait exceeds 100 ms, so the cloud serves.
         done = threading.Event()
+        occupiers: list[str] = []  # the route each long stream took (for a failure's message)
 
         def occupy() -> None:
             with httpx.Client(base_url=node.url, timeout=30, trust_env=False) as c:
                 with c.stream("POST", "/v1/chat/completions", json=chat("busy-m", stream=True, max_tokens=200), headers=dev) as s:
+                    occupiers.append(s.headers.get("x-meshd-route", ""))
                     for _ in s.iter_lines():
                         if done.is_set():
                             break
@@ -288,6 +290,11 @@ def test_busy_mesh_escalates_and_per_key_caps_and_alert_webhook(module_mpool: Pr
         assert keys["ci"]["daily"]["limit_usd"] == 0.00006 and 0 < keys["ci"]["daily"]["spent_usd"] <= 0.00006
         # Over its cap, a request the mesh can serve (within timeouts.first_byte_ms) queues there
         # instead of failing: the busy local engine answers it once free.
+        # (The first long stream must be over, as the engine and the node see it, or the next one
+        # would be escalated as the first probe was.)
+        wait_until(lambda: sim.stats()["in_flight"] == 0 and all(
+            not e["in_flight"] and not e["running"] for e in node.admin("GET", "/v1/engines").json()), 10,
+            what="the engine idle again after the first long stream")
         done.clear()
         t = threading.Thread(target=occupy)
         t.start()
@@ -297,7 +304,7 @@ def test_busy_mesh_escalates_and_per_key_caps_and_alert_webhook(module_mpool: Pr
             queued["r"] = node.post("/v1/chat/completions", json=chat("busy-m", max_tokens=64), headers=ci, timeout=30)
 
         try:
-            wait_until(lambda: sim.stats()["in_flight"] == 1, 5, what="the local engine busy again")
+            wait_until(lambda: sim.stats()["in_flight"] == 1, 5, what=f"the local engine busy again (routes of the long streams: {occupiers})")
             q = threading.Thread(target=over_budget)
             q.start()
             time.sleep(0.5)
