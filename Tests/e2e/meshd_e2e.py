@@ -112,8 +112,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    """Polls `cond` until it returns a truthy value (returned) or `timeout` seconds pass (raises)."""
+def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05,
+               what: str | Callable[[], str] = "condition") -> Any:
+    """Polls `cond` until it returns a truthy value (returned) or `timeout` seconds pass (raises).
+    `what` names the condition in the error; a callable is asked only then (for state seen at the timeout)."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while True:
@@ -125,7 +127,7 @@ def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05, 
             last_exc = e
         if time.monotonic() >= deadline:
             extra = f" (last error: {last_exc!r})" if last_exc else ""
-            raise E2EError(f"timed out after {timeout}s waiting for {what}{extra}")
+            raise E2EError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}{extra}")
         time.sleep(interval)
 
 

@@ -304,10 +304,8 @@ def test_busy_mesh_escalates_and_per_key_caps_and_alert_webhook(module_mpool: Pr
             queued["r"] = node.post("/v1/chat/completions", json=chat("busy-m", max_tokens=64), headers=ci, timeout=30)
 
         try:
-            try:
-                wait_until(lambda: sim.stats()["in_flight"] == 1, 5, what="the local engine busy again")
-            except Exception as e:
-                raise AssertionError(f"{e} (routes of the long streams: {occupiers})") from e
+            wait_until(lambda: sim.stats()["in_flight"] == 1, 5,
+                       what=lambda: f"the local engine busy again (routes of the long streams: {occupiers})")
             q = threading.Thread(target=over_budget)
             q.start()
             time.sleep(0.5)
