@@ -204,6 +204,15 @@ enum Schema {
                 return []
             },
             read: { $0.binary.map(FieldValue.string) }),
+        EngineField(
+            name: "max_concurrency", type: .int, kinds: Set(EngineKind.allCases), requiredFor: [],
+            apply: { engine, value in
+                guard case .int(let n) = value else { return [] }
+                guard (1...100_000).contains(n) else { return [FieldProblem(reason: "\(n) is out of range 1...100000")] }
+                engine.maxConcurrency = n
+                return []
+            },
+            read: { $0.maxConcurrency.map(FieldValue.int) }),
     ]
 
     static let fieldsByEnvironmentName: [String: Field] =

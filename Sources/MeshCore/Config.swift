@@ -86,9 +86,13 @@ public struct EngineConfig: Sendable, Hashable, Codable {
     public var binary: String?
     /// API key sent to an OpenAI-compatible engine (`Authorization: Bearer`), read from this file.
     public var apiKeyFile: String?
+    /// Requests meshd keeps open to this engine at once (more wait in meshd's queue). Nil: the slots
+    /// the engine reports, else a limit learned from its overload answers (``EngineConcurrency``).
+    public var maxConcurrency: Int?
 
     public init(kind: EngineKind, url: String? = nil, model: String? = nil, alias: String? = nil,
-                args: [String] = [], binary: String? = nil, apiKeyFile: String? = nil) {
+                args: [String] = [], binary: String? = nil, apiKeyFile: String? = nil, maxConcurrency: Int? = nil) {
+        self.maxConcurrency = maxConcurrency
         self.kind = kind
         self.url = url
         self.model = model

@@ -53,7 +53,8 @@ public struct ModelInfo: Sendable, Hashable, Codable {
 
 /// Load signals an engine exposes, plus meshd's own count of requests it sent there.
 public struct EngineLoad: Sendable, Hashable, Codable {
-    /// Requests meshd has in flight to this engine right now.
+    /// Requests meshd has for this engine right now: sent to it, plus those waiting in meshd's own
+    /// queue for a free place (`queued`).
     public var inFlight: Int
     /// Requests the engine reports as running (llama-server busy slots, vLLM running), if it says.
     public var running: Int?
@@ -61,13 +62,23 @@ public struct EngineLoad: Sendable, Hashable, Codable {
     public var waiting: Int?
     /// Parallel slots (llama-server `total_slots`), if known.
     public var slots: Int?
+    /// Of `inFlight`, the requests waiting in meshd's queue because the engine is at its limit.
+    public var queued: Int?
+    /// How many requests meshd keeps open to the engine at once (see ``EngineConcurrency``); nil: no limit.
+    public var limit: Int?
 
-    public init(inFlight: Int = 0, running: Int? = nil, waiting: Int? = nil, slots: Int? = nil) {
+    public init(inFlight: Int = 0, running: Int? = nil, waiting: Int? = nil, slots: Int? = nil,
+                queued: Int? = nil, limit: Int? = nil) {
         self.inFlight = inFlight
         self.running = running
         self.waiting = waiting
         self.slots = slots
+        self.queued = queued
+        self.limit = limit
     }
+
+    /// Requests meshd has sent to the engine and not yet seen end.
+    public var open: Int { max(0, inFlight - (queued ?? 0)) }
 
     /// Best estimate of requests ahead of a new one: what the engine says, else what meshd sent.
     public var busy: Int { max(inFlight, (running ?? 0) + (waiting ?? 0)) }

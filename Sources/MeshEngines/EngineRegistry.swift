@@ -15,10 +15,14 @@ public struct EngineRequestOutcome: Sendable, Hashable {
     public var timeToFirstToken: Duration?
     /// Time from sending the request to the end of the answer.
     public var totalTime: Duration?
+    /// The engine refused it as overloaded (429, 503): teaches the registry a concurrency limit
+    /// for engines that report no slots (``EngineConcurrency/Learned``).
+    public var overloaded: Bool
 
     public init(succeeded: Bool, promptTokens: Int? = nil, generatedTokens: Int? = nil,
-                timeToFirstToken: Duration? = nil, totalTime: Duration? = nil) {
+                timeToFirstToken: Duration? = nil, totalTime: Duration? = nil, overloaded: Bool = false) {
         self.succeeded = succeeded
+        self.overloaded = overloaded
         self.promptTokens = promptTokens
         self.generatedTokens = generatedTokens
         self.timeToFirstToken = timeToFirstToken
@@ -28,11 +32,16 @@ public struct EngineRequestOutcome: Sendable, Hashable {
     public static let failed = EngineRequestOutcome(succeeded: false)
 }
 
+
 /// All engines of the node: polls them, caches their latest state, and keeps meshd's own in-flight
 /// counts and measured speeds. `snapshot()` never does I/O.
 ///
 /// Each engine is polled by its own task every `pollInterval` (a slow engine does not delay the
 /// others); a dead engine is seen at the next poll, one that comes back at the poll after.
+///
+/// It also admits requests to each engine: at most ``EngineConcurrency/limit(configured:reportedSlots:learned:)``
+/// are open at once, and the rest wait here, first come first served, counted in the snapshots
+/// (`load.queued`), never in the HTTP client's connection queue.
 public final class EngineRegistry: Sendable {
     public let pollInterval: Duration
     /// Whether these engines are the auto-detected defaults (absence is then logged quietly).
@@ -46,7 +55,13 @@ public final class EngineRegistry: Sendable {
 
     struct EngineState {
         var snapshot: EngineSnapshot
-        var inFlight = 0
+        /// Requests sent to the engine and not yet ended.
+        var open = 0
+        /// Requests waiting for a place, oldest first.
+        var waiters: [Waiter] = []
+        /// `engines[].max_concurrency`.
+        var configuredLimit: Int?
+        var learned = EngineConcurrency.Learned()
         var speeds = EngineSpeeds()
         var mark: (reason: String, at: ContinuousClock.Instant)?
         var polled = false
@@ -63,6 +78,16 @@ public final class EngineRegistry: Sendable {
         var loadWatcher: AsyncStream<Void>.Continuation?
         var nextSubscriber = 0
         var signature: [Signature] = []
+        var nextTicket: UInt64 = 0
+        /// Tickets of `acquire` calls between deciding to wait and registering their continuation.
+        var undecided: Set<UInt64> = []
+        /// Undecided tickets whose task was cancelled in that window.
+        var cancelledTickets: Set<UInt64> = []
+    }
+
+    struct Waiter {
+        let ticket: UInt64
+        let continuation: CheckedContinuation<EngineAdmission, Never>
     }
 
     /// What `changes()` watches: which engines are healthy and which models they have.
@@ -88,11 +113,17 @@ public final class EngineRegistry: Sendable {
                             managedOptions: ManagedEngineOptions = .init()) {
         let adapters = Self.makeAdapters(engines: engines, transport: httpClient, logger: logger,
                                          pollInterval: pollInterval, managedOptions: managedOptions)
-        self.init(adapters: adapters, logger: logger, pollInterval: pollInterval, autodetected: autodetected)
+        // makeAdapters makes one adapter per entry, in order.
+        var limits: [String: Int] = [:]
+        for (a, e) in zip(adapters, engines) { limits[a.id] = e.maxConcurrency }
+        self.init(adapters: adapters, logger: logger, pollInterval: pollInterval, autodetected: autodetected,
+                  concurrencyLimits: limits)
     }
 
     /// A registry over ready-made adapters (tests, custom engines). Ids must be unique.
-    public init(adapters: [any EngineAdapter], logger: Logger, pollInterval: Duration = .seconds(1), autodetected: Bool = false) {
+    /// `concurrencyLimits`: `engines[].max_concurrency` by engine id.
+    public init(adapters: [any EngineAdapter], logger: Logger, pollInterval: Duration = .seconds(1), autodetected: Bool = false,
+                concurrencyLimits: [String: Int] = [:]) {
         self.adapters = adapters
         self.logger = logger
         self.pollInterval = pollInterval
@@ -100,7 +131,8 @@ public final class EngineRegistry: Sendable {
         var s = State()
         for a in adapters {
             s.engines[a.id] = EngineState(snapshot: EngineSnapshot(id: a.id, kind: a.kind, url: a.baseURL, healthy: false,
-                                                                   healthDetail: "not polled yet"))
+                                                                   healthDetail: "not polled yet"),
+                                          configuredLimit: concurrencyLimits[a.id])
         }
         s.signature = Self.signature(adapters.map { s.engines[$0.id]!.snapshot })
         self.state = Mutex(s)
@@ -171,11 +203,17 @@ public final class EngineRegistry: Sendable {
 
     /// Stops polling and every managed process; ends all `changes()` streams.
     public func shutdown() async {
-        let (tasks, subs) = state.withLock { s in
+        let (tasks, subs, waiters) = state.withLock { s in
             s.shutDown = true
             defer { s.tasks = []; s.subscribers = [:]; s.loadWatcher?.finish(); s.loadWatcher = nil }
-            return (s.tasks, Array(s.subscribers.values))
+            var waiters: [Waiter] = []
+            for id in s.engines.keys {
+                waiters += s.engines[id]!.waiters
+                s.engines[id]!.waiters = []
+            }
+            return (s.tasks, Array(s.subscribers.values), waiters)
         }
+        for w in waiters { w.continuation.resume(returning: .unavailable("node is shutting down")) }
         for t in tasks { t.cancel() }
         for t in tasks { await t.value }
         await withTaskGroup(of: Void.self) { group in
@@ -205,6 +243,8 @@ public final class EngineRegistry: Sendable {
 
     private func apply(_ snap: EngineSnapshot, pollStartedAt: ContinuousClock.Instant) {
         enum LogEvent { case none, up(Int), down(String, first: Bool), detail(String) }
+        var woken: [Waiter] = []
+        var failed: [Waiter] = []
         let (event, published): (LogEvent, [EngineSnapshot]?) = state.withLock { s in
             guard var e = s.engines[snap.id], !s.shutDown else { return (.none, nil) }
             let before = e.snapshot
@@ -220,9 +260,18 @@ public final class EngineRegistry: Sendable {
                 event = .detail(d)
             }
             e.polled = true
+            if !healthy {
+                // Requests waiting for this engine go elsewhere now rather than wait for it to return.
+                failed = e.waiters
+                e.waiters = []
+            }
             s.engines[snap.id] = e
+            woken = Self.admitWaiters(&s, snap.id)
             return (event, publishIfChanged(&s))
         }
+        for w in woken { w.continuation.resume(returning: .admitted) }
+        let why = "\(snap.id) is unhealthy: \(snap.healthDetail ?? "unhealthy")"
+        for w in failed { w.continuation.resume(returning: .unavailable(why)) }
         var meta: Logger.Metadata = ["engine": "\(snap.id)", "url": "\(snap.url)"]
         switch event {
         case .none: break
@@ -268,7 +317,9 @@ public final class EngineRegistry: Sendable {
 
     private static func compose(_ e: EngineState) -> EngineSnapshot {
         var snap = e.snapshot
-        snap.load.inFlight = e.inFlight
+        snap.load.inFlight = e.open + e.waiters.count
+        snap.load.queued = e.waiters.count
+        snap.load.limit = limit(e)
         snap.speeds = e.speeds
         if let m = e.mark {
             snap.healthy = false
@@ -299,13 +350,94 @@ public final class EngineRegistry: Sendable {
         adapter(engineID)?.requestHeaders ?? []
     }
 
-    /// A request is being sent to the engine.
+    /// A request is being sent to the engine now, whatever its limit (``acquire(_:)`` waits for a place).
     public func beginRequest(_ engineID: String) {
         let w = state.withLock { s in
-            s.engines[engineID]?.inFlight += 1
+            s.engines[engineID]?.open += 1
             return s.loadWatcher
         }
         w?.yield()
+    }
+
+    /// The limit of open requests in force for an engine, if any.
+    static func limit(_ e: EngineState) -> Int? {
+        EngineConcurrency.limit(configured: e.configuredLimit, reportedSlots: e.snapshot.load.slots, learned: e.learned.limit)
+    }
+
+    /// Takes a place for one request to `engineID`, waiting first come first served while the engine
+    /// has as many open as its limit. Waiting ends when a place frees (`.admitted`), the task is
+    /// cancelled (`.cancelled`) or the engine is marked unhealthy (`.unavailable`). An unknown id is
+    /// admitted without counting. Pair every `.admitted` with ``endRequest(_:outcome:)``.
+    public func acquire(_ engineID: String) async -> EngineAdmission {
+        enum First { case admitted(AsyncStream<Void>.Continuation?), wait(UInt64) }
+        let first: First = state.withLock { s in
+            guard var e = s.engines[engineID] else { return .admitted(nil) }
+            if e.waiters.isEmpty, Self.limit(e).map({ e.open < $0 }) ?? true {
+                e.open += 1
+                s.engines[engineID] = e
+                return .admitted(s.loadWatcher)
+            }
+            let t = s.nextTicket
+            s.nextTicket &+= 1
+            s.undecided.insert(t)
+            return .wait(t)
+        }
+        let ticket: UInt64
+        switch first {
+        case .admitted(let w):
+            w?.yield()
+            return .admitted
+        case .wait(let t):
+            ticket = t
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<EngineAdmission, Never>) in
+                let now: (EngineAdmission?, AsyncStream<Void>.Continuation?) = state.withLock { s in
+                    s.undecided.remove(ticket)
+                    if s.cancelledTickets.remove(ticket) != nil { return (.cancelled, nil) }
+                    guard var e = s.engines[engineID] else { return (.admitted, nil) }
+                    if s.shutDown { return (.unavailable("node is shutting down"), nil) }
+                    if e.waiters.isEmpty, Self.limit(e).map({ e.open < $0 }) ?? true {
+                        e.open += 1
+                        s.engines[engineID] = e
+                        return (.admitted, s.loadWatcher)
+                    }
+                    e.waiters.append(Waiter(ticket: ticket, continuation: c))
+                    s.engines[engineID] = e
+                    return (nil, s.loadWatcher)
+                }
+                now.1?.yield()
+                if let r = now.0 { c.resume(returning: r) }
+            }
+        } onCancel: {
+            let (found, watcher): (Waiter?, AsyncStream<Void>.Continuation?) = state.withLock { s in
+                if s.undecided.contains(ticket) {
+                    s.cancelledTickets.insert(ticket)
+                    return (nil, nil)
+                }
+                guard let i = s.engines[engineID]?.waiters.firstIndex(where: { $0.ticket == ticket }) else { return (nil, nil) }
+                return (s.engines[engineID]!.waiters.remove(at: i), s.loadWatcher)
+            }
+            watcher?.yield()
+            found?.continuation.resume(returning: .cancelled)
+        }
+    }
+
+    /// Moves waiters of `engineID` into open places while its limit allows; returns them to resume
+    /// (outside the lock).
+    private static func admitWaiters(_ s: inout State, _ engineID: String) -> [Waiter] {
+        guard var e = s.engines[engineID], !e.waiters.isEmpty else { return [] }
+        let limit = Self.limit(e)
+        var n = 0
+        while n < e.waiters.count, limit.map({ e.open < $0 }) ?? true {
+            e.open += 1
+            n += 1
+        }
+        guard n > 0 else { return [] }
+        let woken = Array(e.waiters.prefix(n))
+        e.waiters.removeFirst(n)
+        s.engines[engineID] = e
+        return woken
     }
 
     /// Yields whenever a request starts or ends on an engine (in-flight counts changed), coalesced
@@ -321,27 +453,38 @@ public final class EngineRegistry: Sendable {
         return stream
     }
 
-    /// A request begun with `beginRequest` ended; successful outcomes update the smoothed speeds.
+    /// A request begun with `acquire` or `beginRequest` ended: frees its place for the next waiter;
+    /// successful outcomes update the smoothed speeds, overloaded ones the learned limit.
     public func endRequest(_ engineID: String, outcome: EngineRequestOutcome) {
-        let w = state.withLock { s -> AsyncStream<Void>.Continuation? in
-            guard var e = s.engines[engineID] else { return nil }
-            e.inFlight = max(0, e.inFlight - 1)
+        let (w, woken) = state.withLock { s -> (AsyncStream<Void>.Continuation?, [Waiter]) in
+            guard var e = s.engines[engineID] else { return (nil, []) }
+            if outcome.overloaded {
+                e.learned.overloaded(open: e.open)
+            } else if outcome.succeeded {
+                e.learned.succeeded()
+            }
+            e.open = max(0, e.open - 1)
             if outcome.succeeded { e.speeds = Self.updated(e.speeds, with: outcome) }
             s.engines[engineID] = e
-            return s.loadWatcher
+            return (s.loadWatcher, Self.admitWaiters(&s, engineID))
         }
+        for x in woken { x.continuation.resume(returning: .admitted) }
         w?.yield()
     }
 
-    /// A proxied request could not reach the engine: unhealthy until a poll that starts later succeeds.
+    /// A proxied request could not reach the engine: unhealthy until a poll that starts later
+    /// succeeds. Requests waiting for a place on it are told at once, to try elsewhere.
     public func markUnhealthy(_ engineID: String, reason: String) {
-        let published: [EngineSnapshot]? = state.withLock { s in
-            guard s.engines[engineID] != nil else { return nil }
+        let (published, waiters): ([EngineSnapshot]?, [Waiter]) = state.withLock { s in
+            guard s.engines[engineID] != nil else { return (nil, []) }
             s.engines[engineID]!.mark = (reason, ContinuousClock.now)
             s.engines[engineID]!.loggedHealthy = false
-            return publishIfChanged(&s)
+            let waiters = s.engines[engineID]!.waiters
+            s.engines[engineID]!.waiters = []
+            return (publishIfChanged(&s), waiters)
         }
         logger.warning("engine marked unhealthy", metadata: ["engine": "\(engineID)", "reason": "\(reason)"])
+        for w in waiters { w.continuation.resume(returning: .unavailable("\(engineID) failed: \(reason)")) }
         if let published { send(published) }
     }
 

@@ -96,6 +96,7 @@ public struct APIResponder: HTTPResponder {
                 : .json(.ok, ["status": "ready", "engines": .array(healthy.map(JSON.string))])
         case .metrics:
             var body = metrics.render()
+            body += Array(EngineLoadMetrics.render(engines.snapshot()).utf8)
             if let mesh = proxy.mesh {
                 body += Array("""
                 # HELP meshd_mesh_peers Live mesh peers.

@@ -63,6 +63,11 @@ struct AdminResponder: HTTPResponder {
                 "uptime_seconds": .number(Double(clock.nowNanos() - startedNanos) / 1e9),
                 "engines_total": .integer(snap.count), "engines_healthy": .integer(healthy),
                 "in_flight": .integer(snap.reduce(0) { $0 + $1.load.inFlight }),
+                "queued": .integer(snap.reduce(0) { $0 + ($1.load.queued ?? 0) }),
+                "engines": .array(snap.map { e in
+                    ["id": .string(e.id), "healthy": .bool(e.healthy), "open": .integer(e.load.open),
+                     "queued": .integer(e.load.queued ?? 0), "limit": e.load.limit.map { .integer($0) } ?? .null]
+                }),
                 "models": .array(Router.availableModels(snap).map(JSON.string)),
                 "discovery": discovery?.statusJSON() ?? ["enabled": .bool(false)],
                 "hardware": Self.hardwareJSON(hardware.latest),
@@ -247,6 +252,8 @@ struct AdminResponder: HTTPResponder {
             "detail": e.healthDetail.map(JSON.string) ?? .null,
             "in_flight": .integer(e.load.inFlight), "running": e.load.running.map { .integer($0) } ?? .null,
             "waiting": e.load.waiting.map { .integer($0) } ?? .null, "slots": e.load.slots.map { .integer($0) } ?? .null,
+            "open": .integer(e.load.open), "queued": .integer(e.load.queued ?? 0),
+            "limit": e.load.limit.map { .integer($0) } ?? .null,
             "decode_tokens_per_second": e.speeds.decodeTokensPerSecond.map(JSON.number) ?? .null,
             "models": .array(e.models.map { m in
                 ["name": .string(m.name), "loaded": .bool(m.loaded), "size_bytes": m.sizeBytes.map { .int($0) } ?? .null]

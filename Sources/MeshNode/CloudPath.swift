@@ -53,7 +53,7 @@ extension InferenceProxy {
                                  route: { theirs in theirs.map { "\(why): \($0)" } ?? why }, mesh: mesh, started: started) {
             case .response(let r):
                 return r
-            case .unreachable(let reason):
+            case .retry(_, let reason):
                 if (try? routed.get()) != nil { return nil }
                 return finishError(req, .noHealthyEngine("gateway \(peer) unreachable: \(reason)"), started: started)
             }

@@ -13,10 +13,13 @@ public protocol EngineDirectory: Sendable {
     func snapshot() -> [EngineSnapshot]
     /// Extra headers for requests to an engine (its API key).
     func requestHeaders(engineID: String) -> [(String, String)]
-    /// A request to `engineID` starts.
-    func requestStarted(engineID: String)
-    /// It ended; `usage` and timings feed the measured speeds.
-    func requestFinished(engineID: String, usage: TokenUsage?, firstTokenSeconds: Double?, totalSeconds: Double, ok: Bool)
+    /// Takes a place for a request to `engineID`, waiting in the node's queue for that engine while
+    /// it has as many open as it can run.
+    func acquire(engineID: String) async -> EngineAdmission
+    /// An admitted request ended (frees its place); `usage` and timings feed the measured speeds,
+    /// `overloaded` (the engine answered 429/503) its learned concurrency limit.
+    func requestFinished(engineID: String, usage: TokenUsage?, firstTokenSeconds: Double?, totalSeconds: Double, ok: Bool,
+                         overloaded: Bool)
     /// A request could not reach the engine: take it out of rotation until the next poll says otherwise.
     func engineUnreachable(engineID: String, reason: String)
 }
@@ -72,6 +75,7 @@ public struct InferenceProxy: Sendable {
         var excludedEngines = Set<String>()
         var excludedNodes = Set<String>()
         var considered = false
+        var failures = FailedAttempts()
         // Retry on another engine or node while nothing has been sent to the client.
         while true {
             let nodes = routingView(localOnly: localOnly, excludedEngines: excludedEngines, excludedNodes: excludedNodes)
@@ -86,20 +90,24 @@ public struct InferenceProxy: Sendable {
             }
             switch routed {
             case .success(let d): decision = d
-            case .failure(let e):
+            case .failure(let routingError):
+                // No candidate left: after failed attempts, the error names every one of them.
+                let e = failures.isEmpty ? routingError : failures.error(model: req.model)
                 // A client can name any model: unknown ones share one label, so metrics stay bounded.
                 let label = e.status == 404 ? "(unknown)" : req.model
                 metrics.end(api: api, route: route.rawValue, model: label, status: e.status, duration: ContinuousClock.now - started)
-                return errorResponse(e, dialect: route.dialect)
+                // Asked by a peer: it may try another node, since nothing was served here.
+                return errorResponse(e, dialect: route.dialect, headers: localOnly ? Self.retryElsewhereHeaders : HTTPHeaders())
             }
             if !decision.isLocal, let node = decision.nodeID, let mesh {
                 switch await forward(req, body: bodyBytes, to: node, engine: decision.engineID,
                                      route: { _ in "forwarded to \(node): \(decision.reason)" }, mesh: mesh, started: started) {
                 case .response(let r):
                     return r
-                case .unreachable(let reason):
+                case .retry(let status, let reason):
                     excludedNodes.insert(node)
-                    logger.warning("peer unreachable, trying another", metadata: ["peer": "\(node)", "reason": "\(reason)"])
+                    failures.add(node, status: status, reason: reason)
+                    logger.warning("peer failed before answering, trying another", metadata: ["peer": "\(node)", "reason": "\(reason)"])
                 }
                 continue
             }
@@ -108,10 +116,10 @@ public struct InferenceProxy: Sendable {
             switch outcome {
             case .response(let r):
                 return r
-            case .unreachable(let reason):
-                engines.engineUnreachable(engineID: engine.id, reason: reason)
+            case .retry(let status, let reason):
                 excludedEngines.insert(engine.id)
-                logger.warning("engine unreachable, trying another", metadata: ["engine": "\(engine.id)", "reason": "\(reason)"])
+                failures.add("\(nodeName)/\(engine.id)", status: status, reason: reason)
+                logger.warning("engine failed before answering, trying another", metadata: ["engine": "\(engine.id)", "reason": "\(reason)"])
             }
         }
     }
@@ -151,7 +159,7 @@ public struct InferenceProxy: Sendable {
             noted.finish()
             switch e {
             case .unreachable(let m), .lost(let m):
-                return .unreachable(m)
+                return .retry(status: 502, reason: m)
             case .remote(let status, let message):
                 metrics.end(api: api, route: req.route.rawValue, model: req.model, status: status, duration: ContinuousClock.now - started)
                 return .response(errorResponse(APIError(status: status, message: message, type: "server_error", code: "peer_error"),
@@ -180,7 +188,13 @@ public struct InferenceProxy: Sendable {
                     if bytes.isEmpty { bytes = chunk } else { bytes += chunk }
                 }
             } catch {
-                return .unreachable("\(error)")
+                return .retry(status: 502, reason: "\(error)")
+            }
+            if response.status >= 400, headers.first(name: Self.retryElsewhereHeader) != nil {
+                // The peer served nothing (its engines failed or it no longer has the model): next candidate.
+                let message = (try? JSONParser.parse(bytes)).flatMap(ResponseTranslator.engineError)
+                    ?? String(decoding: bytes.prefix(512), as: UTF8.self)
+                return .retry(status: response.status == 503 ? 503 : 502, reason: message)
             }
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: response.status, duration: ContinuousClock.now - started)
             return .response(HTTPServerResponse(status: status, headers: headers, body: .buffer(ByteBuffer(bytes: bytes))))
@@ -203,7 +217,26 @@ public struct InferenceProxy: Sendable {
 
     enum Outcome {
         case response(HTTPServerResponse)
-        case unreachable(String)
+        /// Failed before any byte reached the client: try the next candidate. `status` is what the
+        /// failure maps to (502 broken, 503 overloaded or unavailable), `reason` names it.
+        case retry(status: Int, reason: String)
+    }
+
+    /// Set on an error a node answers a peer's forwarded request with when it served nothing (no
+    /// local candidate left): the peer then tries another node.
+    static let retryElsewhereHeader = "X-Meshd-Retry-Elsewhere"
+    static let retryElsewhereHeaders: HTTPHeaders = [retryElsewhereHeader: "1"]
+
+    /// Most bytes of a stream held back while waiting for the engine's first output.
+    static let holdBackLimit = 64 * 1024
+
+    /// Client errors that mean the engine, not the request, failed: connection refused or reset,
+    /// empty reply, a body cut off. Timeouts are not retried (the engine may still be working).
+    static func isRetryable(_ e: HTTPClientError) -> Bool {
+        switch e {
+        case .connectFailed, .transport: return true
+        case .firstByteTimeout, .idleTimeout, .cancelled, .shutdown: return false
+        }
     }
 
     /// - Parameter clientBody: the client's body bytes, sent as they are when the engine takes them unchanged.
@@ -236,7 +269,7 @@ public struct InferenceProxy: Sendable {
                 metrics.timeToFirstToken(api: api, model: req.model, .nanoseconds(Int64(f - startNanos)))
             }
             engines.requestFinished(engineID: engine.id, usage: usage, firstTokenSeconds: ttft,
-                                    totalSeconds: Double(total.nanoseconds) / 1e9, ok: status < 400)
+                                    totalSeconds: Double(total.nanoseconds) / 1e9, ok: status < 400, overloaded: false)
         }
 
         // A failure before any byte went to the client: an error response in the client's dialect.
@@ -244,16 +277,37 @@ public struct InferenceProxy: Sendable {
             finishMetrics(e.status, nil, nil)
             return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
         }
-        // The HTTP client failed: another engine if this one was unreachable, else an error.
+        // The engine failed before any byte went to the client: free the place, take the engine out
+        // of rotation if it is broken, and let the caller try the next candidate.
+        let retry: (Int, String, Bool, Bool) -> Outcome = { [engines] status, reason, unhealthy, overloaded in
+            engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false,
+                                    overloaded: overloaded)
+            if unhealthy { engines.engineUnreachable(engineID: engine.id, reason: reason) }
+            return .retry(status: status, reason: reason)
+        }
+        // The HTTP client failed: the next candidate if the engine broke, else an error.
         let clientFailed: (any Error) -> Outcome = { error in
-            if let o = unreachable(error) {
-                engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false)
-                return o
-            }
+            if let e = error as? HTTPClientError, Self.isRetryable(e) { return retry(502, "\(e)", true, false) }
             return fail(mapClientError(error))
         }
+        // The engine answered an error status before the body: the next candidate for 5xx and 429.
+        let statusFailed: (Int, [UInt8]) -> Outcome = { status, body in
+            let e = engineStatusError(status, body: body, model: req.model)
+            guard EngineConcurrency.isRetryable(status: status) else { return fail(e) }
+            let overloaded = EngineConcurrency.isOverload(status: status)
+            return retry(overloaded ? 503 : 502, "status \(status): \(e.message)", EngineConcurrency.marksUnhealthy(status: status), overloaded)
+        }
 
-        engines.requestStarted(engineID: engine.id)
+        switch await engines.acquire(engineID: engine.id) {
+        case .admitted:
+            break
+        case .cancelled:
+            metrics.end(api: api, route: req.route.rawValue, model: req.model, status: 499, duration: ContinuousClock.now - started)
+            return .response(errorResponse(APIError(status: 499, message: "client closed the request", type: "server_error", code: "cancelled"),
+                                           dialect: req.clientDialect))
+        case .unavailable(let why):
+            return .retry(status: 503, reason: why)
+        }
         if !er.stream {
             let head: HTTPClientResponseHead
             let body: [UInt8]
@@ -264,7 +318,7 @@ public struct InferenceProxy: Sendable {
             }
             let endNanos = clock.nowNanos()
             if head.status != 200 {
-                return fail(engineStatusError(head.status, body: body, model: req.model))
+                return statusFailed(head.status, body)
             }
             if req.route == er.engineRoute, let usage = ResponseTranslator.relayedUsage(route: req.route, body: body) {
                 // Same route: the engine's bytes go out as they came, read only for usage.
@@ -306,17 +360,60 @@ public struct InferenceProxy: Sendable {
                 }
             } catch {}
             stream.cancel()
-            return fail(engineStatusError(stream.head.status, body: body, model: req.model))
+            return statusFailed(stream.head.status, body)
+        }
+        // The client's head waits for the engine's first output (prefill happens before it anyway):
+        // an engine that dies before producing any is retried elsewhere, as nothing was sent yet.
+        var translator = StreamTranslator(context: ctx)
+        var pending: [UInt8] = []
+        var ended = false
+        var earlyStatus: Int?
+        do {
+            var it = stream.makeAsyncIterator()
+            while !translator.answerStarted && pending.count < Self.holdBackLimit {
+                guard let chunk = try await it.next() else {
+                    ended = true
+                    break
+                }
+                pending += try translator.feed(chunk, nowNanos: clock.nowNanos())
+            }
+        } catch let e as APIError {
+            pending += translator.fail(message: e.message, nowNanos: clock.nowNanos())
+            ended = true
+            earlyStatus = e.status
+            stream.cancel()
+        } catch let e as HTTPClientError {
+            stream.cancel()
+            if Self.isRetryable(e) { return retry(502, "stream broke before any output: \(e)", true, false) }
+            return fail(mapClientError(e))
+        } catch {
+            stream.cancel()
+            return fail(.engineFailed("\(error)"))
+        }
+        if ended && !translator.finished {
+            return retry(502, "engine closed the stream before any output", true, false)
         }
         respHeaders.add(name: "Content-Type", value: req.clientDialect == .openai ? "text/event-stream; charset=utf-8" : "application/x-ndjson")
         respHeaders.add(name: "Cache-Control", value: "no-cache")
         let clock = self.clock
         let logger = self.logger
+        let held = translator
+        let first = pending
+        let sourceEnded = ended
+        let endStatus = earlyStatus
         return .response(HTTPServerResponse(status: .ok, headers: respHeaders, body: .stream { writer in
-            var translator = StreamTranslator(context: ctx)
+            var translator = held
             var status = 200
             defer { finishMetrics(status, translator.usage ?? (translator.contentChunks > 0 ? TokenUsage(promptTokens: 0, completionTokens: translator.contentChunks) : nil), translator.firstTokenNanos) }
             do {
+                if !first.isEmpty { try await writer.write(first) }
+                if sourceEnded {
+                    stream.cancel()
+                    let tail = translator.finish(nowNanos: clock.nowNanos())
+                    if !tail.isEmpty { try await writer.write(tail) }
+                    if let endStatus { status = endStatus }
+                    return
+                }
                 status = try await Self.pump(stream, through: &translator, to: writer, clock: clock, cancel: { stream.cancel() }) { error in
                     guard let e = error as? HTTPClientError else { return nil }
                     if e == .cancelled { return .cancelled }
@@ -372,11 +469,6 @@ public struct InferenceProxy: Sendable {
         let tail = translator.finish(nowNanos: clock.nowNanos())
         if !tail.isEmpty { try await writer.write(tail) }
         return 200
-    }
-
-    private func unreachable(_ error: any Error) -> Outcome? {
-        if case .connectFailed(let m)? = error as? HTTPClientError { return .unreachable(m) }
-        return nil
     }
 
     private func mapClientError(_ error: any Error) -> APIError {

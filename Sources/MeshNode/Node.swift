@@ -25,12 +25,13 @@ public struct SystemWallClock: WallClock {
 
 extension EngineRegistry: EngineDirectory {
     public func requestHeaders(engineID: String) -> [(String, String)] { requestHeaders(for: engineID) }
-    public func requestStarted(engineID: String) { beginRequest(engineID) }
-    public func requestFinished(engineID: String, usage: TokenUsage?, firstTokenSeconds: Double?, totalSeconds: Double, ok: Bool) {
+    public func acquire(engineID: String) async -> EngineAdmission { await acquire(engineID) }
+    public func requestFinished(engineID: String, usage: TokenUsage?, firstTokenSeconds: Double?, totalSeconds: Double, ok: Bool,
+                                overloaded: Bool) {
         endRequest(engineID, outcome: EngineRequestOutcome(
             succeeded: ok, promptTokens: usage?.promptTokens, generatedTokens: usage?.completionTokens,
             timeToFirstToken: firstTokenSeconds.map { .nanoseconds(Int64($0 * 1e9)) },
-            totalTime: totalSeconds > 0 ? .nanoseconds(Int64(totalSeconds * 1e9)) : nil))
+            totalTime: totalSeconds > 0 ? .nanoseconds(Int64(totalSeconds * 1e9)) : nil, overloaded: overloaded))
     }
     public func engineUnreachable(engineID: String, reason: String) { markUnhealthy(engineID, reason: reason) }
 }
@@ -72,7 +73,10 @@ public final class MeshdNode: Service, Sendable {
         client = try CurlHTTPClient(configuration: HTTPClientConfiguration(
             connectTimeout: .milliseconds(config.timeouts.connectMs),
             firstByteTimeout: .milliseconds(config.timeouts.firstByteMs),
-            idleTimeout: .milliseconds(config.timeouts.betweenChunksMs)))
+            idleTimeout: .milliseconds(config.timeouts.betweenChunksMs),
+            // No per-host cap in libcurl: how many requests go to an engine at once is the engine
+            // registry's decision (its slots or `max_concurrency`), and the rest wait in its queue.
+            maxConnectionsPerHost: 0))
         engines = EngineRegistry(config: config, httpClient: client, logger: logger)
         metrics = NodeMetrics()
         if let eventLoopGroup {

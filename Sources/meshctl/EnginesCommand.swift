@@ -13,9 +13,9 @@ struct EnginesCommand: AsyncParsableCommand {
         let rows = list.map { e -> [String] in
             let models = ((e["models"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String }
             let health = (e["healthy"] as? Bool) == true ? "healthy" : "down: \(e["detail"] as? String ?? "?")"
-            return [e["id"] as? String ?? "?", e["kind"] as? String ?? "?", health, "\(e["in_flight"] ?? 0)",
-                    models.joined(separator: ",")]
+            return [e["id"] as? String ?? "?", e["kind"] as? String ?? "?", health, "\(e["open"] ?? 0)", "\(e["queued"] ?? 0)",
+                    (e["limit"] as? Int).map(String.init) ?? "-", models.joined(separator: ",")]
         }
-        print(table(["ENGINE", "KIND", "HEALTH", "IN-FLIGHT", "MODELS"], rows))
+        print(table(["ENGINE", "KIND", "HEALTH", "OPEN", "WAITING", "LIMIT", "MODELS"], rows))
     }
 }

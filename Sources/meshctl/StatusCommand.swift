@@ -16,10 +16,20 @@ struct StatusCommand: AsyncParsableCommand {
         node:     \(s["node"] ?? "?") (meshd \(s["version"] ?? "?"))
         uptime:   \(Int((s["uptime_seconds"] as? Double) ?? 0)) s
         engines:  \(s["engines_healthy"] ?? 0) healthy of \(s["engines_total"] ?? 0)
-        in flight: \(s["in_flight"] ?? 0)
+        in flight: \(s["in_flight"] ?? 0) (\(s["queued"] ?? 0) waiting in meshd's queues)
         models:   \(models.isEmpty ? "(none)" : models.joined(separator: ", "))
         gpu:      \(hw["gpu"] ?? "?") (VRAM \(NodesCommand.memory(hw, "vram")), RAM \(NodesCommand.memory(hw, "ram")))
         """)
         for p in (hw["problems"] as? [String]) ?? [] { print("hardware: \(p)") }
+        for e in (s["engines"] as? [[String: Any]]) ?? [] {
+            print(Self.engineLine(e))
+        }
+    }
+
+    /// `engine ID: open 3 of 4 (limit), 2 waiting` for one engine of the status.
+    static func engineLine(_ e: [String: Any]) -> String {
+        let limit = (e["limit"] as? Int).map { " of \($0)" } ?? " (no limit)"
+        let health = (e["healthy"] as? Bool) == true ? "" : " [down]"
+        return "engine:   \(e["id"] as? String ?? "?")\(health): \(e["open"] as? Int ?? 0) open\(limit), \(e["queued"] as? Int ?? 0) waiting"
     }
 }

@@ -158,9 +158,15 @@ final class ScriptedAdapter: EngineAdapter, @unchecked Sendable {
     private let lock = NSLock()
     private var healthy = true
     private var models: [String] = ["m1"]
+    private var slots: Int?
     private(set) var refreshes = 0
 
-    init(id: String) { self.id = id }
+    init(id: String, slots: Int? = nil) {
+        self.id = id
+        self.slots = slots
+    }
+
+    func set(slots: Int?) { lock.withLock { self.slots = slots } }
 
     func set(healthy: Bool, models: [String]? = nil) {
         lock.withLock {
@@ -174,7 +180,8 @@ final class ScriptedAdapter: EngineAdapter, @unchecked Sendable {
             refreshes += 1
             return EngineSnapshot(id: id, kind: kind, url: baseURL, healthy: healthy,
                                   healthDetail: healthy ? nil : "scripted down",
-                                  models: healthy ? models.map { ModelInfo(name: $0, loaded: true) } : [])
+                                  models: healthy ? models.map { ModelInfo(name: $0, loaded: true) } : [],
+                                  load: EngineLoad(slots: slots))
         }
     }
 }

@@ -75,3 +75,36 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
         status: 401, message: "missing or invalid API key (send 'Authorization: Bearer KEY')",
         type: "authentication_error", code: "invalid_api_key")
 }
+
+/// The engines and nodes a request was tried on that failed before any byte reached the client,
+/// in order, and the error the client gets when no candidate is left (it names every one).
+public struct FailedAttempts: Sendable, Equatable {
+    public struct Entry: Sendable, Equatable {
+        /// The engine (`id` locally, `node/id` on a peer) or node tried.
+        public var label: String
+        /// HTTP status the failure maps to (502 broken, 503 overloaded or unavailable).
+        public var status: Int
+        public var reason: String
+    }
+
+    public private(set) var entries: [Entry] = []
+
+    public init() {}
+
+    public var isEmpty: Bool { entries.isEmpty }
+
+    public mutating func add(_ label: String, status: Int, reason: String) {
+        entries.append(Entry(label: label, status: status, reason: reason))
+    }
+
+    /// 503 when every attempt was refused as overloaded or unavailable, else 502; the message lists
+    /// every engine tried and why it failed.
+    public func error(model: String) -> APIError {
+        let status = entries.allSatisfy { $0.status == 503 } ? 503 : 502
+        let list = entries.map { "\($0.label) (\($0.reason))" }.joined(separator: "; ")
+        let n = entries.count
+        return APIError(status: status,
+                        message: "no engine could serve '\(model)': \(n == 1 ? "the one" : "all \(n)") tried failed before answering: \(list)",
+                        type: "server_error", code: status == 503 ? "engine_unavailable" : "engine_error")
+    }
+}

@@ -218,6 +218,11 @@ public struct StreamTranslator: Sendable {
     public private(set) var finished = false
     /// Whether any byte has been produced for the client.
     public private(set) var startedOutput = false
+    /// Output other than text arrived (tool calls, reasoning, a finish reason).
+    private var sawOtherOutput = false
+    /// Whether the engine has produced some of the answer (text, tool calls, reasoning) or ended:
+    /// until then a relay can hold the client's head back and retry a failed engine elsewhere.
+    public var answerStarted: Bool { firstTokenNanos != nil || finished || sawOtherOutput }
     private var result = GenerationResult()
     /// Longest line accepted from an engine before the stream is declared broken.
     public static let maxLineBytes = 4 * 1024 * 1024
@@ -343,6 +348,9 @@ public struct StreamTranslator: Sendable {
         guard context.clientRoute.dialect == .openai, openAIMeta != nil,
               sentRole || context.clientRoute != .openaiChat, !payload.contains(0x0D),
               let scan = OpenAIChunkScan.scan(payload) else { return false }
+        // Before the answer starts, a chunk without text may carry tool calls or reasoning: the full
+        // path reads them (so `answerStarted` sees them).
+        if !scan.hasContent && !answerStarted { return false }
         if scan.hasContent { countContent(nowNanos: nowNanos) }
         out += Self.dataPrefix
         out.append(0x20)
@@ -369,7 +377,8 @@ public struct StreamTranslator: Sendable {
         let delta = choice?["delta"]
         let content = delta?["content"]?.stringValue ?? choice?["text"]?.stringValue ?? ""
         noteContent(content, nowNanos: nowNanos)
-        if let fr = choice?["finish_reason"]?.stringValue { result.finishReason = fr }
+        if let fr = choice?["finish_reason"]?.stringValue { result.finishReason = fr; sawOtherOutput = true }
+        if delta?["tool_calls"] != nil || !(delta?["reasoning_content"]?.stringValue ?? "").isEmpty { sawOtherOutput = true }
         let usageOnly = (json["choices"]?.arrayValue?.isEmpty ?? true) && json["usage"] != nil
 
         if context.clientRoute.dialect == .openai {
@@ -414,6 +423,9 @@ public struct StreamTranslator: Sendable {
         }
         let content = json["message"]?["content"]?.stringValue ?? json["response"]?.stringValue ?? ""
         noteContent(content, nowNanos: nowNanos)
+        if json["message"]?["tool_calls"] != nil || !(json["message"]?["thinking"]?.stringValue ?? json["thinking"]?.stringValue ?? "").isEmpty {
+            sawOtherOutput = true
+        }
         let done = json["done"]?.boolValue ?? false
         if done {
             let r = ResponseTranslator.extract(json, route: context.engineRoute)

@@ -1,2 +1,0 @@
-import Testing
-@Test func placeholderMeshNodeTests() { #expect(Bool(true)) }
