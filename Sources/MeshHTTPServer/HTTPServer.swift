@@ -278,7 +278,7 @@ public final class HTTPServer: Sendable {
 
     /// The whole response sent to a connection over `maxConnections` (no HTTP pipeline runs on it).
     static func tooManyConnections(cap: Int) -> [UInt8] {
-        let body = #"{"error":{"message":"too many connections (cap \#(cap), http.max_connections)","type":"server_error","code":"too_many_connections"}}"#
+        let body = #"{"error":{"message":"too many connections (cap \#(cap), http.max_connections)","type":"server_error","param":null,"code":"too_many_connections"}}"#
         let head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
             + "Connection: close\r\nRetry-After: 1\r\n\r\n"
         return Array((head + body).utf8)
