@@ -695,9 +695,9 @@ struct HTTPServerTests {
             })
         }
         try await withServer(configure: {
-            $0.headerTimeout = .milliseconds(300)
-            $0.bodyTimeout = .milliseconds(300)
-            $0.idleTimeout = .milliseconds(300)
+            $0.headerTimeout = .milliseconds(400)
+            $0.bodyTimeout = .milliseconds(400)
+            $0.idleTimeout = .milliseconds(400)
         }, handler) { server in
             let c = try server.connect()
             try await c.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
