@@ -106,7 +106,7 @@ func raiseOpenFileLimit(maxConnections: Int, logger: Logger) {
         if setrlimit(RLIMIT_NOFILE_RESOURCE, &raised) == 0 { limit = raised }
     }
     let needed = maxConnections * 2 + 256
-    if maxConnections > 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < rlim_t(needed) {
+    if maxConnections > 0 && limit.rlim_cur != rlim_t.max && limit.rlim_cur < rlim_t(needed) {
         logger.info("open-file limit is low for http.max_connections; raise LimitNOFILE (or ulimit -n)", metadata: [
             "nofile": "\(limit.rlim_cur)", "max_connections": "\(maxConnections)", "suggested": "\(needed)",
         ])
