@@ -91,6 +91,10 @@ enum Schema {
         .int(["http", "max_body_bytes"], \.http.maxBodyBytes, min: 1024),
         .int(["http", "threads"], \.http.threads, min: 1, max: 64),
         .double(["http", "shutdown_grace_seconds"], \.http.shutdownGraceSeconds, min: 0),
+        .int(["http", "header_timeout_ms"], \.http.headerTimeoutMs, min: 100),
+        .int(["http", "body_timeout_ms"], \.http.bodyTimeoutMs, min: 100),
+        .int(["http", "idle_timeout_ms"], \.http.idleTimeoutMs, min: 100),
+        .int(["http", "max_connections"], \.http.maxConnections, min: 0),
 
         .string(["admin", "socket"], \.admin.socket, check: Check.path),
 

@@ -61,6 +61,14 @@ public struct HTTPConfig: Sendable, Hashable, Codable {
     public var threads: Int = 1
     /// How long SIGTERM waits for in-flight requests before exiting.
     public var shutdownGraceSeconds: Double = 30
+    /// A connection must send a whole request head within this many milliseconds.
+    public var headerTimeoutMs: Int = 10_000
+    /// Longest gap with no body bytes while a request body is incomplete, in milliseconds.
+    public var bodyTimeoutMs: Int = 10_000
+    /// Idle kept-alive connections are closed after this many milliseconds.
+    public var idleTimeoutMs: Int = 75_000
+    /// Most HTTP connections open at once (more are refused with 503); 0: no cap.
+    public var maxConnections: Int = 4096
     public init() {}
 }
 
@@ -247,13 +255,15 @@ extension HTTPConfig: CustomStringConvertible, CustomReflectable {
     /// Printing a config never shows client API keys.
     public var description: String {
         "HTTPConfig(listen: \(listen), apiKeys: \(apiKeys.count) redacted, auth: \(auth.rawValue), maxBodyBytes: \(maxBodyBytes), "
-            + "threads: \(threads), shutdownGraceSeconds: \(shutdownGraceSeconds))"
+            + "threads: \(threads), shutdownGraceSeconds: \(shutdownGraceSeconds), headerTimeoutMs: \(headerTimeoutMs), "
+            + "bodyTimeoutMs: \(bodyTimeoutMs), idleTimeoutMs: \(idleTimeoutMs), maxConnections: \(maxConnections))"
     }
 
     public var customMirror: Mirror {
         Mirror(self, children: [
             "listen": listen, "apiKeys": "\(apiKeys.count) redacted", "auth": auth, "maxBodyBytes": maxBodyBytes,
-            "threads": threads, "shutdownGraceSeconds": shutdownGraceSeconds,
+            "threads": threads, "shutdownGraceSeconds": shutdownGraceSeconds, "headerTimeoutMs": headerTimeoutMs,
+            "bodyTimeoutMs": bodyTimeoutMs, "idleTimeoutMs": idleTimeoutMs, "maxConnections": maxConnections,
         ])
     }
 }

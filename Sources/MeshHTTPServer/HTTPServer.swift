@@ -112,13 +112,28 @@ public struct HTTPServerConfiguration: Sendable {
     public var maxBodyBytes: Int
     /// Headers added to every response (e.g. the node's name).
     public var extraHeaders: [(String, String)]
+    /// A request head must be complete this long after the connection opened, or after the first
+    /// byte of a request on a kept-alive connection; otherwise the connection is closed.
+    public var headerTimeout: Duration
+    /// Longest gap with no body bytes while a request body is incomplete.
+    public var bodyTimeout: Duration
+    /// How long a kept-alive connection may sit idle between requests.
+    public var idleTimeout: Duration
+    /// Most connections served at once; connections over it get a 503 and are closed. 0: no cap.
+    public var maxConnections: Int
 
-    public init(host: String, port: Int, maxBodyBytes: Int = 8 << 20, extraHeaders: [(String, String)] = []) {
+    public init(host: String, port: Int, maxBodyBytes: Int = 8 << 20, extraHeaders: [(String, String)] = [],
+                headerTimeout: Duration = .seconds(10), bodyTimeout: Duration = .seconds(10),
+                idleTimeout: Duration = .seconds(75), maxConnections: Int = 4096) {
         self.host = host
         self.port = port
         self.unixSocketPath = nil
         self.maxBodyBytes = maxBodyBytes
         self.extraHeaders = extraHeaders
+        self.headerTimeout = headerTimeout
+        self.bodyTimeout = bodyTimeout
+        self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
     }
 }
 
@@ -132,9 +147,11 @@ public final class HTTPServer: Sendable {
     public let configuration: HTTPServerConfiguration
     private let group: any EventLoopGroup
     let responder: any HTTPResponder
-    private let logger: Logger
+    let logger: Logger
     private let state = Mutex(State())
     private let inFlightCount = Atomic<Int>(0)
+    private let refusedCount = Atomic<Int>(0)
+    private let timedOutCount = Atomic<Int>(0)
 
     private struct State {
         var serverChannel: (any Channel)?
@@ -152,6 +169,17 @@ public final class HTTPServer: Sendable {
 
     /// Requests being answered now.
     public var inFlight: Int { inFlightCount.load(ordering: .relaxed) }
+
+    /// Connections open now (served ones; refused ones are not counted).
+    public var openConnections: Int { state.withLock { $0.connections.count } }
+
+    /// Connections refused because `maxConnections` were open.
+    public var refusedConnections: Int { refusedCount.load(ordering: .relaxed) }
+
+    /// Connections closed because a head, a body or an idle keep-alive connection timed out.
+    public var timedOutConnections: Int { timedOutCount.load(ordering: .relaxed) }
+
+    func connectionTimedOut() { timedOutCount.wrappingAdd(1, ordering: .relaxed) }
 
     @inline(__always) func requestStarted() { inFlightCount.wrappingAdd(1, ordering: .relaxed) }
     @inline(__always) func requestEnded() { inFlightCount.wrappingSubtract(1, ordering: .relaxed) }
@@ -210,17 +238,34 @@ public final class HTTPServer: Sendable {
     private func initialize(_ channel: any Channel) -> EventLoopFuture<Void> {
         let handler = HTTPConnectionHandler(server: self, channel: channel)
         let key = ObjectIdentifier(handler)
-        let accepted = state.withLock { st -> Bool in
-            if st.shuttingDown { return false }
+        let cap = configuration.maxConnections
+        enum Admission { case accepted, shuttingDown, overCap }
+        let admission = state.withLock { st -> Admission in
+            if st.shuttingDown { return .shuttingDown }
+            if cap > 0 && st.connections.count >= cap { return .overCap }
             st.connections[key] = handler
-            return true
+            return .accepted
         }
-        guard accepted else {
+        switch admission {
+        case .accepted:
+            break
+        case .shuttingDown:
             channel.close(promise: nil)
             return channel.eventLoop.makeSucceededVoidFuture()
+        case .overCap:
+            refusedCount.wrappingAdd(1, ordering: .relaxed)
+            // Refused rather than accepted and starved: a 503 the client can read, then close.
+            do {
+                try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler(response: Self.tooManyConnections(cap: cap)))
+                return channel.eventLoop.makeSucceededVoidFuture()
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
         }
         channel.closeFuture.whenComplete { _ in self.connectionClosed(key) }
         do {
+            // Sees raw bytes before the HTTP decoder: the first byte of a request ends the idle phase.
+            try channel.pipeline.syncOperations.addHandler(RequestBytesWatcher(connection: handler))
             // Pipelined requests are queued by the connection handler itself (NIO's pipelining helper stops and
             // restarts reading around every request: two epoll_ctl calls per request, ~15 µs here).
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
@@ -229,6 +274,14 @@ public final class HTTPServer: Sendable {
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
+    }
+
+    /// The whole response sent to a connection over `maxConnections` (no HTTP pipeline runs on it).
+    static func tooManyConnections(cap: Int) -> [UInt8] {
+        let body = #"{"error":{"message":"too many connections (cap \#(cap), http.max_connections)","type":"server_error","param":null,"code":"too_many_connections"}}"#
+        let head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
+            + "Connection: close\r\nRetry-After: 1\r\n\r\n"
+        return Array((head + body).utf8)
     }
 
     private func connectionClosed(_ key: ObjectIdentifier) {
@@ -290,21 +343,88 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private var queued = CircularBuffer<HTTPServerRequestPart>()
     private var queuedBytes = 0
 
+    // Slow clients: one deadline per connection, checked by one scheduled task.
+    private let headerTimeout: TimeAmount
+    private let bodyTimeout: TimeAmount
+    private let idleTimeout: TimeAmount
+    /// The shortest timeout: the timer never sleeps longer, so a deadline set later (always at
+    /// least this far ahead) is never earlier than the pending check and needs no rescheduling.
+    private let timerStep: TimeAmount
+    /// When the connection is closed unless it moves on; nil while a request is answered.
+    private var deadline: NIODeadline?
+    private var deadlinePhase = Phase.head
+    private var timer: Scheduled<Void>?
+    /// Kept alive with no request started: the next raw byte starts the head phase.
+    private var idle = false
+    /// Bytes arrived while a request was answered: the next request has begun.
+    private var nextRequestBegun = false
+
+    enum Phase: String { case head, body, idle }
+
     init(server: HTTPServer, channel: any Channel) {
         self.server = server
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.maxBodyBytes = server.configuration.maxBodyBytes
         self.extraHeaders = server.configuration.extraHeaders
+        self.headerTimeout = TimeAmount(server.configuration.headerTimeout)
+        self.bodyTimeout = TimeAmount(server.configuration.bodyTimeout)
+        self.idleTimeout = TimeAmount(server.configuration.idleTimeout)
+        self.timerStep = max(.milliseconds(1), min(headerTimeout, bodyTimeout, idleTimeout))
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        // A fresh connection must deliver a whole request head within headerTimeout.
+        setDeadline(.head, .now() + headerTimeout)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         markClosed()
         self.context = nil
+    }
+
+    // MARK: deadlines
+
+    /// Moves the connection's deadline (event loop). Cheap: schedules only when no check is pending.
+    @inline(__always)
+    private func setDeadline(_ phase: Phase, _ at: NIODeadline) {
+        deadline = at
+        deadlinePhase = phase
+        if timer == nil && !closed { armTimer(now: .now()) }
+    }
+
+    private func armTimer(now: NIODeadline) {
+        guard let d = deadline else { return }
+        timer = eventLoop.scheduleTask(deadline: min(d, now + timerStep)) { [self] in deadlineCheck() }
+    }
+
+    private func deadlineCheck() {
+        timer = nil
+        guard !closed, !closing, let d = deadline else { return }
+        let now = NIODeadline.now()
+        guard now >= d else {
+            armTimer(now: now)
+            return
+        }
+        closing = true
+        server.connectionTimedOut()
+        server.logger.debug("closing slow connection", metadata: [
+            "phase": "\(deadlinePhase.rawValue)", "remote": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+        ])
+        channel.close(promise: nil)
+    }
+
+    /// Raw bytes arrived (before HTTP decoding): on an idle kept-alive connection a request has
+    /// begun, and its head must be complete within headerTimeout.
+    @inline(__always)
+    func requestBytesArrived() {
+        if idle {
+            idle = false
+            setDeadline(.head, .now() + headerTimeout)
+        } else if answering {
+            nextRequestBegun = true
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -330,6 +450,9 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         guard !closed else { return }
         closed = true
         closing = true
+        deadline = nil
+        timer?.cancel()
+        timer = nil
         task?.cancel()
         if let w = writable {
             writable = nil
@@ -399,6 +522,8 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             body = nil
             tooLarge = false
             busy = true
+            idle = false
+            setDeadline(.body, .now() + bodyTimeout)
             if !remoteFetched {
                 remoteFetched = true
                 remoteAddress = context.channel.remoteAddress
@@ -410,6 +535,8 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
                 context.writeAndFlush(wrapOutboundOut(.head(interim)), promise: nil)
             }
         case .body(var chunk):
+            // Not `setDeadline`: a check is pending since the head (cheapest per chunk).
+            deadline = .now() + bodyTimeout
             guard head != nil, !tooLarge else { return }
             if var b = body {
                 body = nil
@@ -425,6 +552,8 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
                 body = chunk
             }
         case .end:
+            // No deadline while the request is answered (streams may last minutes).
+            deadline = nil
             guard let h = head else { return }
             head = nil
             let b = body ?? ByteBuffer()
@@ -436,6 +565,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             let request = HTTPServerRequest(head: h, body: b, remoteAddress: remoteAddress)
             let keepAlive = h.isKeepAlive && !quiescing
             answering = true
+            nextRequestBegun = false
             server.requestStarted()
             let responder = server.responder
             task = Task {
@@ -494,6 +624,17 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         if keepAlive && !quiescing {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
             drainQueued(context: context)
+            // Nothing queued to answer and no request parsed yet: the connection is idle, unless bytes
+            // of a next request came while this one was answered (its head is then already due).
+            if !answering && !closing && head == nil {
+                if nextRequestBegun {
+                    nextRequestBegun = false
+                    setDeadline(.head, .now() + headerTimeout)
+                } else {
+                    idle = true
+                    setDeadline(.idle, .now() + idleTimeout)
+                }
+            }
         } else {
             closing = true
             let channel = self.channel
@@ -589,5 +730,61 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             closing = true
             context.close(promise: nil)
         }
+    }
+}
+
+/// First in a connection's pipeline: forwards reads unchanged and tells the connection bytes
+/// arrived (it only matters on an idle kept-alive connection).
+final class RequestBytesWatcher: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let connection: HTTPConnectionHandler
+
+    init(connection: HTTPConnectionHandler) {
+        self.connection = connection
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.requestBytesArrived()
+        context.fireChannelRead(data)
+    }
+}
+
+/// The only handler of a connection over `maxConnections`: writes a complete 503 once active,
+/// half-closes, and closes fully when the client does or after a second. What the client sent is
+/// read and dropped, so closing does not reset the connection before the 503 is read.
+final class RefuseConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let response: [UInt8]
+
+    init(response: [UInt8]) {
+        self.response = response
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { refuse(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        refuse(context: context)
+        context.fireChannelActive()
+    }
+
+    private func refuse(context: ChannelHandlerContext) {
+        let channel = context.channel
+        let buffer = channel.allocator.buffer(bytes: response)
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
+            channel.close(mode: .output, promise: nil)
+        }
+        channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }

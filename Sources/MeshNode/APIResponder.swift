@@ -2,6 +2,7 @@ import MeshCore
 import MeshHTTPServer
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// The node's client API: a small route table over the OpenAI and Ollama endpoints, health,
 /// readiness and metrics, with bearer-key checks when keys are configured.
@@ -15,14 +16,18 @@ public struct APIResponder: HTTPResponder {
     let apiKeys: [(name: String, secret: [UInt8])]
     let clock: any WallClock
     let nodeName: String
+    /// The client HTTP server's connection counters, once it exists.
+    let connections: HTTPConnectionStats?
 
-    public init(nodeName: String, proxy: InferenceProxy, engines: any EngineDirectory, metrics: NodeMetrics, apiKeys: [String], clock: any WallClock) {
+    public init(nodeName: String, proxy: InferenceProxy, engines: any EngineDirectory, metrics: NodeMetrics, apiKeys: [String], clock: any WallClock,
+                connections: HTTPConnectionStats? = nil) {
         self.nodeName = nodeName
         self.proxy = proxy
         self.engines = engines
         self.metrics = metrics
         self.apiKeys = ClientKey.parse(apiKeys).map { ($0.name, Array($0.secret.utf8)) }
         self.clock = clock
+        self.connections = connections
     }
 
     enum Route {
@@ -115,6 +120,20 @@ public struct APIResponder: HTTPResponder {
                 """.utf8)
             }
             if let gw = proxy.cloud.gateway { body += Array(gw.metricsText().utf8) }
+            if let server = connections?.server {
+                body += Array("""
+                # HELP meshd_http_connections Client HTTP connections open now.
+                # TYPE meshd_http_connections gauge
+                meshd_http_connections \(server.openConnections)
+                # HELP meshd_http_connections_refused_total Client HTTP connections refused with 503 because http.max_connections were open.
+                # TYPE meshd_http_connections_refused_total counter
+                meshd_http_connections_refused_total \(server.refusedConnections)
+                # HELP meshd_http_connections_timed_out_total Client HTTP connections closed for a slow head or body, or idle keep-alive.
+                # TYPE meshd_http_connections_timed_out_total counter
+                meshd_http_connections_timed_out_total \(server.timedOutConnections)
+
+                """.utf8)
+            }
             return .bytes(.ok, body, contentType: "text/plain; version=0.0.4; charset=utf-8")
         case .inference(let r):
             return await proxy.handle(route: r, request: request)
@@ -266,5 +285,19 @@ extension String {
             }
         }
         return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// The client HTTP server as `/metrics` sees it: set once the server exists (the responder is
+/// built first). Holds the server weakly, so the server → responder → stats chain is no cycle.
+public final class HTTPConnectionStats: Sendable {
+    private struct Ref { weak var server: HTTPServer? }
+    private let ref = Mutex(Ref())
+
+    public init() {}
+
+    public var server: HTTPServer? {
+        get { ref.withLock { $0.server } }
+        set { ref.withLock { $0.server = newValue } }
     }
 }

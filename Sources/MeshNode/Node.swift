@@ -102,11 +102,17 @@ public final class MeshdNode: Service, Sendable {
                                    timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
                                    cloud: CloudSetup(config: config.cloud, gateway: gateway))
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, logger: logger))
+        let connectionStats = HTTPConnectionStats()
         let responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
-                                     apiKeys: config.http.apiKeys, clock: clock)
+                                     apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats)
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
-                                                                 maxBodyBytes: config.http.maxBodyBytes),
+                                                                 maxBodyBytes: config.http.maxBodyBytes,
+                                                                 headerTimeout: .milliseconds(config.http.headerTimeoutMs),
+                                                                 bodyTimeout: .milliseconds(config.http.bodyTimeoutMs),
+                                                                 idleTimeout: .milliseconds(config.http.idleTimeoutMs),
+                                                                 maxConnections: config.http.maxConnections),
                           group: group, responder: responder, logger: logger)
+        connectionStats.server = http
         if config.admin.socket.isEmpty {
             admin = nil
         } else {

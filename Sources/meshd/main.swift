@@ -7,6 +7,9 @@ import MeshNode
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `meshd`: one node of the inference mesh.
 @main
@@ -58,6 +61,7 @@ struct Meshd: AsyncParsableCommand {
             "version": "\(APIResponder.version)", "config": "\(loaded.sourceFile ?? "built-in defaults")",
             "listen": "\(loaded.config.http.listen)",
         ])
+        raiseOpenFileLimit(maxConnections: loaded.config.http.maxConnections, logger: logger)
         // One set of threads for everything async: NIO's event loops run Swift tasks too, so a
         // request does not bounce between the NIO loop and the cooperative pool (measured: the
         // thread hand-offs dominated meshd's per-request cost on 2 cores).
@@ -87,3 +91,30 @@ struct Meshd: AsyncParsableCommand {
         }
     }
 }
+
+/// Raises the soft open-file limit to the hard one: every client connection is a descriptor, and
+/// the usual soft limit (1024) is far below `http.max_connections`. Says so when the cap cannot be reached.
+func raiseOpenFileLimit(maxConnections: Int, logger: Logger) {
+    var limit = rlimit()
+    guard getrlimit(RLIMIT_NOFILE_RESOURCE, &limit) == 0 else {
+        logger.info("cannot read the open-file limit", metadata: ["errno": "\(errno)"])
+        return
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        var raised = limit
+        raised.rlim_cur = limit.rlim_max
+        if setrlimit(RLIMIT_NOFILE_RESOURCE, &raised) == 0 { limit = raised }
+    }
+    let needed = maxConnections * 2 + 256
+    if maxConnections > 0 && limit.rlim_cur != rlim_t.max && limit.rlim_cur < rlim_t(needed) {
+        logger.info("open-file limit is low for http.max_connections; raise LimitNOFILE (or ulimit -n)", metadata: [
+            "nofile": "\(limit.rlim_cur)", "max_connections": "\(maxConnections)", "suggested": "\(needed)",
+        ])
+    }
+}
+
+#if canImport(Glibc)
+private let RLIMIT_NOFILE_RESOURCE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+#else
+private let RLIMIT_NOFILE_RESOURCE = RLIMIT_NOFILE
+#endif

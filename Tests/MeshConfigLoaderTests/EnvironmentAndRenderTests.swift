@@ -218,6 +218,7 @@ import Testing
         #expect(text.contains("http:\n  listen: \"127.0.0.1:11435\"\n  api_keys: []\n  auth: \"keys\"\n"))
         #expect(text.contains("mesh:\n  listen: \"0.0.0.0:11436\"\n  peers: []\n"))
         #expect(text.contains("discovery:\n  mdns: true\n"))
-        #expect(text.contains("http:\n  listen: \"127.0.0.1:11435\"\n  api_keys: []\n  auth: \"keys\"\n  max_body_bytes: 8388608\n  threads: 1\n  shutdown_grace_seconds: 30\n"))
+        #expect(text.contains("http:\n  listen: \"127.0.0.1:11435\"\n  api_keys: []\n  auth: \"keys\"\n  max_body_bytes: 8388608\n  threads: 1\n  shutdown_grace_seconds: 30\n"
+                              + "  header_timeout_ms: 10000\n  body_timeout_ms: 10000\n  idle_timeout_ms: 75000\n  max_connections: 4096\n"))
     }
 }

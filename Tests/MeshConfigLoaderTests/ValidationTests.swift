@@ -179,6 +179,15 @@ import Testing
         expectSingleError("mesh: { dead_after_missed: 0 }", key: "mesh.dead_after_missed")
     }
 
+    @Test func slowClientLimits() throws {
+        for key in ["header_timeout_ms", "body_timeout_ms", "idle_timeout_ms"] {
+            expectSingleError("http: { \(key): 99 }", key: "http.\(key)", reasonContains: "must be at least 100")
+        }
+        let http = try mustLoad("http: { header_timeout_ms: 100, body_timeout_ms: 250, idle_timeout_ms: 5000, max_connections: 0 }").config.http
+        #expect(http.headerTimeoutMs == 100 && http.bodyTimeoutMs == 250 && http.idleTimeoutMs == 5000 && http.maxConnections == 0)
+        expectSingleError("http: { max_connections: -1 }", key: "http.max_connections", reasonContains: "must be at least 0")
+    }
+
     @Test func maxBodyBytesAtLeast1024() throws {
         expectSingleError("http: { max_body_bytes: 1023 }", key: "http.max_body_bytes", reasonContains: "must be at least 1024")
         #expect(try mustLoad("http: { max_body_bytes: 1024 }").config.http.maxBodyBytes == 1024)
@@ -227,7 +236,8 @@ import Testing
 
     @Test func unknownKeyWithoutCloseMatchListsKnownKeys() {
         expectSingleError("http: { frobnicate: 1 }", key: "http.frobnicate",
-                          reasonContains: "known keys in http: listen, api_keys, auth, max_body_bytes, threads, shutdown_grace_seconds")
+                          reasonContains: "known keys in http: listen, api_keys, auth, max_body_bytes, threads, shutdown_grace_seconds, header_timeout_ms, "
+                          + "body_timeout_ms, idle_timeout_ms, max_connections")
     }
 
     @Test func everyProblemIsReportedAtOnce() {

@@ -574,6 +574,185 @@ struct HTTPServerTests {
         }
     }
 
+    // MARK: slow clients
+
+    @Test func halfSentHeadIsClosedAfterHeaderTimeoutWhileOthersAreServed() async throws {
+        try await withServer(configure: { $0.headerTimeout = .milliseconds(400) }) { server in
+            let opened = now()
+            let half = try server.connect()
+            try await half.send("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Le")
+            // A trickling head (a byte every 100 ms) gets no more time than a silent one.
+            let trickle = try server.connect()
+            let trickleOpened = now()
+            // A normal request on another connection is answered meanwhile.
+            let ok = try server.connect()
+            try await ok.send("GET /echo/ok HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try await ok.readResponse().status == 200)
+            var sent = 0
+            for byte in "GET /echo HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaa".utf8 {
+                try trickle.pump()
+                if trickle.eof { break }
+                try? await trickle.send([byte])
+                sent += 1
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(trickle.eof, "trickling head still open after \(sent) bytes")
+            let trickleTook = seconds(now() - trickleOpened)
+            #expect(trickleTook >= 0.39 && trickleTook < 2.4, "trickle closed after \(trickleTook) s")
+            let got = try await half.readToEOF(timeout: .seconds(3))
+            let took = seconds(now() - opened)
+            #expect(got.isEmpty, "\(describe(got))")
+            #expect(took >= 0.39 && took < 2.4, "closed after \(took) s")
+            #expect(server.server.timedOutConnections == 2)
+            #expect(server.calls.value == 1)
+            // The answered connection is kept alive (idle timeout is 75 s).
+            try await ok.send("GET /echo/again HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try await ok.readResponse().status == 200)
+        }
+    }
+
+    @Test func stalledBodyIsClosedAfterBodyTimeout() async throws {
+        try await withServer(configure: { $0.bodyTimeout = .milliseconds(600) }) { server in
+            let c = try server.connect()
+            let started = now()
+            try await c.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+            // Body bytes closer together than the timeout keep the request alive...
+            for part in ["de", "f"] {
+                try await Task.sleep(for: .milliseconds(250))
+                try c.pump()
+                #expect(!c.eof, "closed while the body was still moving")
+                try await c.send(part)
+            }
+            let lastByte = now()
+            // ...and a stall ends it.
+            let got = try await c.readToEOF(timeout: .seconds(4))
+            let sinceLast = seconds(now() - lastByte)
+            #expect(got.isEmpty, "\(describe(got))")
+            #expect(sinceLast >= 0.55 && sinceLast < 2.6, "closed \(sinceLast) s after the last body byte")
+            #expect(seconds(now() - started) >= 1.0)
+            #expect(server.calls.value == 0)
+            #expect(server.server.timedOutConnections == 1)
+        }
+    }
+
+    @Test func idleKeepAliveIsClosedButABusyOneIsNot() async throws {
+        try await withServer(configure: { $0.idleTimeout = .milliseconds(400) }) { server in
+            let c = try server.connect()
+            // Requests closer together than the idle timeout: the connection stays.
+            for i in 1...5 {
+                try await c.send("GET /echo/\(i) HTTP/1.1\r\nHost: t\r\n\r\n")
+                let r = try await c.readResponse()
+                #expect(r.status == 200 && !r.closes)
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            try c.pump()
+            #expect(!c.eof)
+            #expect(server.server.timedOutConnections == 0)
+            let idleSince = now()
+            let got = try await c.readToEOF(timeout: .seconds(3))
+            let took = seconds(now() - idleSince)
+            #expect(got.isEmpty, "\(describe(got))")
+            // Idle since the last response, up to 100 ms before `idleSince`.
+            #expect(took >= 0.25 && took < 2.4, "idle connection closed after \(took) s")
+            #expect(server.calls.value == 5)
+            #expect(server.server.timedOutConnections == 1)
+        }
+    }
+
+    @Test func requestBegunOnKeptAliveConnectionGetsTheHeaderTimeout() async throws {
+        try await withServer(configure: {
+            $0.headerTimeout = .milliseconds(400)
+            $0.idleTimeout = .seconds(30)
+        }) { server in
+            let c = try server.connect()
+            try await c.send("GET /echo/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try await c.readResponse().status == 200)
+            // Idle for longer than the header timeout: still open (the idle timeout applies).
+            try await Task.sleep(for: .milliseconds(700))
+            try c.pump()
+            #expect(!c.eof, "closed while idle before the idle timeout")
+            // Half a head: now the header timeout runs.
+            let begun = now()
+            try await c.send("GET /echo/2 HTTP/1.1\r\nHo")
+            try await c.readToEOF(timeout: .seconds(5))
+            let took = seconds(now() - begun)
+            #expect(took >= 0.39 && took < 2.4, "half head on a kept-alive connection closed after \(took) s")
+            #expect(server.calls.value == 1)
+        }
+    }
+
+    @Test func slowAnswersAndLongStreamsAreNotCut() async throws {
+        let handler: Handler = { req in
+            if req.path == "/slow" {
+                try? await Task.sleep(for: .milliseconds(900))
+                return .text(.ok, "late")
+            }
+            return HTTPServerResponse(status: .ok, body: .stream { w in
+                for i in 0..<8 {
+                    try await Task.sleep(for: .milliseconds(150))
+                    try await w.write(Array("chunk\(i)\n".utf8))
+                }
+            })
+        }
+        try await withServer(configure: {
+            $0.headerTimeout = .milliseconds(400)
+            $0.bodyTimeout = .milliseconds(400)
+            $0.idleTimeout = .milliseconds(400)
+        }, handler) { server in
+            let c = try server.connect()
+            try await c.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            let slow = try await c.readResponse(timeout: .seconds(5))
+            #expect(slow.status == 200 && slow.text == "late")
+            try await c.send("GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+            let started = now()
+            let r = try await c.readResponse(timeout: .seconds(8))
+            #expect(seconds(now() - started) >= 1.1)
+            #expect(r.status == 200)
+            #expect(r.chunks?.count == 8)
+            #expect(r.text == (0..<8).map { "chunk\($0)\n" }.joined())
+            #expect(server.server.timedOutConnections == 0)
+            // Once answered, the idle timeout applies again.
+            try await c.readToEOF(timeout: .seconds(3))
+            #expect(server.server.timedOutConnections == 1)
+        }
+    }
+
+    @Test func connectionsOverTheCapGet503AndAreClosed() async throws {
+        try await withServer(configure: { $0.maxConnections = 3 }) { server in
+            let a = try server.connect(), b = try server.connect(), c = try server.connect()
+            try await eventually("3 connections open") { server.server.openConnections == 3 }
+            let d = try server.connect()
+            let refused = try await d.readResponse()
+            #expect(refused.status == 503)
+            #expect(refused.closes)
+            #expect(refused.header("content-type") == "application/json")
+            #expect(refused.json?["error"]?["code"]?.stringValue == "too_many_connections")
+            #expect(refused.json?["error"]?["type"]?.stringValue == "server_error")
+            #expect(refused.json?["error"]?["message"]?.stringValue?.contains("cap 3, http.max_connections") == true)
+            try await d.readToEOF(timeout: .seconds(3))
+            #expect(server.server.refusedConnections == 1)
+            #expect(server.server.openConnections == 3)
+            // A refused client that already sent its request still reads the 503 (no reset).
+            let e = try server.connect()
+            try await e.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            #expect(try await e.readResponse().status == 503)
+            #expect(server.server.refusedConnections == 2)
+            // Room again once one closes.
+            a.close()
+            try await eventually("a connection slot freed") { server.server.openConnections == 2 }
+            let f = try server.connect()
+            try await f.send("GET /echo/f HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try await f.readResponse().status == 200)
+            for old in [b, c] {
+                try await old.send("GET /echo/old HTTP/1.1\r\nHost: t\r\n\r\n")
+                #expect(try await old.readResponse().status == 200)
+            }
+            #expect(server.calls.value == 3)
+            #expect(server.server.refusedConnections == 2)
+            #expect(server.server.timedOutConnections == 0)
+        }
+    }
+
     // MARK: unix socket
 
     @Test func unixSocketListener() async throws {
@@ -637,6 +816,10 @@ struct HTTPServerTests {
         #expect(c.maxBodyBytes == 8 << 20)
         #expect(c.unixSocketPath == nil)
         #expect(c.extraHeaders.isEmpty)
+        #expect(c.headerTimeout == .seconds(10))
+        #expect(c.bodyTimeout == .seconds(10))
+        #expect(c.idleTimeout == .seconds(75))
+        #expect(c.maxConnections == 4096)
     }
 }
 

@@ -143,9 +143,11 @@ final class TestServer: Sendable {
     }
 
     static func start(maxBodyBytes: Int = 1024, unixSocketPath: String? = nil, extraHeaders: [(String, String)] = [],
+                      configure: (inout HTTPServerConfiguration) -> Void = { _ in },
                       _ handler: @escaping Handler = echoHandler) async throws -> TestServer {
         var config = HTTPServerConfiguration(host: "127.0.0.1", port: 0, maxBodyBytes: maxBodyBytes, extraHeaders: extraHeaders)
         config.unixSocketPath = unixSocketPath
+        configure(&config)
         var logger = Logger(label: "meshd.test.http")
         logger.logLevel = .error
         let calls = Counter()
@@ -179,8 +181,10 @@ final class TestServer: Sendable {
 
 /// Runs `body` against a fresh server and always shuts the server down afterwards.
 func withServer(maxBodyBytes: Int = 1024, unixSocketPath: String? = nil, extraHeaders: [(String, String)] = [],
+                configure: (inout HTTPServerConfiguration) -> Void = { _ in },
                 _ handler: @escaping Handler = echoHandler, _ body: (TestServer) async throws -> Void) async throws {
-    let server = try await TestServer.start(maxBodyBytes: maxBodyBytes, unixSocketPath: unixSocketPath, extraHeaders: extraHeaders, handler)
+    let server = try await TestServer.start(maxBodyBytes: maxBodyBytes, unixSocketPath: unixSocketPath, extraHeaders: extraHeaders,
+                                            configure: configure, handler)
     do {
         try await body(server)
     } catch {
