@@ -17,7 +17,7 @@ let curlGlobalInitResult: CURLcode = curl_global_init(Int(CURL_GLOBAL_ALL))
 ///
 /// Only the loop thread (``CurlLoopRunner``) touches curl handles. Other threads append commands here
 /// and then write one byte to the pipe, which the loop polls next to curl's sockets
-/// (`curl_multi_poll`'s extra fds). The byte is written after the lock is released: a wakeup issued
+/// (in the loop's epoll set). The byte is written after the lock is released: a wakeup issued
 /// under the lock let the woken loop thread block on that lock (a PI futex, an extra sleep and wake
 /// per request). The pipe lives as long as this object, so a late write is harmless.
 final class CurlLoop: Sendable {
@@ -76,7 +76,7 @@ final class CurlLoop: Sendable {
         _ = write(wakeWriteFD, &byte, 1)  // EAGAIN: the pipe is full, so the loop is woken anyway
     }
 
-    /// Loop thread: empties the pipe after `curl_multi_poll` reported it readable.
+    /// Loop thread: empties the pipe after epoll reported it readable.
     func drainWakeups() {
         var buffer = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         let size = MemoryLayout.size(ofValue: buffer)
@@ -187,6 +187,12 @@ func startCurlLoop(configuration: HTTPClientConfiguration, logger: Logger) throw
 }
 
 /// Loop-thread-only state: the multi handle and the active transfers. Never shared with other threads.
+///
+/// Event-driven: curl says through its socket callback which sockets to watch (kept in an epoll set
+/// next to the wake-up pipe) and through its timer callback when to call it back; the loop hands it
+/// only the sockets that are ready (`curl_multi_socket_action`). A wake-up therefore costs O(ready
+/// sockets), not O(transfers) as `curl_multi_perform` + `curl_multi_poll` did (a poll of every
+/// socket and a walk over every handle per wake-up: ~0.3 ms per chunk with 1,000 open streams).
 final class CurlLoopRunner {
     private let loop: CurlLoop
     private let multi: UnsafeMutableRawPointer
@@ -196,9 +202,16 @@ final class CurlLoopRunner {
     private var shuttingDown = false
     private let clock = ContinuousClock()
     private let pool: EasyHandlePool
+    private let epollFD: Int32
+    /// When curl wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`; nil: no timer.
+    private var curlTimer: ContinuousClock.Instant?
+    /// No transfer's own deadline (first byte, idle) falls before this: the scan over all transfers
+    /// runs only then (deadlines move later with activity, never earlier, except on add or resume).
+    private var nextDeadlineScan: ContinuousClock.Instant
 
-    /// Longest single sleep in `curl_multi_poll` when nothing is due.
+    /// Longest single sleep when nothing is due.
     private static let maxPollMilliseconds = 1000
+    private static let maxEvents = 256
 
     init(loop: CurlLoop, multi: UnsafeMutableRawPointer, configuration: HTTPClientConfiguration, logger: Logger) {
         self.loop = loop
@@ -206,30 +219,52 @@ final class CurlLoopRunner {
         self.configuration = configuration
         self.logger = logger
         self.pool = EasyHandlePool(loop: loop)
+        self.epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
+        self.nextDeadlineScan = clock.now
     }
 
     func run() {
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        _ = meshd_curl_multi_setopt_socketcb(multi, curlSocketCallback)
+        _ = meshd_curl_multi_setopt_ptr(multi, CURLMOPT_SOCKETDATA, me)
+        _ = meshd_curl_multi_setopt_timercb(multi, curlTimerCallback)
+        _ = meshd_curl_multi_setopt_ptr(multi, CURLMOPT_TIMERDATA, me)
+        if epollFD < 0 { logger.critical("epoll_create1 failed", metadata: ["errno": "\(errno)"]) }
+        watch(loop.wakeReadFD, events: UInt32(EPOLLIN.rawValue))
+        var events = [epoll_event](repeating: epoll_event(), count: Self.maxEvents)
+
         while true {
             for command in loop.takeCommands() {
                 handle(command)
             }
             if shuttingDown { break }
 
-            var running: Int32 = 0
-            let performResult = curl_multi_perform(multi, &running)
-            if performResult != CURLM_OK {
-                logger.error("curl_multi_perform failed", metadata: ["code": "\(performResult.rawValue)"])
+            if let t = curlTimer, t <= clock.now {
+                curlTimer = nil
+                action(CURL_SOCKET_TIMEOUT, 0)
             }
             drainMessages()
             enforceDeadlines()
 
-            var ready: Int32 = 0
-            var wakeup = curl_waitfd(fd: loop.wakeReadFD, events: Int16(CURL_WAIT_POLLIN), revents: 0)
-            let pollResult = curl_multi_poll(multi, &wakeup, 1, Int32(pollTimeoutMilliseconds()), &ready)
-            if pollResult != CURLM_OK {
-                logger.error("curl_multi_poll failed", metadata: ["code": "\(pollResult.rawValue)"])
+            let n = events.withUnsafeMutableBufferPointer { buf in
+                epoll_wait(epollFD, buf.baseAddress, Int32(Self.maxEvents), Int32(pollTimeoutMilliseconds()))
             }
-            if wakeup.revents != 0 { loop.drainWakeups() }
+            if n > 0 {
+                for i in 0..<Int(n) {
+                    let fd = Int32(truncatingIfNeeded: events[i].data.u64)
+                    let ev = events[i].events
+                    if fd == loop.wakeReadFD {
+                        loop.drainWakeups()
+                        continue
+                    }
+                    var mask: Int32 = 0
+                    if ev & UInt32(EPOLLIN.rawValue) != 0 { mask |= CURL_CSELECT_IN }
+                    if ev & UInt32(EPOLLOUT.rawValue) != 0 { mask |= CURL_CSELECT_OUT }
+                    if ev & (UInt32(EPOLLERR.rawValue) | UInt32(EPOLLHUP.rawValue)) != 0 { mask |= CURL_CSELECT_ERR }
+                    action(fd, mask)
+                }
+                drainMessages()
+            }
         }
 
         for transfer in active.values {
@@ -240,7 +275,43 @@ final class CurlLoopRunner {
         pool.drain()
         loop.stopAccepting()
         curl_multi_cleanup(multi)
+        if epollFD >= 0 { close(epollFD) }
         logger.debug("curl loop stopped")
+    }
+
+    private func action(_ fd: Int32, _ mask: Int32) {
+        var running: Int32 = 0
+        let rc = curl_multi_socket_action(multi, fd, mask, &running)
+        if rc != CURLM_OK {
+            logger.error("curl_multi_socket_action failed", metadata: ["code": "\(rc.rawValue)"])
+        }
+    }
+
+    /// Adds or changes the epoll interest for `fd` (the fd number is the event's data).
+    private func watch(_ fd: Int32, events: UInt32) {
+        var ev = epoll_event()
+        ev.events = events
+        ev.data.u64 = UInt64(UInt32(bitPattern: fd))
+        if epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT {
+            _ = epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &ev)
+        }
+    }
+
+    /// curl's socket callback: which sockets to watch for what.
+    fileprivate func socketChanged(_ fd: Int32, what: Int32) {
+        if what == CURL_POLL_REMOVE {
+            _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, nil)  // EBADF/ENOENT: already closed, nothing to do
+            return
+        }
+        var events: UInt32 = 0
+        if what & CURL_POLL_IN != 0 { events |= UInt32(EPOLLIN.rawValue) }
+        if what & CURL_POLL_OUT != 0 { events |= UInt32(EPOLLOUT.rawValue) }
+        watch(fd, events: events)
+    }
+
+    /// curl's timer callback: call `socket_action(CURL_SOCKET_TIMEOUT)` in `ms` (-1: never).
+    fileprivate func timerChanged(_ ms: Int) {
+        curlTimer = ms < 0 ? nil : clock.now + .milliseconds(ms)
     }
 
     private func handle(_ command: CurlLoop.Command) {
@@ -266,12 +337,16 @@ final class CurlLoopRunner {
                 return
             }
             active[ObjectIdentifier(state)] = transfer
+            noteDeadline(transfer)
         case .remove(let state):
             if let transfer = active.removeValue(forKey: ObjectIdentifier(state)) {
                 remove(transfer)
             }
         case .resume(let state):
-            active[ObjectIdentifier(state)]?.resume(now: clock.now)
+            if let transfer = active[ObjectIdentifier(state)] {
+                transfer.resume(now: clock.now)
+                noteDeadline(transfer)
+            }
         case .shutdown:
             shuttingDown = true
         }
@@ -298,14 +373,26 @@ final class CurlLoopRunner {
         }
     }
 
+    /// A transfer's deadline may now come before the next scan (added or resumed).
+    private func noteDeadline(_ transfer: ActiveTransfer) {
+        if let d = transfer.nextDeadline, d < nextDeadlineScan { nextDeadlineScan = d }
+    }
+
+    /// Fails the transfers whose first-byte or idle deadline has passed. Walks every transfer, but
+    /// only when the earliest deadline seen at the last walk has come.
     private func enforceDeadlines() {
         let now = clock.now
+        guard now >= nextDeadlineScan else { return }
         var expired: [(ActiveTransfer, HTTPClientError)] = []
+        var nearest = now + .milliseconds(Self.maxPollMilliseconds)
         for transfer in active.values {
             if let error = transfer.expiredError(now: now) {
                 expired.append((transfer, error))
+            } else if let d = transfer.nextDeadline, d < nearest {
+                nearest = d
             }
         }
+        nextDeadlineScan = nearest
         for (transfer, error) in expired {
             if transfer.state.fail(error) {
                 logger.debug("transfer timed out", metadata: ["error": "\(error)"])
@@ -316,13 +403,25 @@ final class CurlLoopRunner {
     }
 
     private func pollTimeoutMilliseconds() -> Int {
-        var nearest: ContinuousClock.Instant?
-        for transfer in active.values {
-            if let deadline = transfer.nextDeadline, nearest.map({ deadline < $0 }) ?? true {
-                nearest = deadline
-            }
-        }
-        guard let nearest else { return Self.maxPollMilliseconds }
-        return min(Self.maxPollMilliseconds, (nearest - clock.now).meshCeilMilliseconds)
+        let now = clock.now
+        var nearest = nextDeadlineScan
+        if let t = curlTimer, t < nearest { nearest = t }
+        if nearest <= now { return 0 }
+        return min(Self.maxPollMilliseconds, (nearest - now).meshCeilMilliseconds)
     }
+}
+
+/// curl's `CURLMOPT_SOCKETFUNCTION`; `userp` is the (unretained) runner, called on its thread.
+private func curlSocketCallback(_ easy: UnsafeMutableRawPointer?, _ fd: curl_socket_t, _ what: Int32,
+                                _ userp: UnsafeMutableRawPointer?, _ socketp: UnsafeMutableRawPointer?) -> Int32 {
+    guard let userp else { return 0 }
+    Unmanaged<CurlLoopRunner>.fromOpaque(userp).takeUnretainedValue().socketChanged(fd, what: what)
+    return 0
+}
+
+/// curl's `CURLMOPT_TIMERFUNCTION`.
+private func curlTimerCallback(_ multi: UnsafeMutableRawPointer?, _ ms: Int, _ userp: UnsafeMutableRawPointer?) -> Int32 {
+    guard let userp else { return 0 }
+    Unmanaged<CurlLoopRunner>.fromOpaque(userp).takeUnretainedValue().timerChanged(ms)
+    return 0
 }
