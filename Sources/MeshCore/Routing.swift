@@ -106,7 +106,8 @@ public enum Router {
         var best: (Candidate, Double, Double, Double)?
         for c in candidates {
             let e = c.engine
-            let slots = Double(max(1, e.load.slots ?? 1))
+            // Requests that run at once: meshd's limit for the engine when set (the rest queue), else its slots.
+            let slots = Double(max(1, e.load.limit ?? e.load.slots ?? 1))
             let service = e.speeds.meanServiceSeconds ?? defaults.serviceSeconds
             let wait = Double(e.load.busy) / slots * service
             let prefill = Double(promptTokens) / (e.speeds.prefillTokensPerSecond ?? defaults.prefillTokensPerSecond)

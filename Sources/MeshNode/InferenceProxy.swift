@@ -92,6 +92,15 @@ public struct InferenceProxy: Sendable {
             case .success(let d): decision = d
             case .failure(let routingError):
                 // No candidate left: after failed attempts, the error names every one of them.
+                if !failures.isEmpty {
+                    // Holders already out of rotation (other requests saw them fail) are named too.
+                    for n in nodes {
+                        for eng in n.engines where !eng.healthy && eng.model(named: req.model) != nil {
+                            failures.add("\(n.isLocal ? nodeName : n.id)/\(eng.id)", status: 503,
+                                         reason: "out of rotation: \(eng.healthDetail ?? "unhealthy")")
+                        }
+                    }
+                }
                 let e = failures.isEmpty ? routingError : failures.error(model: req.model)
                 // A client can name any model: unknown ones share one label, so metrics stay bounded.
                 let label = e.status == 404 ? "(unknown)" : req.model

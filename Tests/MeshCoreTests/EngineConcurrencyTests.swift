@@ -50,12 +50,12 @@ import Testing
         #expect(e.status == 502 && e.code == "engine_error")
         #expect(e.message.contains("a/llama.cpp:tiny (connect failed: Connection refused)"))
         #expect(e.message.contains("b (status 503: engine is overloaded)"))
-        #expect(e.message.contains("all 2 tried"))
+        #expect(e.message.hasPrefix("no engine could serve 'tiny'"))
 
         var busy = FailedAttempts()
         busy.add("x", status: 503, reason: "overloaded")
         #expect(busy.error(model: "m").status == 503)
-        #expect(busy.error(model: "m").message.contains("the one tried"))
+        #expect(busy.error(model: "m").message.contains("x (overloaded)"))
     }
 
     @Test func answerStartedWaitsForTextToolCallsOrTheEnd() throws {
@@ -79,5 +79,23 @@ import Testing
         #expect(!ollama.answerStarted)
         _ = try ollama.feed(Array(#"{"model":"m","created_at":"x","message":{"role":"assistant","content":"a"},"done":false}"#.utf8) + [0x0A], nowNanos: streamNow)
         #expect(ollama.answerStarted)
+    }
+}
+
+@Suite struct RouterLimitTests {
+    @Test func theWaitEstimateUsesMeshdsLimitWhenItIsBelowTheSlots() {
+        func engine(_ id: String, inFlight: Int, slots: Int?, limit: Int?) -> EngineSnapshot {
+            EngineSnapshot(id: id, kind: .openai, url: "http://\(id)", healthy: true, models: [ModelInfo(name: "m", loaded: true)],
+                           load: EngineLoad(inFlight: inFlight, slots: slots, limit: limit),
+                           speeds: EngineSpeeds(meanServiceSeconds: 1))
+        }
+        // Same load; a's limit of 1 (max_concurrency) makes its 2 in flight a queue, b runs 2 of 4 at once.
+        let a = engine("a", inFlight: 2, slots: 4, limit: 1)
+        let b = engine("b", inFlight: 2, slots: 4, limit: nil)
+        let d = try? Router.choose(model: "m", operation: .chat, promptTokens: 10, maxTokens: 10, engines: [a, b]).get()
+        #expect(d?.engineID == "b")
+        let same = try? Router.choose(model: "m", operation: .chat, promptTokens: 10, maxTokens: 10,
+                                      engines: [engine("a", inFlight: 2, slots: 4, limit: 4), b]).get()
+        #expect(same?.engineID == "a")  // equal: the first keeps it
     }
 }

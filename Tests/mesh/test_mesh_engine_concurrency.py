@@ -15,6 +15,8 @@ from meshd_e2e import ProcessPool, wait_until
 from mesh_helpers import MeshBinaries, MeshNode, metric, sim_entry, start_sim
 
 STREAMS = int(os.environ.get("MESHD_CONCURRENCY_STREAMS", "1000"))
+# benches/engine_concurrency.sh runs this test against release binaries and sets this.
+RELEASE = os.environ.get("MESHD_BENCH_RELEASE") == "1"
 TOKENS, TPS = 50, 10  # each stream needs 5 s on the engine
 
 
@@ -103,9 +105,12 @@ def test_thousand_concurrent_streams_to_one_engine(mpool: ProcessPool, mbins: Me
           f"{cpu / STREAMS * 1e3:.2f} ms per stream")
     assert not errors, errors[:3]
     assert not bad, bad[:5]
-    # All ran at once: the engine had (nearly) every stream open together, not 16 at a time.
-    assert peak_open["engine"] >= 0.9 * STREAMS, peak_open
-    assert took < engine_needs * 4, f"{took:.1f} s for streams that need {engine_needs:.1f} s each"
+    # Far more than libcurl's old per-host cap of 16 ran at once: with 16 the streams would need
+    # 1000 / 16 x 5 s = 5 min. A release build has all 1,000 open together and finishes in ~8 s on 2
+    # cores (benches/engine-concurrency.md); the debug build the suite runs is CPU-bound while it
+    # dispatches them (~450-550 at once, ~20 s), so the bounds here leave room for that.
+    assert peak_open["engine"] >= (0.9 * STREAMS if RELEASE else 0.2 * STREAMS), peak_open
+    assert took < engine_needs * (3 if RELEASE else 8), f"{took:.1f} s for streams that need {engine_needs:.1f} s each"
     assert metric(node, "meshd_requests_in_flight") == 0
     assert hwm < 150 * 2**20, f"meshd peak RSS {hwm / 2**20:.0f} MB over the 150 MB target"
     out = os.environ.get("MESHD_BENCH_OUT")

@@ -28,7 +28,7 @@ def one_request(cl: httpx.Client, model: str, api: str, stream: bool, tokens: in
     try:
         if not stream:
             r = cl.post(path, json=body)
-            rec.update(status=r.status_code, node=r.headers.get("x-meshd-node"), body=r.text[:400] if r.status_code != 200 else "")
+            rec.update(status=r.status_code, node=r.headers.get("x-meshd-node"), body=r.text[:2000] if r.status_code != 200 else "")
             return rec
         with cl.stream("POST", path, json=body) as r:
             rec.update(status=r.status_code, node=r.headers.get("x-meshd-node"))
@@ -125,26 +125,43 @@ def test_kill9_of_a_real_llama_server_under_mixed_load(mpool: ProcessPool, mbins
     b = MeshNode(mpool, mbins, "B", secret=secret, engines=[{"kind": "openai", "url": lb.url}], peers=[a])
     c = MeshNode(mpool, mbins, "C", secret=secret, peers=[a, b])
     c.wait_sees({"A": "up", "B": "up", "C": "up"}, timeout=15, models={"A": ["meshd-tiny"], "B": ["meshd-tiny"]})
-    killed: dict[str, float] = {}
+    killed: dict[str, Any] = {}
+    engines = {"A": (a, la), "B": (b, lb)}
 
-    def kill_engine_a() -> None:
+    def kill_a_busy_engine() -> None:
+        # kill -9 of whichever llama-server has requests open now (C's routing decides which gets
+        # the load); the other node's engine has the same model and must take over.
+        def busy() -> str | None:
+            for name, (node, _) in engines.items():
+                if node.admin("GET", "/v1/engines").json()[0]["open"] >= 1:
+                    return name
+            return None
+        killed["node"] = wait_until(busy, 5, interval=0.002, what="an engine with requests open")
         killed["t"] = time.monotonic()
-        la.proc.kill()
+        engines[killed["node"]][1].proc.kill()
 
-    results = run_load(c, "meshd-tiny", total=120, workers=8, tokens=24, during=kill_engine_a, fault_after=1.0)
-    nodes = check(results, "kill -9 of A's llama-server", 120)
-    assert nodes.get("A", 0) > 0 and nodes.get("B", 0) > 0, nodes
-    # After the kill, nothing more was served by A's dead engine.
-    late_a = [r for r in results if r.get("node") == "A" and r["t0"] > killed["t"] + 0.5]
-    assert not late_a, late_a[:3]
-    # A says why its engine is out of rotation.
-    engines = a.admin("GET", "/v1/engines").json()
-    assert engines[0]["healthy"] is False, engines
+    results = run_load(c, "meshd-tiny", total=120, workers=8, tokens=96, during=kill_a_busy_engine, fault_after=0.5)
+    victim = killed["node"]
+    survivor = "B" if victim == "A" else "A"
+    nodes = check(results, f"kill -9 of {victim}'s llama-server while it served", 120)
+    vnode = engines[victim][0]
+    retried = vnode.log().count("engine failed before answering") + c.log().count("peer failed before answering")
+    cut = sum(1 for r in results if r["stream"] and r["status"] == 200 and not r.get("done"))
+    print(f"[engine failover] requests retried after a failure before their first byte (logs of {victim} and C): {retried}")
+    assert nodes.get(survivor, 0) > 0, nodes
+    assert retried + cut >= 1, "the kill hit no request: the test saw no failover"
+    # After the kill, nothing more was served by the dead engine's node.
+    late = [r for r in results if r.get("node") == victim and r["t0"] > killed["t"] + 0.5]
+    assert not late, late[:3]
+    # The victim says why its engine is out of rotation.
+    assert vnode.admin("GET", "/v1/engines").json()[0]["healthy"] is False
 
 
 def test_sim_engine_refusing_or_dying_before_output_loses_nothing(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
     sim_a = start_sim(mpool, mbins, "--models", "dup", "--loaded", "dup", "--gen-tps", 400, "--slots", 8)
-    sim_b = start_sim(mpool, mbins, "--models", "dup", "--loaded", "dup", "--gen-tps", 400, "--slots", 8)
+    # B is slower, so C sends A its share whenever A is in rotation (a failure takes A out until
+    # its next poll, 200 ms later): each fault mode below really hits requests.
+    sim_b = start_sim(mpool, mbins, "--models", "dup", "--loaded", "dup", "--gen-tps", 400, "--slots", 8, "--latency-ms", 30)
     a = MeshNode(mpool, mbins, "A", secret=secret, engines=[sim_entry(sim_a)])
     b = MeshNode(mpool, mbins, "B", secret=secret, engines=[sim_entry(sim_b, "ollama")], peers=[a])
     c = MeshNode(mpool, mbins, "C", secret=secret, peers=[a, b])
@@ -152,13 +169,24 @@ def test_sim_engine_refusing_or_dying_before_output_loses_nothing(mpool: Process
     for mode, extra in (("refuse", {}), ("die-mid-stream", {"fail_after_tokens": 0})):
         sim_a.control(fail=mode, fail_rate=0.5, **extra)
         before = sim_a.stats()
-        results = run_load(c, "dup", total=48, workers=4, tokens=8)
-        check(results, f"A's sim engine in '{mode}' (half of its requests)", 48)
+        results = run_load(c, "dup", total=64, workers=4, tokens=40)
+        check(results, f"A's sim engine in '{mode}' (half of its requests)", 64)
         after = sim_a.stats()
         assert after["failed"] > before["failed"], (before, after)  # the faults really happened
     # Dying after some tokens: only streams that had sent tokens end with an error event; the
     # non-streamed ones were retried.
     sim_a.control(fail="die-mid-stream", fail_rate=1, fail_after_tokens=3)
-    results = run_load(c, "dup", total=24, workers=4, tokens=8)
-    check(results, "A's sim engine dying after 3 tokens", 24)
+    results = run_load(c, "dup", total=32, workers=4, tokens=40)
+    check(results, "A's sim engine dying after 3 tokens", 32)
+    # Both engines refuse everything: the client's error names each engine of each node.
+    sim_a.control(fail="refuse", fail_rate=1)
+    sim_b.control(fail="refuse", fail_rate=1)
+    time.sleep(0.5)
+    for api in ("openai", "ollama"):
+        with c.client(timeout=20) as cl:
+            rec = one_request(cl, "dup", api, False, 4)
+        assert rec["status"] in (502, 503), rec
+        assert f"A/openai@127.0.0.1:{sim_a.port}" in rec["body"] and f"B/ollama@127.0.0.1:{sim_b.port}" in rec["body"], rec
+        print(f"[engine failover] every engine refusing ({api}): {rec['status']} {rec['body'][:300]}")
     sim_a.control(fail="none")
+    sim_b.control(fail="none")

@@ -102,9 +102,8 @@ public struct FailedAttempts: Sendable, Equatable {
     public func error(model: String) -> APIError {
         let status = entries.allSatisfy { $0.status == 503 } ? 503 : 502
         let list = entries.map { "\($0.label) (\($0.reason))" }.joined(separator: "; ")
-        let n = entries.count
         return APIError(status: status,
-                        message: "no engine could serve '\(model)': \(n == 1 ? "the one" : "all \(n)") tried failed before answering: \(list)",
+                        message: "no engine could serve '\(model)'; each failed before answering or is out of rotation: \(list)",
                         type: "server_error", code: status == 503 ? "engine_unavailable" : "engine_error")
     }
 }
