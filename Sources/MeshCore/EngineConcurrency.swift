@@ -58,9 +58,12 @@ public enum EngineConcurrency {
     public static func isRetryable(status: Int) -> Bool { status == 429 || (500...599).contains(status) }
 
     /// Whether a failed status means the engine itself is unhealthy (taken out of rotation until a
-    /// poll says otherwise): gateway errors and unavailability. A 500 may be about one request, and
-    /// overload is not ill health.
-    public static func marksUnhealthy(status: Int) -> Bool { status == 502 || status == 504 }
+    /// poll says otherwise): every 5xx except overload (503, handled by the learned limit and the
+    /// queue) and 501 (a capability it lacks, such as embeddings on a llama-server started without
+    /// `--embeddings`: it still serves everything else).
+    public static func marksUnhealthy(status: Int) -> Bool {
+        (500...599).contains(status) && status != 503 && status != 501
+    }
 }
 
 /// The answer to a request for a place on an engine (see `EngineRegistry.acquire`).

@@ -37,8 +37,8 @@ import Testing
         for s in [200, 400, 401, 404, 413, 422] { #expect(!EngineConcurrency.isRetryable(status: s), "\(s)") }
         #expect(EngineConcurrency.isOverload(status: 429) && EngineConcurrency.isOverload(status: 503))
         #expect(!EngineConcurrency.isOverload(status: 500))
-        #expect(EngineConcurrency.marksUnhealthy(status: 502) && EngineConcurrency.marksUnhealthy(status: 504))
-        #expect(!EngineConcurrency.marksUnhealthy(status: 500) && !EngineConcurrency.marksUnhealthy(status: 503))
+        for s in [500, 502, 504, 505] { #expect(EngineConcurrency.marksUnhealthy(status: s), "\(s)") }
+        for s in [501, 503, 429, 400, 404] { #expect(!EngineConcurrency.marksUnhealthy(status: s), "\(s)") }
     }
 
     @Test func failedAttemptsNameEveryEngineTried() {

@@ -200,7 +200,7 @@ struct ProxyRig {
 
 @Suite(.timeLimit(.minutes(1))) struct ProxyFailoverTests {
     /// How the first engine fails once the proxy has seen it healthy (it is polled only at start).
-    enum Death: CaseIterable, Sendable { case refused, emptyReply, badGateway }
+    enum Death: CaseIterable, Sendable { case refused, emptyReply, badGateway, internalError }
 
     @Test(arguments: Death.allCases, [false, true])
     func aFailedEngineIsRetriedOnTheNextAndMarkedAtOnce(death: Death, stream: Bool) async throws {
@@ -217,6 +217,8 @@ struct ProxyRig {
             empty = try await EmptyReplyServer(port: first.port)
         case .badGateway:
             first.set(.status(502))
+        case .internalError:
+            first.set(.status(500))
         }
         let (status, headers, body) = await rig.chat(stream: stream)
         #expect(status == 200)
@@ -235,13 +237,15 @@ struct ProxyRig {
         await empty?.stop()
     }
 
-    @Test func a500IsRetriedButDoesNotMarkTheEngine() async throws {
-        let bad = try await FakeEngine(mode: .status(500))
+    @Test(arguments: [501, 503]) func aMissingCapabilityOrOverloadIsRetriedButDoesNotMarkTheEngine(code: Int) async throws {
+        let bad = try await FakeEngine(mode: .status(code))
         let good = try await FakeEngine()
         let rig = try await ProxyRig([bad.url, good.url])
         let (status, headers, _) = await rig.chat(stream: false)
         #expect(status == 200 && headers.first(name: "X-Meshd-Engine") == good.id)
         #expect(rig.registry.snapshot(bad.id)?.healthy == true)
+        // Overloaded with one request open: meshd now sends it one at a time (it reports no slots).
+        #expect(rig.registry.snapshot(bad.id)?.load.limit == (code == 503 ? 1 : nil))
         await rig.stop()
         await bad.close()
         await good.close()
