@@ -121,6 +121,12 @@ enum Schema {
         .string(["hardware", "nvidia_smi"], \.hardware.nvidiaSMI, check: Check.path),
         .string(["hardware", "rocm_smi"], \.hardware.rocmSMI, check: Check.path),
         .string(["hardware", "sysfs_root"], \.hardware.sysfsRoot, check: Check.path),
+        .optionalInt(["hardware", "offer_bytes"], \.hardware.offerBytes, min: 0),
+
+        .bool(["split", "enabled"], \.split.enabled),
+        .int(["split", "max_workers"], \.split.maxWorkers, min: 1, max: 16),
+        .oneOf(["split", "transport"], \.split.transport),
+        .int(["split", "lease_seconds"], \.split.leaseSeconds, min: 2, max: 3600),
 
         .int(["cloud", "escalate_after_ms"], \.cloud.escalateAfterMs, min: 0),
         .string(["cloud", "prices_file"], \.cloud.pricesFile, check: Check.path),
@@ -217,6 +223,19 @@ enum Schema {
                 return []
             },
             read: { $0.maxConcurrency.map(FieldValue.int) }),
+        EngineField(
+            name: "split", type: .string, kinds: [.llamaCpp], requiredFor: [],
+            apply: { engine, value in
+                guard case .string(let text) = value else { return [] }
+                guard let policy = SplitPolicy(rawValue: text) else {
+                    let names = SplitPolicy.allCases.map(\.rawValue)
+                    return [FieldProblem(reason: "unknown value \"\(text)\"; expected one of \(names.joined(separator: ", "))"
+                                         + Suggest.phrase(for: text, among: names))]
+                }
+                engine.split = policy
+                return []
+            },
+            read: { $0.split == .auto ? nil : .string($0.split.rawValue) }),
     ]
 
     static let fieldsByEnvironmentName: [String: Field] =
@@ -310,6 +329,17 @@ extension Field {
                   return []
               },
               read: { $0[keyPath: keyPath].map(FieldValue.double) })
+    }
+
+    static func optionalInt(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, Int?> & Sendable, min: Int) -> Field {
+        Field(path: path, type: .int, secret: false,
+              apply: { config, value in
+                  guard case .int(let number) = value else { return [] }
+                  if number < min { return [FieldProblem(reason: "must be at least \(min), got \(number)")] }
+                  config[keyPath: keyPath] = number
+                  return []
+              },
+              read: { $0[keyPath: keyPath].map(FieldValue.int) })
     }
 
     static func optionalString(_ path: [String], _ keyPath: any WritableKeyPath<MeshdConfig, String?> & Sendable,

@@ -97,6 +97,8 @@ public struct EngineConfig: Sendable, Hashable, Codable {
     /// Requests meshd keeps open to this engine at once (more wait in meshd's queue). Nil: the slots
     /// the engine reports, else a limit learned from its overload answers (``EngineConcurrency``).
     public var maxConcurrency: Int?
+    /// For a managed `llama.cpp` engine: whether its model may be split across nodes when no node can hold it.
+    public var split: SplitPolicy = .auto
 
     public init(kind: EngineKind, url: String? = nil, model: String? = nil, alias: String? = nil,
                 args: [String] = [], binary: String? = nil, apiKeyFile: String? = nil, maxConcurrency: Int? = nil) {
@@ -192,6 +194,8 @@ public struct HardwareConfig: Sendable, Hashable, Codable {
     public var rocmSMI: String = "rocm-smi"
     /// Directory under which `sys/class/drm` and `proc/meminfo` are read (`/`; other for containers).
     public var sysfsRoot: String = "/"
+    /// Most bytes of memory this node offers to models (and to splits), whatever it has free; nil: all free memory.
+    public var offerBytes: Int? = nil
     public init() {}
 }
 
@@ -209,6 +213,8 @@ public struct MeshdConfig: Sendable, Hashable, Codable {
     public var mesh = MeshConfig()
     public var discovery = DiscoveryConfig()
     public var hardware = HardwareConfig()
+    /// Splitting models no node can hold across nodes (llama.cpp RPC).
+    public var split = SplitSettings()
     public var cloud = CloudConfig()
     public var budget = BudgetConfig()
 

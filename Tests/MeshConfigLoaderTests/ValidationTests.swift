@@ -289,3 +289,37 @@ import Testing
         #expect(issue?.description.contains("sk-secret-123") == false)
     }
 }
+
+@Suite struct SplitAndConcurrencyConfigTests {
+    @Test func splitKeysLoad() throws {
+        let c = try mustLoad("""
+        split: { enabled: false, max_workers: 2, transport: direct, lease_seconds: 10 }
+        hardware: { offer_bytes: 4000000000 }
+        engines:
+          - { kind: llama.cpp, model: /m/x.gguf, split: never, max_concurrency: 4 }
+          - { kind: openai, url: "http://127.0.0.1:8080", max_concurrency: 256 }
+        """).config
+        #expect(c.split.enabled == false && c.split.maxWorkers == 2 && c.split.transport == .direct && c.split.leaseSeconds == 10)
+        #expect(c.hardware.offerBytes == 4_000_000_000)
+        #expect(c.engines?.map(\.split) == [.never, .auto])
+        #expect(c.engines?.map(\.maxConcurrency) == [4, 256])
+        let d = try mustLoad("").config
+        #expect(d.split == SplitSettings() && d.hardware.offerBytes == nil)
+    }
+
+    @Test func badSplitAndConcurrencyValuesNameTheKey() {
+        expectSingleError("split: { max_workers: 0 }", key: "split.max_workers", reasonContains: "out of range 1...16")
+        expectSingleError("split: { transport: lan }", key: "split.transport", reasonContains: "expected one of mesh, direct")
+        expectSingleError("split: { lease_seconds: 1 }", key: "split.lease_seconds", reasonContains: "out of range 2...3600")
+        expectSingleError("hardware: { offer_bytes: -1 }", key: "hardware.offer_bytes", reasonContains: "at least 0")
+        expectSingleError("engines: [{ kind: llama.cpp, model: /m/x.gguf, split: sometimes }]", key: "engines[0].split",
+                          reasonContains: "expected one of auto, never")
+        expectSingleError("engines: [{ kind: openai, url: \"http://127.0.0.1:8080\", max_concurrency: 0 }]",
+                          key: "engines[0].max_concurrency", reasonContains: "out of range 1...100000")
+    }
+
+    @Test func splitOnAnEngineMeshdDoesNotStartIsIgnoredWithAWarning() throws {
+        let loaded = try mustLoad("engines: [{ kind: openai, url: \"http://127.0.0.1:8080\", split: never }]")
+        #expect(loaded.warnings.contains { $0.description.contains("split") }, "\(loaded.warnings)")
+    }
+}
