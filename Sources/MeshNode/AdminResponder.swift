@@ -24,9 +24,14 @@ struct AdminResponder: HTTPResponder {
     let gateway: Gateway?
     let mdnsEnabled: Bool
 
+    /// This node's llama.cpp build, once read.
+    let llama: @Sendable () -> LlamaAdvert?
+
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
          draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, hardware: HardwareMonitor,
-         discovery: DiscoveryAgent? = nil, mdnsEnabled: Bool = false, gateway: Gateway? = nil) {
+         discovery: DiscoveryAgent? = nil, mdnsEnabled: Bool = false, gateway: Gateway? = nil,
+         llama: @escaping @Sendable () -> LlamaAdvert? = { nil }) {
+        self.llama = llama
         self.gateway = gateway
         self.meshConfig = meshConfig
         self.hardware = hardware
@@ -200,6 +205,7 @@ struct AdminResponder: HTTPResponder {
         let hw = hardware.latest
         var own = NodeState(id: nodeName, name: nodeName, meshEndpoint: ownMesh, httpEndpoint: httpListen, engines: snap)
         own.apply(hw)
+        own.llama = llama()
         var local = nodeJSON(own, state: draining.value ? "draining" : "up", local: true)
         local = local.setting("devices", .array(hw.devices.map(Self.deviceJSON)))
         var out: [JSON] = [local]
@@ -223,6 +229,7 @@ struct AdminResponder: HTTPResponder {
             "gpu": .string(st.gpuSummary), "vram_total_bytes": .int(st.vramTotalBytes), "vram_free_bytes": .int(st.vramFreeBytes),
             "ram_total_bytes": st.ramTotalBytes.map(JSON.int) ?? .null, "ram_free_bytes": st.ramFreeBytes.map(JSON.int) ?? .null,
             "in_flight": .integer(st.inFlight),
+            "llama_build": st.llama.map { .string($0.build) } ?? .null, "rpc_server": .bool(st.llama?.rpcServer ?? false),
         ]
     }
 

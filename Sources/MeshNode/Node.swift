@@ -60,6 +60,8 @@ public final class MeshdNode: Service, Sendable {
     public let hardware: HardwareMonitor
     /// The gateway role, when `cloud.providers` lists any.
     let gateway: Gateway?
+    /// This machine's llama.cpp build, read once at start (for splits).
+    let llama: LlamaInfo
 
     /// - Parameter eventLoopGroup: loops for the HTTP servers; nil makes a private group of
     ///   `http.threads` loops. `meshd` passes NIO's singleton group, which it also installs as
@@ -91,8 +93,10 @@ public final class MeshdNode: Service, Sendable {
         hardware = Self.makeHardwareMonitor(config.hardware, logger: logger)
         let gateway = config.cloud.providers.isEmpty ? nil : try Gateway(config: config, http: client, clock: clock, logger: logger)
         self.gateway = gateway
+        let llama = LlamaInfo()
+        self.llama = llama
         mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
-                                 hardware: hardware, gateway: gateway)
+                                 hardware: hardware, gateway: gateway, llama: llama)
         if let mesh, config.discovery.mdns {
             discovery = DiscoveryAgent(mesh: mesh, nodeID: config.nodeName, httpPort: config.http.listen.port, logger: logger)
         } else {
@@ -123,7 +127,7 @@ public final class MeshdNode: Service, Sendable {
                                                          mesh: mesh, draining: draining, httpListen: config.http.listen.description,
                                                          meshConfig: config.mesh, hardware: hardware,
                                                          discovery: discovery, mdnsEnabled: config.discovery.mdns,
-                                                         gateway: gateway),
+                                                         gateway: gateway, llama: { [llama] in llama.value }),
                                logger: logger)
         }
     }
@@ -141,7 +145,7 @@ public final class MeshdNode: Service, Sendable {
 
     /// The mesh, if `mesh.secret_file` exists: without a secret the node runs standalone.
     static func makeMesh(config: MeshdConfig, logger: Logger, clock: any WallClock, engines: EngineRegistry,
-                         draining: DrainFlag, hardware: HardwareMonitor, gateway: Gateway?) throws -> MeshService? {
+                         draining: DrainFlag, hardware: HardwareMonitor, gateway: Gateway?, llama: LlamaInfo) throws -> MeshService? {
         let path = config.mesh.secretFile
         guard FileManager.default.fileExists(atPath: path) else {
             logger.notice("mesh disabled: no mesh secret", metadata: [
@@ -168,6 +172,7 @@ public final class MeshdNode: Service, Sendable {
                               draining: draining.value, engines: engines.snapshot())
             s.apply(hardware.latest)
             s.gateway = gateway?.advert()
+            s.llama = llama.value
             return s
         }
     }
@@ -177,6 +182,15 @@ public final class MeshdNode: Service, Sendable {
 
     public func run() async throws {
         await engines.start()
+        // Which llama.cpp this node could head or serve a split with: advertised in its state once
+        // known (in the background: a slow or hanging binary must not delay serving).
+        let configured = config.effectiveEngines.first { $0.kind == .llamaCpp }?.binary
+        Task { [llama, logger, mesh] in
+            guard let advert = await LlamaToolchain.detect(llamaServer: configured) else { return }
+            llama.set(advert)
+            logger.info("llama.cpp", metadata: ["build": "\(advert.build)", "rpc_server": "\(advert.rpcServer)"])
+            mesh?.broadcastState()
+        }
         if let dir = config.admin.socket.split(separator: "/").dropLast().joined(separator: "/") as String?, !dir.isEmpty {
             try? FileManager.default.createDirectory(atPath: "/" + dir, withIntermediateDirectories: true,
                                                      attributes: [.posixPermissions: 0o750])
@@ -340,4 +354,11 @@ struct MeshHandler: MeshRequestHandler {
             if !Task.isCancelled { responder.fail(status: 502, message: "\(error)") }
         }
     }
+}
+
+/// This node's llama.cpp build, once known (read by the state builder on the mesh thread).
+final class LlamaInfo: Sendable {
+    private let advert = Mutex<LlamaAdvert?>(nil)
+    var value: LlamaAdvert? { advert.withLock { $0 } }
+    func set(_ a: LlamaAdvert?) { advert.withLock { $0 = a } }
 }

@@ -13,10 +13,16 @@ struct NodesCommand: AsyncParsableCommand {
         let rows = list.map { n -> [String] in
             let name = (n["name"] as? String ?? "?") + ((n["local"] as? Bool) == true ? " (this)" : "")
             return [name, n["state"] as? String ?? "?", n["address"] as? String ?? "?", n["gpu"] as? String ?? "-",
-                    Self.memory(n, "vram"), Self.memory(n, "ram"), "\(n["in_flight"] ?? 0)",
+                    Self.memory(n, "vram"), Self.memory(n, "ram"), "\(n["in_flight"] ?? 0)", Self.llama(n),
                     ((n["models"] as? [String]) ?? []).joined(separator: ",")]
         }
-        print(table(["NODE", "STATE", "ADDRESS", "GPU", "VRAM FREE/TOTAL", "RAM FREE/TOTAL", "IN-FLIGHT", "MODELS"], rows))
+        print(table(["NODE", "STATE", "ADDRESS", "GPU", "VRAM FREE/TOTAL", "RAM FREE/TOTAL", "IN-FLIGHT", "LLAMA.CPP", "MODELS"], rows))
+    }
+
+    /// The llama.cpp build, `+rpc` when the node can lend memory to a split, `-` without llama.cpp.
+    static func llama(_ node: [String: Any]) -> String {
+        guard let build = node["llama_build"] as? String else { return "-" }
+        return build + ((node["rpc_server"] as? Bool) == true ? " +rpc" : "")
     }
 
     /// `free/total MiB` from `<prefix>_free_bytes` and `<prefix>_total_bytes`, `-` when unknown or 0.

@@ -3,12 +3,14 @@ engine is the tiny model served by a real llama-server; the official openai and 
 talk to A, streamed and not."""
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import ollama
 import openai
 
-from meshd_e2e import Binaries, E2EError, LlamaServer, ProcessPool
+from meshd_e2e import Binaries, E2EError, LlamaServer, ProcessPool, wait_until
 from mesh_helpers import MeshBinaries, MeshNode
 
 
@@ -21,6 +23,17 @@ def test_real_llama_server_behind_a_peer(mpool: ProcessPool, mbins: MeshBinaries
     b = MeshNode(mpool, mbins, "B", secret=secret, engines=[{"kind": "openai", "url": llama.url}])
     a = MeshNode(mpool, mbins, "A", secret=secret, peers=[b])
     a.wait_sees({"A": "up", "B": "up"}, timeout=15, models={"B": ["meshd-tiny"]})
+    # Each node advertises its llama.cpp build and RPC server (for splits); A sees B's over the mesh.
+    version = subprocess.run([str(paths.llama_server_bin()), "--version"], capture_output=True, text=True, timeout=20)
+    m = re.search(r"build (\d+), commit ([0-9a-f]+)", version.stdout + version.stderr)
+    assert m, version.stderr
+    build = f"b{m.group(1)}-{m.group(2)}"
+    seen = wait_until(lambda: (lambda n: n if n.get("B", {}).get("llama_build") else None)(a.meshctl_nodes()), 10,
+                      what="B's llama.cpp build in A's view")
+    assert (seen["A"]["llama_build"], seen["B"]["llama_build"]) == (build, build), seen
+    assert seen["A"]["rpc_server"] is True and seen["B"]["rpc_server"] is True
+    table = a.meshctl("nodes").stdout
+    assert f"{build} +rpc" in table, table
 
     oa = openai.OpenAI(base_url=a.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     raw = oa.chat.completions.with_raw_response.create(

@@ -54,6 +54,10 @@ public struct NodeState: Sendable, Equatable, Codable {
     /// node (same name, same endpoint) from another machine that uses the same name.
     public var instance: String? = nil
 
+    /// Its llama.cpp build and whether it can lend memory to a split (optional on the wire, added
+    /// after protocol 1; nil: no llama-server, or an older node).
+    public var llama: LlamaAdvert? = nil
+
     /// The sender reads ``NodeLoad`` (`load`) messages (optional on the wire, added after protocol
     /// 1): only such a peer is sent them; an older one gets a full state instead.
     public var acceptsLoad: Bool? = nil

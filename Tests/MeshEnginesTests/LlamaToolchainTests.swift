@@ -1,0 +1,39 @@
+import Foundation
+import MeshCore
+import Testing
+@testable import MeshEngines
+
+@Suite(.timeLimit(.minutes(1))) struct LlamaToolchainTests {
+    @Test func detectsTheRealBuildAndItsRPCServer() async throws {
+        let (binary, _) = try llamaFixtures()
+        let advert = try #require(await LlamaToolchain.detect(llamaServer: binary))
+        // tools/build-llama.sh builds llama-server and ggml-rpc-server from one tree.
+        #expect(advert.rpcServer)
+        #expect(advert.build.hasPrefix("b") && advert.build.contains("-"), "\(advert.build)")
+        #expect(LlamaToolchain.rpcServerBinary(nextTo: binary) == URL(fileURLWithPath: binary).deletingLastPathComponent().path + "/ggml-rpc-server")
+    }
+
+    @Test func findsTheOlderRPCServerNameAndRefusesNonLlamaBinaries() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("meshd-llama-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func script(_ name: String, _ body: String) throws -> String {
+            let p = dir.appendingPathComponent(name).path
+            try ("#!/bin/sh\n" + body + "\n").write(toFile: p, atomically: true, encoding: .utf8)
+            chmod(p, 0o755)
+            return p
+        }
+        let server = try script("llama-server", "echo 'version: 4567 (abc1234)' >&2")
+        #expect(await LlamaToolchain.detect(llamaServer: server) == LlamaAdvert(build: "b4567-abc1234", rpcServer: false)
+                || LlamaToolchain.rpcServerBinary(nextTo: nil) != nil)  // one on PATH would count
+        _ = try script("rpc-server", "exit 0")
+        #expect(LlamaToolchain.rpcServerBinary(nextTo: server) == dir.path + "/rpc-server")
+        #expect(await LlamaToolchain.detect(llamaServer: server) == LlamaAdvert(build: "b4567-abc1234", rpcServer: true))
+        let other = try script("not-llama", "echo hello")
+        #expect(await LlamaToolchain.detect(llamaServer: other) == nil)
+        let hangs = try script("hangs", "sleep 30")
+        let t0 = ContinuousClock.now
+        #expect(await LlamaToolchain.detect(llamaServer: hangs, timeout: .milliseconds(300)) == nil)
+        #expect(ContinuousClock.now - t0 < .seconds(5))
+    }
+}
