@@ -22,6 +22,12 @@ public enum LlamaToolchain {
         return nil
     }
 
+    /// The RPC server beside the llama-server meshd would run (configured, PATH, or meshd's cache build), else one on PATH.
+    public static func rpcServerBinary(llamaServer configured: String?) -> String? {
+        let server = try? ManagedLlamaCppEngine.resolveBinary(configured).get()
+        return rpcServerBinary(nextTo: server)
+    }
+
     /// Runs `llama-server --version` (configured binary, else on PATH, else meshd's cache build)
     /// and looks for an RPC server beside it. nil when there is no llama-server or it names no build.
     public static func detect(llamaServer configured: String? = nil, timeout: Duration = .seconds(10)) async -> LlamaAdvert? {

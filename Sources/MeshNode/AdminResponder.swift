@@ -26,12 +26,15 @@ struct AdminResponder: HTTPResponder {
 
     /// This node's llama.cpp build, once read.
     let llama: @Sendable () -> LlamaAdvert?
+    /// Leases granted to heads of splits.
+    let splitWorker: SplitWorker?
 
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
          draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, hardware: HardwareMonitor,
          discovery: DiscoveryAgent? = nil, mdnsEnabled: Bool = false, gateway: Gateway? = nil,
-         llama: @escaping @Sendable () -> LlamaAdvert? = { nil }) {
+         llama: @escaping @Sendable () -> LlamaAdvert? = { nil }, splitWorker: SplitWorker? = nil) {
         self.llama = llama
+        self.splitWorker = splitWorker
         self.gateway = gateway
         self.meshConfig = meshConfig
         self.hardware = hardware
@@ -87,6 +90,8 @@ struct AdminResponder: HTTPResponder {
             return .json(.ok, await doctor(snap))
         case "/v1/engines":
             return .json(.ok, .array(snap.map(Self.engineJSON)))
+        case "/v1/splits":
+            return .json(.ok, splitWorker?.statusJSON() ?? ["leases": []])
         case "/v1/models":
             // Every model of the mesh, with the nodes and engines that have it (local first).
             var byName: [String: (ModelInfo, [String], [String])] = [:]

@@ -62,6 +62,8 @@ public final class MeshdNode: Service, Sendable {
     let gateway: Gateway?
     /// This machine's llama.cpp build, read once at start (for splits).
     let llama: LlamaInfo
+    /// Leases this node grants heads of splits, with their rpc-servers.
+    public let splitWorker: SplitWorker
 
     /// - Parameter eventLoopGroup: loops for the HTTP servers; nil makes a private group of
     ///   `http.threads` loops. `meshd` passes NIO's singleton group, which it also installs as
@@ -95,6 +97,13 @@ public final class MeshdNode: Service, Sendable {
         self.gateway = gateway
         let llama = LlamaInfo()
         self.llama = llama
+        let configuredLlama = config.effectiveEngines.first { $0.kind == .llamaCpp }?.binary
+        let hardwareMonitor = hardware
+        let offerCap = config.hardware.offerBytes
+        splitWorker = SplitWorker(settings: config.split, clock: clock, llama: { llama.value },
+                                  offerBytes: { SplitWorker.offer(hardwareMonitor.latest, cap: offerCap) },
+                                  rpcBinary: { LlamaToolchain.rpcServerBinary(llamaServer: configuredLlama) },
+                                  cacheDirectory: config.stateDir + "/rpc-cache", logger: logger)
         mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
                                  hardware: hardware, gateway: gateway, llama: llama)
         if let mesh, config.discovery.mdns {
@@ -105,7 +114,7 @@ public final class MeshdNode: Service, Sendable {
         let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
                                    timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
                                    cloud: CloudSetup(config: config.cloud, gateway: gateway))
-        mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, logger: logger))
+        mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger))
         let connectionStats = HTTPConnectionStats()
         let responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
                                      apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats)
@@ -127,7 +136,8 @@ public final class MeshdNode: Service, Sendable {
                                                          mesh: mesh, draining: draining, httpListen: config.http.listen.description,
                                                          meshConfig: config.mesh, hardware: hardware,
                                                          discovery: discovery, mdnsEnabled: config.discovery.mdns,
-                                                         gateway: gateway, llama: { [llama] in llama.value }),
+                                                         gateway: gateway, llama: { [llama] in llama.value },
+                                                         splitWorker: splitWorker),
                                logger: logger)
         }
     }
@@ -204,11 +214,14 @@ public final class MeshdNode: Service, Sendable {
         let engines = self.engines
         let discovery = self.discovery
         let hardware = self.hardware
+        let splitWorker = self.splitWorker
         let grace = Duration.milliseconds(Int64(config.http.shutdownGraceSeconds * 1000))
 
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await hardware.run() }
+                // Expires split leases; stops their rpc-servers when the node stops.
+                group.addTask { await splitWorker.run() }
                 if let admin {
                     group.addTask {
                         do {
@@ -304,6 +317,7 @@ final class DrainFlag: Sendable {
 struct MeshHandler: MeshRequestHandler {
     let proxy: InferenceProxy
     let draining: DrainFlag
+    let splitWorker: SplitWorker
     let logger: Logger
 
     func handle(_ request: ForwardedRequest, responder: MeshResponder) async {
@@ -317,6 +331,10 @@ struct MeshHandler: MeshRequestHandler {
             draining.set(false)
             logger.notice("undrained at a peer's request", metadata: ["peer": "\(request.fromNode)"])
             responder.end()
+            return
+        case "/_mesh/split/lease", "/_mesh/split/renew", "/_mesh/split/release":
+            let (status, body) = await splitRequest(request.path, request.body)
+            try? await responder.respond(status: status, headers: [("Content-Type", "application/json")], body: body.serialized())
             return
         default:
             break
@@ -335,6 +353,44 @@ struct MeshHandler: MeshRequestHandler {
         } else {
             await answer(route, httpRequest, responder)
         }
+    }
+
+    /// A head's lease request, renewal or release (JSON in, JSON out).
+    private func splitRequest(_ path: String, _ body: [UInt8]) async -> (Int, JSON) {
+        func refused(_ e: LeaseError) -> (Int, JSON) {
+            let status: Int
+            switch e.code {
+            case .invalid: status = 400
+            case .unknown: status = 404
+            case .busy, .buildMismatch, .tooLarge: status = 409
+            case .disabled, .noRPCServer: status = 503
+            }
+            return (status, ["error": .string(e.message), "code": .string(e.code.rawValue)])
+        }
+        func granted(_ g: SplitWorker.Granted) -> (Int, JSON) {
+            ((try? JSONValueCoding.encode(g.lease)).map { lease in (200, ["lease": lease, "port": .integer(g.port)]) })
+                ?? (500, ["error": "cannot encode the lease"])
+        }
+        let json: JSON
+        do { json = try JSONParser.parse(body) } catch { return refused(LeaseError(.invalid, "invalid JSON body: \(error)")) }
+        if path == "/_mesh/split/lease" {
+            guard let r = try? JSONValueCoding.decode(LeaseRequest.self, from: json) else {
+                return refused(LeaseError(.invalid, "a lease request needs split, head, model, bytes, build and ttlSeconds"))
+            }
+            switch await splitWorker.lease(r) {
+            case .success(let g): return granted(g)
+            case .failure(let e): return refused(e)
+            }
+        }
+        guard let split = json["split"]?.stringValue, !split.isEmpty else { return refused(LeaseError(.invalid, "split is required")) }
+        if path == "/_mesh/split/renew" {
+            switch splitWorker.renew(split: split) {
+            case .success(let g): return granted(g)
+            case .failure(let e): return refused(e)
+            }
+        }
+        return await splitWorker.release(split: split) ? (200, ["released": .string(split)])
+            : refused(LeaseError(.unknown, "no lease for split \(split)"))
     }
 
     private func answer(_ route: InferenceRoute, _ request: HTTPServerRequest, _ responder: MeshResponder) async {

@@ -8,7 +8,8 @@ struct Meshctl: AsyncParsableCommand {
         commandName: "meshctl",
         abstract: "See and steer the meshd mesh through the local node's admin socket.",
         subcommands: [StatusCommand.self, NodesCommand.self, EnginesCommand.self, ModelsCommand.self, RouteCommand.self,
-                      DrainCommand.self, UndrainCommand.self, InitCommand.self, TrustCommand.self, DoctorCommand.self, BudgetCommand.self])
+                      DrainCommand.self, UndrainCommand.self, InitCommand.self, TrustCommand.self, DoctorCommand.self, BudgetCommand.self,
+                      SplitsCommand.self])
 }
 
 /// Options every command shares.
