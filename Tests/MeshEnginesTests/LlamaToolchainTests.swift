@@ -37,3 +37,32 @@ import Testing
         #expect(ContinuousClock.now - t0 < .seconds(5))
     }
 }
+
+@Suite struct GGUFFileTests {
+    @Test func readsTheTinyModelsShape() throws {
+        let (_, model) = try llamaFixtures()
+        let (m, size) = try GGUFFile.read(path: model)
+        // tools/make-tiny-model.sh: llama, 4 layers, d=64, 4 heads.
+        #expect(m.architecture == "llama")
+        #expect(m.blockCount == 4 && m.embeddingLength == 64 && m.headCount == 4)
+        #expect(m.contextLength ?? 0 > 0)
+        // 2 bytes x 4 layers x 4 KV heads x (16 + 16).
+        #expect(m.kvBytesPerToken == 1024)
+        #expect(size > 1 << 20)
+        #expect((m.arrayLengths["tokenizer.ggml.tokens"] ?? 0) > 1000)
+        // A first read of 4 KiB ends inside the vocabulary: the reader reads on and gets the same.
+        #expect(try GGUFFile.read(path: model, firstRead: 4096).metadata == m)
+        // Within a limit: a header longer than it is an error, not an endless read.
+        do { _ = try GGUFFile.read(path: model, firstRead: 4096, maxHeaderBytes: 16_384); Issue.record("parsed") } catch {
+            #expect(error.description.contains("the header ends inside"))
+        }
+    }
+
+    @Test func notAGGUFFileIsNamed() throws {
+        let p = FileManager.default.temporaryDirectory.appendingPathComponent("meshd-not-gguf-\(getpid())").path
+        try Array("hello, not a model".utf8).withUnsafeBufferPointer { try Data($0).write(to: URL(fileURLWithPath: p)) }
+        defer { try? FileManager.default.removeItem(atPath: p) }
+        do { _ = try GGUFFile.read(path: p); Issue.record("parsed") } catch { #expect(error.description.contains(p) && error.description.contains("GGUF magic")) }
+        do { _ = try GGUFFile.read(path: p + ".missing"); Issue.record("parsed") } catch { #expect(error.description.contains("cannot open")) }
+    }
+}
