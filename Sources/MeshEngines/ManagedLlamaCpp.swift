@@ -87,6 +87,15 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var task: Task<Void, Never>?
         var stopping = false
         var lastStderr: String?
+        /// The model file's GGUF metadata and size, read once (nil: not read yet).
+        var gguf: GGUFFacts?
+    }
+
+    /// What the model file says of itself, for `/api/show` and split planning.
+    struct GGUFFacts: Sendable {
+        var architecture: String?
+        var contextLength: Int?
+        var fileBytes: Int64?
     }
 
     /// - Parameter id: defaults to `llama.cpp:ALIAS`.
@@ -286,6 +295,13 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var snap = await inner.refresh()
         snap.id = id
         snap.kind = kind
+        // The engine does not say what its model is; the file does (architecture, size).
+        let facts = ggufFacts()
+        for i in snap.models.indices {
+            if snap.models[i].family == nil { snap.models[i].family = facts.architecture }
+            if snap.models[i].sizeBytes == nil { snap.models[i].sizeBytes = facts.fileBytes }
+            if snap.models[i].contextLength == nil { snap.models[i].contextLength = facts.contextLength }
+        }
         if !snap.healthy, let d = snap.healthDetail { snap.healthDetail = "llama-server: \(d)" }
         // A process that died after the poll began is reported as such.
         let now = state.withLock { $0.status }
@@ -295,6 +311,17 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
             snap.healthDetail = now.detail ?? snap.healthDetail
         }
         return snap
+    }
+
+    /// The model file's GGUF facts, read on first use (a file that is no GGUF gives none).
+    func ggufFacts() -> GGUFFacts {
+        if let known = state.withLock({ $0.gguf }) { return known }
+        var facts = GGUFFacts()
+        if let path = config.model, let (m, size) = try? GGUFFile.read(path: path) {
+            facts = GGUFFacts(architecture: m.architecture, contextLength: m.contextLength, fileBytes: size)
+        }
+        state.withLock { $0.gguf = facts }
+        return facts
     }
 
     // MARK: binary lookup

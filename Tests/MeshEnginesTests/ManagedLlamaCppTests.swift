@@ -111,6 +111,11 @@ func llamaFixtures() throws -> (binary: String, model: String) {
         #expect(s.url == "http://127.0.0.1:\(e.status.port ?? 0)")
         #expect(s.models.map(\.name) == ["meshd-tiny"])
         #expect(s.models.first?.contextLength == 256)
+        // What llama-server does not say comes from the GGUF file.
+        #expect(s.models.first?.family == "llama")
+        // llama-server reports its tensors' size itself; at most the file's.
+        let fileSize = try #require((try FileManager.default.attributesOfItem(atPath: model)[.size] as? NSNumber)?.int64Value)
+        #expect((s.models.first?.sizeBytes ?? 0) > 0 && (s.models.first?.sizeBytes ?? .max) <= fileSize)
         #expect(s.load.slots == 2 && s.load.running == 0)
         let pid1 = try #require(e.status.pid)
 

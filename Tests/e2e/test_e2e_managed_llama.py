@@ -57,6 +57,9 @@ def test_managed_engine_serves_restarts_and_stops(managed: Meshd) -> None:
     args = cmdline(first)
     assert "--port" in args and args[args.index("--port") + 1] == str(port), args
     assert args[args.index("--alias") + 1] == ALIAS
+    # What llama-server does not tell (the architecture) comes from the GGUF file itself.
+    info = m.post("/api/show", json={"model": ALIAS}).json()["model_info"]
+    assert info["general.architecture"] == "llama" and info["llama.context_length"] == 512, info
 
     # Kill the engine: meshd notices, restarts it, and serves again within bounded time.
     os.kill(first, signal.SIGKILL)
