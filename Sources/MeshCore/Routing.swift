@@ -103,15 +103,25 @@ public enum Router {
         if anyLoaded { candidates = candidates.filter { $0.model.loaded } }
 
         let output = Double(maxTokens ?? defaults.expectedOutputTokens)
+        // An engine not measured yet is assumed as fast as the measured candidates on average (the
+        // fixed defaults only when none is measured): a pessimistic guess would keep it unchosen,
+        // so never measured, for good (seen when its first requests failed).
+        func mean(_ values: [Double?]) -> Double? {
+            let v = values.compactMap { $0 }.filter { $0.isFinite && $0 > 0 }
+            return v.isEmpty ? nil : v.reduce(0, +) / Double(v.count)
+        }
+        let priorService = mean(candidates.map(\.engine.speeds.meanServiceSeconds)) ?? defaults.serviceSeconds
+        let priorPrefill = mean(candidates.map(\.engine.speeds.prefillTokensPerSecond)) ?? defaults.prefillTokensPerSecond
+        let priorDecode = mean(candidates.map(\.engine.speeds.decodeTokensPerSecond)) ?? defaults.decodeTokensPerSecond
         var best: (Candidate, Double, Double, Double)?
         for c in candidates {
             let e = c.engine
             // Requests that run at once: meshd's limit for the engine when set (the rest queue), else its slots.
             let slots = Double(max(1, e.load.limit ?? e.load.slots ?? 1))
-            let service = e.speeds.meanServiceSeconds ?? defaults.serviceSeconds
+            let service = e.speeds.meanServiceSeconds ?? priorService
             let wait = Double(e.load.busy) / slots * service
-            let prefill = Double(promptTokens) / (e.speeds.prefillTokensPerSecond ?? defaults.prefillTokensPerSecond)
-            let decode = operation == .embedding ? 0 : output / (e.speeds.decodeTokensPerSecond ?? defaults.decodeTokensPerSecond)
+            let prefill = Double(promptTokens) / (e.speeds.prefillTokensPerSecond ?? priorPrefill)
+            let decode = operation == .embedding ? 0 : output / (e.speeds.decodeTokensPerSecond ?? priorDecode)
             let cold = c.model.loaded ? 0 : defaults.loadFixedSeconds + Double(c.model.sizeBytes ?? 0) / defaults.loadBytesPerSecond
             let hop = c.node.isLocal ? 0 : max(c.node.hopSeconds, defaults.hopSeconds)
             let total = wait + prefill + decode + cold + hop

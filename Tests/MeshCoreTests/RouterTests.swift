@@ -126,18 +126,31 @@ func failure(_ r: Result<RouteDecision, APIError>) -> APIError? {
     }
 
     @Test func measuredSpeedsChangeTheChoice() {
-        let fastDecode = EngineSpeeds(decodeTokensPerSecond: 100)
-        #expect(chosen(route("llama3", [snapshot("default", [m]), snapshot("fast", [m], speeds: fastDecode)], maxTokens: 200)) == "fast")
-        // Slow measured decode loses to the (faster) default assumption.
-        let slow = EngineSpeeds(decodeTokensPerSecond: 5)
-        #expect(chosen(route("llama3", [snapshot("slow", [m], speeds: slow), snapshot("default", [m])])) == "default")
+        let fast = EngineSpeeds(decodeTokensPerSecond: 100)
+        let slowish = EngineSpeeds(decodeTokensPerSecond: 20)
+        #expect(chosen(route("llama3", [snapshot("slowish", [m], speeds: slowish), snapshot("fast", [m], speeds: fast)], maxTokens: 200)) == "fast")
         // A long prompt favours fast prefill; embeddings ignore decode speed entirely.
         let prefill = EngineSpeeds(prefillTokensPerSecond: 5000, decodeTokensPerSecond: 1)
-        #expect(chosen(route("llama3", [snapshot("default", [m]), snapshot("prefill", [m], speeds: prefill)], operation: .embedding, prompt: 10000)) == "prefill")
-        #expect(chosen(route("llama3", [snapshot("default", [m]), snapshot("prefill", [m], speeds: prefill)], operation: .chat, prompt: 10, maxTokens: 100)) == "default")
+        let normal = EngineSpeeds(prefillTokensPerSecond: 500, decodeTokensPerSecond: 30)
+        #expect(chosen(route("llama3", [snapshot("normal", [m], speeds: normal), snapshot("prefill", [m], speeds: prefill)], operation: .embedding, prompt: 10000)) == "prefill")
+        #expect(chosen(route("llama3", [snapshot("normal", [m], speeds: normal), snapshot("prefill", [m], speeds: prefill)], operation: .chat, prompt: 10, maxTokens: 100)) == "normal")
         // Measured service time scales the queue wait.
+        let steady = EngineSpeeds(meanServiceSeconds: 1)
         let quick = EngineSpeeds(meanServiceSeconds: 0.1)
-        #expect(chosen(route("llama3", [snapshot("a", [m], busy: 1), snapshot("b", [m], busy: 3, speeds: quick)])) == "b")
+        #expect(chosen(route("llama3", [snapshot("a", [m], busy: 1, speeds: steady), snapshot("b", [m], busy: 3, speeds: quick)])) == "b")
+    }
+
+    @Test func anEngineNotMeasuredYetIsAssumedLikeTheMeasuredOnes() {
+        // b is measured fast but busy; a has never been measured (its first requests failed, say).
+        // With the fixed 30 tokens/s default a would look 8 s away and never be tried again.
+        let measured = EngineSpeeds(decodeTokensPerSecond: 400, meanServiceSeconds: 0.7)
+        #expect(chosen(route("llama3", [snapshot("b", [m], busy: 2, speeds: measured), snapshot("a", [m])])) == "a")
+        // Measured slower than the others, it does lose.
+        let slow = EngineSpeeds(decodeTokensPerSecond: 5)
+        #expect(chosen(route("llama3", [snapshot("slow", [m], speeds: slow), snapshot("unmeasured", [m]),
+                                        snapshot("fast", [m], speeds: EngineSpeeds(decodeTokensPerSecond: 200))])) != "slow")
+        // Nothing measured at all: the defaults, and the first candidate on a tie.
+        #expect(chosen(route("llama3", [snapshot("x", [m]), snapshot("y", [m])])) == "x")
     }
 
     @Test func coldLoadCostsBySize() {
