@@ -205,6 +205,8 @@ final class CurlLoopRunner {
     private let epollFD: Int32
     /// When curl wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`; nil: no timer.
     private var curlTimer: ContinuousClock.Instant?
+    /// Counts timer callbacks, to tell whether curl set a new timer during a call.
+    private var timerCalls = 0
     /// No transfer's own deadline (first byte, idle) falls before this: the scan over all transfers
     /// runs only then (deadlines move later with activity, never earlier, except on add or resume).
     private var nextDeadlineScan: ContinuousClock.Instant
@@ -241,13 +243,23 @@ final class CurlLoopRunner {
 
             if let t = curlTimer, t <= clock.now {
                 curlTimer = nil
+                let calls = timerCalls
                 action(CURL_SOCKET_TIMEOUT, 0)
+                // curl calls the timer callback only when its earliest expiry changes. When we came
+                // a little early (its timeouts are whole milliseconds), nothing expired and it said
+                // nothing: without this, that transfer would wait for the next socket event.
+                if timerCalls == calls { curlTimer = clock.now + .milliseconds(1) }
             }
             drainMessages()
             enforceDeadlines()
 
             let n = events.withUnsafeMutableBufferPointer { buf in
                 epoll_wait(epollFD, buf.baseAddress, Int32(Self.maxEvents), Int32(pollTimeoutMilliseconds()))
+            }
+            if n == 0 && curlTimer == nil {
+                // Nothing happened for a whole poll period: let curl run its timers anyway.
+                action(CURL_SOCKET_TIMEOUT, 0)
+                drainMessages()
             }
             if n > 0 {
                 for i in 0..<Int(n) {
@@ -311,6 +323,7 @@ final class CurlLoopRunner {
 
     /// curl's timer callback: call `socket_action(CURL_SOCKET_TIMEOUT)` in `ms` (-1: never).
     fileprivate func timerChanged(_ ms: Int) {
+        timerCalls &+= 1
         curlTimer = ms < 0 ? nil : clock.now + .milliseconds(ms)
     }
 
