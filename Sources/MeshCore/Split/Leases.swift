@@ -26,16 +26,18 @@ public struct LeaseRequest: Sendable, Hashable, Codable {
     }
 }
 
-/// A lease a worker holds.
+/// A lease a worker holds: the terms it was asked for, and its time.
 public struct Lease: Sendable, Hashable, Codable {
-    public var split: String
-    public var head: String
-    public var model: String
-    public var bytes: Int64
-    public var build: String
-    public var ttlSeconds: Int
+    public var terms: LeaseRequest
     public var grantedNanos: UInt64
     public var expiresNanos: UInt64
+
+    public var split: String { terms.split }
+    public var head: String { terms.head }
+    public var model: String { terms.model }
+    public var bytes: Int64 { terms.bytes }
+    public var build: String { terms.build }
+    public var ttlSeconds: Int { terms.ttlSeconds }
 
     public func secondsLeft(now: UInt64) -> Double { now >= expiresNanos ? 0 : Double(expiresNanos - now) / 1e9 }
 }
@@ -88,7 +90,7 @@ public struct LeaseTable: Sendable {
             guard held.head == r.head, held.model == r.model, held.bytes == r.bytes else {
                 return .failure(LeaseError(.invalid, "split \(r.split) is leased with other terms (head \(held.head), model \(held.model), \(held.bytes) bytes)"))
             }
-            held.ttlSeconds = r.ttlSeconds
+            held.terms.ttlSeconds = r.ttlSeconds
             held.expiresNanos = now + UInt64(r.ttlSeconds) * 1_000_000_000
             leases[r.split] = held
             return .success(held)
@@ -99,8 +101,7 @@ public struct LeaseTable: Sendable {
         guard r.bytes <= offerBytes else {
             return .failure(LeaseError(.tooLarge, "\(r.bytes) bytes asked, this node offers \(offerBytes)"))
         }
-        let lease = Lease(split: r.split, head: r.head, model: r.model, bytes: r.bytes, build: r.build, ttlSeconds: r.ttlSeconds,
-                          grantedNanos: now, expiresNanos: now + UInt64(r.ttlSeconds) * 1_000_000_000)
+        let lease = Lease(terms: r, grantedNanos: now, expiresNanos: now + UInt64(r.ttlSeconds) * 1_000_000_000)
         leases[r.split] = lease
         return .success(lease)
     }
