@@ -32,7 +32,6 @@ public struct EngineRequestOutcome: Sendable, Hashable {
     public static let failed = EngineRequestOutcome(succeeded: false)
 }
 
-
 /// All engines of the node: polls them, caches their latest state, and keeps meshd's own in-flight
 /// counts and measured speeds. `snapshot()` never does I/O.
 ///
@@ -371,11 +370,10 @@ public final class EngineRegistry: Sendable {
     public func acquire(_ engineID: String) async -> EngineAdmission {
         enum First { case admitted(AsyncStream<Void>.Continuation?), wait(UInt64) }
         let first: First = state.withLock { s in
-            guard var e = s.engines[engineID] else { return .admitted(nil) }
-            if e.waiters.isEmpty, Self.limit(e).map({ e.open < $0 }) ?? true {
-                e.open += 1
-                s.engines[engineID] = e
-                return .admitted(s.loadWatcher)
+            switch Self.takePlace(&s, engineID) {
+            case nil: return .admitted(nil)
+            case true?: return .admitted(s.loadWatcher)
+            case false?: break
             }
             let t = s.nextTicket
             s.nextTicket &+= 1
@@ -395,16 +393,14 @@ public final class EngineRegistry: Sendable {
                 let now: (EngineAdmission?, AsyncStream<Void>.Continuation?) = state.withLock { s in
                     s.undecided.remove(ticket)
                     if s.cancelledTickets.remove(ticket) != nil { return (.cancelled, nil) }
-                    guard var e = s.engines[engineID] else { return (.admitted, nil) }
                     if s.shutDown { return (.unavailable("node is shutting down"), nil) }
-                    if e.waiters.isEmpty, Self.limit(e).map({ e.open < $0 }) ?? true {
-                        e.open += 1
-                        s.engines[engineID] = e
-                        return (.admitted, s.loadWatcher)
+                    switch Self.takePlace(&s, engineID) {
+                    case nil: return (.admitted, nil)
+                    case true?: return (.admitted, s.loadWatcher)
+                    case false?:
+                        s.engines[engineID]!.waiters.append(Waiter(ticket: ticket, continuation: c))
+                        return (nil, s.loadWatcher)
                     }
-                    e.waiters.append(Waiter(ticket: ticket, continuation: c))
-                    s.engines[engineID] = e
-                    return (nil, s.loadWatcher)
                 }
                 now.1?.yield()
                 if let r = now.0 { c.resume(returning: r) }
@@ -421,6 +417,15 @@ public final class EngineRegistry: Sendable {
             watcher?.yield()
             found?.continuation.resume(returning: .cancelled)
         }
+    }
+
+    /// Takes a place on `engineID` when nobody waits before us and its limit allows (true); false:
+    /// wait; nil: no such engine (admitted without counting).
+    private static func takePlace(_ s: inout State, _ engineID: String) -> Bool? {
+        guard let e = s.engines[engineID] else { return nil }
+        guard e.waiters.isEmpty, limit(e).map({ e.open < $0 }) ?? true else { return false }
+        s.engines[engineID]!.open += 1
+        return true
     }
 
     /// Moves waiters of `engineID` into open places while its limit allows; returns them to resume

@@ -97,7 +97,7 @@ public final class MeshdNode: Service, Sendable {
         self.gateway = gateway
         let llama = LlamaInfo()
         self.llama = llama
-        let configuredLlama = config.effectiveEngines.first { $0.kind == .llamaCpp }?.binary
+        let configuredLlama = config.llamaServerBinary
         let hardwareMonitor = hardware
         let offerCap = config.hardware.offerBytes
         splitWorker = SplitWorker(settings: config.split, clock: clock, llama: { llama.value },
@@ -194,7 +194,7 @@ public final class MeshdNode: Service, Sendable {
         await engines.start()
         // Which llama.cpp this node could head or serve a split with: advertised in its state once
         // known (in the background: a slow or hanging binary must not delay serving).
-        let configured = config.effectiveEngines.first { $0.kind == .llamaCpp }?.binary
+        let configured = config.llamaServerBinary
         Task { [llama, logger, mesh] in
             guard let advert = await LlamaToolchain.detect(llamaServer: configured) else { return }
             llama.set(advert)
@@ -417,4 +417,10 @@ final class LlamaInfo: Sendable {
     private let advert = Mutex<LlamaAdvert?>(nil)
     var value: LlamaAdvert? { advert.withLock { $0 } }
     func set(_ a: LlamaAdvert?) { advert.withLock { $0 = a } }
+}
+
+extension MeshdConfig {
+    /// The llama-server binary of the first managed `llama.cpp` engine entry, if it names one
+    /// (else meshd looks on PATH and in its cache): the build splits are checked against.
+    var llamaServerBinary: String? { effectiveEngines.first { $0.kind == .llamaCpp }?.binary }
 }

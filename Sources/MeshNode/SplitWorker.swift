@@ -52,13 +52,13 @@ public final class SplitWorker: Sendable {
     /// Grants (starting its rpc-server) or renews a lease.
     public func lease(_ r: LeaseRequest) async -> Result<Granted, LeaseError> {
         let advert = llama()
-        let hasBinary = rpcBinary() != nil
+        let binary = rpcBinary()
         enum Step { case done(Result<Granted, LeaseError>), start(Lease) }
         let step: Step = state.withLock { s in
             if s.shutDown { return .done(.failure(LeaseError(.disabled, "this node is shutting down"))) }
             let wasHeld = s.table.leases[r.split] != nil
             switch s.table.request(r, now: clock.nowNanos(), enabled: settings.enabled, build: advert?.build,
-                                   rpcServer: (advert?.rpcServer ?? false) && hasBinary, offerBytes: offerBytes()) {
+                                   rpcServer: (advert?.rpcServer ?? false) && binary != nil, offerBytes: offerBytes()) {
             case .failure(let e):
                 return .done(.failure(e))
             case .success(let lease):
@@ -76,7 +76,7 @@ public final class SplitWorker: Sendable {
         case .start(let l): lease = l
         }
         do {
-            guard let binary = rpcBinary() else { throw RPCServerError("no rpc-server binary") }
+            guard let binary else { throw RPCServerError("no rpc-server binary") }
             let server = try await RPCServerProcess.start(binary: binary, cacheDirectory: cacheDirectory, logger: logger)
             let keep = state.withLock { s -> Bool in
                 s.starting.remove(r.split)
