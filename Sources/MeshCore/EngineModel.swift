@@ -35,6 +35,9 @@ public struct ModelInfo: Sendable, Hashable, Codable {
     public var quantization: String?
     /// Whether the engine can embed with it, when known.
     public var embeddings: Bool?
+    /// Served by a split of meshd's across nodes (llama.cpp RPC): true both while the split runs
+    /// and while it waits for a first request to be planned and started (then `loaded` is false).
+    public var split: Bool? = nil
 
     public init(name: String, loaded: Bool, sizeBytes: Int64? = nil, vramBytes: Int64? = nil,
                 contextLength: Int? = nil, family: String? = nil, parameterSize: String? = nil,

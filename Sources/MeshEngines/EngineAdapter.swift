@@ -20,12 +20,16 @@ public protocol EngineAdapter: Sendable {
     func start() async
     /// Stops whatever the adapter runs itself.
     func stop() async
+    /// Makes the engine ready for a request that was just admitted (a split starts on its first
+    /// request); returns why it cannot serve, nil when it can.
+    func prepare() async -> String?
 }
 
 extension EngineAdapter {
     public var requestHeaders: [(String, String)] { [] }
     public func start() async {}
     public func stop() async {}
+    public func prepare() async -> String? { nil }
 }
 
 /// A parsed engine base URL.

@@ -349,6 +349,20 @@ public final class EngineRegistry: Sendable {
         adapter(engineID)?.requestHeaders ?? []
     }
 
+    /// Makes an admitted request's engine ready (a split starts on its first request): the engine's
+    /// base URL now, or why it cannot serve. The engine is polled again after a start, so its state
+    /// (models, load) is current for the next routing decision.
+    public func prepare(_ engineID: String) async -> Result<String, DetailError> {
+        guard let a = adapter(engineID) else { return .failure(DetailError("no engine \(engineID)")) }
+        let before = a.baseURL
+        if let why = await a.prepare() { return .failure(DetailError(why)) }
+        if a.baseURL != before { await pollOnce(a) }
+        return .success(a.baseURL)
+    }
+
+    /// Managed `llama.cpp` engines, for the node to wire splits into (before `start()`).
+    public var managedLlamaEngines: [ManagedLlamaCppEngine] { adapters.compactMap { $0 as? ManagedLlamaCppEngine } }
+
     /// A request is being sent to the engine now, whatever its limit (``acquire(_:)`` waits for a place).
     public func beginRequest(_ engineID: String) {
         let w = state.withLock { s in

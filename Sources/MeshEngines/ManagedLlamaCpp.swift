@@ -44,6 +44,9 @@ public struct ManagedEngineStatus: Sendable, Hashable {
         case restarting
         /// `stop()` was called.
         case stopped
+        /// The model does not fit this node: it is split across nodes, planned and started when a
+        /// request first asks for it (and again after a split ends).
+        case awaitingSplit
     }
 
     public var phase: Phase = .idle
@@ -89,6 +92,12 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var lastStderr: String?
         /// The model file's GGUF metadata and size, read once (nil: not read yet).
         var gguf: GGUFFacts?
+        /// Splits across nodes, when meshd can (a mesh, `split.enabled`).
+        var splitter: (any SplitLaunching)?
+        /// The split starting now: requests that arrive meanwhile wait for the same one.
+        var splitStart: Task<Void, any Error>?
+        /// The split running now.
+        var split: SplitLaunch?
     }
 
     /// What the model file says of itself, for `/api/show` and split planning.
@@ -96,6 +105,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var architecture: String?
         var contextLength: Int?
         var fileBytes: Int64?
+        /// KV cache bytes per token of context (f16).
+        var kvBytesPerToken: Int64?
     }
 
     /// - Parameter id: defaults to `llama.cpp:ALIAS`.
@@ -125,7 +136,43 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
 
     // MARK: lifecycle
 
+    /// Lets the engine split its model across nodes when it does not fit this one (call before `start()`).
+    public func setSplitLauncher(_ launcher: any SplitLaunching) {
+        state.withLock { $0.splitter = launcher }
+    }
+
+    /// The model as split planning sees it: the file's bytes, the KV cache of the context it is run
+    /// with (`-c`/`--ctx-size` in `args`, else the model's own), its `split:` policy.
+    public var splitModel: SplitModel? {
+        let facts = ggufFacts()
+        guard let weights = facts.fileBytes else { return nil }
+        let ctx = Self.contextArgument(config.args) ?? facts.contextLength ?? 4096
+        let kv = facts.kvBytesPerToken.map { $0 * Int64(max(ctx, 1)) } ?? 0
+        return SplitModel(name: alias, weightsBytes: weights, kvBytes: kv, policy: config.split)
+    }
+
+    /// `-c N` / `--ctx-size N` / `--ctx-size=N` (0 means the model's own).
+    static func contextArgument(_ args: [String]) -> Int? {
+        var value: String?
+        for (i, a) in args.enumerated() {
+            if (a == "-c" || a == "--ctx-size"), i + 1 < args.count { value = args[i + 1] }
+            else if a.hasPrefix("--ctx-size=") { value = String(a.dropFirst("--ctx-size=".count)) }
+        }
+        return value.flatMap { Int($0) }.flatMap { $0 > 0 ? $0 : nil }
+    }
+
     public func start() async {
+        // A model this node cannot hold waits for a request, then runs as a split.
+        if let splitter = state.withLock({ $0.splitter }), let model = splitModel,
+           let reason = splitter.splitReason(engineID: id, model: model) {
+            state.withLock { s in
+                guard s.task == nil, !s.stopping else { return }
+                s.status.phase = .awaitingSplit
+                s.status.detail = reason
+            }
+            logger.notice("model does not fit this node: it will be split across nodes on its first request", metadata: ["reason": "\(reason)"])
+            return
+        }
         state.withLock { s in
             guard s.task == nil, !s.stopping else { return }
             s.status.phase = .starting
@@ -135,16 +182,18 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     }
 
     public func stop() async {
-        let (task, child): (Task<Void, Never>?, ChildProcess?) = state.withLock { s in
+        let (task, child, splitStart): (Task<Void, Never>?, ChildProcess?, Task<Void, any Error>?) = state.withLock { s in
             s.stopping = true
             s.status.phase = .stopped
             s.status.detail = "stopped"
             s.status.nextRestartDelay = nil
-            return (s.task, s.child)
+            return (s.task, s.child, s.splitStart)
         }
         task?.cancel()
+        splitStart?.cancel()
         if let child { await terminate(child) }
         await task?.value
+        _ = try? await splitStart?.value
         state.withLock { s in
             s.child = nil
             s.status.pid = nil
@@ -196,21 +245,47 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
 
     /// Starts one process and returns once it is gone (or could not be started).
     private func runOnce() async -> RunOutcome {
+        switch await launch(extraArguments: []) {
+        case .failed(let outcome):
+            return outcome
+        case .healthy(let child, let healthySince):
+            let exit = await child.waitForExit()
+            return exited(exit, reason: nil, healthySince: healthySince)
+        }
+    }
+
+    private enum Launched {
+        case healthy(ChildProcess, since: ContinuousClock.Instant)
+        case failed(RunOutcome)
+    }
+
+    private func exited(_ exit: ProcessExit, reason: String?, healthySince: ContinuousClock.Instant?) -> RunOutcome {
+        let lastLine: String? = state.withLock { s in
+            s.status.lastExit = exit
+            return s.lastStderr
+        }
+        return RunOutcome(reason: reason ?? "llama-server \(exit)", lastLine: lastLine,
+                          ranHealthy: healthySince.map { ContinuousClock.now - $0 })
+    }
+
+    /// Starts llama-server (with `extraArguments` after the configured ones) and waits until it
+    /// answers `/health`; a process that dies or does not become healthy in time is a failure.
+    private func launch(extraArguments: [String]) async -> Launched {
         guard let model = config.model, !model.isEmpty else {
-            return RunOutcome(reason: "no model configured for the managed llama.cpp engine")
+            return .failed(RunOutcome(reason: "no model configured for the managed llama.cpp engine"))
         }
         guard access(model, R_OK) == 0 else {
-            return RunOutcome(reason: "model file \(model) not found or not readable")
+            return .failed(RunOutcome(reason: "model file \(model) not found or not readable"))
         }
         let binary: String
         switch Self.resolveBinary(config.binary) {
         case .success(let b): binary = b
-        case .failure(let e): return RunOutcome(reason: e.message)
+        case .failure(let e): return .failed(RunOutcome(reason: e.message))
         }
         let port: Int
-        do { port = try freeLoopbackPort() } catch { return RunOutcome(reason: "cannot find a free port: \(error)") }
+        do { port = try freeLoopbackPort() } catch { return .failed(RunOutcome(reason: "cannot find a free port: \(error)")) }
         let url = "http://127.0.0.1:\(port)"
-        let args = ["-m", model, "--host", "127.0.0.1", "--port", "\(port)", "--alias", alias] + config.args
+        let args = ["-m", model, "--host", "127.0.0.1", "--port", "\(port)", "--alias", alias] + config.args + extraArguments
 
         state.withLock { s in s.lastStderr = nil }
         let child: ChildProcess
@@ -219,7 +294,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
                 executable: binary, arguments: args,
                 onLine: { [self] line, isStderr in self.record(line, isStderr: isStderr) })
         } catch {
-            return RunOutcome(reason: "cannot start llama-server: \(error)")
+            return .failed(RunOutcome(reason: "cannot start llama-server: \(error)"))
         }
         let accepted: Bool = state.withLock { s in
             guard !s.stopping else { return false }
@@ -235,7 +310,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         }
         guard accepted else {
             await terminate(child)
-            return RunOutcome(reason: "stopped")
+            return .failed(RunOutcome(reason: "stopped"))
         }
         inner.setBaseURL(url)
         logger.info("started llama-server", metadata: ["pid": "\(child.pid)", "port": "\(port)", "binary": "\(binary)"])
@@ -251,10 +326,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
             if ContinuousClock.now - startedAt >= options.startupTimeout { break }
             try? await Task.sleep(for: options.healthPollInterval)
         }
-        var healthySince: ContinuousClock.Instant?
-        var reason: String?
-        if healthy {
-            healthySince = .now
+        if healthy && child.exitStatus == nil {
             let took = ContinuousClock.now - startedAt
             state.withLock { s in
                 guard !s.stopping else { return }
@@ -262,19 +334,104 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
                 s.status.detail = nil
             }
             logger.info("llama-server is healthy", metadata: ["after": "\(formatSeconds(took))", "url": "\(url)"])
-        } else if child.exitStatus == nil && !isStopping {
+            return .healthy(child, since: .now)
+        }
+        var reason: String?
+        if child.exitStatus == nil && !isStopping {
             reason = "llama-server did not become healthy within \(formatSeconds(options.startupTimeout))"
             logger.warning("\(reason!); stopping it")
-            await terminate(child)
         }
-        let exit = await child.waitForExit()
-        let lastLine: String? = state.withLock { s in
-            s.status.lastExit = exit
-            return s.lastStderr
-        }
-        return RunOutcome(reason: reason ?? "llama-server \(exit)", lastLine: lastLine,
-                          ranHealthy: healthySince.map { ContinuousClock.now - $0 })
+        await terminate(child)
+        return .failed(exited(await child.waitForExit(), reason: reason, healthySince: nil))
     }
+
+    // MARK: splits
+
+    /// Makes the engine ready for a request: a model that is split starts its split on the first
+    /// request (later ones wait for the same start). Returns why it cannot serve, nil when it can.
+    public func prepare() async -> String? {
+        let step = state.withLock { s -> (task: Task<Void, any Error>?, refusal: String?) in
+            if let t = s.splitStart { return (t, nil) }
+            guard s.status.phase == .awaitingSplit else { return (nil, nil) }
+            guard let splitter = s.splitter, !s.stopping else { return (nil, "llama-server is not running") }
+            s.status.detail = "starting a split across nodes"
+            let t = Task { try await self.startSplit(splitter) }
+            s.splitStart = t
+            return (t, nil)
+        }
+        if let refusal = step.refusal { return refusal }
+        guard let task = step.task else { return nil }
+        do {
+            try await task.value
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    /// Plans and starts a split, and watches it until it ends (then the next request plans again).
+    private func startSplit(_ splitter: any SplitLaunching) async throws {
+        defer { state.withLock { $0.splitStart = nil } }
+        guard let model = splitModel else { throw SplitUnavailable("cannot read the model file \(config.model ?? "")") }
+        let split: SplitLaunch
+        do {
+            split = try await splitter.prepareSplit(engineID: id, model: model)
+        } catch {
+            state.withLock { s in if s.status.phase == .awaitingSplit { s.status.detail = "no split now: \(error)" } }
+            throw error
+        }
+        logger.notice("starting a split", metadata: ["split": "\(split.id)", "arguments": "\(split.arguments.joined(separator: " "))"])
+        switch await launch(extraArguments: split.arguments) {
+        case .failed(let outcome):
+            let why = outcome.reason + (outcome.lastLine.map { " (last output: \($0))" } ?? "")
+            state.withLock { s in
+                s.child = nil
+                s.status.pid = nil
+                if !s.stopping {
+                    s.status.phase = .awaitingSplit
+                    s.status.detail = "the split did not start: \(why); planned again on the next request"
+                }
+            }
+            await splitter.splitEnded(split, failure: why)
+            throw SplitUnavailable("the split of \(alias) did not start: \(why)")
+        case .healthy(let child, let since):
+            state.withLock { $0.split = split }
+            await splitter.splitServing(split)
+            Task {
+                let exit = await child.waitForExit()
+                let outcome = self.exited(exit, reason: nil, healthySince: since)
+                let stopping = state.withLock { s -> Bool in
+                    s.split = nil
+                    s.child = nil
+                    s.status.pid = nil
+                    if !s.stopping {
+                        s.status.phase = .awaitingSplit
+                        s.status.detail = "the split ended (\(outcome.reason)); planned again on the next request"
+                    }
+                    return s.stopping
+                }
+                let why = outcome.reason + (outcome.lastLine.map { " (last output: \($0))" } ?? "")
+                if !stopping { self.logger.warning("split ended", metadata: ["split": "\(split.id)", "why": "\(why)"]) }
+                await splitter.splitEnded(split, failure: stopping ? nil : why)
+            }
+        }
+    }
+
+    /// Ends the running split now (a worker failed or went silent: llama-server would abort or
+    /// hang): SIGKILL its llama-server; the watcher then reports the end and the next request plans again.
+    public func abortSplit(_ reason: String) {
+        let child = state.withLock { s -> ChildProcess? in
+            guard s.split != nil else { return nil }
+            s.lastStderr = reason
+            return s.child
+        }
+        guard let child else { return }
+        logger.warning("stopping the split's llama-server", metadata: ["why": "\(reason)"])
+        child.signal(SIGKILL)
+    }
+
+    /// The split this engine runs now, if any.
+    public var runningSplit: SplitLaunch? { state.withLock { $0.split } }
 
     private func record(_ line: String, isStderr: Bool) {
         output.withLock { $0.append(isStderr ? "[stderr] " + line : line) }
@@ -287,7 +444,15 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     // MARK: polling
 
     public func refresh() async -> EngineSnapshot {
-        let (status, url) = state.withLock { ($0.status, $0.url) }
+        let (status, url, split) = state.withLock { ($0.status, $0.url, $0.split) }
+        if status.phase == .awaitingSplit || (status.phase == .starting && split == nil && state.withLock({ $0.splitStart != nil })) {
+            // Servable: the first request plans and starts the split (a cold load, for routing).
+            let facts = ggufFacts()
+            var m = ModelInfo(name: alias, loaded: false, sizeBytes: facts.fileBytes, contextLength: facts.contextLength,
+                              family: facts.architecture)
+            m.split = true
+            return EngineSnapshot(id: id, kind: kind, url: "", healthy: true, healthDetail: status.detail, models: [m])
+        }
         guard status.phase == .running else {
             return EngineSnapshot(id: id, kind: kind, url: url, healthy: false,
                                   healthDetail: status.detail ?? "llama-server is not running")
@@ -301,6 +466,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
             if snap.models[i].family == nil { snap.models[i].family = facts.architecture }
             if snap.models[i].sizeBytes == nil { snap.models[i].sizeBytes = facts.fileBytes }
             if snap.models[i].contextLength == nil { snap.models[i].contextLength = facts.contextLength }
+            if split != nil { snap.models[i].split = true }
         }
         if !snap.healthy, let d = snap.healthDetail { snap.healthDetail = "llama-server: \(d)" }
         // A process that died after the poll began is reported as such.
@@ -318,7 +484,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         if let known = state.withLock({ $0.gguf }) { return known }
         var facts = GGUFFacts()
         if let path = config.model, let (m, size) = try? GGUFFile.read(path: path) {
-            facts = GGUFFacts(architecture: m.architecture, contextLength: m.contextLength, fileBytes: size)
+            facts = GGUFFacts(architecture: m.architecture, contextLength: m.contextLength, fileBytes: size,
+                              kvBytesPerToken: m.kvBytesPerToken)
         }
         state.withLock { $0.gguf = facts }
         return facts

@@ -249,8 +249,8 @@ public final class OpenAIAdapter: EngineAdapter {
 }
 
 /// An error that is just a message for a health detail.
-struct DetailError: Error, Sendable, Hashable, CustomStringConvertible {
-    var message: String
-    init(_ m: String) { message = m }
-    var description: String { message }
+public struct DetailError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var message: String
+    public init(_ m: String) { message = m }
+    public var description: String { message }
 }

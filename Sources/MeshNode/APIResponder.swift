@@ -18,9 +18,12 @@ public struct APIResponder: HTTPResponder {
     let nodeName: String
     /// The client HTTP server's connection counters, once it exists.
     let connections: HTTPConnectionStats?
+    /// Extra `/metrics` text (splits), rendered at scrape time.
+    let extraMetrics: @Sendable () -> String
 
     public init(nodeName: String, proxy: InferenceProxy, engines: any EngineDirectory, metrics: NodeMetrics, apiKeys: [String], clock: any WallClock,
-                connections: HTTPConnectionStats? = nil) {
+                connections: HTTPConnectionStats? = nil, extraMetrics: @escaping @Sendable () -> String = { "" }) {
+        self.extraMetrics = extraMetrics
         self.nodeName = nodeName
         self.proxy = proxy
         self.engines = engines
@@ -102,6 +105,7 @@ public struct APIResponder: HTTPResponder {
         case .metrics:
             var body = metrics.render()
             body += Array(EngineLoadMetrics.render(engines.snapshot()).utf8)
+            body += Array(extraMetrics().utf8)
             if let mesh = proxy.mesh {
                 body += Array("""
                 # HELP meshd_mesh_peers Live mesh peers.

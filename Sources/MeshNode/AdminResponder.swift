@@ -1,5 +1,6 @@
 import Foundation
 import MeshCore
+import MeshEngines
 import MeshHardware
 import MeshHTTPServer
 import MeshNet
@@ -28,11 +29,18 @@ struct AdminResponder: HTTPResponder {
     let llama: @Sendable () -> LlamaAdvert?
     /// Leases granted to heads of splits.
     let splitWorker: SplitWorker?
+    /// Splits this node heads.
+    let splitHead: SplitHead?
+    /// This node's managed llama.cpp engines (their split state).
+    let managedLlama: [ManagedLlamaCppEngine]
 
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
          draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, hardware: HardwareMonitor,
          discovery: DiscoveryAgent? = nil, mdnsEnabled: Bool = false, gateway: Gateway? = nil,
-         llama: @escaping @Sendable () -> LlamaAdvert? = { nil }, splitWorker: SplitWorker? = nil) {
+         llama: @escaping @Sendable () -> LlamaAdvert? = { nil }, splitWorker: SplitWorker? = nil, splitHead: SplitHead? = nil,
+         managedLlama: [ManagedLlamaCppEngine] = []) {
+        self.splitHead = splitHead
+        self.managedLlama = managedLlama
         self.llama = llama
         self.splitWorker = splitWorker
         self.gateway = gateway
@@ -91,7 +99,11 @@ struct AdminResponder: HTTPResponder {
         case "/v1/engines":
             return .json(.ok, .array(snap.map(Self.engineJSON)))
         case "/v1/splits":
-            return .json(.ok, splitWorker?.statusJSON() ?? ["leases": []])
+            var out = splitWorker?.statusJSON() ?? ["leases": []]
+            let speeds = Dictionary(snap.map { ($0.id, $0.speeds.decodeTokensPerSecond) }, uniquingKeysWith: { a, _ in a })
+            out = out.setting("heads", .array(splitHead?.statusJSON(decodeSpeed: { speeds[$0] ?? nil }) ?? []))
+            if let splitHead { out = out.setting("head_stats", splitHead.backoffJSON()) }
+            return .json(.ok, out)
         case "/v1/models":
             // Every model of the mesh, with the nodes and engines that have it (local first).
             var byName: [String: (ModelInfo, [String], [String])] = [:]
@@ -132,9 +144,11 @@ struct AdminResponder: HTTPResponder {
             }
             switch routed {
             case .success(let d):
-                return .json(.ok, ["model": .string(model), "node": .string(d.nodeID ?? nodeName), "engine": .string(d.engineID),
-                                   "engine_model": .string(d.engineModel), "loaded": .bool(d.loaded),
-                                   "expected_seconds": .number(d.expectedSeconds), "reason": .string(d.reason)])
+                var out: JSON = ["model": .string(model), "node": .string(d.nodeID ?? nodeName), "engine": .string(d.engineID),
+                                 "engine_model": .string(d.engineModel), "loaded": .bool(d.loaded),
+                                 "expected_seconds": .number(d.expectedSeconds), "reason": .string(d.reason)]
+                if let split = splitExplanation(d) { out = out.setting("split", .string(split)) }
+                return .json(.ok, out)
             case .failure(let e):
                 return .json(HTTPResponseStatus(statusCode: e.status), ["model": .string(model), "error": .string(e.message)])
             }
@@ -210,7 +224,7 @@ struct AdminResponder: HTTPResponder {
         let hw = hardware.latest
         var own = NodeState(id: nodeName, name: nodeName, meshEndpoint: ownMesh, httpEndpoint: httpListen, engines: snap)
         own.apply(hw)
-        own.llama = llama()
+        own.llama = mesh?.localState().llama ?? llama()
         var local = nodeJSON(own, state: draining.value ? "draining" : "up", local: true)
         local = local.setting("devices", .array(hw.devices.map(Self.deviceJSON)))
         var out: [JSON] = [local]
@@ -226,6 +240,25 @@ struct AdminResponder: HTTPResponder {
         return out
     }
 
+    /// Why the chosen engine's model is split or not, for `meshctl route`: the planner's reason for
+    /// a managed llama.cpp model of this node; the head's name for a peer's split.
+    func splitExplanation(_ d: RouteDecision) -> String? {
+        if d.isLocal || d.nodeID == nil || d.nodeID == nodeName {
+            guard let splitHead, let engine = managedLlama.first(where: { $0.id == d.engineID }) else { return nil }
+            if let running = engine.runningSplit { return "split running: " + running.plan.reason }
+            guard let model = engine.splitModel else { return nil }
+            if engine.status.phase != .awaitingSplit {
+                if model.policy == .never { return "not split: its engine entry says split: never" }
+                return "not split: '\(model.name)' fits \(nodeName) and runs whole there"
+            }
+            return splitHead.plan(model).reason
+        }
+        let peer = mesh?.peers().first { $0.state.id == d.nodeID }
+        let m = peer?.state.engines.first { $0.id == d.engineID }?.models.first { $0.name == d.engineModel }
+        guard m?.split == true else { return nil }
+        return "split across nodes, headed by \(d.nodeID ?? "?") (meshctl route there shows the plan)"
+    }
+
     /// One node in the `meshctl nodes --json` shape; RAM is null for peers that do not send it.
     func nodeJSON(_ st: NodeState, state: String, local: Bool) -> JSON {
         [
@@ -235,6 +268,9 @@ struct AdminResponder: HTTPResponder {
             "ram_total_bytes": st.ramTotalBytes.map(JSON.int) ?? .null, "ram_free_bytes": st.ramFreeBytes.map(JSON.int) ?? .null,
             "in_flight": .integer(st.inFlight),
             "llama_build": st.llama.map { .string($0.build) } ?? .null, "rpc_server": .bool(st.llama?.rpcServer ?? false),
+            "offer_bytes": st.llama?.offerBytes.map(JSON.int) ?? .null, "leased_bytes": .int(st.llama?.leasedBytes ?? 0),
+            "leased_to": st.llama?.leasedTo.map(JSON.string) ?? .null,
+            "heads": .array((st.llama?.heads ?? []).map(JSON.string)),
         ]
     }
 

@@ -42,3 +42,27 @@ enum EngineLoadMetrics {
         return out
     }
 }
+
+/// Split counters and speeds for `/metrics` (issue 13), read at scrape time.
+enum SplitMetrics {
+    static func render(_ head: SplitHead, engines: [EngineSnapshot]) -> String {
+        let (started, failed) = head.counts
+        var out = """
+        # HELP meshd_splits_started_total Splits this node headed that came to serve.
+        # TYPE meshd_splits_started_total counter
+        meshd_splits_started_total \(started)
+        # HELP meshd_splits_failed_total Splits this node headed that failed (a worker died or went silent, or the split did not start).
+        # TYPE meshd_splits_failed_total counter
+        meshd_splits_failed_total \(failed)
+        # HELP meshd_split_tokens_per_second Measured decode speed of each split this node heads.
+        # TYPE meshd_split_tokens_per_second gauge
+
+        """
+        let speeds = Dictionary(engines.map { ($0.id, $0.speeds.decodeTokensPerSecond) }, uniquingKeysWith: { a, _ in a })
+        for (split, model, engine) in head.runningSplits {
+            guard let tps = speeds[engine] ?? nil else { continue }
+            out += "meshd_split_tokens_per_second{split=\"\(EngineLoadMetrics.label(split))\",model=\"\(EngineLoadMetrics.label(model))\"} \(tps)\n"
+        }
+        return out
+    }
+}

@@ -1,5 +1,6 @@
 import Logging
 import MeshCore
+import MeshEngines
 import MeshHTTPClient
 import MeshHTTPServer
 import MeshNet
@@ -22,6 +23,9 @@ public protocol EngineDirectory: Sendable {
                          overloaded: Bool)
     /// A request could not reach the engine: take it out of rotation until the next poll says otherwise.
     func engineUnreachable(engineID: String, reason: String)
+    /// Makes an admitted request's engine ready (a split starts on its first request): its base
+    /// URL now, or why it cannot serve (the request then goes to the next candidate).
+    func prepare(engineID: String) async -> Result<String, DetailError>
 }
 
 /// Serves inference routes: parse, route, translate, relay. Same-dialect bodies and streams are
@@ -261,7 +265,7 @@ public struct InferenceProxy: Sendable {
         let ctx = ResponseContext(request: req, engine: er, id: Self.newID(req.route), startNanos: startNanos)
         var headers: [(String, String)] = [("Content-Type", "application/json"), ("Accept", er.stream ? "text/event-stream, application/x-ndjson" : "application/json")]
         headers += engines.requestHeaders(engineID: engine.id)
-        let httpReq = HTTPClientRequest(method: "POST", url: Self.join(engine.url, er.path), headers: headers,
+        var httpReq = HTTPClientRequest(method: "POST", url: Self.join(engine.url, er.path), headers: headers,
                                         body: er.isClientBody ? clientBody : er.body.serialized())
         var respHeaders = HTTPHeaders()
         respHeaders.add(name: "X-Meshd-Node", value: nodeName)
@@ -316,6 +320,14 @@ public struct InferenceProxy: Sendable {
                                            dialect: req.clientDialect))
         case .unavailable(let why):
             return .retry(status: 503, reason: why)
+        }
+        switch await engines.prepare(engineID: engine.id) {
+        case .success(let url):
+            // A split's llama-server gets its port when it starts.
+            httpReq.url = Self.join(url, er.path)
+        case .failure(let e):
+            engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false, overloaded: false)
+            return .retry(status: 503, reason: e.message)
         }
         if !er.stream {
             let head: HTTPClientResponseHead

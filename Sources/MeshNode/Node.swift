@@ -34,6 +34,7 @@ extension EngineRegistry: EngineDirectory {
             totalTime: totalSeconds > 0 ? .nanoseconds(Int64(totalSeconds * 1e9)) : nil, overloaded: overloaded))
     }
     public func engineUnreachable(engineID: String, reason: String) { markUnhealthy(engineID, reason: reason) }
+    public func prepare(engineID: String) async -> Result<String, DetailError> { await prepare(engineID) }
 }
 
 /// One meshd node: engines, the client API, the admin socket, metrics, and systemd integration.
@@ -64,6 +65,9 @@ public final class MeshdNode: Service, Sendable {
     let llama: LlamaInfo
     /// Leases this node grants heads of splits, with their rpc-servers.
     public let splitWorker: SplitWorker
+    /// Splits this node heads (a managed llama.cpp model it cannot hold), when the mesh is on and
+    /// `split.enabled`.
+    public let splitHead: SplitHead?
 
     /// - Parameter eventLoopGroup: loops for the HTTP servers; nil makes a private group of
     ///   `http.threads` loops. `meshd` passes NIO's singleton group, which it also installs as
@@ -100,12 +104,33 @@ public final class MeshdNode: Service, Sendable {
         let configuredLlama = config.llamaServerBinary
         let hardwareMonitor = hardware
         let offerCap = config.hardware.offerBytes
-        splitWorker = SplitWorker(settings: config.split, clock: clock, llama: { llama.value },
-                                  offerBytes: { SplitWorker.offer(hardwareMonitor.latest, cap: offerCap) },
-                                  rpcBinary: { LlamaToolchain.rpcServerBinary(llamaServer: configuredLlama) },
-                                  cacheDirectory: config.stateDir + "/rpc-cache", logger: logger)
-        mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
-                                 hardware: hardware, gateway: gateway, llama: llama)
+        let offer: @Sendable () -> Int64 = { SplitWorker.offer(hardwareMonitor.latest, cap: offerCap) }
+        let splitWorker = SplitWorker(settings: config.split, clock: clock, llama: { llama.value }, offerBytes: offer,
+                                      rpcBinary: { LlamaToolchain.rpcServerBinary(llamaServer: configuredLlama) },
+                                      cacheDirectory: config.stateDir + "/rpc-cache", directHost: config.mesh.listen.host,
+                                      logger: logger)
+        self.splitWorker = splitWorker
+        let heads = SplitHeadRef()
+        let mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
+                                     hardware: hardware, gateway: gateway, llama: llama, offer: offer, splitWorker: splitWorker,
+                                     splitHead: heads)
+        self.mesh = mesh
+        if let mesh, config.split.enabled, !engines.managedLlamaEngines.isEmpty {
+            let engines = self.engines
+            let head = SplitHead(nodeName: config.nodeName, settings: config.split, clock: clock, mesh: mesh, offerBytes: offer,
+                                 relays: MeshSplitRelays(mesh: mesh, logger: logger),
+                                 abort: { id, why in engines.managedLlamaEngines.first { $0.id == id }?.abortSplit(why) },
+                                 logger: logger)
+            heads.set(head)
+            for e in engines.managedLlamaEngines { e.setSplitLauncher(head) }
+            splitHead = head
+        } else {
+            splitHead = nil
+        }
+        if let mesh {
+            SplitRelayAcceptor.install(on: mesh, worker: splitWorker, logger: logger)
+            splitWorker.setOnChange { mesh.broadcastState() }
+        }
         if let mesh, config.discovery.mdns {
             discovery = DiscoveryAgent(mesh: mesh, nodeID: config.nodeName, httpPort: config.http.listen.port, logger: logger)
         } else {
@@ -117,7 +142,9 @@ public final class MeshdNode: Service, Sendable {
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger))
         let connectionStats = HTTPConnectionStats()
         let responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
-                                     apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats)
+                                     apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats,
+                                     extraMetrics: { [splitHead, engines] in
+                                         splitHead.map { SplitMetrics.render($0, engines: engines.snapshot()) } ?? "" })
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
                                                                  maxBodyBytes: config.http.maxBodyBytes,
                                                                  headerTimeout: .milliseconds(config.http.headerTimeoutMs),
@@ -137,7 +164,8 @@ public final class MeshdNode: Service, Sendable {
                                                          meshConfig: config.mesh, hardware: hardware,
                                                          discovery: discovery, mdnsEnabled: config.discovery.mdns,
                                                          gateway: gateway, llama: { [llama] in llama.value },
-                                                         splitWorker: splitWorker),
+                                                         splitWorker: splitWorker, splitHead: splitHead,
+                                                         managedLlama: engines.managedLlamaEngines),
                                logger: logger)
         }
     }
@@ -155,7 +183,8 @@ public final class MeshdNode: Service, Sendable {
 
     /// The mesh, if `mesh.secret_file` exists: without a secret the node runs standalone.
     static func makeMesh(config: MeshdConfig, logger: Logger, clock: any WallClock, engines: EngineRegistry,
-                         draining: DrainFlag, hardware: HardwareMonitor, gateway: Gateway?, llama: LlamaInfo) throws -> MeshService? {
+                         draining: DrainFlag, hardware: HardwareMonitor, gateway: Gateway?, llama: LlamaInfo,
+                         offer: @escaping @Sendable () -> Int64, splitWorker: SplitWorker, splitHead: SplitHeadRef) throws -> MeshService? {
         let path = config.mesh.secretFile
         guard FileManager.default.fileExists(atPath: path) else {
             logger.notice("mesh disabled: no mesh secret", metadata: [
@@ -182,7 +211,17 @@ public final class MeshdNode: Service, Sendable {
                               draining: draining.value, engines: engines.snapshot())
             s.apply(hardware.latest)
             s.gateway = gateway?.advert()
-            s.llama = llama.value
+            if var advert = llama.value {
+                // What it can lend or head with now, for the peers' split planners.
+                advert.offerBytes = offer()
+                if let lease = splitWorker.currentLease {
+                    advert.leasedBytes = lease.bytes
+                    advert.leasedTo = lease.split
+                }
+                let heads = splitHead.value?.headedSplits ?? []
+                advert.heads = heads.isEmpty ? nil : heads
+                s.llama = advert
+            }
             return s
         }
     }
@@ -191,6 +230,8 @@ public final class MeshdNode: Service, Sendable {
     public let boundAddress = BoundAddress()
 
     public func run() async throws {
+        // Whether a managed model fits this node is decided when its engine starts: from measured memory.
+        if splitHead != nil { _ = await hardware.refresh() }
         await engines.start()
         // Which llama.cpp this node could head or serve a split with: advertised in its state once
         // known (in the background: a slow or hanging binary must not delay serving).
@@ -410,6 +451,13 @@ struct MeshHandler: MeshRequestHandler {
             if !Task.isCancelled { responder.fail(status: 502, message: "\(error)") }
         }
     }
+}
+
+/// The split head, made after the mesh whose state builder reads it.
+final class SplitHeadRef: Sendable {
+    private let head = Mutex<SplitHead?>(nil)
+    var value: SplitHead? { head.withLock { $0 } }
+    func set(_ h: SplitHead) { head.withLock { $0 = h } }
 }
 
 /// This node's llama.cpp build, once known (read by the state builder on the mesh thread).

@@ -18,12 +18,16 @@ public final class SplitWorker: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Told when a lease starts or ends (the node's state, which shows leased memory, is sent then).
+    private let onChange = Mutex<(@Sendable () -> Void)?>(nil)
     private let clock: any WallClock
     private let settings: SplitSettings
     private let llama: @Sendable () -> LlamaAdvert?
     private let offerBytes: @Sendable () -> Int64
     private let rpcBinary: @Sendable () -> String?
     private let cacheDirectory: String
+    /// The address an rpc-server listens on for `split.transport: direct` (the node's mesh address).
+    private let directHost: String
     private let logger: Logger
 
     /// - Parameters:
@@ -32,7 +36,8 @@ public final class SplitWorker: Sendable {
     ///   - cacheDirectory: the rpc-server's tensor cache (under `state_dir`).
     init(settings: SplitSettings, clock: any WallClock, llama: @escaping @Sendable () -> LlamaAdvert?,
          offerBytes: @escaping @Sendable () -> Int64, rpcBinary: @escaping @Sendable () -> String?,
-         cacheDirectory: String, logger: Logger) {
+         cacheDirectory: String, directHost: String = "0.0.0.0", logger: Logger) {
+        self.directHost = directHost
         self.settings = settings
         self.clock = clock
         self.llama = llama
@@ -41,6 +46,9 @@ public final class SplitWorker: Sendable {
         self.cacheDirectory = cacheDirectory
         self.logger = logger
     }
+
+    public func setOnChange(_ f: @escaping @Sendable () -> Void) { onChange.withLock { $0 = f } }
+    private func changed() { onChange.withLock { $0 }?() }
 
     /// What a lease request is answered with.
     public struct Granted: Sendable {
@@ -77,7 +85,8 @@ public final class SplitWorker: Sendable {
         }
         do {
             guard let binary else { throw RPCServerError("no rpc-server binary") }
-            let server = try await RPCServerProcess.start(binary: binary, cacheDirectory: cacheDirectory, logger: logger)
+            let host = r.transport == .direct ? directHost : "127.0.0.1"
+            let server = try await RPCServerProcess.start(binary: binary, cacheDirectory: cacheDirectory, host: host, logger: logger)
             let keep = state.withLock { s -> Bool in
                 s.starting.remove(r.split)
                 guard !s.shutDown, s.table.leases[r.split] != nil else { return false }
@@ -91,6 +100,7 @@ public final class SplitWorker: Sendable {
             logger.notice("split lease granted", metadata: [
                 "split": "\(lease.split)", "head": "\(lease.head)", "model": "\(lease.model)", "bytes": "\(lease.bytes)",
                 "ttl_s": "\(lease.ttlSeconds)", "port": "\(server.port)"])
+            changed()
             return .success(Granted(lease: lease, port: server.port))
         } catch {
             state.withLock { s in
@@ -119,6 +129,7 @@ public final class SplitWorker: Sendable {
         let (lease, server) = state.withLock { s in (s.table.release(split: split), s.servers.removeValue(forKey: split)) }
         guard let lease else { return false }
         logger.notice("split lease ended", metadata: ["split": "\(lease.split)", "head": "\(lease.head)", "why": "\(why)"])
+        changed()
         await server?.stop()
         return true
     }
@@ -142,6 +153,7 @@ public final class SplitWorker: Sendable {
         }
         for (lease, server) in expired {
             logger.notice("split lease expired", metadata: ["split": "\(lease.split)", "head": "\(lease.head)"])
+            changed()
             await server?.stop()
         }
         for split in dead { await release(split: split, why: "its rpc-server exited") }
@@ -157,6 +169,18 @@ public final class SplitWorker: Sendable {
         for server in servers { await server.stop() }
     }
 
+    /// The loopback port of the rpc-server serving `split` for `head`, nil when no such lease is
+    /// held (a relayed connection is accepted only from the split's own head).
+    public func relayPort(split: String, head: String) -> Int? {
+        state.withLock { s in
+            guard let l = s.table.leases[split], l.head == head, (l.terms.transport ?? .mesh) == .mesh else { return nil }
+            return s.servers[split]?.port
+        }
+    }
+
+    /// The lease held now, if any (a worker serves one split at a time).
+    public var currentLease: Lease? { state.withLock { $0.table.leases.values.first } }
+
     /// Leases held now, for `meshctl splits`.
     public func statusJSON() -> JSON {
         let now = clock.nowNanos()
@@ -168,6 +192,7 @@ public final class SplitWorker: Sendable {
                  "age_seconds": .number((Double(now - min(now, l.grantedNanos)) / 1e8).rounded() / 10),
                  "port": s.servers[l.split].map { .integer($0.port) } ?? .null,
                  "pid": s.servers[l.split].map { .integer(Int($0.pid)) } ?? .null,
+                 "transport": .string((l.terms.transport ?? .mesh).rawValue),
                  "state": s.servers[l.split] == nil ? "starting" : "serving"]
             }
         }

@@ -20,6 +20,7 @@ struct RouteCommand: AsyncParsableCommand {
                 print("\(model) → cloud through node \(r["node"] ?? "?"): \(providers)\n  why: \(r["reason"] ?? "?")")
             } else {
                 print("\(model) → node \(r["node"] ?? "?"), engine \(r["engine"] ?? "?")\n  why: \(r["reason"] ?? "?")")
+                if let split = r["split"] as? String { print("  split: \(split)") }
             }
         }
         if status != 200 { throw ExitCode(1) }

@@ -15,8 +15,13 @@ public struct LeaseRequest: Sendable, Hashable, Codable {
     public var build: String
     /// Seconds the lease lives without a renewal.
     public var ttlSeconds: Int
+    /// How the head reaches the worker's rpc-server: relayed over the mesh (nil, `mesh`: bound to
+    /// loopback) or `direct` (bound to the worker's LAN address for the life of the lease).
+    public var transport: SplitTransport? = nil
 
-    public init(split: String, head: String, model: String, bytes: Int64, build: String, ttlSeconds: Int) {
+    public init(split: String, head: String, model: String, bytes: Int64, build: String, ttlSeconds: Int,
+                transport: SplitTransport? = nil) {
+        self.transport = transport
         self.split = split
         self.head = head
         self.model = model

@@ -6,10 +6,23 @@ public struct LlamaAdvert: Sendable, Hashable, Codable {
     /// Build identity, e.g. `b1-0c1e570` (see ``LlamaBuild/parse(_:)``).
     public var build: String
     public var rpcServer: Bool
+    /// Memory it offers to models and splits now (free VRAM, else available RAM, capped by
+    /// `hardware.offer_bytes`); nil from an older node.
+    public var offerBytes: Int64? = nil
+    /// Memory leased to a split as a worker, and that split's id (nil: none).
+    public var leasedBytes: Int64? = nil
+    public var leasedTo: String? = nil
+    /// Splits this node heads now (their ids).
+    public var heads: [String]? = nil
 
-    public init(build: String, rpcServer: Bool) {
+    public init(build: String, rpcServer: Bool, offerBytes: Int64? = nil, leasedBytes: Int64? = nil, leasedTo: String? = nil,
+                heads: [String]? = nil) {
         self.build = build
         self.rpcServer = rpcServer
+        self.offerBytes = offerBytes
+        self.leasedBytes = leasedBytes
+        self.leasedTo = leasedTo
+        self.heads = heads
     }
 }
 

@@ -85,6 +85,12 @@ public struct SplitPart: Sendable, Hashable {
     public var node: String
     public var bytes: Int64
     public var isHead: Bool
+
+    public init(node: String, bytes: Int64, isHead: Bool) {
+        self.node = node
+        self.bytes = bytes
+        self.isHead = isHead
+    }
 }
 
 /// A planned split.
@@ -99,6 +105,15 @@ public struct SplitPlan: Sendable, Hashable {
     public var reason: String
 
     public var workers: [SplitPart] { parts.filter { !$0.isHead } }
+
+    public init(model: String, head: String, build: String, parts: [SplitPart], neededBytes: Int64, reason: String) {
+        self.model = model
+        self.head = head
+        self.build = build
+        self.parts = parts
+        self.neededBytes = neededBytes
+        self.reason = reason
+    }
 
     /// `--tensor-split` for the head's llama-server: each part's bytes, in parts order, as
     /// proportions (llama.cpp normalises them).

@@ -1,0 +1,125 @@
+"""Splits on loopback (issue 13): three meshd nodes, each offering less memory than the tiny model
+needs (`hardware.offer_bytes`), so no node can hold it. Node A has the GGUF file (a managed llama.cpp
+engine entry); a request to any node gets a split planned and started by A, with leases on B and C,
+and answers through both APIs, streamed and not, with the unsplit model's temperature-0 output.
+Over the mesh relay (the default) and `split.transport: direct`. The multi-host cases (kill -9, cut
+link, a host without the secret) are in Tests/testbed/test_testbed_split.py."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from meshd_e2e import Binaries, E2EError, LlamaServer, ProcessPool, wait_until
+from mesh_helpers import MeshBinaries, MeshNode
+
+MODEL = "meshd-tiny"
+PROMPT = "The quick brown fox"
+
+
+def tiny() -> tuple[Path, Path]:
+    paths = Binaries()
+    try:
+        return paths.llama_server_bin(), paths.tiny_model()
+    except E2EError as e:
+        raise AssertionError(f"a real llama-server and the tiny model are required: {e}")
+
+
+def completion(node: MeshNode, n: int = 24) -> dict[str, Any]:
+    r = node.post("/v1/completions", timeout=120, json={"model": MODEL, "prompt": PROMPT, "max_tokens": n, "temperature": 0})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def split_nodes(mpool: ProcessPool, mbins: MeshBinaries, secret: Path, transport: str, *, offer_mb: int, workers: int = 2,
+                lease_seconds: int = 30) -> tuple[MeshNode, list[MeshNode]]:
+    _, model = tiny()
+    split = {"transport": transport, "lease_seconds": lease_seconds}
+    extra = {"split": split, "hardware": {"offer_bytes": offer_mb << 20}}
+    ws = [MeshNode(mpool, mbins, n, secret=secret, engines=[], extra=extra) for n in ("B", "C")[:workers]]
+    a = MeshNode(mpool, mbins, "A", secret=secret, peers=ws, extra=extra,
+                 engines=[{"kind": "llama.cpp", "model": str(model), "args": ["-c", "512", "-t", "1"]}])
+    names = {"A": "up", **{w.name: "up" for w in ws}}
+    a.wait_sees(names, timeout=20)
+    for w in ws:
+        w.wait_sees(names, timeout=20)
+    # Every node knows every other's llama.cpp build and offer before the first request.
+    wait_until(lambda: all(n.get("llama_build") and n.get("offer_bytes") for n in a.meshctl_nodes().values()), 20,
+               what="every node's llama.cpp build and offer in A's view")
+    return a, ws
+
+
+@pytest.mark.parametrize("transport", ["mesh", "direct"])
+def test_a_model_no_node_can_hold_is_split_and_answers_like_the_unsplit_one(
+        mpool: ProcessPool, mbins: MeshBinaries, secret: Path, transport: str) -> None:
+    server, model = tiny()
+    # The unsplit model's temperature-0 answer, from a plain llama-server.
+    plain = LlamaServer(mpool, server, model)
+    want = httpx.post(plain.url + "/v1/completions", timeout=60,
+                      json={"model": MODEL, "prompt": PROMPT, "max_tokens": 24, "temperature": 0}).json()["choices"][0]["text"]
+
+    size_mb = model.stat().st_size >> 20
+    # Each node offers 8 MiB: the ~17 MiB model (+ KV + 10 %) needs A and both workers.
+    a, (b, c) = split_nodes(mpool, mbins, secret, transport, offer_mb=8)
+    assert size_mb > 8
+    route = json.loads(c.meshctl("route", MODEL, "--json").stdout)
+    assert route["node"] == "A", route
+    assert "split" in route.get("split", "") or "headed by A" in route.get("split", ""), route
+    plan = json.loads(a.meshctl("route", MODEL, "--json").stdout)
+    assert "split over 3 nodes" in plan["split"], plan
+
+    t0 = time.monotonic()
+    got = completion(c)  # through C: forwarded to A, which plans and starts the split
+    first = time.monotonic() - t0
+    assert got["choices"][0]["text"] == want, (got, want)
+    print(f"\n[split {transport}] first answer (plan, leases, load over RPC) after {first:.1f} s")
+
+    splits = json.loads(a.meshctl("splits", "--json").stdout)
+    head = splits["heads"][0]
+    assert head["state"] == "serving" and head["model"] == MODEL and head["transport"] == transport, head
+    assert [p["node"] for p in head["parts"]][-1] == "A" and {p["node"] for p in head["parts"]} == {"A", "B", "C"}, head
+    for w in (b, c):
+        lease = json.loads(w.meshctl("splits", "--json").stdout)["leases"]
+        assert len(lease) == 1 and lease[0]["head"] == "A" and lease[0]["split"] == head["split"], lease
+    nodes = a.meshctl_nodes()
+    assert nodes["B"]["leased_to"] == head["split"] and nodes["B"]["leased_bytes"] > 0, nodes["B"]
+    assert nodes["A"]["heads"] == [head["split"]], nodes["A"]
+
+    # Both dialects, streamed and not, from every node (Ollama's generate applies the chat template,
+    # so its answer differs from the raw completion's, but is the same from every node).
+    generated = set()
+    for node in (a, b, c):
+        r = node.post("/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0, "stream": True})
+        assert r.status_code == 200 and "data: [DONE]" in r.text, r.text
+        r = node.post("/api/generate", timeout=60, json={"model": MODEL, "prompt": PROMPT, "stream": False,
+                                                            "options": {"num_predict": 24, "temperature": 0}})
+        assert r.status_code == 200 and r.json()["eval_count"] == 24, r.text
+        generated.add(r.json()["response"])
+        r = node.post("/api/chat", timeout=60, json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                                        "options": {"num_predict": 8}})
+        lines = [json.loads(x) for x in r.text.splitlines() if x.strip()]
+        assert r.status_code == 200 and lines[-1]["done"] is True, r.text
+    assert len(generated) == 1, generated
+
+    metrics = a.get("/metrics").text
+    assert "meshd_splits_started_total 1" in metrics, metrics
+    assert "meshd_split_tokens_per_second{" in metrics
+
+
+def test_a_model_that_fits_is_never_split_and_split_never_is_refused_with_the_reason(
+        mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
+    _, model = tiny()
+    b = MeshNode(mpool, mbins, "B", secret=secret, engines=[], extra={"hardware": {"offer_bytes": 64 << 20}})
+    a = MeshNode(mpool, mbins, "A", secret=secret, peers=[b], extra={"hardware": {"offer_bytes": 64 << 20}},
+                 engines=[{"kind": "llama.cpp", "model": str(model), "args": ["-c", "512", "-t", "1"]}])
+    a.wait_sees({"A": "up", "B": "up"}, timeout=20, models={"A": [MODEL]})
+    assert completion(a, 4)["choices"]
+    route = json.loads(a.meshctl("route", MODEL, "--json").stdout)
+    assert route["split"].startswith("not split"), route
+    assert json.loads(a.meshctl("splits", "--json").stdout)["heads"] == []
+    assert json.loads(b.meshctl("splits", "--json").stdout)["leases"] == []
