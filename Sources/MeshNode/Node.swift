@@ -120,6 +120,7 @@ public final class MeshdNode: Service, Sendable {
             let head = SplitHead(nodeName: config.nodeName, settings: config.split, clock: clock, mesh: mesh, offerBytes: offer,
                                  relays: MeshSplitRelays(mesh: mesh, logger: logger),
                                  abort: { id, why in engines.managedLlamaEngines.first { $0.id == id }?.abortSplit(why) },
+                                 repoll: { await engines.refreshNow() },
                                  logger: logger)
             heads.set(head)
             for e in engines.managedLlamaEngines { e.setSplitLauncher(head) }

@@ -53,6 +53,8 @@ public final class SplitHead: SplitLaunching, Sendable {
     let offerBytes: @Sendable () -> Int64
     let relays: (any SplitRelayOpener)?
     let abort: @Sendable (_ engineID: String, _ reason: String) async -> Void
+    /// Polls the engines again (a split that ended is servable again at once: the next request plans anew).
+    let repoll: @Sendable () async -> Void
     let logger: Logger
     let state = Mutex(State())
     /// How often leases are renewed (also the workers' liveness check), and how long a worker may
@@ -62,7 +64,8 @@ public final class SplitHead: SplitLaunching, Sendable {
 
     init(nodeName: String, settings: SplitSettings, clock: any WallClock, mesh: MeshService,
          offerBytes: @escaping @Sendable () -> Int64, relays: (any SplitRelayOpener)?,
-         abort: @escaping @Sendable (_ engineID: String, _ reason: String) async -> Void, logger: Logger,
+         abort: @escaping @Sendable (_ engineID: String, _ reason: String) async -> Void,
+         repoll: @escaping @Sendable () async -> Void = {}, logger: Logger,
          renewInterval: Duration = .milliseconds(500), silenceLimit: Duration = .milliseconds(1500)) {
         self.nodeName = nodeName
         self.settings = settings
@@ -71,6 +74,7 @@ public final class SplitHead: SplitLaunching, Sendable {
         self.offerBytes = offerBytes
         self.relays = relays
         self.abort = abort
+        self.repoll = repoll
         self.logger = logger
         self.renewInterval = renewInterval
         self.silenceLimit = silenceLimit
@@ -322,6 +326,7 @@ public final class SplitHead: SplitLaunching, Sendable {
         }
         guard let active else { return }
         active.watch?.cancel()
+        await repoll()
         mesh.broadcastState()
         for r in active.relays { await r.close() }
         await releaseAll(id: launch.id, workers: launch.plan.workers.map(\.node))

@@ -123,3 +123,69 @@ def test_a_model_that_fits_is_never_split_and_split_never_is_refused_with_the_re
     assert route["split"].startswith("not split"), route
     assert json.loads(a.meshctl("splits", "--json").stdout)["heads"] == []
     assert json.loads(b.meshctl("splits", "--json").stdout)["leases"] == []
+
+
+def rpc_servers() -> dict[int, str]:
+    """Running rpc-server processes: pid → command line."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (p / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if "rpc-server" in cmd and stat[stat.rfind(")") + 2] not in "ZX":
+            out[int(p.name)] = cmd
+    return out
+
+
+@pytest.mark.parametrize("transport", ["mesh", "direct"])
+def test_a_dead_worker_ends_the_split_and_the_next_request_plans_without_it(
+        mpool: ProcessPool, mbins: MeshBinaries, secret: Path, transport: str) -> None:
+    before = set(rpc_servers())
+    # 12 MiB each: A and one worker hold the ~19 MiB the model needs.
+    a, (b, c) = split_nodes(mpool, mbins, secret, transport, offer_mb=12, lease_seconds=4)
+    assert completion(a, 4)["choices"]
+    head = json.loads(a.meshctl("splits", "--json").stdout)["heads"][0]
+    victim_name = next(p["node"] for p in head["parts"] if not p["head"])
+    victim, other = (b, c) if victim_name == "B" else (c, b)
+    assert len(head["parts"]) == 2, head
+
+    # kill -9 of the worker's meshd mid-stream: the stream ends (an error event or its end) and
+    # does not hang; the split is over within 2 s.
+    with httpx.Client(timeout=30) as client:
+        with client.stream("POST", a.url + "/v1/chat/completions", json={
+                "model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 400,
+                "stream": True}) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            assert first
+            victim.kill9()
+            killed = time.monotonic()
+            rest = list(lines)
+            stream_end = time.monotonic() - killed
+    assert rest and (rest[-1] == "data: [DONE]" or any('"error"' in x for x in rest)), rest[-3:]
+
+    def split_gone() -> bool:
+        s = json.loads(a.meshctl("splits", "--json").stdout)
+        return not s["heads"] and s["head_stats"]["failed"] >= 1
+    wait_until(split_gone, 10, what="the split ended at A")
+    ended = time.monotonic() - killed
+    print(f"\n[split {transport}] worker killed: stream over after {stream_end:.2f} s, split ended after {ended:.2f} s")
+    assert ended < 2.5, ended
+    stats = json.loads(a.meshctl("splits", "--json").stdout)["head_stats"]
+    assert victim_name in stats["backing_off"], stats
+
+    # The next request plans again, without the failed node.
+    assert completion(a, 4)["choices"]
+    head = json.loads(a.meshctl("splits", "--json").stdout)["heads"][0]
+    assert {p["node"] for p in head["parts"]} == {"A", other.name}, head
+
+    # The head dies: its worker's rpc-server goes with the lease (4 s), and none outlives the test.
+    a.kill9()
+    wait_until(lambda: not json.loads(other.meshctl("splits", "--json").stdout)["leases"], 10,
+               what="the lease of the dead head expired")
+    wait_until(lambda: set(rpc_servers()) <= before, 10, what="no rpc-server left running")

@@ -185,7 +185,7 @@ class BedNode:
     """meshd on one host of the bed: HTTP on the host's 127.0.0.1:11435, mesh on its eth0 address."""
 
     def __init__(self, bed: Bed, bins: MeshBinaries, host: str, secret: Path, *, mdns: bool,
-                 peers: list[str], engines: list[dict[str, Any]]) -> None:
+                 peers: list[str], engines: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
         self.bed, self.bins, self.host = bed, bins, host
         d = bed.dir(host)
         self.secret = d / "mesh.secret"
@@ -204,6 +204,7 @@ class BedNode:
             "engine_poll": {"interval_ms": 200},
             "timeouts": {"connect_ms": 1000},
             "engines": engines,
+            **(extra or {}),
         }
         self.config_path = d / "meshd.yaml"
         self.config_path.write_text(render_config(cfg))
