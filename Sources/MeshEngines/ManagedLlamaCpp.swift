@@ -107,6 +107,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var fileBytes: Int64?
         /// KV cache bytes per token of context (f16).
         var kvBytesPerToken: Int64?
+        var blockCount: Int?
     }
 
     /// - Parameter id: defaults to `llama.cpp:ALIAS`.
@@ -148,7 +149,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         guard let weights = facts.fileBytes else { return nil }
         let ctx = Self.contextArgument(config.args) ?? facts.contextLength ?? 4096
         let kv = facts.kvBytesPerToken.map { $0 * Int64(max(ctx, 1)) } ?? 0
-        return SplitModel(name: alias, weightsBytes: weights, kvBytes: kv, policy: config.split)
+        return SplitModel(name: alias, weightsBytes: weights, kvBytes: kv, policy: config.split, layers: facts.blockCount)
     }
 
     /// `-c N` / `--ctx-size N` / `--ctx-size=N` (0 means the model's own).
@@ -485,7 +486,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var facts = GGUFFacts()
         if let path = config.model, let (m, size) = try? GGUFFile.read(path: path) {
             facts = GGUFFacts(architecture: m.architecture, contextLength: m.contextLength, fileBytes: size,
-                              kvBytesPerToken: m.kvBytesPerToken)
+                              kvBytesPerToken: m.kvBytesPerToken, blockCount: m.blockCount)
         }
         state.withLock { $0.gguf = facts }
         return facts

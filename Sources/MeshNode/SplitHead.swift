@@ -124,7 +124,7 @@ public final class SplitHead: SplitLaunching, Sendable {
             let (granted, failures) = await leaseAll(plan: plan, id: id)
             if failures.isEmpty {
                 do {
-                    return try await launch(plan: plan, id: id, engineID: engineID, grants: granted)
+                    return try await launch(plan: plan, id: id, engineID: engineID, grants: granted, layers: model.layers)
                 } catch {
                     await releaseAll(id: id, workers: Array(granted.keys))
                     throw error
@@ -220,7 +220,7 @@ public final class SplitHead: SplitLaunching, Sendable {
     // MARK: launching and watching
 
     /// Opens the relays (or takes the direct endpoints), records the split and starts watching it.
-    func launch(plan: SplitPlan, id: String, engineID: String, grants: [String: Grant]) async throws -> SplitLaunch {
+    func launch(plan: SplitPlan, id: String, engineID: String, grants: [String: Grant], layers: Int?) async throws -> SplitLaunch {
         var endpoints: [String] = []
         var handles: [SplitRelayHandle] = []
         for part in plan.workers {
@@ -246,7 +246,10 @@ public final class SplitHead: SplitLaunching, Sendable {
                 }
             }
         }
-        let launch = SplitLaunch(id: id, plan: plan, arguments: SplitView.arguments(plan: plan, endpoints: endpoints))
+        // Without a GPU the head keeps its share as layers on its CPU (llama.cpp offloads to GPUs and RPC devices only).
+        let headHasDevice = mesh.localState().vramTotalBytes > 0
+        let launch = SplitLaunch(id: id, plan: plan, arguments: SplitView.arguments(plan: plan, endpoints: endpoints, layers: layers,
+                                                                                     headHasDevice: headHasDevice))
         let now = clock.nowNanos()
         state.withLock { s in
             s.active[id] = Active(launch: launch, engineID: engineID, startedNanos: now, phase: "loading", endpoints: endpoints,

@@ -63,6 +63,10 @@ import Testing
                           neededBytes: 100, reason: "")
         #expect(SplitView.arguments(plan: p, endpoints: ["127.0.0.1:1", "127.0.0.1:2"])
                 == ["--rpc", "127.0.0.1:1,127.0.0.1:2", "-ngl", "999", "--tensor-split", "0.3,0.3,0.4", "--cache-ram", "0"])
+        // A head without a GPU: the split covers the workers; the head keeps 40 % of 10 layers (and the output layer).
+        #expect(SplitView.arguments(plan: p, endpoints: ["127.0.0.1:1", "127.0.0.1:2"], layers: 10, headHasDevice: false)
+                == ["--rpc", "127.0.0.1:1,127.0.0.1:2", "-ngl", "6", "--tensor-split", "0.5,0.5", "--cache-ram", "0"])
+        #expect(SplitView.arguments(plan: p, endpoints: ["e1", "e2"], layers: nil, headHasDevice: false)[3] == "999")
     }
 
     @Test func backoffDoublesAndClearsWhenANodeServes() {

@@ -41,8 +41,12 @@ public struct SplitModel: Sendable, Hashable {
     /// Bytes of the KV cache for the context the engine will be started with.
     public var kvBytes: Int64
     public var policy: SplitPolicy
+    /// Its repeating layers (`<arch>.block_count`), when known: how a head without a GPU of its own
+    /// keeps its share (see ``SplitView/arguments(plan:endpoints:layers:headHasDevice:)``).
+    public var layers: Int?
 
-    public init(name: String, weightsBytes: Int64, kvBytes: Int64, policy: SplitPolicy = .auto) {
+    public init(name: String, weightsBytes: Int64, kvBytes: Int64, policy: SplitPolicy = .auto, layers: Int? = nil) {
+        self.layers = layers
         self.name = name
         self.weightsBytes = weightsBytes
         self.kvBytes = kvBytes

@@ -27,11 +27,30 @@ public enum SplitView {
             + "\(SplitPlanner.mib(model.kvBytes)) + \(Int(SplitPlanner.marginFraction * 100))%), this node offers \(SplitPlanner.mib(max(0, offerBytes)))"
     }
 
-    /// The `llama-server` arguments of a planned split: the RPC endpoints in the plan's worker
-    /// order, every layer offloaded (RPC devices are offload targets), the planned bytes per node
-    /// as `--tensor-split`, and no host-RAM prompt cache (saving it aborts under RPC upstream).
-    public static func arguments(plan: SplitPlan, endpoints: [String]) -> [String] {
-        ["--rpc", endpoints.joined(separator: ","), "-ngl", "999", "--tensor-split", plan.tensorSplitArgument, "--cache-ram", "0"]
+    /// The `llama-server` arguments of a planned split, with no host-RAM prompt cache (saving it
+    /// aborts under RPC upstream). llama.cpp lists the RPC devices first, then the head's own GPUs.
+    /// - A head with a GPU (`headHasDevice`): every layer offloaded (`-ngl 999`) and the planned
+    ///   bytes of every node, workers first, head last, as `--tensor-split`.
+    /// - A head without one: the CPU is no offload device, so `--tensor-split` covers the workers
+    ///   only, and the head's share is the layers *not* offloaded: `-ngl K` offloads the last K of
+    ///   the model's `layers` (K in proportion to the workers' bytes), and the head keeps the first
+    ///   layers and the output layer. Without a layer count every layer goes to the workers.
+    public static func arguments(plan: SplitPlan, endpoints: [String], layers: Int? = nil, headHasDevice: Bool = true) -> [String] {
+        let rpc = ["--rpc", endpoints.joined(separator: ",")]
+        let noPromptCache = ["--cache-ram", "0"]
+        if headHasDevice {
+            return rpc + ["-ngl", "999", "--tensor-split", plan.tensorSplitArgument] + noPromptCache
+        }
+        let workers = plan.workers
+        let workerBytes = Double(workers.reduce(Int64(0)) { $0 + $1.bytes })
+        let total = Double(plan.parts.reduce(Int64(0)) { $0 + $1.bytes })
+        let workerPlan = SplitPlan(model: plan.model, head: plan.head, build: plan.build, parts: workers, neededBytes: plan.neededBytes,
+                                   reason: plan.reason)
+        var offloaded = "999"
+        if let layers, layers > 0, total > 0 {
+            offloaded = String(min(layers, max(1, Int((Double(layers) * workerBytes / total).rounded()))))
+        }
+        return rpc + ["-ngl", offloaded, "--tensor-split", workerPlan.tensorSplitArgument] + noPromptCache
     }
 }
 
