@@ -214,7 +214,9 @@ struct RelayRig {
         (a, b) = try await startPair("\(name)-a", "\(name)-b")
         echo = try await EchoServer()
         b.setTunnelAcceptor(relayAcceptor(port: echo.port))
-        listener = try await TunnelListener(service: a, node: "\(name)-b", target: target)
+        // A generous silence limit: the whole test suite runs in parallel on few cores, and only
+        // `silentWorkerIsDetected` is about silence.
+        listener = try await TunnelListener(service: a, node: "\(name)-b", target: target, silenceLimit: .seconds(10))
         client = try BlockingClient(port: listener.port)
     }
 
