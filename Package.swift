@@ -65,8 +65,14 @@ let package = Package(
         .target(name: "MeshNet", dependencies: [
             "MeshCore", "MeshZMQ", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        .target(name: "MeshRelay", dependencies: [
+            "MeshNet", "MeshCore",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "MeshNode", dependencies: [
-            "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader", "MeshNet", "MeshZMQ",
+            "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader", "MeshNet", "MeshZMQ", "MeshRelay",
             "MeshDiscovery", "MeshHardware", "MeshLedger", "MeshCloud", "CZeroMQ", "CAvahi",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -123,6 +129,12 @@ let package = Package(
         .testTarget(name: "MeshZMQTests", dependencies: ["MeshZMQ", "CZeroMQ"]),
         .testTarget(name: "MeshLedgerTests", dependencies: ["MeshLedger", "MeshCore"]),
         .testTarget(name: "MeshDiscoveryTests", dependencies: ["MeshDiscovery", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "MeshRelayTests", dependencies: [
+            "MeshRelay", "MeshNet", "MeshZMQ", "MeshCore",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "MeshNodeTests", dependencies: ["MeshNode", "MeshCore", "CZeroMQ", "CAvahi", "CCurl"]),
     ]
 )

@@ -221,6 +221,8 @@ public final class MeshService: Sendable {
     let handler: Mutex<(any MeshRequestHandler)?> = Mutex(nil)
     let state: Mutex<State>
     let stopped = Mutex(false)
+    /// Byte tunnels to and from peers (MeshTunnels.swift).
+    let tunnelTable = MeshTunnelTable()
 
     struct Pending {
         var node: String
@@ -515,6 +517,7 @@ public final class MeshService: Sendable {
             s.task?.cancel()
             s.waiter?.resume(throwing: CancellationError())
         }
+        for t in tunnelTable.all { t.end(error: .lost("mesh stopped"), notify: .some("mesh stopped")) }
         loop.stop()
     }
 
@@ -659,6 +662,7 @@ public final class MeshService: Sendable {
             return (Array(p), Array(sv.values))
         }
         logger.warning("peer lost", metadata: ["peer": "\(id)", "reason": "\(reason)"])
+        closeTunnels(peer: id, reason: reason)
         for (_, p) in pending {
             if let h = p.head {
                 h.resume(throwing: MeshForwardError.unreachable("\(id): \(reason)"))
@@ -683,6 +687,7 @@ public final class MeshService: Sendable {
                 // node is out of rotation now, not at heartbeat expiry.
                 let ep = peer.rawValue
                 let id = state.withLock { s in s.endpoints.first(where: { $0.value == ep })?.key }
+                closeTunnels(peer: id, link: .outbound(peer), reason: "connection closed")
                 if let id, state.withLock({ $0.peers.entries[id] != nil }) { peerLost(id, reason: "connection closed") }
             case .peerConnected(let peer):
                 sendHello(to: .outbound(peer))
@@ -798,6 +803,8 @@ public final class MeshService: Sendable {
             if let id = msg.requestID, let n = msg.header["bytes"]?.intValue { creditReceived(id, bytes: n) }
         case .responseHead, .chunk, .end, .error, .response:
             forwardReply(msg)
+        case .tunnelOpen, .tunnelOpened, .tunnelData, .tunnelCredit, .tunnelClose, .tunnelPing, .tunnelPong:
+            handleTunnelMessage(msg, m)
         }
     }
 

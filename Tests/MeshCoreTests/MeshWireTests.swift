@@ -6,7 +6,8 @@ import Testing
         for t in WireMessageType.allCases {
             var header: JSON = ["req": "r1", "node": "a", "name": "a", "proto": 1, "id": "a"]
             if t == .state { header = ["id": "a"] }
-            let m = WireMessage(type: t, header: header, payload: t == .chunk || t == .response ? [1, 2, 3] : [])
+            if t.rawValue >= 0x20 { header = ["tun": "a-t1", "target": "rpc/s1", "window": 1024, "bytes": 5, "msgs": 1] }
+            let m = WireMessage(type: t, header: header, payload: t == .chunk || t == .response || t == .tunnelData ? [1, 2, 3] : [])
             let back = try MeshWireCodec.decode(MeshWireCodec.encode(m))
             #expect(back == m)
         }
@@ -29,6 +30,38 @@ import Testing
         }
         #expect(throws: MeshWireError.payloadTooLarge(11)) {
             try MeshWireCodec.decode([[1, 0x12], Array(#"{"req":"a"}"#.utf8), [UInt8](repeating: 0, count: 11)], maxPayloadBytes: 10)
+        }
+    }
+
+    @Test func tunnelMessages() throws {
+        // Data keeps its payload frame even when empty; the id is read back.
+        let data = MeshWireCodec.encode(WireMessage(type: .tunnelData, header: ["tun": "a-t1"]))
+        #expect(data.count == 3)
+        #expect(try MeshWireCodec.decode(data).tunnelID == "a-t1")
+        // A refusal carries its message instead of a window; a close its optional reason.
+        let refused = try MeshWireCodec.decode(MeshWireCodec.encode(WireMessage(type: .tunnelOpened, header: ["tun": "x", "refused": "no"])))
+        #expect(refused.header["refused"]?.stringValue == "no")
+        let close = try MeshWireCodec.decode(MeshWireCodec.encode(WireMessage(type: .tunnelClose, header: ["tun": "x", "reason": "gone"])))
+        #expect(close.header["reason"]?.stringValue == "gone")
+        _ = try MeshWireCodec.decode(MeshWireCodec.encode(WireMessage(type: .tunnelClose, header: ["tun": "x"])))
+    }
+
+    @Test func rejectsMalformedTunnelMessages() {
+        func frames(_ type: UInt8, _ header: String) -> [[UInt8]] { [[1, type], Array(header.utf8)] }
+        for t: UInt8 in 0x20...0x26 {
+            #expect(throws: MeshWireError.missingField("tun")) { try MeshWireCodec.decode(frames(t, "{}")) }
+            #expect(throws: MeshWireError.missingField("tun")) { try MeshWireCodec.decode(frames(t, #"{"tun":7}"#)) }
+        }
+        #expect(throws: MeshWireError.missingField("target")) { try MeshWireCodec.decode(frames(0x20, #"{"tun":"a","window":9}"#)) }
+        #expect(throws: MeshWireError.missingField("window")) { try MeshWireCodec.decode(frames(0x20, #"{"tun":"a","target":"t"}"#)) }
+        #expect(throws: MeshWireError.missingField("window")) { try MeshWireCodec.decode(frames(0x20, #"{"tun":"a","target":"t","window":0}"#)) }
+        #expect(throws: MeshWireError.missingField("window")) { try MeshWireCodec.decode(frames(0x21, #"{"tun":"a"}"#)) }
+        #expect(throws: MeshWireError.missingField("window")) { try MeshWireCodec.decode(frames(0x21, #"{"tun":"a","window":-1}"#)) }
+        #expect(throws: MeshWireError.missingField("bytes")) { try MeshWireCodec.decode(frames(0x23, #"{"tun":"a","bytes":1}"#)) }
+        #expect(throws: MeshWireError.missingField("bytes")) { try MeshWireCodec.decode(frames(0x23, #"{"tun":"a","bytes":-1,"msgs":1}"#)) }
+        #expect(throws: MeshWireError.unknownType(0x27)) { try MeshWireCodec.decode(frames(0x27, #"{"tun":"a"}"#)) }
+        #expect(throws: MeshWireError.payloadTooLarge(11)) {
+            try MeshWireCodec.decode(frames(0x22, #"{"tun":"a"}"#) + [[UInt8](repeating: 0, count: 11)], maxPayloadBytes: 10)
         }
     }
 

@@ -17,6 +17,20 @@ public enum WireMessageType: UInt8, Sendable, CaseIterable {
     case credit = 0x16
     /// A whole response in one message (head, body and end), for a request that asked for it.
     case response = 0x17
+    /// Opens a byte tunnel (see "Tunnels" in docs/PROTOCOL.md): `tun`, `target`, `window`, `silenceMs`.
+    case tunnelOpen = 0x20
+    /// The answer to `tunnelOpen`: `tun` and either `window` (accepted) or `refused` (a message).
+    case tunnelOpened = 0x21
+    /// Tunnel bytes: `tun`, the payload.
+    case tunnelData = 0x22
+    /// Tunnel credit: `tun`, `bytes`, `msgs` (what the receiver consumed since its last credit).
+    case tunnelCredit = 0x23
+    /// Ends a tunnel either way: `tun`, optional `reason` (absent: a clean close).
+    case tunnelClose = 0x24
+    /// Liveness of a tunnel, opener → acceptor: `tun`.
+    case tunnelPing = 0x25
+    /// The acceptor's node answers a ping at once: `tun`.
+    case tunnelPong = 0x26
 }
 
 /// One decoded mesh message: a type, a JSON header and an optional binary payload.
@@ -36,6 +50,9 @@ public struct WireMessage: Sendable, Equatable {
 
     /// `req` of request-scoped messages.
     public var requestID: String? { header["req"]?.stringValue }
+
+    /// `tun` of tunnel messages.
+    public var tunnelID: String? { header["tun"]?.stringValue }
 }
 
 /// Why a frame set was rejected. Counted by the receiver, never fatal.
@@ -69,7 +86,9 @@ public enum MeshWireCodec {
 
     public static func encode(_ m: WireMessage) -> [[UInt8]] {
         var frames: [[UInt8]] = [[meshProtocolVersion, m.type.rawValue], m.header.serialized()]
-        if !m.payload.isEmpty || m.type == .request || m.type == .chunk || m.type == .response { frames.append(m.payload) }
+        if !m.payload.isEmpty || m.type == .request || m.type == .chunk || m.type == .response || m.type == .tunnelData {
+            frames.append(m.payload)
+        }
         return frames
     }
 
@@ -98,6 +117,22 @@ public enum MeshWireCodec {
             if header["node"]?.stringValue == nil { throw .missingField("node") }
         case .request, .responseHead, .chunk, .end, .error, .cancel, .credit, .response:
             if header["req"]?.stringValue == nil { throw .missingField("req") }
+        case .tunnelOpen, .tunnelOpened, .tunnelData, .tunnelCredit, .tunnelClose, .tunnelPing, .tunnelPong:
+            guard header["tun"]?.stringValue != nil else { throw .missingField("tun") }
+            switch type {
+            case .tunnelOpen:
+                if header["target"]?.stringValue == nil { throw .missingField("target") }
+                guard let w = header["window"]?.intValue, w > 0 else { throw .missingField("window") }
+            case .tunnelOpened:
+                let accepted = header["window"]?.intValue.map { $0 > 0 } ?? false
+                if !accepted && header["refused"]?.stringValue == nil { throw .missingField("window") }
+            case .tunnelCredit:
+                guard let b = header["bytes"]?.intValue, b >= 0, let n = header["msgs"]?.intValue, n >= 0 else {
+                    throw .missingField("bytes")
+                }
+            default:
+                break
+            }
         }
         return WireMessage(type: type, header: header, payload: payload)
     }
