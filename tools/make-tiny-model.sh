@@ -7,7 +7,7 @@
 #                                    OUT go to make-tiny-gguf.py and override the shape's (--layers, --embd,
 #                                    --heads, --heads-kv, --ff, --ctx, --name, --type f32|f16, --seed)
 # Shapes (measured on 2 cores, llama-server -t 1, temperature 0):
-#   tiny   4 layers, n_embd 64, f32: 17 MB, ~3 s to write; several hundred tokens/s (the default)
+#   tiny   4 layers, n_embd 64, f32: 17 MB, ~3 s to write; ~1,500 tokens/s (the default)
 #   split  16 layers, n_embd 128, n_ff 768, f32: 57 MB, ~3 s to write; ~380 tokens/s. For functional
 #          tests of splits over nodes (16 layers divide over 2, 3 or 4 nodes)
 #   slow   12 layers, n_embd 1024, 16 heads, n_ff 2816, f16: 440 MB, 7-11 s and ~0.7 GB RAM to write;
