@@ -34,7 +34,7 @@ struct SplitsCommand: AsyncParsableCommand {
             let rows = leases.map { l -> [String] in
                 [l["split"] as? String ?? "?", l["model"] as? String ?? "?", l["role"] as? String ?? "?", l["head"] as? String ?? "?",
                  "\((l["bytes"] as? Int ?? 0) >> 20) MiB", l["build"] as? String ?? "?", l["state"] as? String ?? "?",
-                 "\(l["age_seconds"] ?? 0) s", "\(l["seconds_left"] ?? 0) s", (l["port"] as? Int).map { "port \($0)" } ?? "-"]
+                 "\(l["age_seconds"] ?? 0) s", "\(l["seconds_left"] ?? 0) s", (l["port"] as? Int).map { (l["transport"] as? String) == "direct" ? "mesh address:\($0)" : "127.0.0.1:\($0)" } ?? "-"]
             }
             print(table(["SPLIT", "MODEL", "ROLE", "HEAD", "BYTES", "BUILD", "STATE", "AGE", "LEASE LEFT", "RPC SERVER"], rows))
         }
