@@ -127,6 +127,7 @@ def run(mode: str, args, work: Path, secret: Path) -> dict:
         nodes = workers + [a]
         want = {"A"} | {w.name for w in workers}
         wait(lambda: {n["name"] for n in a.admin("nodes") if n.get("offer_bytes")} >= want, 30, f"{mode}: nodes up with offers")
+        wait(lambda: http("GET", a.url + "/v1/models")["data"], 120, f"{mode}: the model listed")
         r = measure(a.url, args.rounds, args.n_predict)
         if split:
             heads = a.admin("splits")["heads"]
@@ -170,7 +171,7 @@ def main() -> None:
            "results": {k: {kk: vv for kk, vv in v.items() if kk != "text"} for k, v in results.items()},
            "relay_added_ms_per_token_per_worker": relay}
     Path(args.out, f"{args.label}.json").write_text(json.dumps(out, indent=2) + "\n")
-    rows = [f"| {m} | {r.get('parts', ['A'])} | {r['tokens_per_second']} | {r['ms_per_token']} | "
+    rows = [f"| {m} | {', '.join(r.get('parts', ['A']))} | {r['tokens_per_second']} | {r['ms_per_token']} | "
             f"{r.get('added_ms_per_token_per_worker', '–')} | {r['first_answer_s']} | {r.get('same_output_as_unsplit', '–')} |"
             for m, r in results.items()]
     md = (f"# A split through meshd: relay vs direct\n\nModel {out['model']} ({out['model_bytes'] >> 20} MiB), {args.rounds} "
@@ -178,7 +179,8 @@ def main() -> None:
           f"{out['loadavg_end']}. Made by `benches/split_mesh.sh`.\n\n"
           "| transport | nodes | tokens/s | ms/token | added ms/token per worker vs unsplit | first answer (s, incl. plan + load) | same output as unsplit |\n"
           "|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
-          f"\n\nThe mesh relay adds **{relay} ms per token per worker** over `direct` on the same link.\n")
+          f"\n\nThe mesh relay adds **{relay} ms per token per worker** over `direct` on the same link "
+          f"(meshd built as given: `{Path(args.meshd).parent.name}`).\n")
     Path(args.out, f"{args.label}.md").write_text(md)
     print(md)
 
