@@ -115,6 +115,8 @@ public final class MeshTunnel: Sendable {
         var ungrantedMessages = 0
         var lastHeard: ContinuousClock.Instant
         var lastPing: ContinuousClock.Instant
+        /// Takes what arrives instead of `incoming` (see ``deliver(to:)``).
+        var sink: (@Sendable (Event) -> Void)?
         var buffered: Int { bytesReceived - consumedTotal }
     }
 
@@ -130,6 +132,42 @@ public final class MeshTunnel: Sendable {
         (incoming, continuation) = AsyncThrowingStream<[UInt8], any Error>.makeStream()
         let now = ContinuousClock.now
         state = Mutex(State(sendWindow: sendWindow, lastHeard: now, lastPing: now))
+    }
+
+    /// What a sink (``deliver(to:)``) is told.
+    public enum Event: Sendable {
+        /// Bytes from the far end, in order (hand them on, then call ``consumed(_:)``).
+        case data([UInt8])
+        /// The tunnel ended: cleanly (nil) or with its failure.
+        case ended(MeshTunnelError?)
+    }
+
+    /// Hands what arrives from the far end to `sink` instead of `incoming`, on the mesh's socket
+    /// thread as it arrives (no task hop: a relay's round trip is on the path of every token), so
+    /// `sink` must not block. Set it before the far end can send: data that came earlier went to
+    /// `incoming`. A tunnel that already ended tells it at once.
+    public func deliver(to sink: @escaping @Sendable (Event) -> Void) {
+        let ended = state.withLock { s -> MeshTunnelError?? in
+            s.sink = sink
+            guard s.ended else { return nil }
+            return .some(s.failure == .closed ? nil : s.failure)
+        }
+        if let e = ended { sink(.ended(e)) }
+    }
+
+    /// Sends `bytes` now, without suspending, when they fit one piece and the far end's window has
+    /// room; false when they do not (then ``send(_:)``, which waits, in the same order).
+    public func trySend(_ bytes: [UInt8]) -> Bool {
+        guard !bytes.isEmpty, bytes.count <= pieceLimit else { return false }
+        let taken = state.withLock { s -> Bool in
+            guard !s.ended, s.sendWaiter == nil else { return false }
+            return Self.take(&s, bytes.count)
+        }
+        guard taken else { return false }
+        if !service.send(WireMessage(type: .tunnelData, header: ["tun": .string(id)], payload: bytes), to: link) {
+            end(error: .lost("cannot send to \(peer)"), notify: nil)
+        }
+        return true
     }
 
     /// Sends bytes in order; suspends while the far end's credit window is full. Throws once the
@@ -248,6 +286,7 @@ public final class MeshTunnel: Sendable {
             return (s.openWaiter, s.sendWaiter?.continuation)
         }
         guard let (open, send) = waiters else { return }
+        let sink = state.withLock { $0.sink }
         service.tunnelTable.remove(self)
         if case .some(let reason) = notify {
             let header: JSON = reason.map { ["tun": .string(id), "reason": .string($0)] } ?? ["tun": .string(id)]
@@ -255,6 +294,7 @@ public final class MeshTunnel: Sendable {
         }
         open?.resume(throwing: error ?? .closed)
         send?.resume(throwing: error ?? .closed)
+        sink?(.ended(error))
         if let error {
             service.logger.warning("mesh tunnel failed", metadata: ["tunnel": "\(id)", "peer": "\(peer)", "target": "\(target)", "error": "\(error)"])
             continuation.finish(throwing: error)
@@ -288,14 +328,15 @@ public final class MeshTunnel: Sendable {
     /// means the far end ignores credit: the tunnel ends rather than buffer without bound.
     func received(_ payload: [UInt8]) {
         guard !payload.isEmpty else { return }
-        let ok = state.withLock { s -> Bool? in
-            guard !s.ended else { return nil }
+        let (ok, sink) = state.withLock { s -> (Bool?, (@Sendable (Event) -> Void)?) in
+            guard !s.ended else { return (nil, nil) }
             s.bytesReceived += payload.count
             s.ends.append(s.bytesReceived)
-            return s.buffered <= Self.windowBytes && s.ends.count <= Self.windowMessages
+            return (s.buffered <= Self.windowBytes && s.ends.count <= Self.windowMessages, s.sink)
         }
         switch ok {
-        case true?: continuation.yield(payload)
+        case true?:
+            if let sink { sink(.data(payload)) } else { continuation.yield(payload) }
         case false?: end(error: .lost("\(peer) sent past its credit window"), notify: .some("credit window exceeded"))
         case nil: break
         }

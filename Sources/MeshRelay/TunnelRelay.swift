@@ -41,6 +41,31 @@ final class TunnelPipe: ChannelInboundHandler, RemovableChannelHandler {
     /// then closes the connection (after what was written reached the socket). Throws the
     /// tunnel's failure.
     static func run(_ tunnel: MeshTunnel, on channel: any Channel, eofReason: String?) async throws {
+        try await attach(tunnel, on: channel, eofReason: eofReason).get()
+    }
+
+    /// Installs the pipe; returns once bytes flow both ways, with a future of the tunnel's end.
+    /// The far end's bytes are written from the mesh's socket thread as they arrive (the tunnel's
+    /// sink, set before this side reads anything, so before the far end can answer), each chunk
+    /// credited back once written.
+    static func attach(_ tunnel: MeshTunnel, on channel: any Channel, eofReason: String?) async -> EventLoopFuture<Void> {
+        let ended = channel.eventLoop.makePromise(of: Void.self)
+        tunnel.deliver { event in
+            switch event {
+            case .data(let chunk):
+                let n = chunk.count
+                channel.writeAndFlush(ByteBuffer(bytes: chunk)).whenSuccess { tunnel.consumed(n) }
+            case .ended(nil):
+                // After what was written before it (writes complete in order).
+                channel.writeAndFlush(ByteBuffer()).whenComplete { _ in
+                    channel.close(promise: nil)
+                    ended.succeed()
+                }
+            case .ended(let error?):
+                channel.close(promise: nil)
+                ended.fail(error)
+            }
+        }
         do {
             try await channel.eventLoop.submit {
                 try channel.pipeline.syncOperations.addHandler(TunnelPipe(tunnel: tunnel, eofReason: eofReason))
@@ -49,23 +74,8 @@ final class TunnelPipe: ChannelInboundHandler, RemovableChannelHandler {
             // The connection is gone already (closed while the tunnel opened).
             tunnel.close(reason: eofReason)
             channel.close(promise: nil)
-            return
         }
-        var last: EventLoopFuture<Void>?
-        do {
-            for try await chunk in tunnel.incoming {
-                let n = chunk.count
-                let written = channel.eventLoop.makePromise(of: Void.self)
-                channel.writeAndFlush(ByteBuffer(bytes: chunk), promise: written)
-                written.futureResult.whenSuccess { tunnel.consumed(n) }
-                last = written.futureResult
-            }
-            try? await last?.get()
-            channel.close(promise: nil)
-        } catch {
-            channel.close(promise: nil)
-            throw error
-        }
+        return ended.futureResult
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -108,6 +118,11 @@ final class TunnelPipe: ChannelInboundHandler, RemovableChannelHandler {
         }
         let batch = pending
         pending = []
+        // Usually a small RPC message with credit to spare: straight to the mesh, no task hop.
+        if tunnel.trySend(batch) {
+            sent(channel)
+            return
+        }
         sending = true
         let me = NIOLoopBound(self, eventLoop: channel.eventLoop)
         let tunnel = self.tunnel
@@ -229,8 +244,7 @@ public enum TunnelDialer {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(5))
             .connect(host: host, port: port).get()
-        Task {
-            try? await TunnelPipe.run(tunnel, on: channel, eofReason: "\(host):\(port) closed the connection")
-        }
+        // Attached before returning: the tunnel is accepted after this, so nothing can arrive earlier.
+        _ = await TunnelPipe.attach(tunnel, on: channel, eofReason: "\(host):\(port) closed the connection")
     }
 }
