@@ -23,6 +23,8 @@ public protocol EngineAdapter: Sendable {
     /// Makes the engine ready for a request that was just admitted (a split starts on its first
     /// request); returns why it cannot serve, nil when it can.
     func prepare() async -> String?
+    /// A request failed on this engine before it answered (its connection broke).
+    func noteFailure()
 }
 
 extension EngineAdapter {
@@ -30,6 +32,7 @@ extension EngineAdapter {
     public func start() async {}
     public func stop() async {}
     public func prepare() async -> String? { nil }
+    public func noteFailure() {}
 }
 
 /// A parsed engine base URL.

@@ -360,6 +360,10 @@ public final class EngineRegistry: Sendable {
         return .success(a.baseURL)
     }
 
+    /// A request failed on the engine before it answered, and the engine itself decides what that
+    /// means (a split checks its llama-server before the next request).
+    public func noteFailure(_ engineID: String) { adapter(engineID)?.noteFailure() }
+
     /// Managed `llama.cpp` engines, for the node to wire splits into (before `start()`).
     public var managedLlamaEngines: [ManagedLlamaCppEngine] { adapters.compactMap { $0 as? ManagedLlamaCppEngine } }
 

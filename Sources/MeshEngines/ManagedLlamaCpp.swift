@@ -98,6 +98,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var splitStart: Task<Void, any Error>?
         /// The split running now.
         var split: SplitLaunch?
+        /// A request just failed on it (see ``noteFailure()``).
+        var suspect = false
     }
 
     /// What the model file says of itself, for `/api/show` and split planning.
@@ -351,6 +353,15 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     /// Makes the engine ready for a request: a model that is split starts its split on the first
     /// request (later ones wait for the same start). Returns why it cannot serve, nil when it can.
     public func prepare() async -> String? {
+        // After a request failed on the split: if its llama-server is gone (a worker failed, the
+        // port refuses), wait for its end to be recorded (milliseconds after the exit) and plan anew.
+        if state.withLock({ s in defer { s.suspect = false }; return s.suspect }) {
+            let deadline = ContinuousClock.now + .seconds(3)
+            while ContinuousClock.now < deadline, let port = state.withLock({ $0.split != nil ? $0.status.port : nil }),
+                  !RPCServerProcess.canConnect(port: port) {
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+        }
         let step = state.withLock { s -> (task: Task<Void, any Error>?, refusal: String?) in
             if let t = s.splitStart { return (t, nil) }
             guard s.status.phase == .awaitingSplit else { return (nil, nil) }
@@ -429,6 +440,12 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         guard let child else { return }
         logger.warning("stopping the split's llama-server", metadata: ["why": "\(reason)"])
         child.signal(SIGKILL)
+    }
+
+    /// A request failed on this engine before it answered: the next `prepare()` checks that a
+    /// split's llama-server is still there, and waits for a dead one's end before planning anew.
+    public func noteFailure() {
+        state.withLock { s in if s.split != nil { s.suspect = true } }
     }
 
     /// The split this engine runs now, if any.

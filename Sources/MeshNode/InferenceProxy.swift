@@ -26,6 +26,9 @@ public protocol EngineDirectory: Sendable {
     /// Makes an admitted request's engine ready (a split starts on its first request): its base
     /// URL now, or why it cannot serve (the request then goes to the next candidate).
     func prepare(engineID: String) async -> Result<String, DetailError>
+    /// A request failed on a split before it answered: it is not taken out of rotation (it ends
+    /// itself when a worker failed, and is planned again), but checks its llama-server first.
+    func engineFailed(engineID: String)
 }
 
 /// Serves inference routes: parse, route, translate, relay. Same-dialect bodies and streams are
@@ -78,6 +81,8 @@ public struct InferenceProxy: Sendable {
         }
         var excludedEngines = Set<String>()
         var excludedNodes = Set<String>()
+        // Splits that broke under this request (a worker died): planned again once, without that worker.
+        var replanned = Set<String>()
         var considered = false
         var failures = FailedAttempts()
         // Retry on another engine or node while nothing has been sent to the client.
@@ -130,8 +135,12 @@ public struct InferenceProxy: Sendable {
             case .response(let r):
                 return r
             case .retry(let status, let reason):
-                excludedEngines.insert(engine.id)
                 failures.add("\(nodeName)/\(engine.id)", status: status, reason: reason)
+                if status == 502, engine.models.contains(where: { $0.split == true }), replanned.insert(engine.id).inserted {
+                    logger.warning("split failed before answering, planning it again", metadata: ["engine": "\(engine.id)", "reason": "\(reason)"])
+                    continue
+                }
+                excludedEngines.insert(engine.id)
                 logger.warning("engine failed before answering, trying another", metadata: ["engine": "\(engine.id)", "reason": "\(reason)"])
             }
         }
@@ -292,10 +301,12 @@ public struct InferenceProxy: Sendable {
         }
         // The engine failed before any byte went to the client: free the place, take the engine out
         // of rotation if it is broken, and let the caller try the next candidate.
+        // A split that broke is not out of rotation: it ends itself and the next request plans it anew.
+        let isSplit = engine.models.contains { $0.split == true }
         let retry: (Int, String, Bool, Bool) -> Outcome = { [engines] status, reason, unhealthy, overloaded in
             engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false,
                                     overloaded: overloaded)
-            if unhealthy { engines.engineUnreachable(engineID: engine.id, reason: reason) }
+            if unhealthy { isSplit ? engines.engineFailed(engineID: engine.id) : engines.engineUnreachable(engineID: engine.id, reason: reason) }
             return .retry(status: status, reason: reason)
         }
         // The HTTP client failed: the next candidate if the engine broke, else an error.

@@ -189,3 +189,36 @@ def test_a_dead_worker_ends_the_split_and_the_next_request_plans_without_it(
     wait_until(lambda: not json.loads(other.meshctl("splits", "--json").stdout)["leases"], 10,
                what="the lease of the dead head expired")
     wait_until(lambda: set(rpc_servers()) <= before, 10, what="no rpc-server left running")
+
+
+@pytest.mark.parametrize("transport", ["mesh", "direct"])
+def test_a_request_in_flight_when_a_worker_dies_is_answered_by_the_split_planned_again(
+        mpool: ProcessPool, mbins: MeshBinaries, secret: Path, transport: str) -> None:
+    import threading
+
+    # 12 MiB each: A and one worker hold the model; the other worker is the spare.
+    a, (b, c) = split_nodes(mpool, mbins, secret, transport, offer_mb=12)
+    assert completion(a, 4)["choices"]
+    head = json.loads(a.meshctl("splits", "--json").stdout)["heads"][0]
+    victim_name = next(p["node"] for p in head["parts"] if not p["head"])
+    victim, other = (b, c) if victim_name == "B" else (c, b)
+    result: dict[str, Any] = {}
+
+    def ask() -> None:
+        r = a.post("/v1/completions", timeout=60, json={"model": MODEL, "prompt": PROMPT, "max_tokens": 450, "temperature": 0,
+                                                         "ignore_eos": True})
+        result["status"], result["body"] = r.status_code, r.json()
+
+    t = threading.Thread(target=ask)
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(0.3)
+    victim.kill9()
+    t.join(60)
+    took = time.monotonic() - t0
+    assert result.get("status") == 200, result
+    assert result["body"]["usage"]["completion_tokens"] > 0, result
+    head = json.loads(a.meshctl("splits", "--json").stdout)["heads"][0]
+    assert {p["node"] for p in head["parts"]} == {"A", other.name}, head
+    print(f"\n[split {transport}] a request in flight when its worker died: answered by the split planned again "
+          f"(A + {other.name}) after {took:.2f} s")
