@@ -44,6 +44,7 @@ public final class SplitHead: SplitLaunching, Sendable {
         var started = 0
         var failed = 0
         var lastFailure: String?
+        var hops = HopTable()
     }
 
     let nodeName: String
@@ -91,7 +92,8 @@ public final class SplitHead: SplitLaunching, Sendable {
     public func plan(_ model: SplitModel, excluding: Set<String> = []) -> SplitDecision {
         let now = clock.nowNanos()
         let backingOff = state.withLock { $0.backoff.active(now: now) }.union(excluding)
-        let peers = mesh.peersForRouting().map { (state: $0.state, hopSeconds: Double?.none) }
+        let hops = state.withLock { $0.hops }
+        let peers = mesh.peersForRouting().map { (state: $0.state, hopSeconds: hops[$0.state.id]) }
         var local = mesh.localState()
         // This node's memory is its own to head with, whatever it lends (it lends none while heading).
         local.llama?.leasedTo = nil
@@ -100,6 +102,7 @@ public final class SplitHead: SplitLaunching, Sendable {
     }
 
     public func prepareSplit(engineID: String, model: SplitModel) async throws -> SplitLaunch {
+        await probeHops()
         var excluded: Set<String> = []
         var refusals: [String] = []
         // A worker that refuses its lease is left out and the split planned once more without it.
@@ -180,13 +183,19 @@ public final class SplitHead: SplitLaunching, Sendable {
 
     /// One JSON request to a peer's meshd over the mesh; the answer's JSON, or why not (its error
     /// message for a refusal).
-    func call(_ node: String, path: String, body: JSON, timeout: Duration) async -> Result<JSON, SplitUnavailable> {
+    /// `measureHop`: the round trip is a hop measurement (a call the peer answers at once).
+    func call(_ node: String, path: String, body: JSON, timeout: Duration, measureHop: Bool = false) async -> Result<JSON, SplitUnavailable> {
         let mesh = self.mesh
         let outcome: Result<JSON, SplitUnavailable>? = await withTaskGroup(of: Result<JSON, SplitUnavailable>?.self) { group in
-            group.addTask {
+            group.addTask { [self] in
                 do {
+                    let t0 = ContinuousClock.now
                     let response = try await mesh.forward(to: node, path: path, headers: [("Content-Type", "application/json")],
                                                           body: body.serialized())
+                    if measureHop {
+                        let rtt = ContinuousClock.now - t0
+                        state.withLock { $0.hops.record(node, rtt: Double(rtt.components.seconds) + Double(rtt.components.attoseconds) / 1e18) }
+                    }
                     var bytes: [UInt8] = []
                     for try await chunk in response.body { bytes += chunk }
                     let json = (try? JSONParser.parse(bytes)) ?? .null
@@ -207,6 +216,27 @@ public final class SplitHead: SplitLaunching, Sendable {
             return first
         }
         return outcome ?? .failure(SplitUnavailable("no answer within \(timeout)"))
+    }
+
+    /// Measures the hop to every peer that could lend memory and has no measurement yet (a cheap
+    /// call its meshd answers at once); one that does not answer within 1 s counts as a 1 s hop.
+    func probeHops() async {
+        let known = state.withLock { $0.hops }
+        let candidates = mesh.peersForRouting().map(\.state).filter { s in
+            s.llama?.rpcServer == true && (s.llama?.offerBytes ?? 0) > 0 && known[s.id] == nil
+        }
+        guard !candidates.isEmpty else { return }
+        await withTaskGroup(of: Void.self) { group in
+            for c in candidates {
+                group.addTask { [self] in
+                    // A renewal of no split: answered at once (404) by the peer's meshd.
+                    let r = await call(c.id, path: "/_mesh/split/renew", body: ["split": "probe"], timeout: .seconds(1), measureHop: true)
+                    if case .failure(let e) = r, e.description.hasPrefix("no answer") {
+                        state.withLock { $0.hops.record(c.id, rtt: 2.0) }
+                    }
+                }
+            }
+        }
     }
 
     func releaseAll(id: String, workers: [String]) async {
@@ -277,7 +307,8 @@ public final class SplitHead: SplitLaunching, Sendable {
                 for w in workers {
                     group.addTask { [self] in
                         let started = ContinuousClock.now
-                        switch await call(w, path: "/_mesh/split/renew", body: ["split": .string(id)], timeout: silenceLimit) {
+                        switch await call(w, path: "/_mesh/split/renew", body: ["split": .string(id)], timeout: silenceLimit,
+                                          measureHop: true) {
                         case .success: break
                         case .failure(let e):
                             if Task.isCancelled { return }
@@ -380,6 +411,7 @@ public final class SplitHead: SplitLaunching, Sendable {
                                              ($0, JSON.number((s.backoff.secondsLeft($0, now: now) * 10).rounded() / 10))
                                          }))]
             if let f = s.lastFailure { out.append(("last_failure", .string(f))) }
+            out.append(("hop_ms", .object(s.hops.seconds.sorted { $0.key < $1.key }.map { ($0.key, JSON.number(($0.value * 1e5).rounded() / 100)) })))
             return .object(out)
         }
     }

@@ -43,6 +43,9 @@ struct SplitsCommand: AsyncParsableCommand {
             var line = "splits headed: \(stats["started"] ?? 0) served, \(stats["failed"] ?? 0) failed"
             if !off.isEmpty { line += "; backing off: " + off.keys.sorted().map { "\($0) (\(off[$0] ?? 0) s)" }.joined(separator: ", ") }
             if let last = stats["last_failure"] as? String { line += "\nlast failure: \(last)" }
+            if let hops = stats["hop_ms"] as? [String: Any], !hops.isEmpty {
+                line += "\nmeasured hops: " + hops.keys.sorted().map { "\($0) \(hops[$0] ?? 0) ms" }.joined(separator: ", ")
+            }
             print(line)
         }
     }

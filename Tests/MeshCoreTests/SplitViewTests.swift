@@ -84,3 +84,32 @@ import Testing
         #expect(b.secondsLeft("w", now: 200 * s) == 15, "a served node starts over")
     }
 }
+
+@Suite struct HopTableTests {
+    @Test func aHopIsHalfTheRoundTripSmoothed() {
+        var t = HopTable()
+        #expect(t["b"] == nil)
+        t.record("b", rtt: 0.004)
+        #expect(t["b"] == 0.002)
+        t.record("b", rtt: 0.014)
+        #expect(abs((t["b"] ?? 0) - (0.002 + HopTable.alpha * (0.007 - 0.002))) < 1e-12)
+        t.record("b", rtt: -1)
+        t.record("b", rtt: .nan)
+        #expect(abs((t["b"] ?? 0) - 0.0035) < 1e-12, "nonsense samples are ignored")
+    }
+
+    @Test func measuredHopsDecideWhichWorkerIsLeftOut() {
+        let mib: Int64 = 1_048_576
+        var hops = HopTable()
+        hops.record("far", rtt: 0.040)
+        hops.record("near", rtt: 0.001)
+        func node(_ id: String, local: Bool = false) -> SplitNode {
+            SplitNode(id: id, isLocal: local, offerBytes: 600 * mib, llamaBuild: "b1", hasModelFile: local, hopSeconds: hops[id])
+        }
+        let d = SplitPlanner.plan(model: SplitModel(name: "m", weightsBytes: 900 * mib, kvBytes: 100 * mib),
+                                  nodes: [node("head", local: true), node("far"), node("near")], settings: SplitSettings())
+        guard case .split(let p) = d else { Issue.record("\(d)"); return }
+        #expect(p.parts.map(\.node) == ["near", "head"])
+        #expect(p.reason.contains("left out for their links: far"), "\(p.reason)")
+    }
+}

@@ -80,6 +80,9 @@ def test_a_model_no_node_can_hold_is_split_and_answers_like_the_unsplit_one(
 
     splits = json.loads(a.meshctl("splits", "--json").stdout)
     head = splits["heads"][0]
+    # Hop times to the workers were measured before placing them (and with every renewal).
+    assert {"B", "C"} <= set(splits["head_stats"]["hop_ms"]), splits["head_stats"]
+    assert all(0 < v < 1000 for v in splits["head_stats"]["hop_ms"].values()), splits["head_stats"]
     assert head["state"] == "serving" and head["model"] == MODEL and head["transport"] == transport, head
     assert [p["node"] for p in head["parts"]][-1] == "A" and {p["node"] for p in head["parts"]} == {"A", "B", "C"}, head
     for w in (b, c):

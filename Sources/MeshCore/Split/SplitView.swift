@@ -81,3 +81,22 @@ public struct SplitBackoff: Sendable {
         return Double(r.untilNanos - now) / 1e9
     }
 }
+
+/// Measured hop times to other nodes (round trips of the head's mesh calls: probes, leases,
+/// renewals), smoothed, for placement: the planner leaves the worst links out first.
+public struct HopTable: Sendable {
+    /// Weight of a new sample.
+    public static let alpha = 0.3
+    public private(set) var seconds: [String: Double] = [:]
+
+    public init() {}
+
+    /// A round trip of `rtt` seconds to `node` (a hop is half of it).
+    public mutating func record(_ node: String, rtt: Double) {
+        guard rtt.isFinite, rtt >= 0 else { return }
+        let hop = rtt / 2
+        seconds[node] = seconds[node].map { $0 + Self.alpha * (hop - $0) } ?? hop
+    }
+
+    public subscript(node: String) -> Double? { seconds[node] }
+}
