@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         // MARK: thin C modules (system libraries, apt providers, typed shims where the C API is variadic)
@@ -66,10 +67,11 @@ let package = Package(
             "MeshCore", "MeshZMQ", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "MeshRelay", dependencies: [
-            "MeshNet", "MeshCore",
+            "MeshNet", "MeshCore", "MeshZMQ",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: strict),
         .target(name: "MeshNode", dependencies: [
             "MeshCore", "MeshHTTPClient", "MeshEngines", "MeshHTTPServer", "MeshConfigLoader", "MeshNet", "MeshZMQ", "MeshRelay",

@@ -48,6 +48,8 @@ public final class MeshService: Sendable {
     let stopped = Mutex(false)
     /// Byte tunnels to and from peers (MeshTunnels.swift).
     let tunnelTable = MeshTunnelTable()
+    /// The ZAP policy mirrored for secure relays (MeshRelayKeys.swift).
+    let relayAdmission: Mutex<CurveKeyAdmission>
 
     struct Pending {
         var node: String
@@ -163,6 +165,7 @@ public final class MeshService: Sendable {
             sc.revokedKeys = [sc.meshPublicKey]
         }
         loop = try MeshSocketLoop(configuration: sc, logger: logger)
+        relayAdmission = Mutex(CurveKeyAdmission(meshKey: sc.meshPublicKey, allowedKeys: sc.allowedKeys, revokedKeys: sc.revokedKeys))
         state = Mutex(State(peers: PeerTable(heartbeatMs: configuration.heartbeatMs, deadAfterMissed: configuration.deadAfterMissed)))
     }
 
@@ -179,6 +182,7 @@ public final class MeshService: Sendable {
     /// is dialled again (it may not know us any more, e.g. after a restart).
     public func trust(key: [UInt8]) async throws {
         try await loop.allow(key: key)
+        relayAdmission.withLock { $0.allow(key) }
         let redial = state.withLock { s -> [String] in
             var endpoints: [String] = []
             for (id, k) in s.revokedNodes where k == key {
@@ -195,6 +199,7 @@ public final class MeshService: Sendable {
     /// the socket loop), and the node is out of rotation at once: its pending forwards fail over,
     /// the connection we dialled to it is closed and not redialled.
     public func revoke(key: [UInt8]) async throws {
+        relayAdmission.withLock { $0.revoke(key) }
         try await loop.revoke(key: key)
         let (ids, endpoints) = state.withLock { s -> ([String], [String]) in
             let ids = s.nodeKeys.filter { $0.value == key }.map(\.key)

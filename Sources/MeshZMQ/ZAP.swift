@@ -1,26 +1,53 @@
-/// The ZAP (ZeroMQ RFC 27) policy the loop's handler applies: CURVE only, our domain only, and a client key that
-/// is the mesh key or allow-listed and not revoked. Pure value logic; the socket side lives in the loop runner.
-struct ZAPPolicy: Sendable {
-    /// The domain our server sockets set with `ZMQ_ZAP_DOMAIN`; requests for any other domain are refused.
-    var domain: String
+/// Which CURVE client keys are admitted: the mesh key or an allow-listed key, and not revoked.
+/// The ZAP handler applies it to the mesh's sockets; meshd's secure relays (MeshRelay) admit the
+/// same keys, so both share this one rule.
+public struct CurveKeyAdmission: Sendable, Equatable {
     /// The mesh's shared public key (always accepted unless revoked).
-    var meshKey: [UInt8]
+    public var meshKey: [UInt8]
     /// Further accepted client keys (per-node keypairs), updatable at runtime.
-    var allowedKeys: Set<[UInt8]>
+    public var allowedKeys: Set<[UInt8]>
     /// Keys refused even if they are the mesh key or allow-listed.
-    var revokedKeys: Set<[UInt8]>
+    public var revokedKeys: Set<[UInt8]>
+
+    public init(meshKey: [UInt8], allowedKeys: Set<[UInt8]>, revokedKeys: Set<[UInt8]>) {
+        self.meshKey = meshKey
+        self.allowedKeys = allowedKeys
+        self.revokedKeys = revokedKeys
+    }
+
+    /// Whether a client authenticating with `key` is admitted.
+    public func admits(_ key: [UInt8]) -> Bool {
+        key.count == CurveKeyPair.keyLength && !revokedKeys.contains(key) && (key == meshKey || allowedKeys.contains(key))
+    }
 
     /// Admits `key` (and un-revokes it).
-    mutating func allow(_ key: [UInt8]) {
+    public mutating func allow(_ key: [UInt8]) {
         revokedKeys.remove(key)
         allowedKeys.insert(key)
     }
 
     /// Refuses `key` for new handshakes (and removes it from the allowlist).
-    mutating func revoke(_ key: [UInt8]) {
+    public mutating func revoke(_ key: [UInt8]) {
         allowedKeys.remove(key)
         revokedKeys.insert(key)
     }
+}
+
+/// The ZAP (ZeroMQ RFC 27) policy the loop's handler applies: CURVE only, our domain only, and a client key that
+/// ``CurveKeyAdmission`` admits. Pure value logic; the socket side lives in the loop runner.
+struct ZAPPolicy: Sendable {
+    /// The domain our server sockets set with `ZMQ_ZAP_DOMAIN`; requests for any other domain are refused.
+    var domain: String
+    var keys: CurveKeyAdmission
+
+    init(domain: String, meshKey: [UInt8], allowedKeys: Set<[UInt8]>, revokedKeys: Set<[UInt8]>) {
+        self.domain = domain
+        self.keys = CurveKeyAdmission(meshKey: meshKey, allowedKeys: allowedKeys, revokedKeys: revokedKeys)
+    }
+
+    var revokedKeys: Set<[UInt8]> { keys.revokedKeys }
+    mutating func allow(_ key: [UInt8]) { keys.allow(key) }
+    mutating func revoke(_ key: [UInt8]) { keys.revoke(key) }
 
     /// Judges one ZAP request (its frames as received on the handler's REP socket).
     func evaluate(_ frames: [[UInt8]]) -> ZAPDecision {
@@ -39,8 +66,8 @@ struct ZAPPolicy: Sendable {
             return refuse("malformed CURVE credentials", address: address)
         }
         let key = frames[6]
-        if revokedKeys.contains(key) { return refuse("client key is revoked", address: address, key: key) }
-        guard key == meshKey || allowedKeys.contains(key) else {
+        if keys.revokedKeys.contains(key) { return refuse("client key is revoked", address: address, key: key) }
+        guard keys.admits(key) else {
             return refuse("client key is not the mesh key and not allow-listed", address: address, key: key)
         }
         return ZAPDecision(requestID: requestID, accepted: true, address: address, clientKey: key, reason: nil)

@@ -172,8 +172,14 @@ final class BlockingClient: @unchecked Sendable {
         }
     }
 
-    func close() { _ = Glibc.close(fd) }
-    deinit { _ = Glibc.close(fd) }
+    let closed = Mutex(false)
+
+    /// Closes once: a second close(2) could hit a socket that reused the number meanwhile.
+    func close() {
+        if !closed.withLock({ was in defer { was = true }; return was }) { _ = Glibc.close(fd) }
+    }
+
+    deinit { close() }
 }
 
 /// Runs blocking work on its own thread, off the cooperative pool.
@@ -192,9 +198,47 @@ func randomBytes(_ n: Int) -> [UInt8] {
     return Array(out.prefix(n))
 }
 
-func firstFailure(_ l: TunnelListener, within: Duration = .seconds(5)) async -> TunnelFailure? {
+/// Writes `data` through `client` in uneven writes (from 1 byte to 1 MiB) while reading the echo
+/// back concurrently: what came back and how long it took.
+func echoInUnevenWrites(_ data: [UInt8], through client: BlockingClient) async throws -> ([UInt8], Duration) {
+    let writer = Task {
+        try await blocking {
+            var off = 0, k = 0
+            let sizes = [1, 7, 1500, 65536, 300_000, 13, 1 << 20, 4097, 65537]
+            while off < data.count {
+                let n = min(sizes[k % sizes.count], data.count - off)
+                try client.write(Array(data[off..<off + n]))
+                off += n
+                k += 1
+            }
+        }
+    }
+    let started = ContinuousClock.now
+    let back = try await blocking { try client.read(data.count) }
+    try await writer.value
+    return (back, ContinuousClock.now - started)
+}
+
+/// Mean microseconds of `count` round trips of 64 bytes (each checked).
+func meanRoundTrip(_ c: BlockingClient, count: Int = 1000) async throws -> Double {
+    try await blocking {
+        let req = [UInt8](repeating: 0x5a, count: 64)
+        let t0 = ContinuousClock.now
+        for i in 0..<count {
+            var r = req
+            r[0] = UInt8(truncatingIfNeeded: i)
+            try c.write(r)
+            guard try c.read(r.count) == r else { throw TestFailure("round trip \(i) garbled") }
+        }
+        let d = ContinuousClock.now - t0
+        return (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(count)
+    }
+}
+
+/// The first failure reported on `failures` within `within`, if any.
+func firstFailure(_ failures: AsyncStream<TunnelFailure>, within: Duration = .seconds(5)) async -> TunnelFailure? {
     await withTaskGroup(of: TunnelFailure?.self) { g in
-        g.addTask { for await f in l.failures { return f }; return nil }
+        g.addTask { for await f in failures { return f }; return nil }
         g.addTask { try? await Task.sleep(for: within); return nil }
         let first = await g.next() ?? nil
         g.cancelAll()
@@ -235,40 +279,11 @@ struct RelayRig {
 
         // Several MB in uneven writes, read back concurrently, byte-exact.
         let data = randomBytes(6 << 20 + 12345)
-        let writer = Task {
-            try await blocking {
-                var off = 0, k = 0
-                let sizes = [1, 7, 1500, 65536, 300_000, 13, 1 << 20, 4097]
-                while off < data.count {
-                    let n = min(sizes[k % sizes.count], data.count - off)
-                    try client.write(Array(data[off..<off + n]))
-                    off += n
-                    k += 1
-                }
-            }
-        }
-        let started = ContinuousClock.now
-        let back = try await blocking { try client.read(data.count) }
-        try await writer.value
-        let bulkTime = ContinuousClock.now - started
+        let (back, bulkTime) = try await echoInUnevenWrites(data, through: client)
         #expect(back == data)
         print("tunnel bulk: \(data.count) bytes echoed in \(bulkTime)")
 
         // Small request/response round trips, tunnel vs a direct connection.
-        func meanRoundTrip(_ c: BlockingClient) async throws -> Double {
-            try await blocking {
-                let req = [UInt8](repeating: 0x5a, count: 64)
-                let t0 = ContinuousClock.now
-                for i in 0..<1000 {
-                    var r = req
-                    r[0] = UInt8(truncatingIfNeeded: i)
-                    try c.write(r)
-                    guard try c.read(r.count) == r else { throw TestFailure("round trip \(i) garbled") }
-                }
-                let d = ContinuousClock.now - t0
-                return Double(d.components.seconds) * 1e6 / 1000 + Double(d.components.attoseconds) / 1e12 / 1000
-            }
-        }
         let viaTunnel = try await meanRoundTrip(client)
         let direct = try BlockingClient(port: echo.port)
         let viaDirect = try await meanRoundTrip(direct)
@@ -295,7 +310,7 @@ struct RelayRig {
         #expect(try await blocking { try client.read(3) } == [1, 2, 3])
         rig.echo.hangUp()
         #expect(try await blocking { client.waitClosed() })
-        let failure = await firstFailure(rig.listener)
+        let failure = await firstFailure(rig.listener.failures)
         let reason = failure.map { "\($0.error)" } ?? "no failure reported"
         #expect(reason.contains("closed the connection"), "\(reason)")
         await rig.stop()
@@ -312,7 +327,7 @@ struct RelayRig {
         let listener = try await TunnelListener(service: a, node: "ref-b", target: "rpc/s3")
         let client = try BlockingClient(port: listener.port)
         #expect(try await blocking { client.waitClosed() })
-        let failure = await firstFailure(listener)
+        let failure = await firstFailure(listener.failures)
         #expect(failure?.error as? MeshTunnelError == .refused("no split s3 here"))
         #expect(asked.withLock { $0 } == ["ref-a rpc/s3"])
         #expect(a.tunnels().isEmpty && b.tunnels().isEmpty)
@@ -330,7 +345,7 @@ struct RelayRig {
         let took = ContinuousClock.now - t0
         print("worker stopped: head's connection closed after \(took)")
         #expect(took < .seconds(2))
-        let failure = await firstFailure(rig.listener)
+        let failure = await firstFailure(rig.listener.failures)
         #expect(failure != nil)
         print("reported: \(failure.map { "\($0)" } ?? "nothing")")
         await rig.stop()
