@@ -258,6 +258,11 @@ public final class MeshdNode: Service, Sendable {
         let discovery = self.discovery
         let hardware = self.hardware
         let splitWorker = self.splitWorker
+        let closeSecureRelay: (@Sendable () async -> Void)? = if let mesh, config.split.enabled {
+            await SplitSecureRelay.start(mesh: mesh, host: config.mesh.listen.host, worker: splitWorker, logger: logger)
+        } else {
+            nil
+        }
         let grace = Duration.milliseconds(Int64(config.http.shutdownGraceSeconds * 1000))
 
         try await withGracefulShutdownHandler {
@@ -333,6 +338,7 @@ public final class MeshdNode: Service, Sendable {
                 await http.shutdown(grace: grace)
             }
         }
+        await closeSecureRelay?()
         await engines.shutdown()
         client.shutdown()
         if ownsGroup { try? await group.shutdownGracefully() }
@@ -411,7 +417,9 @@ struct MeshHandler: MeshRequestHandler {
             return (status, ["error": .string(e.message), "code": .string(e.code.rawValue)])
         }
         func granted(_ g: SplitWorker.Granted) -> (Int, JSON) {
-            ((try? JSONValueCoding.encode(g.lease)).map { lease in (200, ["lease": lease, "port": .integer(g.port)]) })
+            ((try? JSONValueCoding.encode(g.lease)).map { lease in
+                (200, ["lease": lease, "port": .integer(g.port), "relay_port": g.relayPort.map(JSON.integer) ?? .null])
+            })
                 ?? (500, ["error": "cannot encode the lease"])
         }
         let json: JSON

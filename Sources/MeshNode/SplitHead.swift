@@ -10,12 +10,17 @@ import Synchronization
 protocol SplitRelayOpener: Sendable {
     /// Listens on a loopback port for `split`'s connections to `worker`; `onFailure` hears why a
     /// relayed connection broke (the worker went silent, its rpc-server closed).
-    func open(worker: String, split: String, onFailure: @escaping @Sendable (String) -> Void) async throws -> SplitRelayHandle
+    /// `secure`: the worker's secure relay (a direct TCP connection, encrypted and authenticated
+    /// with the mesh's keys); nil: over mesh tunnels.
+    func open(worker: String, split: String, secure: (host: String, port: Int)?,
+              onFailure: @escaping @Sendable (String) -> Void) async throws -> SplitRelayHandle
 }
 
 /// One open relay listener.
 struct SplitRelayHandle: Sendable {
     var port: Int
+    /// `secure` (the worker's secure relay) or `tunnel` (mesh tunnels).
+    var kind: String
     var close: @Sendable () async -> Void
 }
 
@@ -32,6 +37,8 @@ public final class SplitHead: SplitLaunching, Sendable {
         var phase: String
         var endpoints: [String]
         var relays: [SplitRelayHandle] = []
+        /// How each worker is reached: `secure`, `tunnel` or `direct`.
+        var paths: [String] = []
         var watch: Task<Void, Never>?
         /// A worker that failed the split (its lease lost, silent, its relay broke).
         var blamed: [String: String] = [:]
@@ -148,6 +155,8 @@ public final class SplitHead: SplitLaunching, Sendable {
     struct Grant: Sendable {
         var port: Int
         var host: String?
+        /// The worker's secure relay port (relayed transport), nil from a worker without one.
+        var relayPort: Int?
     }
 
     /// Asks every worker of `plan` for its lease at once.
@@ -177,7 +186,7 @@ public final class SplitHead: SplitLaunching, Sendable {
         case .failure(let e): return .failure(e)
         case .success(let json):
             guard let port = json["port"]?.intValue else { return .failure(SplitUnavailable("its answer has no port")) }
-            return .success(Grant(port: port, host: json["host"]?.stringValue))
+            return .success(Grant(port: port, host: json["host"]?.stringValue, relayPort: json["relay_port"]?.intValue))
         }
     }
 
@@ -253,6 +262,7 @@ public final class SplitHead: SplitLaunching, Sendable {
     func launch(plan: SplitPlan, id: String, engineID: String, grants: [String: Grant], layers: Int?) async throws -> SplitLaunch {
         var endpoints: [String] = []
         var handles: [SplitRelayHandle] = []
+        var paths: [String] = []
         for part in plan.workers {
             guard let g = grants[part.node] else { throw SplitUnavailable("no lease from \(part.node)") }
             switch settings.transport {
@@ -261,15 +271,18 @@ public final class SplitHead: SplitLaunching, Sendable {
                     throw SplitUnavailable("no address for \(part.node)'s rpc-server")
                 }
                 endpoints.append("\(host):\(g.port)")
+                paths.append("direct")
             case .mesh:
                 guard let relays else { throw SplitUnavailable("no mesh relay on this node") }
                 do {
                     let node = part.node
-                    let h = try await relays.open(worker: node, split: id) { [weak self] why in
+                    let secure = g.relayPort.flatMap { p in peerHost(node).map { (host: $0, port: p) } }
+                    let h = try await relays.open(worker: node, split: id, secure: secure) { [weak self] why in
                         self?.workerFailed(split: id, worker: node, why: why)
                     }
                     handles.append(h)
                     endpoints.append("127.0.0.1:\(h.port)")
+                    paths.append(h.kind)
                 } catch {
                     for h in handles { await h.close() }
                     throw SplitUnavailable("cannot relay to \(part.node): \(error)")
@@ -283,7 +296,7 @@ public final class SplitHead: SplitLaunching, Sendable {
         let now = clock.nowNanos()
         state.withLock { s in
             s.active[id] = Active(launch: launch, engineID: engineID, startedNanos: now, phase: "loading", endpoints: endpoints,
-                                  relays: handles)
+                                  relays: handles, paths: paths)
         }
         let watch = Task { [self] in await watchWorkers(id: id, workers: plan.workers.map(\.node)) }
         state.withLock { $0.active[id]?.watch = watch }
@@ -395,6 +408,7 @@ public final class SplitHead: SplitLaunching, Sendable {
                 ("age_seconds", .number((Double(now - min(now, a.startedNanos)) / 1e8).rounded() / 10)),
                 ("parts", .array(p.parts.map { ["node": .string($0.node), "bytes": .int($0.bytes), "head": .bool($0.isHead)] })),
                 ("endpoints", .array(a.endpoints.map { .string($0) })),
+                ("paths", .array(a.paths.map { .string($0) })),
                 ("reason", .string(p.reason)),
             ]
             if let tps = decodeSpeed(a.engineID) { row.append(("tokens_per_second", .number((tps * 10).rounded() / 10))) }

@@ -18,6 +18,10 @@ public final class SplitWorker: Sendable {
     }
 
     private let state = Mutex(State())
+    /// The port of this node's secure relay (heads reach relayed rpc-servers through it), once it listens.
+    private let secureRelayPort = Mutex<Int?>(nil)
+    public func setSecureRelayPort(_ port: Int?) { secureRelayPort.withLock { $0 = port } }
+
     /// Told when a lease starts or ends (the node's state, which shows leased memory, is sent then).
     private let onChange = Mutex<(@Sendable () -> Void)?>(nil)
     private let clock: any WallClock
@@ -55,6 +59,8 @@ public final class SplitWorker: Sendable {
         public var lease: Lease
         /// The rpc-server's loopback port.
         public var port: Int
+        /// This node's secure relay port, for a relayed lease (nil: relay over mesh tunnels).
+        public var relayPort: Int? = nil
     }
 
     /// Grants (starting its rpc-server) or renews a lease.
@@ -71,7 +77,7 @@ public final class SplitWorker: Sendable {
                 return .done(.failure(e))
             case .success(let lease):
                 if wasHeld {
-                    if let server = s.servers[r.split] { return .done(.success(Granted(lease: lease, port: server.port))) }
+                    if let server = s.servers[r.split] { return .done(.success(granted(lease, server.port))) }
                     return .done(.failure(LeaseError(.busy, "the rpc-server of split \(r.split) is starting; ask again")))
                 }
                 s.starting.insert(r.split)
@@ -101,7 +107,7 @@ public final class SplitWorker: Sendable {
                 "split": "\(lease.split)", "head": "\(lease.head)", "model": "\(lease.model)", "bytes": "\(lease.bytes)",
                 "ttl_s": "\(lease.ttlSeconds)", "port": "\(server.port)"])
             changed()
-            return .success(Granted(lease: lease, port: server.port))
+            return .success(granted(lease, server.port))
         } catch {
             state.withLock { s in
                 s.starting.remove(r.split)
@@ -112,13 +118,17 @@ public final class SplitWorker: Sendable {
         }
     }
 
+    private func granted(_ lease: Lease, _ port: Int) -> Granted {
+        Granted(lease: lease, port: port, relayPort: (lease.terms.transport ?? .mesh) == .mesh ? secureRelayPort.withLock { $0 } : nil)
+    }
+
     public func renew(split: String) -> Result<Granted, LeaseError> {
         state.withLock { s in
             s.table.renew(split: split, now: clock.nowNanos()).flatMap { lease in
                 guard let server = s.servers[split] else {
                     return .failure(LeaseError(.busy, "the rpc-server of split \(split) is starting; ask again"))
                 }
-                return .success(Granted(lease: lease, port: server.port))
+                return .success(granted(lease, server.port))
             }
         }
     }

@@ -84,6 +84,8 @@ def test_a_model_no_node_can_hold_is_split_and_answers_like_the_unsplit_one(
     assert {"B", "C"} <= set(splits["head_stats"]["hop_ms"]), splits["head_stats"]
     assert all(0 < v < 1000 for v in splits["head_stats"]["hop_ms"].values()), splits["head_stats"]
     assert head["state"] == "serving" and head["model"] == MODEL and head["transport"] == transport, head
+    # Relayed: over each worker's secure relay (mesh keys, direct TCP); direct: llama-server itself.
+    assert head["paths"] == ["secure", "secure"] if transport == "mesh" else ["direct", "direct"], head
     assert [p["node"] for p in head["parts"]][-1] == "A" and {p["node"] for p in head["parts"]} == {"A", "B", "C"}, head
     for w in (b, c):
         lease = json.loads(w.meshctl("splits", "--json").stdout)["leases"]
