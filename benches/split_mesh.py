@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""What meshd's relay costs a split, per token: three meshd nodes on loopback, node A with the model
-file (a managed llama.cpp engine), each offering a third of what the model needs
-(`hardware.offer_bytes`), so A splits it over A, B and C; once with `split.transport: mesh` (RPC
-relayed over the mesh's CURVE tunnels) and once with `direct` (llama-server talks to the workers'
-rpc-servers itself), plus the model unsplit on A alone. Reports decode tokens/s (llama-server's own
-`timings`, relayed by meshd), ms per token, the added ms per token per worker of each split against
-unsplit, and the relay's added ms per token per worker against direct.
+"""What meshd's relay costs a split, per token: meshd nodes on loopback, node A with the model file
+(a managed llama.cpp engine), each offering a half (2 hosts: A and B) or a third (3 hosts: A, B
+and C) of what the model needs (`hardware.offer_bytes`), so A splits it over them; each with
+`split.transport: mesh` (RPC relayed by meshd over its secure relay) and with `direct`
+(llama-server talks to the workers' rpc-servers itself), plus the model unsplit on A alone.
+Reports decode tokens/s (llama-server's own `timings`, relayed by meshd) and the ratio to
+unsplit, ms per token, the added ms per token per worker of each split against unsplit, TTFT
+(streamed, through meshd), and the relay's added ms per token per worker against direct.
 
     benches/split_mesh.sh            (builds meshd in release mode, the `split` model; ~3 min)
     benches/split_mesh.py --meshd BIN --meshctl BIN --model GGUF [--rounds 5] [--n-predict 128] [--out benches]
@@ -91,50 +92,55 @@ def wait(pred, timeout: float, what: str) -> None:
     raise SystemExit(f"split_mesh: timed out waiting for {what}")
 
 
-def measure(url: str, rounds: int, n_predict: int) -> dict:
-    body = {"model": "x", "prompt": "The quick brown fox", "max_tokens": n_predict, "temperature": 0}
-    model = http("GET", url + "/v1/models")["data"][0]["id"]
-    body["model"] = model
+def ttft(url: str, body: dict) -> float:
+    """Seconds to the first streamed chunk with text."""
+    req = urllib.request.Request(url + "/v1/completions", data=json.dumps({**body, "stream": True}).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
     t0 = time.monotonic()
-    first = http("POST", url + "/v1/completions", body, timeout=300)
-    start_s = time.monotonic() - t0
-    tps, texts = [], {first["choices"][0]["text"]}
-    for _ in range(rounds):
-        r = http("POST", url + "/v1/completions", body, timeout=300)
-        texts.add(r["choices"][0]["text"])
-        t = r.get("timings") or {}
-        if t.get("predicted_per_second"):
-            tps.append(float(t["predicted_per_second"]))
-    tps.sort()
-    return {"first_answer_s": round(start_s, 2), "tokens_per_second": round(tps[len(tps) // 2], 1) if tps else None,
-            "ms_per_token": round(1000 / tps[len(tps) // 2], 3) if tps else None, "same_output": len(texts) == 1,
-            "text": first["choices"][0]["text"]}
+    with urllib.request.urlopen(req, timeout=120) as r:
+        for line in r:
+            if line.startswith(b"data: {") and b'"text":""' not in line.replace(b" ", b""):
+                took = time.monotonic() - t0
+                r.read()
+                return took
+    return float("nan")
 
 
-def run(mode: str, args, work: Path, secret: Path) -> dict:
-    size = Path(args.model).stat().st_size
-    split = mode != "unsplit"
-    offer = (size * 12 // 10) // 3 + (1 << 20) if split else size * 4
-    extra = f"split: {{ transport: {mode if split else 'mesh'} }}\nhardware: {{ offer_bytes: {offer} }}"
-    engines = f'[{{ kind: llama.cpp, model: "{args.model}", args: ["-c", "512", "-t", "1"] }}]'
-    nodes: list[Node] = []
-    try:
-        workers = []
-        if split:
-            for n in ("B", "C"):
-                workers.append(Node(work / mode, args.meshd, args.meshctl, n, secret, [], extra, "[]"))
-        a = Node(work / mode, args.meshd, args.meshctl, "A", secret, [f"127.0.0.1:{w.mesh}" for w in workers], extra, engines)
-        nodes = workers + [a]
-        want = {"A"} | {w.name for w in workers}
-        wait(lambda: {n["name"] for n in a.admin("nodes") if n.get("offer_bytes")} >= want, 30, f"{mode}: nodes up with offers")
-        wait(lambda: http("GET", a.url + "/v1/models")["data"], 120, f"{mode}: the model listed")
-        r = measure(a.url, args.rounds, args.n_predict)
-        if split:
-            heads = a.admin("splits")["heads"]
-            r["parts"] = [p["node"] for p in heads[0]["parts"]] if heads else []
-        return r
-    finally:
-        for n in nodes:
+def one(url: str, body: dict) -> tuple[float | None, str]:
+    """One completion: llama-server's decode tokens/s (relayed by meshd) and the text."""
+    r = http("POST", url + "/v1/completions", body, timeout=300)
+    t = r.get("timings") or {}
+    return (float(t["predicted_per_second"]) if t.get("predicted_per_second") else None), r["choices"][0]["text"]
+
+
+class Config:
+    """One configuration's nodes: `unsplit`, or TRANSPORT-HOSTS (mesh-3: the head and two workers,
+    relayed). All run at once (each set its own mesh: nodes dial only their own static peers)."""
+
+    def __init__(self, name: str, args, work: Path, secret: Path) -> None:
+        self.name = name
+        size = Path(args.model).stat().st_size
+        self.split = name != "unsplit"
+        mode, hosts = (name.split("-")[0], int(name.split("-")[1])) if self.split else ("mesh", 1)
+        offer = (size * 12 // 10) // hosts + (1 << 20) if self.split else size * 4
+        extra = f"split: {{ transport: {mode} }}\nhardware: {{ offer_bytes: {offer} }}"
+        engines = f'[{{ kind: llama.cpp, model: "{args.model}", args: ["-c", "512", "-t", "1"] }}]'
+        self.nodes: list[Node] = []
+        workers = [Node(work / name, args.meshd, args.meshctl, n, secret, [], extra, "[]") for n in ("B", "C")[:hosts - 1]]
+        self.nodes += workers
+        self.a = Node(work / name, args.meshd, args.meshctl, "A", secret, [f"127.0.0.1:{w.mesh}" for w in workers], extra, engines)
+        self.nodes.append(self.a)
+        self.want = {"A"} | {w.name for w in workers}
+
+    def ready(self) -> None:
+        a = self.a
+        wait(lambda: {n["name"] for n in a.admin("nodes") if n.get("offer_bytes")} >= self.want, 60, f"{self.name}: nodes up with offers")
+        wait(lambda: http("GET", a.url + "/v1/models")["data"], 120, f"{self.name}: the model listed")
+        self.body = {"model": http("GET", a.url + "/v1/models")["data"][0]["id"], "prompt": "The quick brown fox",
+                     "temperature": 0}
+
+    def stop(self) -> None:
+        for n in self.nodes:
             n.stop()
 
 
@@ -149,36 +155,77 @@ def main() -> None:
     ap.add_argument("--label", default="split-mesh")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="meshd-split-mesh-"))
+    names = ("unsplit", "direct-2", "mesh-2", "direct-3", "mesh-3")
+    configs: list[Config] = []
+    results: dict[str, dict] = {}
     try:
         secret = work / "mesh.secret"
         subprocess.run([args.meshctl, "init", "--secret-file", str(secret)], check=True, capture_output=True, timeout=30)
         load0 = os.getloadavg()[0]
-        results = {m: run(m, args, work, secret) for m in ("unsplit", "direct", "mesh")}
+        for n in names:
+            configs.append(Config(n, args, work, secret))
+        for c in configs:
+            c.ready()
+            # The first request plans and loads the split: timed once.
+            t0 = time.monotonic()
+            _, text = one(c.a.url, {**c.body, "max_tokens": args.n_predict})
+            results[c.name] = {"first_answer_s": round(time.monotonic() - t0, 2), "text": text, "tps": [], "ttft": [], "texts": {text}}
+        # Rounds interleaved, the order reversed every other round: a noisy moment hits every config.
+        deadline = time.monotonic() + 900
+        for i in range(args.rounds):
+            if time.monotonic() > deadline:
+                print("split_mesh: time budget spent; fewer rounds", file=sys.stderr)
+                break
+            for c in (configs if i % 2 == 0 else list(reversed(configs))):
+                tps, text = one(c.a.url, {**c.body, "max_tokens": args.n_predict})
+                r = results[c.name]
+                r["texts"].add(text)
+                if tps:
+                    r["tps"].append(tps)
+                r["ttft"].append(ttft(c.a.url, {**c.body, "max_tokens": 8}))
+        for c in configs:
+            r = results[c.name]
+            tps = sorted(r.pop("tps"))
+            firsts = sorted(r.pop("ttft"))
+            r["tokens_per_second"] = round(tps[len(tps) // 2], 1) if tps else None
+            r["ms_per_token"] = round(1000 / tps[len(tps) // 2], 3) if tps else None
+            r["ttft_ms"] = round(firsts[len(firsts) // 2] * 1000, 1) if firsts else None
+            r["same_output"] = len(r.pop("texts")) == 1
+            if c.split:
+                heads = c.a.admin("splits")["heads"]
+                r["parts"] = [p["node"] for p in heads[0]["parts"]] if heads else []
+                r["paths"] = heads[0].get("paths", []) if heads else []
         load1 = os.getloadavg()[0]
     finally:
+        for c in configs:
+            c.stop()
         shutil.rmtree(work, ignore_errors=True)
     base = results["unsplit"]["ms_per_token"]
-    for m in ("direct", "mesh"):
+    for m in ("direct-2", "mesh-2", "direct-3", "mesh-3"):
         r = results[m]
         workers = max(1, len(r.get("parts", [])) - 1)
         r["added_ms_per_token_per_worker"] = round((r["ms_per_token"] - base) / workers, 3) if r["ms_per_token"] and base else None
         r["same_output_as_unsplit"] = r["text"] == results["unsplit"]["text"]
-    relay = None
-    if results["mesh"]["ms_per_token"] and results["direct"]["ms_per_token"]:
-        relay = round((results["mesh"]["ms_per_token"] - results["direct"]["ms_per_token"]) / 2, 3)
+    relay = {}
+    for hosts in (2, 3):
+        m, d = results[f"mesh-{hosts}"]["ms_per_token"], results[f"direct-{hosts}"]["ms_per_token"]
+        if m and d:
+            relay[f"{hosts} hosts"] = round((m - d) / (hosts - 1), 3)
+    ratio = {c: round(results[c]["tokens_per_second"] / results["unsplit"]["tokens_per_second"], 3)
+             for c in results if c != "unsplit" and results[c]["tokens_per_second"] and results["unsplit"]["tokens_per_second"]}
     out = {"model": Path(args.model).name, "model_bytes": Path(args.model).stat().st_size, "rounds": args.rounds,
            "n_predict": args.n_predict, "loadavg_start": round(load0, 2), "loadavg_end": round(load1, 2),
            "results": {k: {kk: vv for kk, vv in v.items() if kk != "text"} for k, v in results.items()},
-           "relay_added_ms_per_token_per_worker": relay}
+           "relay_added_ms_per_token_per_worker": relay, "tokens_per_second_vs_unsplit": ratio}
     Path(args.out, f"{args.label}.json").write_text(json.dumps(out, indent=2) + "\n")
-    rows = [f"| {m} | {', '.join(r.get('parts', ['A']))} | {r['tokens_per_second']} | {r['ms_per_token']} | "
-            f"{r.get('added_ms_per_token_per_worker', '–')} | {r['first_answer_s']} | {r.get('same_output_as_unsplit', '–')} |"
+    rows = [f"| {m} | {', '.join(r.get('parts', ['A']))} ({', '.join(r.get('paths', []))}) | {r['tokens_per_second']} | {ratio.get(m, 1.0)} | {r['ms_per_token']} | "
+            f"{r.get('added_ms_per_token_per_worker', '–')} | {r['ttft_ms']} | {r['first_answer_s']} | {r.get('same_output_as_unsplit', '–')} |"
             for m, r in results.items()]
     md = (f"# A split through meshd: relay vs direct\n\nModel {out['model']} ({out['model_bytes'] >> 20} MiB), {args.rounds} "
-          f"requests of {args.n_predict} tokens per configuration (median), load average {out['loadavg_start']} → "
+          f"interleaved rounds of one {args.n_predict}-token request per configuration (median), all configurations running at once, load average {out['loadavg_start']} → "
           f"{out['loadavg_end']}. Made by `benches/split_mesh.sh`.\n\n"
-          "| transport | nodes | tokens/s | ms/token | added ms/token per worker vs unsplit | first answer (s, incl. plan + load) | same output as unsplit |\n"
-          "|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
+          "| config (transport-hosts) | nodes | tokens/s | × unsplit | ms/token | added ms/token per worker vs unsplit | TTFT ms (median of 3) | first answer (s, incl. plan + load) | same output as unsplit |\n"
+          "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
           f"\n\nThe mesh relay adds **{relay} ms per token per worker** over `direct` on the same link "
           f"(meshd built as given: `{Path(args.meshd).parent.name}`).\n")
     Path(args.out, f"{args.label}.md").write_text(md)

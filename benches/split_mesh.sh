@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What meshd's RPC relay costs a split per token, against `split.transport: direct` and against the
-# model unsplit: three meshd on loopback, the `split` test model (tools/make-tiny-model.sh --shape
-# split, 57 MB) split over all three. Writes benches/split-mesh.md and benches/split-mesh.json.
+# model unsplit: meshd on loopback, the `split` test model (tools/make-tiny-model.sh --shape split,
+# 57 MB) split over 2 and 3 of them. Writes benches/split-mesh.md and benches/split-mesh.json.
+#   MODEL="$(tools/make-tiny-model.sh --shape slow)" LABEL=split-mesh-slow N_PREDICT=64 benches/split_mesh.sh
+#                                             the ~20 ms/token model (issue 13's 0.85x target)
 #
 #   benches/split_mesh.sh                     release build of meshd/meshctl (long on 2 cores the first time)
 #   MESHD_BIN=.build/debug/meshd MESHCTL_BIN=.build/debug/meshctl benches/split_mesh.sh   a build you have
