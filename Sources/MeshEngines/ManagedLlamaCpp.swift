@@ -353,12 +353,12 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     /// Makes the engine ready for a request: a model that is split starts its split on the first
     /// request (later ones wait for the same start). Returns why it cannot serve, nil when it can.
     public func prepare() async -> String? {
-        // After a request failed on the split: if its llama-server is gone (a worker failed, the
-        // port refuses), wait for its end to be recorded (milliseconds after the exit) and plan anew.
+        // After a request's connection to the split broke: its llama-server is usually dying (a
+        // worker failed: it aborts, or meshd stops it), and may still answer for a moment. Give it
+        // a second to end (then the split is planned anew); one still running after that serves.
         if state.withLock({ s in defer { s.suspect = false }; return s.suspect }) {
-            let deadline = ContinuousClock.now + .seconds(3)
-            while ContinuousClock.now < deadline, let port = state.withLock({ $0.split != nil ? $0.status.port : nil }),
-                  !RPCServerProcess.canConnect(port: port) {
+            let deadline = ContinuousClock.now + .seconds(1)
+            while ContinuousClock.now < deadline, state.withLock({ $0.split != nil }) {
                 try? await Task.sleep(for: .milliseconds(10))
             }
         }
@@ -442,8 +442,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         child.signal(SIGKILL)
     }
 
-    /// A request failed on this engine before it answered: the next `prepare()` checks that a
-    /// split's llama-server is still there, and waits for a dead one's end before planning anew.
+    /// A request failed on this engine before it answered: the next `prepare()` gives a split's
+    /// llama-server a moment to end (then plans anew) before sending to it again.
     public func noteFailure() {
         state.withLock { s in if s.split != nil { s.suspect = true } }
     }
