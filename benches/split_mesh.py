@@ -43,9 +43,9 @@ def http(method: str, url: str, body: dict | None = None, timeout: float = 120) 
 
 class Node:
     def __init__(self, work: Path, meshd: str, meshctl: str, name: str, secret: Path, peers: list[str], extra: str,
-                 engines: str) -> None:
+                 engines: str, ports: tuple[int, int] | None = None) -> None:
         self.name, self.meshctl = name, meshctl
-        self.http, self.mesh = free_port(), free_port()
+        self.http, self.mesh = ports or (free_port(), free_port())
         self.dir = work / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sock = self.dir / "admin.sock"
@@ -61,7 +61,7 @@ engines: {engines}
 """)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESHD_")}
         env["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent"
-        self.log = open(self.dir / "meshd.log", "w")
+        self.log = open(self.dir / "meshd.log", "a")
         self.proc = subprocess.Popen([meshd, "--config", str(cfg)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = f"http://127.0.0.1:{self.http}"
 
