@@ -12,13 +12,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 cd "$ROOT"
-if [ -z "${MESHD_BIN:-}" ] || [ -z "${MESHCTL_BIN:-}" ]; then
-  swift build -c release --product meshd >&2
-  swift build -c release --product meshctl >&2
-  BIN="$(swift build -c release --show-bin-path)"
-  MESHD_BIN="$BIN/meshd"; MESHCTL_BIN="$BIN/meshctl"
-fi
-"$ROOT/tools/build-llama.sh" >/dev/null
+. "$HERE/meshd_bins.sh"
 CACHE="${MESHD_CACHE:-$HOME/.cache/meshd}"
 MODEL="${MODEL:-$("$ROOT/tools/make-tiny-model.sh" --shape tiny "$CACHE/models/meshd-cache.gguf" \
   --layers 4 --embd 2048 --heads 16 --ff 2048 --type f32 --name meshd-cache)}"

@@ -15,13 +15,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 cd "$ROOT"
-if [ -z "${MESHD_BIN:-}" ] || [ -z "${MESHCTL_BIN:-}" ]; then
-  swift build -c release --product meshd >&2
-  swift build -c release --product meshctl >&2
-  BIN="$(swift build -c release --show-bin-path)"
-  MESHD_BIN="$BIN/meshd"; MESHCTL_BIN="$BIN/meshctl"
-fi
-"$ROOT/tools/build-llama.sh" >/dev/null
+. "$HERE/meshd_bins.sh"
 MODEL="${MODEL:-$("$ROOT/tools/make-tiny-model.sh" --shape split)}"
 exec python3 "$HERE/split_mesh.py" --meshd "$MESHD_BIN" --meshctl "$MESHCTL_BIN" --model "$MODEL" \
   --rounds "${ROUNDS:-5}" --n-predict "${N_PREDICT:-128}" --label "${LABEL:-split-mesh}"
