@@ -206,7 +206,7 @@ public final class SplitWorker: Sendable {
                  "state": s.servers[l.split] == nil ? "starting" : "serving"]
             }
         }
-        return ["leases": .array(rows)]
+        return ["leases": .array(rows), "relay_port": secureRelayPort.withLock { $0 }.map(JSON.integer) ?? .null]
     }
 
     /// Memory this node offers: free VRAM, else (CPU engines) available RAM, capped by `offer`.

@@ -146,6 +146,13 @@ def test_split_answers_from_every_host_and_no_rpc_port_is_on_the_lan(split_bed: 
                        check=False)
         if split_bed.transport == "mesh":
             assert res.stdout.strip().endswith("closed"), (w, port, res.stdout, res.stderr)
+            # The worker's secure relay is on the LAN, but takes only mesh keys: a hello with a key
+            # of h4's own gets the connection closed, nothing answered.
+            relay = split_bed.splits(w)["relay_port"]
+            probe = ("import os,socket;s=socket.create_connection(('%s',%d),3);s.settimeout(3);"
+                     "s.sendall(b'MRL1'+os.urandom(64));d=s.recv(100);print('got',len(d))") % (bed.ip(w), relay)
+            res = bed.exec("h4", "python3", "-c", probe, check=False)
+            assert "got 0" in res.stdout or "ConnectionResetError" in res.stderr, (w, relay, res.stdout, res.stderr)
         else:
             # direct: documented as trusted-LAN only; the port is on the LAN for the life of the lease.
             assert res.stdout.strip().endswith("open"), (w, port, res.stdout, res.stderr)
