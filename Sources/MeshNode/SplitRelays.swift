@@ -13,19 +13,15 @@ struct MeshSplitRelays: SplitRelayOpener {
     func open(worker: String, split: String, secure: (host: String, port: Int)?,
               onFailure: @escaping @Sendable (String) -> Void) async throws -> SplitRelayHandle {
         let target = SplitRelayAcceptor.target(split: split)
-        let (port, failures, close): (Int, AsyncStream<TunnelFailure>, @Sendable () async -> Void)
-        if let secure {
-            let l = try await SecureRelayListener(service: mesh, node: worker, target: target, host: secure.host, port: secure.port)
-            (port, failures, close) = (l.port, l.failures, { await l.close() })
+        let listener: any RelayListener = if let secure {
+            try await SecureRelayListener(service: mesh, node: worker, target: target, host: secure.host, port: secure.port)
         } else {
-            let l = try await TunnelListener(service: mesh, node: worker, target: target)
-            (port, failures, close) = (l.port, l.failures, { await l.close() })
+            try await TunnelListener(service: mesh, node: worker, target: target)
         }
-        let kind = secure == nil ? "tunnel" : "secure"
         Task {
-            for await failure in failures { onFailure("relay: \(failure.error)") }
+            for await failure in listener.failures { onFailure("relay: \(failure.error)") }
         }
-        return SplitRelayHandle(port: port, kind: kind, close: close)
+        return SplitRelayHandle(port: listener.port, kind: secure == nil ? "tunnel" : "secure", close: { await listener.close() })
     }
 }
 

@@ -141,7 +141,7 @@ public final class SecureRelayServer: Sendable {
 /// `--rpc`) over a new secure connection to the worker's relay. The accepted connection is not
 /// read until the worker said ok. A connection that cannot be set up or ends from the worker's
 /// side closes its accepted connection (llama-server then aborts) and is reported on ``failures``.
-public final class SecureRelayListener: Sendable {
+public final class SecureRelayListener: RelayListener {
     /// The loopback port to give llama-server (`--rpc 127.0.0.1:PORT`).
     public let port: Int
     /// The worker's node id.

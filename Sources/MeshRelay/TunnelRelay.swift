@@ -146,11 +146,19 @@ final class TunnelPipe: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
+/// What the head side of a relay gives the orchestration, whichever way it relays: the loopback
+/// port for llama-server's `--rpc`, the failures with their reasons, and a way to stop.
+public protocol RelayListener: Sendable {
+    var port: Int { get }
+    var failures: AsyncStream<TunnelFailure> { get }
+    func close() async
+}
+
 /// The head side of relayed connections: listens on 127.0.0.1 (port chosen by the system) and
 /// relays every accepted connection through a new tunnel to `node`'s `target`. A tunnel that
 /// cannot open or fails closes its connection at once (llama-server then aborts, which the
 /// orchestration handles) and is reported on ``failures``.
-public final class TunnelListener: Sendable {
+public final class TunnelListener: RelayListener {
     /// The loopback port to give llama-server (`--rpc 127.0.0.1:PORT`).
     public let port: Int
     public let node: String

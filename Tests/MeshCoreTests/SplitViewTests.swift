@@ -6,7 +6,7 @@ import Testing
 
     func state(_ id: String, offerMiB: Int64?, build: String? = "b1-abc", leasedTo: String? = nil, heads: [String]? = nil,
                draining: Bool = false, splitModel: String? = nil) -> NodeState {
-        var s = NodeState(id: id, name: id, meshEndpoint: "10.0.0.1:7000", httpEndpoint: "10.0.0.1:8000", draining: draining)
+        var s = NodeState(id: id, name: id, meshEndpoint: "198.18.0.1:7000", httpEndpoint: "198.18.0.1:8000", draining: draining)
         if let build {
             s.llama = LlamaAdvert(build: build, rpcServer: true, offerBytes: offerMiB.map { $0 * Self.mib }, leasedTo: leasedTo, heads: heads)
         }
