@@ -25,6 +25,9 @@ public protocol EngineAdapter: Sendable {
     func prepare() async -> String?
     /// A request failed on this engine before it answered (its connection broke).
     func noteFailure()
+    /// After ``noteFailure()``: waits, briefly, until the engine has taken the failure in (a split's
+    /// llama-server has ended), so that the poll that follows shows what the next request finds.
+    func settle() async
 }
 
 extension EngineAdapter {
@@ -33,6 +36,7 @@ extension EngineAdapter {
     public func stop() async {}
     public func prepare() async -> String? { nil }
     public func noteFailure() {}
+    public func settle() async {}
 }
 
 /// A parsed engine base URL.

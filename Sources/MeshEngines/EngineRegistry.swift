@@ -364,6 +364,15 @@ public final class EngineRegistry: Sendable {
     /// means (a split checks its llama-server before the next request).
     public func noteFailure(_ engineID: String) { adapter(engineID)?.noteFailure() }
 
+    /// After ``noteFailure(_:)``: lets the engine take the failure in, then polls it, so routing
+    /// sees it as the next request will find it (a split that ended is servable again, to be
+    /// planned anew, rather than unhealthy from a health check that hit its dying llama-server).
+    public func settle(_ engineID: String) async {
+        guard let a = adapter(engineID) else { return }
+        await a.settle()
+        await pollOnce(a)
+    }
+
     /// Managed `llama.cpp` engines, for the node to wire splits into (before `start()`).
     public var managedLlamaEngines: [ManagedLlamaCppEngine] { adapters.compactMap { $0 as? ManagedLlamaCppEngine } }
 

@@ -353,15 +353,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     /// Makes the engine ready for a request: a model that is split starts its split on the first
     /// request (later ones wait for the same start). Returns why it cannot serve, nil when it can.
     public func prepare() async -> String? {
-        // After a request's connection to the split broke: its llama-server is usually dying (a
-        // worker failed: it aborts, or meshd stops it), and may still answer for a moment. Give it
-        // a second to end (then the split is planned anew); one still running after that serves.
-        if state.withLock({ s in defer { s.suspect = false }; return s.suspect }) {
-            let deadline = ContinuousClock.now + .seconds(1)
-            while ContinuousClock.now < deadline, state.withLock({ $0.split != nil }) {
-                try? await Task.sleep(for: .milliseconds(10))
-            }
-        }
+        await settle()
         let step = state.withLock { s -> (task: Task<Void, any Error>?, refusal: String?) in
             if let t = s.splitStart { return (t, nil) }
             guard s.status.phase == .awaitingSplit else { return (nil, nil) }
@@ -446,6 +438,17 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     /// llama-server a moment to end (then plans anew) before sending to it again.
     public func noteFailure() {
         state.withLock { s in if s.split != nil { s.suspect = true } }
+    }
+
+    /// After a request's connection to the split broke: its llama-server is usually dying (a worker
+    /// failed: it aborts, or meshd stops it), and may still answer for a moment. Gives it a second
+    /// to end (then the split is planned anew); one still running after that serves.
+    public func settle() async {
+        guard state.withLock({ s in defer { s.suspect = false }; return s.suspect }) else { return }
+        let deadline = ContinuousClock.now + .seconds(1)
+        while ContinuousClock.now < deadline, state.withLock({ $0.split != nil }) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
     }
 
     /// The split this engine runs now, if any.

@@ -29,6 +29,9 @@ public protocol EngineDirectory: Sendable {
     /// A request failed on a split before it answered: it is not taken out of rotation (it ends
     /// itself when a worker failed, and is planned again), but checks its llama-server first.
     func engineFailed(engineID: String)
+    /// After ``engineFailed(engineID:)``, before routing again: waits until the split has ended (or
+    /// is found running) and polls it, so routing does not see it unhealthy from its dying llama-server.
+    func settle(engineID: String) async
 }
 
 /// Serves inference routes: parse, route, translate, relay. Same-dialect bodies and streams are
@@ -138,6 +141,7 @@ public struct InferenceProxy: Sendable {
                 failures.add("\(nodeName)/\(engine.id)", status: status, reason: reason)
                 if status == 502, engine.models.contains(where: { $0.split == true }), replanned.insert(engine.id).inserted {
                     logger.warning("split failed before answering, planning it again", metadata: ["engine": "\(engine.id)", "reason": "\(reason)"])
+                    await engines.settle(engineID: engine.id)
                     continue
                 }
                 excludedEngines.insert(engine.id)

@@ -36,6 +36,7 @@ extension EngineRegistry: EngineDirectory {
     public func engineUnreachable(engineID: String, reason: String) { markUnhealthy(engineID, reason: reason) }
     public func prepare(engineID: String) async -> Result<String, DetailError> { await prepare(engineID) }
     public func engineFailed(engineID: String) { noteFailure(engineID) }
+    public func settle(engineID: String) async { await settle(engineID) }
 }
 
 /// One meshd node: engines, the client API, the admin socket, metrics, and systemd integration.

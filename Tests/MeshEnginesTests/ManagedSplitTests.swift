@@ -100,6 +100,29 @@ final class RecordingLauncher: SplitLaunching {
         #expect(launcher.calls.withLock { $0.ended.last?.1 } == nil, "stopping is no failure")
     }
 
+    @Test func afterARequestBrokeOnASplitTheRegistrySettlesItServableForTheNextRoutingDecision() async throws {
+        let launcher = RecordingLauncher(reason: "needs 19 MiB, this node offers 8 MiB", arguments: ["--cache-ram", "0"])
+        let (e, client) = try engine(launcher)
+        defer { client.shutdown() }
+        // Polled rarely: only the settle's own poll can show the split's end in time.
+        let reg = EngineRegistry(adapters: [e], logger: testLogger, pollInterval: .seconds(60))
+        await reg.start()
+        #expect(try await reg.prepare(e.id).get().hasPrefix("http://127.0.0.1:"))
+        await reg.refreshNow()
+        #expect(reg.snapshot(e.id)?.models.first?.loaded == true)
+        // A worker failed mid-request: the request's connection broke, and the head's llama-server is being stopped.
+        reg.noteFailure(e.id)
+        e.abortSplit("worker b failed: connection reset")
+        await reg.settle(e.id)
+        let snap = try #require(reg.snapshot(e.id))
+        #expect(snap.healthy && snap.models.first?.loaded == false && snap.models.first?.split == true,
+                "servable again, to be planned anew: \(snap)")
+        #expect(e.runningSplit == nil)
+        #expect(try await reg.prepare(e.id).get().hasPrefix("http://127.0.0.1:"))
+        #expect(launcher.calls.withLock { $0.prepared } == 2)
+        await reg.shutdown()
+    }
+
     @Test func noSplitNowIsTheRequestsAnswerAndTheEngineStaysServable() async throws {
         let launcher = RecordingLauncher(reason: "too big", refuse: "no node can hold 'meshd-tiny' and no split can")
         let (e, client) = try engine(launcher)
