@@ -128,6 +128,10 @@ enum Schema {
         .oneOf(["split", "transport"], \.split.transport),
         .int(["split", "lease_seconds"], \.split.leaseSeconds, min: 2, max: 3600),
 
+        .oneOf(["routing", "policy"], \.routing.policy),
+        .int(["routing", "queue_after_ms"], \.routing.queueAfterMs, min: 0, max: 600_000),
+        .int(["routing", "max_queue"], \.routing.maxQueue, min: 0, max: 100_000),
+
         .int(["cloud", "escalate_after_ms"], \.cloud.escalateAfterMs, min: 0),
         .string(["cloud", "prices_file"], \.cloud.pricesFile, check: Check.path),
         .stringList(["cloud", "local_only_models"], \.cloud.localOnlyModels, secret: false, check: Check.name),

@@ -215,6 +215,8 @@ public struct MeshdConfig: Sendable, Hashable, Codable {
     public var hardware = HardwareConfig()
     /// Splitting models no node can hold across nodes (llama.cpp RPC).
     public var split = SplitSettings()
+    /// Where requests go: the policy and the mesh-wide queue.
+    public var routing = RoutingSettings()
     public var cloud = CloudConfig()
     public var budget = BudgetConfig()
 
