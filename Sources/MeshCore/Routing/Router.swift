@@ -17,6 +17,10 @@ public struct RouteDecision: Sendable, Equatable {
     /// Expected seconds before generation starts there (queue wait + cold load + hop): what
     /// `cloud.escalate_after_ms` is compared with.
     public var expectedWaitSeconds: Double = 0
+    /// Prompt tokens expected to come from the chosen engine's cache (cache-aware routing).
+    public var cachedTokens: Int = 0
+    /// The idle llama-server slot holding the prompt's prefix, to pin the request to (`id_slot`).
+    public var slot: Int? = nil
 }
 
 /// What the router assumes when nothing has been measured yet.
@@ -50,11 +54,70 @@ public struct RoutingNode: Sendable {
     }
 }
 
+/// What routing knows of a candidate's cache for this request's prompt.
+public struct CacheEstimate: Sendable, Hashable {
+    /// Prompt tokens the engine is expected to reuse, already discounted by how well the shadow
+    /// has predicted that engine so far.
+    public var tokens: Double
+    /// An idle slot holding the prefix (llama-server): the request is pinned to it with `id_slot`.
+    public var slot: Int?
+
+    public init(tokens: Double, slot: Int? = nil) {
+        self.tokens = tokens
+        self.slot = slot
+    }
+}
+
+/// One candidate's expected completion time, term by term (seconds), as `meshctl route` shows it.
+public struct RouteTerms: Sendable, Hashable {
+    public var node: String
+    public var engine: String
+    public var isLocal: Bool
+    public var loaded: Bool
+    public var wait: Double
+    public var prefill: Double
+    public var decode: Double
+    public var cold: Double
+    public var hop: Double
+    /// Prompt tokens expected to come from the engine's cache, and those left to compute.
+    public var cachedTokens: Int
+    public var uncachedTokens: Int
+    /// The engine's outstanding work in seconds of its own speed (the bounded-load rule's measure).
+    public var work: Double
+    /// Why the policy passed it over before scoring (bounded load), if it did.
+    public var skipped: String?
+    public var slot: Int?
+
+    public var total: Double { wait + prefill + decode + cold + hop }
+}
+
+/// Everything routing takes besides the mesh view: the policy and, for `cache-aware`, the
+/// request's cache matches.
+public struct RoutingContext {
+    public var policy: RoutingPolicy
+    /// The cached part of the prompt on a candidate (nil or absent: nothing cached).
+    public var cached: ((RoutingNode, EngineSnapshot) -> CacheEstimate?)?
+    /// Turn counter for `round-robin` (the caller advances it per request).
+    public var rotation: Int
+    /// Bounded load: a candidate whose outstanding work exceeds `loadBound` × the candidates'
+    /// mean plus one of its own service times is passed over (unless that leaves none).
+    public var loadBound: Double
+
+    public init(policy: RoutingPolicy = .expectedCompletion, cached: ((RoutingNode, EngineSnapshot) -> CacheEstimate?)? = nil,
+                rotation: Int = 0, loadBound: Double = 1.25) {
+        self.policy = policy
+        self.cached = cached
+        self.rotation = rotation
+        self.loadBound = loadBound
+    }
+}
+
 /// Pure routing: a function of (request, mesh view) with no I/O and no clock reads.
 ///
-/// Expected completion time per candidate = queue wait + prompt ÷ prefill speed + expected output ÷
-/// decode speed + cold-load time + mesh hop. Candidates with the model loaded win over ones that
-/// would have to load it; ties keep order with the local node first.
+/// Expected completion time per candidate = queue wait + uncached prompt ÷ prefill speed +
+/// expected output ÷ decode speed + cold-load time + mesh hop. Candidates with the model loaded
+/// win over ones that would have to load it; ties keep order with the local node first. The
+/// policy (``RoutingPolicy``) decides how the winner is picked among them.
 public enum Router {
     /// Local-only routing over this node's engines.
     public static func choose(model: String, operation: APIOperation, promptTokens: Int, maxTokens: Int?,
@@ -65,7 +128,22 @@ public enum Router {
 
     /// Routing across the mesh: `nodes` holds this node (isLocal) and every live peer.
     public static func choose(model: String, operation: APIOperation, promptTokens: Int, maxTokens: Int?,
-                              nodes: [RoutingNode], defaults: RoutingDefaults = .init()) -> Result<RouteDecision, APIError> {
+                              nodes: [RoutingNode], context: RoutingContext = .init(),
+                              defaults: RoutingDefaults = .init()) -> Result<RouteDecision, APIError> {
+        let ranked = rank(model: model, operation: operation, promptTokens: promptTokens, maxTokens: maxTokens,
+                          nodes: nodes, context: context, defaults: defaults)
+        return ranked.map { r in r.decision }
+    }
+
+    /// Every candidate's terms, in the order the policy ranks them (the winner first), and the decision.
+    public struct Ranking: Sendable {
+        public var decision: RouteDecision
+        public var candidates: [RouteTerms]
+    }
+
+    public static func rank(model: String, operation: APIOperation, promptTokens: Int, maxTokens: Int?,
+                            nodes: [RoutingNode], context: RoutingContext = .init(),
+                            defaults: RoutingDefaults = .init()) -> Result<Ranking, APIError> {
         struct Candidate {
             let node: RoutingNode
             let engine: EngineSnapshot
@@ -113,28 +191,74 @@ public enum Router {
         let priorService = mean(candidates.map(\.engine.speeds.meanServiceSeconds)) ?? defaults.serviceSeconds
         let priorPrefill = mean(candidates.map(\.engine.speeds.prefillTokensPerSecond)) ?? defaults.prefillTokensPerSecond
         let priorDecode = mean(candidates.map(\.engine.speeds.decodeTokensPerSecond)) ?? defaults.decodeTokensPerSecond
-        var best: (Candidate, Double, Double, Double)?
+        let useCache = context.policy == .cacheAware && operation != .embedding
+        var terms: [RouteTerms] = []
+        terms.reserveCapacity(candidates.count)
+        var services: [Double] = []
         for c in candidates {
             let e = c.engine
             // Requests that run at once: meshd's limit for the engine when set (the rest queue), else its slots.
             let slots = Double(max(1, e.load.limit ?? e.load.slots ?? 1))
             let service = e.speeds.meanServiceSeconds ?? priorService
             let wait = Double(e.load.busy) / slots * service
-            let prefill = Double(promptTokens) / (e.speeds.prefillTokensPerSecond ?? priorPrefill)
+            let estimate = useCache && c.model.loaded ? context.cached?(c.node, e) : nil
+            let cached = min(max(0, Int(estimate?.tokens ?? 0)), max(0, promptTokens - 1))
+            let uncached = promptTokens - cached
+            let prefill = Double(uncached) / (e.speeds.prefillTokensPerSecond ?? priorPrefill)
             let decode = operation == .embedding ? 0 : output / (e.speeds.decodeTokensPerSecond ?? priorDecode)
             let cold = c.model.loaded ? 0 : defaults.loadFixedSeconds + Double(c.model.sizeBytes ?? 0) / defaults.loadBytesPerSecond
             let hop = c.node.isLocal ? 0 : max(c.node.hopSeconds, defaults.hopSeconds)
-            let total = wait + prefill + decode + cold + hop
-            if best == nil || total < best!.1 - 1e-9 { best = (c, total, wait, wait + cold + hop) }
+            terms.append(RouteTerms(node: c.node.id, engine: e.id, isLocal: c.node.isLocal, loaded: c.model.loaded, wait: wait,
+                                    prefill: prefill, decode: decode, cold: cold, hop: hop, cachedTokens: cached,
+                                    uncachedTokens: uncached, work: wait, skipped: nil, slot: cached > 0 ? estimate?.slot : nil))
+            services.append(service)
         }
-        let (c, total, wait, delay) = best!
+        // Bounded load (cache-aware): a hot candidate is passed over even when it holds the prefix.
+        if context.policy == .cacheAware, terms.count > 1 {
+            let meanWork = terms.reduce(0) { $0 + $1.work } / Double(terms.count)
+            for i in terms.indices where terms[i].work > context.loadBound * meanWork + services[i] {
+                terms[i].skipped = "\(Int((terms[i].work * 1000).rounded())) ms of work queued, over \(context.loadBound)× the mean "
+                    + "(\(Int((meanWork * 1000).rounded())) ms) + one request"
+            }
+            if terms.allSatisfy({ $0.skipped != nil }) { for i in terms.indices { terms[i].skipped = nil } }
+        }
+        // Rank: skipped last; then by the policy's key; ties keep order (local first).
+        let order: [Int]
+        switch context.policy {
+        case .cacheAware, .expectedCompletion:
+            order = terms.indices.sorted { a, b in
+                let (x, y) = (terms[a], terms[b])
+                if (x.skipped == nil) != (y.skipped == nil) { return x.skipped == nil }
+                if abs(x.total - y.total) > 1e-9 { return x.total < y.total }
+                return a < b
+            }
+        case .leastBusy:
+            let busyPerSlot = candidates.map { c in
+                Double(c.engine.load.busy) / Double(max(1, c.engine.load.limit ?? c.engine.load.slots ?? 1))
+            }
+            order = terms.indices.sorted { a, b in
+                if abs(busyPerSlot[a] - busyPerSlot[b]) > 1e-9 { return busyPerSlot[a] < busyPerSlot[b] }
+                return a < b
+            }
+        case .roundRobin:
+            let n = terms.count
+            let first = ((context.rotation % n) + n) % n
+            order = (0..<n).map { (first + $0) % n }
+        }
+        let ranked = order.map { terms[$0] }
+        let w = ranked[0]
+        let c = candidates[order[0]]
         let e = c.engine
         let slotText = e.load.slots.map { " of \($0) slots" } ?? ""
-        let reason = "\(label(c.node, e)): model \(c.model.loaded ? "loaded" : "available, not loaded"), \(e.load.busy) busy\(slotText), "
-            + "expected wait \(Int((wait * 1000).rounded())) ms, of \(candidates.count) candidate\(candidates.count == 1 ? "" : "s")"
-        return .success(RouteDecision(nodeID: c.node.id.isEmpty ? nil : c.node.id, isLocal: c.node.isLocal, engineID: e.id,
-                                      engineModel: c.model.name, loaded: c.model.loaded, expectedSeconds: total, reason: reason,
-                                      expectedWaitSeconds: delay))
+        var reason = "\(label(c.node, e)): model \(c.model.loaded ? "loaded" : "available, not loaded"), \(e.load.busy) busy\(slotText), "
+            + "expected wait \(Int((w.wait * 1000).rounded())) ms"
+        if useCache { reason += ", \(w.cachedTokens) of \(promptTokens) prompt tokens cached" }
+        reason += ", of \(candidates.count) candidate\(candidates.count == 1 ? "" : "s")"
+        if context.policy != .expectedCompletion && context.policy != .cacheAware { reason += " (\(context.policy.rawValue))" }
+        let decision = RouteDecision(nodeID: c.node.id.isEmpty ? nil : c.node.id, isLocal: c.node.isLocal, engineID: e.id,
+                                     engineModel: c.model.name, loaded: c.model.loaded, expectedSeconds: w.total, reason: reason,
+                                     expectedWaitSeconds: w.wait + w.cold + w.hop, cachedTokens: w.cachedTokens, slot: w.slot)
+        return .success(Ranking(decision: decision, candidates: ranked))
     }
 
     static func label(_ n: RoutingNode, _ e: EngineSnapshot) -> String {

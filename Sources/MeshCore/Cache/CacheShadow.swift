@@ -1,0 +1,299 @@
+/// Where a block of a prompt is held: in an engine's KV cache (a slot's context), only in its
+/// host-RAM prompt cache (llama-server `--cache-ram`: restored, not recomputed), or nowhere.
+public enum CacheTier: UInt8, Sendable, Hashable, Codable {
+    case none = 0
+    case ram = 1
+    case device = 2
+}
+
+/// How much of a prompt an engine holds, as meshd's shadow of its cache predicts.
+public struct CachedPrefix: Sendable, Hashable {
+    /// Leading blocks of the prompt held in a slot's context.
+    public var deviceBlocks: Int
+    /// Leading blocks held in either tier (≥ `deviceBlocks`): the rest of them would be restored from host RAM.
+    public var anyBlocks: Int
+    /// The slot (sequence) holding the device-tier match, when known and idle (requests are pinned to it).
+    public var slot: Int?
+
+    public init(deviceBlocks: Int = 0, anyBlocks: Int = 0, slot: Int? = nil) {
+        self.deviceBlocks = deviceBlocks
+        self.anyBlocks = max(anyBlocks, deviceBlocks)
+        self.slot = slot
+    }
+
+    public static let none = CachedPrefix()
+
+    /// The longest prefix of `chain` held, found with a binary search over `tier(hash)`: block `i`
+    /// of a chain is held only with all blocks before it (its hash covers them), so "held" is
+    /// monotone along the chain. O(log n) lookups.
+    public static func match(_ chain: PromptChain, tier: (UInt64) -> CacheTier) -> CachedPrefix {
+        let h = chain.hashes
+        func deepest(_ minimum: CacheTier, from lower: Int) -> Int {
+            // Invariant: blocks < lo are held (at `minimum` or above); blocks ≥ hi are not.
+            var lo = lower, hi = h.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if tier(h[mid]).rawValue >= minimum.rawValue { lo = mid + 1 } else { hi = mid }
+            }
+            return lo
+        }
+        let device = deepest(.device, from: 0)
+        return CachedPrefix(deviceBlocks: device, anyBlocks: deepest(.ram, from: device))
+    }
+}
+
+/// meshd's picture of one engine's prompt cache: what each of its sequences (llama-server slots,
+/// Ollama parallel slots; for a vLLM-style block pool, recent prompts) holds, as chains of block
+/// hashes, plus the host-RAM tier. Kept by the node that fronts the engine, from the requests it
+/// sends and the answers it relays; corrected by what the engine reports it reused. Pure: time
+/// comes in as arguments. Memory is bounded (`maxBlocks`, `ramMaxBlocks`), least recently used out.
+public struct CacheShadow: Sendable {
+    public struct Options: Sendable, Hashable {
+        /// Most blocks held across the sequences (each 8 bytes of hash plus index space).
+        public var maxBlocks = 16_384
+        /// Most blocks in the host-RAM tier (0: the engine has none).
+        public var ramMaxBlocks = 0
+        /// Blocks one sequence can hold (its context); nil: unbounded but for `maxBlocks`.
+        public var sequenceBlocks: Int? = nil
+        /// llama-server's `--slot-prompt-similarity`: a slot is reused for a prompt only when their
+        /// common prefix is at least this fraction of the prompt; else the least recently used slot.
+        public var slotSimilarity = 0.1
+        public init() {}
+    }
+
+    struct Sequence: Sendable {
+        var hashes: [UInt64] = []
+        var lastUsed: UInt64 = 0
+        var busy = 0
+    }
+
+    struct RAMEntry: Sendable {
+        var hashes: [UInt64]
+        var lastUsed: UInt64
+    }
+
+    public private(set) var options: Options
+    private(set) var sequences: [Sequence]
+    /// hash → bitmask of the sequences holding it (so at most 64 sequences).
+    private var deviceIndex: [UInt64: UInt64] = [:]
+    private var ram: [RAMEntry] = []
+    /// hash → how many RAM entries hold it.
+    private var ramIndex: [UInt64: Int32] = [:]
+    private var ramBlocks = 0
+    /// Tier changes not yet sent to peers: hash → its tier now.
+    private var pending: [UInt64: CacheTier] = [:]
+    /// How well predictions matched what the engine reported (1: exactly), smoothed.
+    public private(set) var accuracy = 1.0
+    /// Tokens per rendered byte, learned from the engine's prompt token counts (≈ 1/4 for English).
+    public private(set) var tokensPerByte = 0.25
+    /// Predicted and reported cached tokens, summed (for metrics).
+    public private(set) var predictedTokens = 0
+    public private(set) var reportedTokens = 0
+
+    /// A shadow for an engine with `slots` sequences (1...64).
+    public init(slots: Int, options: Options = .init()) {
+        self.options = options
+        sequences = Array(repeating: Sequence(), count: min(64, max(1, slots)))
+    }
+
+    public var slotCount: Int { sequences.count }
+    /// Blocks held in slots, and in the RAM tier.
+    public var deviceBlockCount: Int { sequences.reduce(0) { $0 + $1.hashes.count } }
+    public var ramBlockCount: Int { ramBlocks }
+    /// Distinct hashes held (what a peer's copy holds).
+    public var distinctBlocks: Int { deviceIndex.count + ramIndex.keys.filter { deviceIndex[$0] == nil }.count }
+
+    /// The tier of one block hash.
+    public func tier(_ hash: UInt64) -> CacheTier {
+        if deviceIndex[hash] != nil { return .device }
+        return ramIndex[hash] != nil ? .ram : .none
+    }
+
+    /// How much of `chain` the engine holds; `slot` is an idle sequence holding the device match.
+    public func match(_ chain: PromptChain) -> CachedPrefix {
+        var m = CachedPrefix.match(chain) { tier($0) }
+        if m.deviceBlocks > 0, let mask = deviceIndex[chain.hashes[m.deviceBlocks - 1]] {
+            m.slot = bestSequence(in: mask, idleOnly: true)
+        }
+        return m
+    }
+
+    /// Tokens a match stands for, with this engine's token rate: device blocks in full, RAM-tier
+    /// blocks as `ramWeight` of a token each (restoring is cheaper than prefill, not free).
+    public func tokens(_ m: CachedPrefix, ramWeight: Double = 0.8) -> Double {
+        let bytesPerBlock = Double(PromptChain.blockBytes)
+        return (Double(m.deviceBlocks) + ramWeight * Double(m.anyBlocks - m.deviceBlocks)) * bytesPerBlock * tokensPerByte
+    }
+
+    // MARK: requests
+
+    /// A request with prompt `chain` is sent to the engine: the sequence it will use (the slot it
+    /// is pinned to, else the one the engine would pick, as llama-server does) is marked busy.
+    /// Returns that sequence and the blocks it is predicted to reuse.
+    public mutating func begin(_ chain: PromptChain, pinned: Int? = nil, now: UInt64) -> (sequence: Int, blocks: Int) {
+        let s = pinned.flatMap { $0 >= 0 && $0 < sequences.count ? $0 : nil } ?? pick(chain)
+        sequences[s].busy += 1
+        sequences[s].lastUsed = now
+        return (s, commonBlocks(sequences[s].hashes, chain.hashes))
+    }
+
+    /// The request on `sequence` ended. `held` is the chain of its prompt and answer (nil when it
+    /// failed: the sequence's content is then unknown and forgotten); `slot` is the slot the engine
+    /// says it used, when it says (corrects a wrong guess). `predictedBlocks` came from `begin`;
+    /// `promptTokens` and `cachedTokens` are what the engine reported, when it did.
+    public mutating func finish(sequence: Int, held: PromptChain?, slot: Int? = nil, predictedBlocks: Int,
+                                promptBytes: Int, promptTokens: Int?, cachedTokens: Int?, now: UInt64) {
+        guard sequence >= 0 && sequence < sequences.count else { return }
+        sequences[sequence].busy = max(0, sequences[sequence].busy - 1)
+        if let p = promptTokens, p > 0, promptBytes > 0 {
+            tokensPerByte = 0.8 * tokensPerByte + 0.2 * min(2, Double(p) / Double(promptBytes))
+        }
+        if let c = cachedTokens {
+            let predicted = Int((Double(predictedBlocks * PromptChain.blockBytes) * tokensPerByte).rounded())
+            predictedTokens += predicted
+            reportedTokens += c
+            if predicted > 0 || c > 0 {
+                // A block's worth of tokens either way is no error (blocks are coarse).
+                let slack = Double(PromptChain.blockBytes) * tokensPerByte
+                let score = (Double(min(predicted, c)) + slack) / (Double(max(predicted, c)) + slack)
+                accuracy = 0.8 * accuracy + 0.2 * min(1, score)
+            }
+        }
+        let target = slot.flatMap { $0 >= 0 && $0 < sequences.count ? $0 : nil } ?? sequence
+        if target != sequence { sequences[target].lastUsed = now }
+        replace(target, with: held?.hashes ?? [], now: now)
+    }
+
+    /// The engine restarted or lost its cache: nothing is held any more.
+    public mutating func reset() {
+        for s in sequences.indices { replace(s, with: [], now: sequences[s].lastUsed, toRAM: false) }
+        for e in ram { for h in e.hashes { dropRAM(h) } }
+        ram = []
+        ramBlocks = 0
+    }
+
+    /// Tier changes since the last call, for peers: (hash, tier now), `.none` meaning dropped.
+    public mutating func drainChanges() -> [(UInt64, CacheTier)] {
+        defer { pending.removeAll(keepingCapacity: true) }
+        return pending.map { ($0.key, $0.value) }
+    }
+
+    /// Every held hash with its tier (a peer's snapshot).
+    public func snapshot() -> [(UInt64, CacheTier)] {
+        var out = deviceIndex.keys.map { ($0, CacheTier.device) }
+        for h in ramIndex.keys where deviceIndex[h] == nil { out.append((h, .ram)) }
+        return out
+    }
+
+    // MARK: internals
+
+    private func commonBlocks(_ a: [UInt64], _ b: [UInt64]) -> Int {
+        // Chains: equal at i means equal before i, so a binary search finds the common prefix.
+        var lo = 0, hi = min(a.count, b.count)
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if a[mid] == b[mid] { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    /// The sequence llama-server would give a prompt: the idle one sharing the longest prefix when
+    /// that is at least `slotSimilarity` of the prompt, else the least recently used idle one
+    /// (all busy: the least loaded, as the request waits for it).
+    private func pick(_ chain: PromptChain) -> Int {
+        var best = -1, bestCommon = 0
+        for (i, s) in sequences.enumerated() where s.busy == 0 {
+            let c = commonBlocks(s.hashes, chain.hashes)
+            if c > bestCommon { best = i; bestCommon = c }
+        }
+        let needed = Double(max(1, chain.hashes.count)) * options.slotSimilarity
+        if best >= 0, Double(bestCommon) >= needed { return best }
+        let idle = sequences.indices.filter { sequences[$0].busy == 0 }
+        let pool = idle.isEmpty ? Array(sequences.indices) : idle
+        return pool.min { (sequences[$0].busy, sequences[$0].lastUsed) < (sequences[$1].busy, sequences[$1].lastUsed) }!
+    }
+
+    private func bestSequence(in mask: UInt64, idleOnly: Bool) -> Int? {
+        var best: Int?
+        var m = mask
+        while m != 0 {
+            let i = m.trailingZeroBitCount
+            m &= m - 1
+            guard i < sequences.count, !idleOnly || sequences[i].busy == 0 else { continue }
+            if best == nil || sequences[i].lastUsed > sequences[best!].lastUsed { best = i }
+        }
+        return best
+    }
+
+    private mutating func replace(_ s: Int, with hashes: [UInt64], now: UInt64, toRAM: Bool = true) {
+        var new = hashes
+        if let cap = options.sequenceBlocks, new.count > cap { new.removeLast(new.count - cap) }
+        let old = sequences[s].hashes
+        let keep = commonBlocks(old, new)
+        let bit = UInt64(1) << UInt64(s)
+        for h in old[keep...] {
+            guard var mask = deviceIndex[h] else { continue }
+            mask &= ~bit
+            if mask == 0 {
+                deviceIndex[h] = nil
+                pending[h] = ramIndex[h] != nil ? .ram : CacheTier.none
+            } else {
+                deviceIndex[h] = mask
+            }
+        }
+        for h in new[keep...] {
+            if let mask = deviceIndex[h] {
+                deviceIndex[h] = mask | bit
+            } else {
+                deviceIndex[h] = bit
+                pending[h] = .device
+            }
+        }
+        // What the slot held beyond the new prompt goes to the host-RAM tier (llama-server saves a
+        // slot's prompt there before it reuses the slot for another).
+        if toRAM, options.ramMaxBlocks > 0, old.count > keep, !old.isEmpty {
+            addRAM(old, now: sequences[s].lastUsed)
+        }
+        sequences[s].hashes = new
+        sequences[s].lastUsed = max(sequences[s].lastUsed, now)
+        evictDevice()
+    }
+
+    private mutating func addRAM(_ hashes: [UInt64], now: UInt64) {
+        for h in hashes {
+            ramIndex[h, default: 0] += 1
+            if deviceIndex[h] == nil, ramIndex[h] == 1 { pending[h] = .ram }
+        }
+        ram.append(RAMEntry(hashes: hashes, lastUsed: now))
+        ramBlocks += hashes.count
+        while ramBlocks > options.ramMaxBlocks, !ram.isEmpty {
+            let oldest = ram.indices.min { ram[$0].lastUsed < ram[$1].lastUsed }!
+            let e = ram.remove(at: oldest)
+            ramBlocks -= e.hashes.count
+            for h in e.hashes { dropRAM(h) }
+        }
+    }
+
+    private mutating func dropRAM(_ h: UInt64) {
+        guard let n = ramIndex[h] else { return }
+        if n > 1 {
+            ramIndex[h] = n - 1
+        } else {
+            ramIndex[h] = nil
+            if deviceIndex[h] == nil { pending[h] = CacheTier.none }
+        }
+    }
+
+    /// Over `maxBlocks`: the least recently used idle sequences are forgotten from the end.
+    private mutating func evictDevice() {
+        var total = deviceBlockCount
+        while total > options.maxBlocks {
+            guard let victim = sequences.indices.filter({ !sequences[$0].hashes.isEmpty })
+                .min(by: { (sequences[$0].busy, sequences[$0].lastUsed) < (sequences[$1].busy, sequences[$1].lastUsed) }) else { return }
+            let excess = total - options.maxBlocks
+            let keep = max(0, sequences[victim].hashes.count - excess)
+            replace(victim, with: Array(sequences[victim].hashes.prefix(keep)), now: sequences[victim].lastUsed, toRAM: false)
+            total = deviceBlockCount
+        }
+    }
+}

@@ -1,0 +1,212 @@
+import MeshCore
+import Testing
+
+/// `n` bytes of text that differ from `other` texts with another `tag` from the first byte.
+func text(_ tag: String, _ n: Int) -> [UInt8] {
+    var out: [UInt8] = []
+    var i = 0
+    while out.count < n {
+        out.append(contentsOf: "\(tag) word \(i) ".utf8)
+        i += 1
+    }
+    return Array(out.prefix(n))
+}
+
+func chat(_ messages: [(String, String)], model: String = "m") -> InferenceRequest {
+    var r = try! RequestParser.parse(route: .openaiChat, body: Array("{\"model\":\"\(model)\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}".utf8))
+    r.messages = messages.map { ChatMessage(role: $0.0, content: $0.1) }
+    return r
+}
+
+@Suite struct PromptChainTests {
+    @Test func sharedPrefixesShareExactlyTheirFullBlocks() {
+        let prefix = text("system", 640)  // 10 blocks
+        let a = PromptChain(model: "m", bytes: prefix + text("question-a", 100))
+        let b = PromptChain(model: "m", bytes: prefix + text("question-b", 100))
+        #expect(a.hashes.count == 11 && b.hashes.count == 11)
+        #expect(Array(a.hashes.prefix(10)) == Array(b.hashes.prefix(10)))
+        #expect(a.hashes[10] != b.hashes[10])
+        #expect(a.byteCount == 740 && a.tail.count == 740 - 11 * 64)
+        // Another model never shares a block, whatever the text.
+        let c = PromptChain(model: "other", bytes: prefix)
+        #expect(Set(c.hashes).isDisjoint(with: a.hashes))
+        // "llama3" and "llama3:latest" are one model.
+        #expect(PromptChain(model: "llama3", bytes: prefix).hashes == PromptChain(model: "llama3:latest", bytes: prefix).hashes)
+    }
+
+    @Test func appendingInPiecesEqualsHashingAtOnce() {
+        let all = text("x", 1000)
+        var piecewise = PromptChain(model: "m")
+        var i = 0
+        for size in [1, 63, 2, 200, 7, 64, 64, 500, 99] where i < all.count {
+            piecewise.append(all[i..<min(all.count, i + size)])
+            i += size
+        }
+        #expect(piecewise == PromptChain(model: "m", bytes: all))
+        // Hashes are stable across processes and builds (peers compare them): pinned values.
+        #expect(PromptChain(model: "m", bytes: Array("hello".utf8) + [UInt8](repeating: 32, count: 59)).hashes.count == 1)
+        #expect(PromptHash.seed("m") == PromptHash.seed("m:latest"))
+    }
+
+    @Test func aChatTurnsRenderingStartsWithThePreviousTurnAndItsAnswer() throws {
+        let turn1 = chat([("system", String(decoding: text("sys", 900), as: UTF8.self)), ("user", "What is a KV cache?")])
+        var held = try #require(PromptRendering.chain(turn1, model: "m"))
+        held.append(PromptRendering.answer("A cache of attention keys and values.", operation: .chat))
+        let turn2 = chat([("system", String(decoding: text("sys", 900), as: UTF8.self)), ("user", "What is a KV cache?"),
+                          ("assistant", "A cache of attention keys and values."), ("user", "And a slot?")])
+        let next = try #require(PromptRendering.chain(turn2, model: "m"))
+        #expect(Array(next.hashes.prefix(held.hashes.count)) == held.hashes, "turn 2 extends turn 1 + its answer")
+        // Embeddings have no prompt cache to use.
+        let emb = try RequestParser.parse(route: .openaiEmbeddings, body: Array("{\"model\":\"m\",\"input\":\"hi\"}".utf8))
+        #expect(PromptRendering.chain(emb, model: "m") == nil)
+    }
+}
+
+@Suite struct CacheShadowTests {
+    func chain(_ bytes: [UInt8]) -> PromptChain { PromptChain(model: "m", bytes: bytes) }
+
+    @Test func aFinishedRequestIsHeldAndMatchedByTheNextOneWithItsPrefix() {
+        var s = CacheShadow(slots: 2)
+        let prefix = text("sys", 64 * 20)
+        let first = chain(prefix + text("q1", 200))
+        #expect(s.match(first) == .none)
+        let (seq, predicted) = s.begin(first, now: 1)
+        #expect(predicted == 0)
+        var held = first
+        held.append(text("answer", 300))
+        s.finish(sequence: seq, held: held, predictedBlocks: predicted, promptBytes: first.byteCount, promptTokens: 400,
+                 cachedTokens: 0, now: 2)
+        let second = chain(prefix + text("q2", 200))
+        let m = s.match(second)
+        #expect(m.deviceBlocks == 20 && m.anyBlocks == 20 && m.slot == seq)
+        // The engine's own token rate is learned: 400 tokens for 1,480 bytes.
+        #expect(s.tokensPerByte > 0.25)
+        #expect(s.tokens(m) > 20 * 64 * 0.25)
+        // The next request goes to the slot holding the prefix, as llama-server picks it.
+        let (seq2, predicted2) = s.begin(second, now: 3)
+        #expect(seq2 == seq && predicted2 == 20)
+        // While that slot is busy, it is not offered for pinning.
+        #expect(s.match(second).slot == nil && s.match(second).deviceBlocks == 20)
+    }
+
+    @Test func unrelatedPromptsTakeTheLeastRecentlyUsedSlotAndEvictIt() {
+        var s = CacheShadow(slots: 2)
+        let prompts = (0..<3).map { chain(text("group\($0)", 64 * 10)) }
+        for (i, p) in prompts.enumerated() {
+            let (seq, pred) = s.begin(p, now: UInt64(10 * (i + 1)))
+            s.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: p.byteCount, promptTokens: nil, cachedTokens: nil,
+                     now: UInt64(10 * (i + 1) + 1))
+        }
+        #expect(s.match(prompts[0]).deviceBlocks == 0, "the oldest was evicted by the third")
+        #expect(s.match(prompts[1]).deviceBlocks == 10 && s.match(prompts[2]).deviceBlocks == 10)
+        #expect(s.deviceBlockCount == 20)
+    }
+
+    @Test func aSlotsOldPromptMovesToTheRAMTierAndIsMatchedThereUntilEvicted() {
+        var o = CacheShadow.Options()
+        o.ramMaxBlocks = 15
+        var s = CacheShadow(slots: 1, options: o)
+        let a = chain(text("a", 64 * 10)), b = chain(text("b", 64 * 10)), c = chain(text("c", 64 * 10))
+        for (i, p) in [a, b].enumerated() {
+            let (seq, pred) = s.begin(p, now: UInt64(i * 10))
+            s.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: 640, promptTokens: nil, cachedTokens: nil, now: UInt64(i * 10 + 1))
+        }
+        let m = s.match(a)
+        #expect(m.deviceBlocks == 0 && m.anyBlocks == 10, "a was saved to host RAM when b took the slot")
+        #expect(s.tokens(m, ramWeight: 0.5) == 10 * 64 * 0.25 * 0.5)
+        let changes = Dictionary(uniqueKeysWithValues: s.drainChanges().map { ($0.0, $0.1) })
+        #expect(changes[a.hashes[0]] == .ram && changes[b.hashes[0]] == .device)
+        #expect(s.drainChanges().isEmpty, "drained")
+        // c takes the slot: b goes to RAM, which overflows (20 > 15): a, the older, is dropped.
+        let (seq, pred) = s.begin(c, now: 30)
+        s.finish(sequence: seq, held: c, predictedBlocks: pred, promptBytes: 640, promptTokens: nil, cachedTokens: nil, now: 31)
+        #expect(s.match(a).anyBlocks == 0 && s.match(b).anyBlocks == 10 && s.ramBlockCount == 10)
+        let later = Dictionary(uniqueKeysWithValues: s.drainChanges().map { ($0.0, $0.1) })
+        #expect(later[a.hashes[3]] == CacheTier.none && later[b.hashes[3]] == .ram && later[c.hashes[3]] == .device)
+    }
+
+    @Test func whatTheEngineReportsCorrectsTheSlotAndTheAccuracy() {
+        var s = CacheShadow(slots: 4)
+        let p = chain(text("p", 64 * 8))
+        let (guess, _) = s.begin(p, now: 1)
+        // The engine says it used slot 3, not the one guessed: slot 3 holds the prompt now.
+        s.finish(sequence: guess, held: p, slot: 3, predictedBlocks: 0, promptBytes: 512, promptTokens: 128, cachedTokens: 0, now: 2)
+        #expect(s.match(p).slot == 3)
+        #expect(s.accuracy == 1, "predicted 0, reported 0")
+        // Predicted 8 blocks (128 tokens) but the engine reused none (it was restarted outside meshd):
+        // accuracy drops, so later matches on it count for less.
+        let (seq, pred) = s.begin(p, now: 3)
+        #expect(seq == 3 && pred == 8)
+        s.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: 512, promptTokens: 128, cachedTokens: 0, now: 4)
+        #expect(s.accuracy < 0.85)
+        #expect(s.predictedTokens == 128 && s.reportedTokens == 0)
+        // A failed request leaves its slot unknown: forgotten.
+        let (seq3, pred3) = s.begin(p, now: 5)
+        s.finish(sequence: seq3, held: nil, predictedBlocks: pred3, promptBytes: 512, promptTokens: nil, cachedTokens: nil, now: 6)
+        #expect(s.match(p).deviceBlocks == 0)
+    }
+
+    @Test func memoryIsBoundedLeastRecentlyUsedFirst() {
+        var o = CacheShadow.Options()
+        o.maxBlocks = 25
+        o.sequenceBlocks = 12
+        var s = CacheShadow(slots: 3, options: o)
+        let ps = (0..<3).map { chain(text("s\($0)", 64 * 20)) }
+        for (i, p) in ps.enumerated() {
+            let (seq, pred) = s.begin(p, now: UInt64(i))
+            s.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: p.byteCount, promptTokens: nil, cachedTokens: nil, now: UInt64(i))
+        }
+        #expect(s.deviceBlockCount <= 25)
+        #expect(s.match(ps[2]).deviceBlocks == 12, "capped at a sequence's context")
+        #expect(s.match(ps[0]).deviceBlocks < 12, "the least recently used lost blocks first")
+        #expect(s.match(ps[1]).deviceBlocks == 12)
+        s.reset()
+        #expect(s.deviceBlockCount == 0 && s.match(ps[2]).deviceBlocks == 0)
+    }
+
+    @Test func aPeersViewFollowsNumberedDeltasAndAsksForASnapshotOnAGap() {
+        var shadow = CacheShadow(slots: 1)
+        var view = PeerCacheView()
+        let p = chain(text("p", 64 * 6))
+        #expect(view.apply(number: 1, changes: []) == .gap, "no snapshot yet")
+        view.load(number: 0, entries: shadow.snapshot())
+        let (seq, pred) = shadow.begin(p, now: 1)
+        shadow.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: 384, promptTokens: nil, cachedTokens: nil, now: 2)
+        let d1 = shadow.drainChanges()
+        #expect(view.apply(number: 1, changes: d1) == .applied)
+        #expect(view.match(p).deviceBlocks == 6)
+        #expect(view.apply(number: 1, changes: d1) == .stale)
+        // Delta 2 is lost; 3 arrives: a gap, nothing applied; a snapshot repairs it.
+        let q = chain(text("q", 64 * 6))
+        let (s2, p2) = shadow.begin(q, now: 3)
+        shadow.finish(sequence: s2, held: q, predictedBlocks: p2, promptBytes: 384, promptTokens: nil, cachedTokens: nil, now: 4)
+        _ = shadow.drainChanges()
+        #expect(view.apply(number: 3, changes: []) == .gap)
+        #expect(view.match(p).deviceBlocks == 6 && view.match(q).deviceBlocks == 0, "stale")
+        view.load(number: 3, entries: shadow.snapshot())
+        #expect(view.match(p).deviceBlocks == 0 && view.match(q).deviceBlocks == 6)
+        #expect(view.apply(number: 4, changes: []) == .applied)
+    }
+
+    @Test func matchingIsALogarithmicNumberOfLookups() {
+        // 10,000 blocks held; a 2,000-block prompt matched with ~11 lookups, not 2,000.
+        var o = CacheShadow.Options()
+        o.maxBlocks = 20_000
+        var s = CacheShadow(slots: 4, options: o)
+        let long = chain(text("long", 64 * 2500))
+        for i in 0..<4 {
+            let p = i == 0 ? long : chain(text("other\(i)", 64 * 2500))
+            let (seq, pred) = s.begin(p, now: UInt64(i + 1))
+            s.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: p.byteCount, promptTokens: nil, cachedTokens: nil, now: UInt64(i + 1))
+        }
+        #expect(s.deviceBlockCount == 10_000)
+        var probe = long
+        probe.truncate(toBlocks: 2000)
+        var lookups = 0
+        let m = CachedPrefix.match(probe) { h in
+            lookups += 1
+            return s.tier(h)
+        }
+        #expect(m.deviceBlocks == 2000 && lookups <= 12)
+    }
+}

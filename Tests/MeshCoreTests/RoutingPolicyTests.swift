@@ -1,0 +1,69 @@
+import MeshCore
+import Testing
+
+@Suite struct RoutingPolicyTests {
+    let m = ModelInfo(name: "m", loaded: true)
+    let speeds = EngineSpeeds(prefillTokensPerSecond: 1000, decodeTokensPerSecond: 50, meanServiceSeconds: 4)
+
+    func nodes(_ busy: [Int], slots: Int = 2) -> [RoutingNode] {
+        busy.enumerated().map { i, b in
+            RoutingNode(id: "n\(i)", isLocal: i == 0, hopSeconds: 0.001,
+                        engines: [snapshot("e", [m], busy: b, slots: slots, speeds: speeds)])
+        }
+    }
+
+    func rank(_ nodes: [RoutingNode], _ context: RoutingContext, prompt: Int = 2200) -> Router.Ranking? {
+        try? Router.rank(model: "m", operation: .chat, promptTokens: prompt, maxTokens: 100, nodes: nodes, context: context).get()
+    }
+
+    @Test func cacheAwareSendsThePromptWhereItsPrefixIsCachedAndSaysSo() throws {
+        let cached: (RoutingNode, EngineSnapshot) -> CacheEstimate? = { n, _ in n.id == "n2" ? CacheEstimate(tokens: 2048, slot: 1) : nil }
+        let r = try #require(rank(nodes([0, 0, 0]), RoutingContext(policy: .cacheAware, cached: cached)))
+        #expect(r.decision.nodeID == "n2" && r.decision.cachedTokens == 2048 && r.decision.slot == 1)
+        #expect(r.decision.reason.contains("2048 of 2200 prompt tokens cached"))
+        let w = r.candidates[0]
+        #expect(w.uncachedTokens == 152 && abs(w.prefill - 0.152) < 1e-9 && abs(w.decode - 2) < 1e-9 && w.hop == 0.001)
+        #expect(r.candidates.count == 3 && r.candidates[1].cachedTokens == 0 && abs(r.candidates[1].prefill - 2.2) < 1e-9)
+        // The same view under expected-completion: blind to the cache, the local node (tie) wins.
+        let blind = try #require(rank(nodes([0, 0, 0]), RoutingContext(policy: .expectedCompletion, cached: cached)))
+        #expect(blind.decision.isLocal && blind.decision.cachedTokens == 0 && blind.decision.slot == nil)
+    }
+
+    @Test func theCacheWinsOverAShortQueueButAHotNodeIsPassedOver() throws {
+        let cached: (RoutingNode, EngineSnapshot) -> CacheEstimate? = { n, _ in n.id == "n1" ? CacheEstimate(tokens: 2048) : nil }
+        // n1 holds the prefix with one request running (of 2 slots): 2 s of wait + 0.15 s of
+        // prefill beat 2.2 s of prefill on an idle node.
+        let r1 = try #require(rank(nodes([0, 1, 0]), RoutingContext(policy: .cacheAware, cached: cached)))
+        #expect(r1.decision.nodeID == "n1")
+        // Two running: 4 s of wait lose to recomputing the prefix.
+        let r2 = try #require(rank(nodes([0, 2, 0]), RoutingContext(policy: .cacheAware, cached: cached)))
+        #expect(r2.decision.nodeID == "n0")
+        // A huge cached prefix outweighs any queue in seconds, so bounded load decides: 3 running
+        // (6 s of work, under 1.25 × the mean 2 s + one 4 s request) is still chosen; 4 running
+        // (8 s, over 1.25 × 2.67 s + 4 s) is passed over though its score is the best.
+        let big: (RoutingNode, EngineSnapshot) -> CacheEstimate? = { n, _ in n.id == "n1" ? CacheEstimate(tokens: 19_000) : nil }
+        let warm = try #require(rank(nodes([0, 3, 0]), RoutingContext(policy: .cacheAware, cached: big), prompt: 20_000))
+        #expect(warm.decision.nodeID == "n1" && warm.candidates[0].skipped == nil)
+        let hot = try #require(rank(nodes([0, 4, 0]), RoutingContext(policy: .cacheAware, cached: big), prompt: 20_000))
+        #expect(hot.decision.nodeID == "n0")
+        let skipped = try #require(hot.candidates.last)
+        #expect(skipped.node == "n1" && skipped.total < hot.candidates[0].total && skipped.skipped?.contains("over 1.25× the mean") == true)
+        // When every candidate is hot, none is skipped.
+        let all = try #require(rank(nodes([4]), RoutingContext(policy: .cacheAware, cached: big), prompt: 20_000))
+        #expect(all.candidates[0].skipped == nil)
+    }
+
+    @Test func uncachedPromptsStillBalanceByLoad() throws {
+        let r = try #require(rank(nodes([2, 1, 0]), RoutingContext(policy: .cacheAware)))
+        #expect(r.decision.nodeID == "n2")
+        #expect(r.candidates.map(\.node) == ["n2", "n1", "n0"])
+    }
+
+    @Test func leastBusyAndRoundRobinIgnoreCachesAndSpeeds() throws {
+        let cached: (RoutingNode, EngineSnapshot) -> CacheEstimate? = { _, _ in CacheEstimate(tokens: 2000) }
+        let lb = try #require(rank(nodes([3, 1, 2]), RoutingContext(policy: .leastBusy, cached: cached)))
+        #expect(lb.decision.nodeID == "n1" && lb.decision.cachedTokens == 0 && lb.decision.reason.hasSuffix("(least-busy)"))
+        let picks = (0..<6).compactMap { i in rank(nodes([9, 0, 0]), RoutingContext(policy: .roundRobin, rotation: i))?.decision.nodeID }
+        #expect(picks == ["n0", "n1", "n2", "n0", "n1", "n2"])
+    }
+}
