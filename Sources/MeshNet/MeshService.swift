@@ -48,6 +48,7 @@ public final class MeshService: Sendable {
     let stopped = Mutex(false)
     /// Byte tunnels to and from peers (MeshTunnels.swift).
     let tunnelTable = MeshTunnelTable()
+    let cacheSharing = MeshCacheSharing()
     /// The ZAP policy mirrored for secure relays (MeshRelayKeys.swift).
     let relayAdmission: Mutex<CurveKeyAdmission>
 
@@ -246,6 +247,7 @@ public final class MeshService: Sendable {
             for link in accepting { send(WireMessage(type: .load, header: header), to: link) }
         }
         sendState(to: links.filter { !$0.1 }.map(\.0), built: current)
+        broadcastCacheDelta(to: links.map(\.0))
     }
 
     /// Notes a forward to `engine` on `node` starting (`started`) or ending.
@@ -481,6 +483,7 @@ public final class MeshService: Sendable {
     /// Drops a peer: out of rotation, its pending forwards fail, requests it sent are cancelled.
     func peerLost(_ id: String, reason: String) {
         let now = clock.nowNanos()
+        cacheSharing.hooks.withLock { $0 }?.forget(id)
         let (pending, served) = state.withLock { s -> ([(String, Pending)], [Served]) in
             if let e = s.peers.entries[id] { s.recentlyDown[id] = (e.state, now) }
             s.peers.remove(id)
@@ -635,6 +638,8 @@ public final class MeshService: Sendable {
             forwardReply(msg)
         case .tunnelOpen, .tunnelOpened, .tunnelData, .tunnelCredit, .tunnelClose, .tunnelPing, .tunnelPong:
             handleTunnelMessage(msg, m)
+        case .cacheDelta, .cacheSnapshotRequest:
+            handleCacheMessage(msg, m)
         }
     }
 

@@ -48,11 +48,18 @@ public struct InferenceProxy: Sendable {
     let localDraining: @Sendable () -> Bool
     /// Cloud escalation (issue 5): this node's cloud config and gateway role.
     let cloud: CloudSetup
+    /// Cache-aware routing (issue 14): the policy, and the shadows of every engine's cache.
+    let routing: RoutingSettings
+    let cache: CacheShadows?
+    let turns = RoundRobinTurns()
 
     public init(nodeName: String, engines: any EngineDirectory, client: CurlHTTPClient, metrics: NodeMetrics,
                 clock: any WallClock, timeouts: TimeoutConfig, logger: Logger, mesh: MeshService? = nil,
-                localDraining: @escaping @Sendable () -> Bool = { false }, cloud: CloudSetup = CloudSetup(config: CloudConfig())) {
+                localDraining: @escaping @Sendable () -> Bool = { false }, cloud: CloudSetup = CloudSetup(config: CloudConfig()),
+                routing: RoutingSettings = RoutingSettings(), cache: CacheShadows? = nil) {
         self.cloud = cloud
+        self.routing = routing
+        self.cache = cache
         self.mesh = mesh
         self.localDraining = localDraining
         self.nodeName = nodeName
@@ -88,12 +95,16 @@ public struct InferenceProxy: Sendable {
         var replanned = Set<String>()
         var considered = false
         var failures = FailedAttempts()
+        // The prompt as block hashes: matched against every engine's cache, then recorded in the
+        // shadow of the local engine that serves it.
+        let prompt = cache == nil ? nil : PromptRendering.chain(req, model: req.model)
+        let context = routingContext(prompt)
         // Retry on another engine or node while nothing has been sent to the client.
         while true {
             let nodes = routingView(localOnly: localOnly, excludedEngines: excludedEngines, excludedNodes: excludedNodes)
             let decision: RouteDecision
             let routed = Router.choose(model: req.model, operation: req.operation, promptTokens: req.estimatedPromptTokens,
-                                       maxTokens: req.options.maxTokens, nodes: nodes)
+                                       maxTokens: req.options.maxTokens, nodes: nodes, context: context)
             // Mesh or cloud: decided once per request (a retry after a failed mesh attempt may
             // still escalate when the mesh has nothing left).
             if !localOnly && req.operation != .embedding && (!considered || (try? routed.get()) == nil) {
@@ -133,7 +144,8 @@ public struct InferenceProxy: Sendable {
                 continue
             }
             guard let engine = nodes.first(where: \.isLocal)?.engines.first(where: { $0.id == decision.engineID }) else { continue }
-            let outcome = await attempt(req, clientBody: bodyBytes, engine: engine, decision: decision, startNanos: startNanos, started: started)
+            let outcome = await attempt(req, clientBody: bodyBytes, engine: engine, decision: decision, prompt: prompt,
+                                        startNanos: startNanos, started: started)
             switch outcome {
             case .response(let r):
                 return r
@@ -152,8 +164,10 @@ public struct InferenceProxy: Sendable {
 
     /// This node and its live peers as routing sees them.
     func routingView(localOnly: Bool, excludedEngines: Set<String> = [], excludedNodes: Set<String> = []) -> [RoutingNode] {
+        let local = engines.snapshot()
+        cache?.sync(local)
         var nodes = [RoutingNode(id: nodeName, isLocal: true, draining: !localOnly && localDraining(),
-                                 engines: engines.snapshot().filter { !excludedEngines.contains($0.id) })]
+                                 engines: local.filter { !excludedEngines.contains($0.id) })]
         if !localOnly, let mesh {
             for p in mesh.peersForRouting() where !excludedNodes.contains(p.state.id) {
                 nodes.append(RoutingNode(id: p.state.id, isLocal: false, hopSeconds: 0.001,
@@ -165,7 +179,27 @@ public struct InferenceProxy: Sendable {
 
     /// Explains where a request for `model` would go, without sending one (`meshctl route`).
     public func explain(model: String) -> Result<RouteDecision, APIError> {
-        Router.choose(model: model, operation: .chat, promptTokens: 1, maxTokens: nil, nodes: routingView(localOnly: false))
+        Router.choose(model: model, operation: .chat, promptTokens: 1, maxTokens: nil, nodes: routingView(localOnly: false),
+                      context: routingContext(nil))
+    }
+
+    /// Every candidate's terms for a request (`meshctl route MODEL --prompt-file`), without sending it.
+    public func rank(_ req: InferenceRequest) -> Result<Router.Ranking, APIError> {
+        let prompt = cache == nil ? nil : PromptRendering.chain(req, model: req.model)
+        return Router.rank(model: req.model, operation: req.operation, promptTokens: req.estimatedPromptTokens,
+                           maxTokens: req.options.maxTokens, nodes: routingView(localOnly: false), context: routingContext(prompt, advance: false))
+    }
+
+    /// The policy and, with a prompt, where it is cached (this node's shadows, the peers' views).
+    func routingContext(_ prompt: PromptChain?, advance: Bool = true) -> RoutingContext {
+        var context = RoutingContext(policy: routing.policy)
+        if routing.policy == .roundRobin { context.rotation = advance ? turns.next() : turns.current }
+        if let prompt, let cache, routing.policy == .cacheAware {
+            context.cached = { node, engine in
+                node.isLocal ? cache.local(engine.id, prompt) : cache.peer(node.id, engine.id, prompt)
+            }
+        }
+        return context
     }
 
     /// Sends the request to a peer and relays its answer (already in the client's dialect).
@@ -267,7 +301,7 @@ public struct InferenceProxy: Sendable {
 
     /// - Parameter clientBody: the client's body bytes, sent as they are when the engine takes them unchanged.
     private func attempt(_ req: InferenceRequest, clientBody: [UInt8], engine: EngineSnapshot, decision: RouteDecision,
-                         startNanos: UInt64, started: ContinuousClock.Instant) async -> Outcome {
+                         prompt: PromptChain?, startNanos: UInt64, started: ContinuousClock.Instant) async -> Outcome {
         let api = req.route.dialect.rawValue
         if !req.tokenInputs.isEmpty && engine.kind.dialect == .ollama {
             let e = APIError.invalid("input", "token ids cannot be embedded by \(engine.id), an Ollama engine (it takes text): send the text, or serve \(req.model) from an OpenAI-compatible engine")
@@ -285,7 +319,10 @@ public struct InferenceProxy: Sendable {
         respHeaders.add(name: "X-Meshd-Engine", value: engine.id)
         respHeaders.add(name: "X-Meshd-Route", value: decision.reason)
 
+        // The request's place in the engine's cache shadow, from when it is sent until it ends.
+        let shadow = ShadowPlace()
         let finishMetrics: @Sendable (Int, TokenUsage?, UInt64?) -> Void = { [engines, metrics] status, usage, firstToken in
+            shadow.end(ok: status < 400, usage: usage)
             let total = ContinuousClock.now - started
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: status, duration: total)
             if let u = usage { metrics.tokens(model: req.model, prompt: u.promptTokens, completion: u.completionTokens) }
@@ -308,6 +345,7 @@ public struct InferenceProxy: Sendable {
         // A split that broke is not out of rotation: it ends itself and the next request plans it anew.
         let isSplit = engine.models.contains { $0.split == true }
         let retry: (Int, String, Bool, Bool) -> Outcome = { [engines] status, reason, unhealthy, overloaded in
+            shadow.end(ok: false, usage: nil)
             engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false,
                                     overloaded: overloaded)
             if unhealthy { isSplit ? engines.engineFailed(engineID: engine.id) : engines.engineUnreachable(engineID: engine.id, reason: reason) }
@@ -340,6 +378,7 @@ public struct InferenceProxy: Sendable {
         case .success(let url):
             // A split's llama-server gets its port when it starts.
             httpReq.url = Self.join(url, er.path)
+            if let prompt, let cache, let t = cache.begin(engine.id, prompt) { shadow.start(t, in: cache) }
         case .failure(let e):
             engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false, overloaded: false)
             return .retry(status: 503, reason: e.message)
@@ -618,4 +657,26 @@ final class ForwardNote: Sendable {
     }
 
     deinit { finish() }
+}
+
+/// A request's ticket in a local engine's cache shadow, ended exactly once (by whichever path
+/// finishes the request).
+final class ShadowPlace: Sendable {
+    private let ticket = Mutex<(CacheShadows.Ticket, CacheShadows)?>(nil)
+
+    func start(_ t: CacheShadows.Ticket, in cache: CacheShadows) {
+        ticket.withLock { $0 = (t, cache) }
+    }
+
+    func end(ok: Bool, usage: TokenUsage?) {
+        guard let (t, cache) = ticket.withLock({ v -> (CacheShadows.Ticket, CacheShadows)? in defer { v = nil }; return v }) else { return }
+        cache.finish(t, ok: ok, usage: usage)
+    }
+}
+
+/// The turn counter of `round-robin` routing.
+final class RoundRobinTurns: Sendable {
+    private let value = Mutex(0)
+    func next() -> Int { value.withLock { v in defer { v &+= 1 }; return v } }
+    var current: Int { value.withLock { $0 } }
 }

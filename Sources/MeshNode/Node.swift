@@ -139,9 +139,12 @@ public final class MeshdNode: Service, Sendable {
         } else {
             discovery = nil
         }
+        let cacheShadows = CacheShadows(clock: clock)
+        mesh?.setCacheHooks(cacheShadows.meshHooks(node: config.nodeName))
         let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
                                    timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
-                                   cloud: CloudSetup(config: config.cloud, gateway: gateway))
+                                   cloud: CloudSetup(config: config.cloud, gateway: gateway),
+                                   routing: config.routing, cache: cacheShadows)
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger))
         let connectionStats = HTTPConnectionStats()
         let responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,

@@ -210,3 +210,45 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
         #expect(m.deviceBlocks == 2000 && lookups <= 12)
     }
 }
+
+@Suite struct CacheDeltaTests {
+    func delta(_ n: UInt64, instance: String = "i1", snapshot: Bool = false, _ engines: [(String, [(UInt64, CacheTier)])]) -> CacheDeltaMessage {
+        CacheDeltaMessage(node: "b", instance: instance, number: n, snapshot: snapshot,
+                          engines: engines.map { .init(id: $0.0, entries: $0.1.map { .init($0.0, $0.1) }) })
+    }
+
+    @Test func theWireFormIsNineBytesAnEntryAndRoundTrips() throws {
+        let d = delta(7, [("llama.cpp:m", [(0xDEAD_BEEF_0123_4567, .device), (42, .ram)]), ("ollama", [(1, CacheTier.none)])])
+        let frames = MeshWireCodec.encode(d.wire)
+        #expect(frames.count == 3 && frames[2].count == 27)
+        let back = try #require(CacheDeltaMessage(try MeshWireCodec.decode(frames)))
+        #expect(back == d)
+        // Counts that do not add up, or an unknown tier, are refused.
+        var m = d.wire
+        m.payload.removeLast()
+        #expect(CacheDeltaMessage(m) == nil)
+        m = d.wire
+        m.payload[8] = 9
+        #expect(CacheDeltaMessage(m) == nil)
+        m = d.wire
+        m.payload += [0, 0, 0, 0, 0, 0, 0, 0, 2]
+        #expect(CacheDeltaMessage(m) == nil)
+    }
+
+    @Test func aPeersCachesFollowItsNumbersAndRestartWithItsInstance() {
+        var p = PeerCaches(retryNanos: 1000)
+        let chain = PromptChain(model: "m", bytes: text("x", 64 * 3))
+        let entries = chain.hashes.map { ($0, CacheTier.device) }
+        #expect(p.receive(delta(1, [("e", entries)]), now: 0) == .gap, "no snapshot yet: ask")
+        #expect(p.receive(delta(2, [("e", entries)]), now: 10) == .stale, "asked already, within the retry time")
+        #expect(p.receive(delta(3, [("e", entries)]), now: 2000) == .gap, "no snapshot came: ask again")
+        #expect(p.receive(delta(3, snapshot: true, [("e", entries)]), now: 2001) == .applied)
+        #expect(p.match("e", chain)?.deviceBlocks == 3)
+        #expect(p.receive(delta(4, [("e", [(chain.hashes[2], .none)])]), now: 2002) == .applied)
+        #expect(p.match("e", chain)?.deviceBlocks == 2)
+        #expect(p.receive(delta(4, [("e", [])]), now: 2003) == .stale)
+        // The peer restarted: a new instance, numbers from 1, nothing known until its snapshot.
+        #expect(p.receive(delta(1, instance: "i2", [("e", entries)]), now: 2004) == .gap)
+        #expect(p.match("e", chain) == nil)
+    }
+}

@@ -6,7 +6,8 @@ import Testing
         for t in WireMessageType.allCases {
             var header: JSON = ["req": "r1", "node": "a", "name": "a", "proto": 1, "id": "a"]
             if t == .state { header = ["id": "a"] }
-            if t.rawValue >= 0x20 { header = ["tun": "a-t1", "target": "rpc/s1", "window": 1024, "bytes": 5, "msgs": 1] }
+            if t.rawValue >= 0x20 && t.rawValue < 0x30 { header = ["tun": "a-t1", "target": "rpc/s1", "window": 1024, "bytes": 5, "msgs": 1] }
+            if t == .cacheDelta { header = ["node": "a", "n": 3, "engines": []] }
             let m = WireMessage(type: t, header: header, payload: t == .chunk || t == .response || t == .tunnelData ? [1, 2, 3] : [])
             let back = try MeshWireCodec.decode(MeshWireCodec.encode(m))
             #expect(back == m)

@@ -140,6 +140,10 @@ struct OpenAIChunkScan {
         static let finishReason = Array("finish_reason".utf8)
         static let promptTokens = Array("prompt_tokens".utf8)
         static let completionTokens = Array("completion_tokens".utf8)
+        static let promptTokensDetails = Array("prompt_tokens_details".utf8)
+        static let timings = Array("timings".utf8)
+        static let cacheN = Array("cache_n".utf8)
+        static let cachedTokens = Array("cached_tokens".utf8)
         static let null = Array("null".utf8)
         static let `true` = Array("true".utf8)
         static let `false` = Array("false".utf8)
@@ -275,17 +279,44 @@ extension OpenAIChunkScan {
             var c = Cursor(p: p)
             var usage: TokenUsage?
             var usageSeen = false
+            var timingsSeen = false
+            var timingsCached: Int?
+            var detailsCached: Int?
             c.skipWS()
             guard c.at(UInt8(ascii: "{")) else { return nil }
+            // Reads `{"cached_tokens": N, …}` (usage details) or `{"cache_n": N, …}` (llama-server timings).
+            func cachedCount(_ c: inout Cursor, key cachedKey: [UInt8], depth: Int, into out: inout Int?) -> Bool {
+                if c.literal(Keys.null) { return true }
+                guard c.at(UInt8(ascii: "{")) else { return false }
+                var seen = false
+                return object(&c, depth: depth) { c, key in
+                    guard c.keyIs(key, cachedKey) else { return skip(&c, depth: depth + 1) }
+                    guard !seen, let v = c.integer() else { return false }
+                    seen = true
+                    out = v
+                    return true
+                }
+            }
             let ok = object(&c, depth: 1) { c, key in
                 if c.keyIs(key, Keys.error) { return false }
+                if c.keyIs(key, Keys.timings) {
+                    guard !timingsSeen else { return false }
+                    timingsSeen = true
+                    return cachedCount(&c, key: Keys.cacheN, depth: 2, into: &timingsCached)
+                }
                 guard c.keyIs(key, Keys.usage) else { return skip(&c, depth: 2) }
                 guard !usageSeen else { return false }
                 usageSeen = true
                 if c.literal(Keys.null) { return true }
                 guard c.at(UInt8(ascii: "{")) else { return false }
                 var prompt: Int?, completion: Int?
+                var detailsSeen = false
                 let ok = object(&c, depth: 2) { c, key in
+                    if c.keyIs(key, Keys.promptTokensDetails) {
+                        guard !detailsSeen else { return false }
+                        detailsSeen = true
+                        return cachedCount(&c, key: Keys.cachedTokens, depth: 3, into: &detailsCached)
+                    }
                     let isPrompt = c.keyIs(key, Keys.promptTokens)
                     guard isPrompt || c.keyIs(key, Keys.completionTokens) else { return skip(&c, depth: 3) }
                     guard (isPrompt ? prompt : completion) == nil, let v = c.integer() else { return false }
@@ -296,6 +327,9 @@ extension OpenAIChunkScan {
                 if let prompt { usage = TokenUsage(promptTokens: prompt, completionTokens: completion ?? 0) }
                 return ok
             }
+            // Timings without usage: the full parser builds the usage from them.
+            if usage == nil && timingsSeen { return nil }
+            usage?.cachedTokens = detailsCached ?? timingsCached
             guard ok else { return nil }
             c.skipWS()
             return c.i == p.count ? .some(usage) : nil

@@ -2,9 +2,13 @@
 public struct TokenUsage: Sendable, Equatable {
     public var promptTokens: Int
     public var completionTokens: Int
-    public init(promptTokens: Int, completionTokens: Int) {
+    /// Of the prompt tokens, those the engine took from its cache, when it says
+    /// (`usage.prompt_tokens_details.cached_tokens`, llama-server's `timings.cache_n`).
+    public var cachedTokens: Int?
+    public init(promptTokens: Int, completionTokens: Int, cachedTokens: Int? = nil) {
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
+        self.cachedTokens = cachedTokens
     }
     public var totalTokens: Int { promptTokens + completionTokens }
 }
@@ -92,7 +96,7 @@ public enum ResponseTranslator {
             let choice = b["choices"]?[0]
             r.text = choice?["message"]?["content"]?.stringValue ?? choice?["text"]?.stringValue ?? ""
             r.finishReason = choice?["finish_reason"]?.stringValue
-            r.usage = openAIUsage(b["usage"])
+            r.usage = openAIUsage(b["usage"], timings: b["timings"])
             if let t = b["timings"] {
                 r.promptNanos = t["prompt_ms"]?.doubleValue.map(nanos(milliseconds:))
                 r.evalNanos = t["predicted_ms"]?.doubleValue.map(nanos(milliseconds:))
@@ -112,9 +116,15 @@ public enum ResponseTranslator {
         return r
     }
 
-    static func openAIUsage(_ u: JSON?) -> TokenUsage? {
-        guard let u, let p = u["prompt_tokens"]?.intValue else { return nil }
-        return TokenUsage(promptTokens: p, completionTokens: u["completion_tokens"]?.intValue ?? 0)
+    /// An OpenAI `usage` object, with the cached part from `prompt_tokens_details` or from
+    /// llama-server's `timings` (whose `prompt_n` + `cache_n` stand in when there is no usage).
+    static func openAIUsage(_ u: JSON?, timings t: JSON? = nil) -> TokenUsage? {
+        let cached = u?["prompt_tokens_details"]?["cached_tokens"]?.intValue ?? t?["cache_n"]?.intValue
+        if let u, let p = u["prompt_tokens"]?.intValue {
+            return TokenUsage(promptTokens: p, completionTokens: u["completion_tokens"]?.intValue ?? 0, cachedTokens: cached)
+        }
+        guard let t, let evaluated = t["prompt_n"]?.intValue, let c = t["cache_n"]?.intValue else { return nil }
+        return TokenUsage(promptTokens: evaluated + c, completionTokens: t["predicted_n"]?.intValue ?? 0, cachedTokens: c)
     }
 
     static func render(_ r: GenerationResult, ctx: ResponseContext, endNanos: UInt64) -> JSON {
@@ -368,7 +378,12 @@ public struct StreamTranslator: Sendable {
             openAIMeta = (json["id"]?.stringValue ?? context.id, json["created"].flatMap { $0.intValue.map(Int64.init) } ?? context.createdSeconds,
                           json["model"]?.stringValue ?? context.clientModel)
         }
-        if let u = ResponseTranslator.openAIUsage(json["usage"]) { usage = u; result.usage = u }
+        if var u = ResponseTranslator.openAIUsage(json["usage"], timings: json["timings"]) {
+            // llama-server tells the cached part in the last chunk's timings, a usage chunk may follow.
+            if u.cachedTokens == nil { u.cachedTokens = usage?.cachedTokens }
+            usage = u
+            result.usage = u
+        }
         if let t = json["timings"] {
             result.promptNanos = t["prompt_ms"]?.doubleValue.map(ResponseTranslator.nanos(milliseconds:))
             result.evalNanos = t["predicted_ms"]?.doubleValue.map(ResponseTranslator.nanos(milliseconds:))

@@ -82,7 +82,8 @@ public struct CacheShadow: Sendable {
     private var ramBlocks = 0
     /// Tier changes not yet sent to peers: hash → its tier now.
     private var pending: [UInt64: CacheTier] = [:]
-    /// How well predictions matched what the engine reported (1: exactly), smoothed.
+    /// The share of predicted cached tokens the engine really reused (1: all), smoothed: matches
+    /// on this engine are discounted by it.
     public private(set) var accuracy = 1.0
     /// Tokens per rendered byte, learned from the engine's prompt token counts (≈ 1/4 for English).
     public private(set) var tokensPerByte = 0.25
@@ -152,10 +153,11 @@ public struct CacheShadow: Sendable {
             let predicted = Int((Double(predictedBlocks * PromptChain.blockBytes) * tokensPerByte).rounded())
             predictedTokens += predicted
             reportedTokens += c
-            if predicted > 0 || c > 0 {
-                // A block's worth of tokens either way is no error (blocks are coarse).
+            if predicted > 0 {
+                // The share of the predicted tokens the engine really reused (more than predicted is
+                // no error: the shadow holds prompts, not answers). A block's worth is slack.
                 let slack = Double(PromptChain.blockBytes) * tokensPerByte
-                let score = (Double(min(predicted, c)) + slack) / (Double(max(predicted, c)) + slack)
+                let score = (Double(min(predicted, c)) + slack) / (Double(predicted) + slack)
                 accuracy = 0.8 * accuracy + 0.2 * min(1, score)
             }
         }

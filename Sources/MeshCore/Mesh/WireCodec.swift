@@ -31,6 +31,11 @@ public enum WireMessageType: UInt8, Sendable, CaseIterable {
     case tunnelPing = 0x25
     /// The acceptor's node answers a ping at once: `tun`.
     case tunnelPong = 0x26
+    /// Changes to the sender's engine caches (``CacheDeltaMessage``): header `node`, `instance`,
+    /// `n`, `engines` [{`id`, `count`}], `snapshot`; payload 9 bytes an entry (hash, tier).
+    case cacheDelta = 0x30
+    /// Asks the receiver for a snapshot of its engine caches (a delta was missing): `node`.
+    case cacheSnapshotRequest = 0x31
 }
 
 /// One decoded mesh message: a type, a JSON header and an optional binary payload.
@@ -113,8 +118,11 @@ public enum MeshWireCodec {
             for f in ["node", "name", "proto"] where header[f] == nil { throw .missingField(f) }
         case .state:
             if header["id"]?.stringValue == nil { throw .missingField("id") }
-        case .load:
+        case .load, .cacheSnapshotRequest:
             if header["node"]?.stringValue == nil { throw .missingField("node") }
+        case .cacheDelta:
+            if header["node"]?.stringValue == nil { throw .missingField("node") }
+            guard let n = header["n"]?.intValue, n >= 0 else { throw .missingField("n") }
         case .request, .responseHead, .chunk, .end, .error, .cancel, .credit, .response:
             if header["req"]?.stringValue == nil { throw .missingField("req") }
         case .tunnelOpen, .tunnelOpened, .tunnelData, .tunnelCredit, .tunnelClose, .tunnelPing, .tunnelPong:
