@@ -164,7 +164,7 @@ struct ProxyRig {
     let registry: EngineRegistry
     let proxy: InferenceProxy
 
-    init(_ urls: [String], limits: [Int?] = []) async throws {
+    init(_ urls: [String], limits: [Int?] = [], routing: RoutingSettings = RoutingSettings(), cache: CacheShadows? = nil) async throws {
         client = try CurlHTTPClient(configuration: HTTPClientConfiguration(connectTimeout: .seconds(1), firstByteTimeout: .seconds(10),
                                                                            idleTimeout: .seconds(10), maxConnectionsPerHost: 0))
         let engines = urls.enumerated().map { i, u in
@@ -173,12 +173,12 @@ struct ProxyRig {
         registry = EngineRegistry(engines: engines, httpClient: client, logger: nodeTestLogger, pollInterval: .seconds(60))
         await registry.start()
         proxy = InferenceProxy(nodeName: "n1", engines: registry, client: client, metrics: NodeMetrics(), clock: SystemWallClock(),
-                               timeouts: TimeoutConfig(), logger: nodeTestLogger)
+                               timeouts: TimeoutConfig(), logger: nodeTestLogger, routing: routing, cache: cache)
     }
 
     /// Sends a chat request; returns status, headers and the whole body (a stream drained).
-    func chat(stream: Bool) async -> (Int, HTTPHeaders, String) {
-        let body = #"{"model":"m","stream":\#(stream),"messages":[{"role":"user","content":"hi"}]}"#
+    func chat(stream: Bool, messages: String = #"[{"role":"user","content":"hi"}]"#) async -> (Int, HTTPHeaders, String) {
+        let body = #"{"model":"m","stream":\#(stream),"messages":\#(messages)}"#
         let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/chat/completions", headers: ["Content-Type": "application/json"])
         let r = await proxy.handle(route: .openaiChat, request: HTTPServerRequest(head: head, body: ByteBuffer(string: body)))
         switch r.body {

@@ -105,11 +105,20 @@ class Binaries:
 # MARK: small utilities
 
 
+_issued_ports: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port that was free a moment ago, and not handed out before in this run (two
+    calls in a row can get the same port from the kernel: a node's HTTP and mesh ports collided)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _issued_ports:
+            _issued_ports.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port in 100 tries")
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05,

@@ -1,0 +1,64 @@
+import MeshCore
+import MeshNode
+import Testing
+
+/// Cache-aware routing through the real proxy and registry, in process, over fake engines.
+@Suite(.serialized, .timeLimit(.minutes(1))) struct CacheRoutingTests {
+    static let system = String(repeating: "You are the office assistant; answer briefly and cite the handbook. ", count: 40)
+
+    func messages(_ question: String) -> String {
+        #"[{"role":"system","content":"\#(Self.system)"},{"role":"user","content":"\#(question)"}]"#
+    }
+
+    /// Engine b ends up holding the system prompt (a was busy when the first request came).
+    func warmB(_ rig: ProxyRig, _ a: FakeEngine, _ b: FakeEngine) async throws {
+        a.set(.held)
+        let blocker = Task { await rig.chat(stream: false) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while a.open != 1 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(a.open == 1)
+        b.set(.ok)
+        let (status, headers, _) = await rig.chat(stream: false, messages: messages("Where is the printer?"))
+        #expect(status == 200 && headers.first(name: "X-Meshd-Engine") == b.id)
+        a.release(1)
+        _ = await blocker.value
+        a.set(.ok)
+    }
+
+    @Test func aPromptGoesWhereItsPrefixIsCachedAndTheRouteHeaderSaysSo() async throws {
+        let a = try await FakeEngine(), b = try await FakeEngine()
+        let cache = CacheShadows(clock: SystemWallClock())
+        let rig = try await ProxyRig([a.url, b.url], cache: cache)
+        try await warmB(rig, a, b)
+        // Both idle now: the next question with the same system prompt goes to b, which holds it.
+        for q in ["And the coffee machine?", "Who has the keys?"] {
+            let (status, headers, _) = await rig.chat(stream: q.hasPrefix("Who"), messages: messages(q))
+            #expect(status == 200 && headers.first(name: "X-Meshd-Engine") == b.id)
+            let route = headers.first(name: "X-Meshd-Route") ?? ""
+            #expect(route.contains("prompt tokens cached") && !route.contains(" 0 of "), "\(route)")
+        }
+        // An unrelated prompt has nothing cached anywhere: the first engine, as before.
+        let (_, other, _) = await rig.chat(stream: false, messages: #"[{"role":"user","content":"unrelated"}]"#)
+        #expect(other.first(name: "X-Meshd-Engine") == a.id)
+        // Short prompts fill no block: only b's shadow holds anything (the system prompt's blocks).
+        let stats = Dictionary(uniqueKeysWithValues: cache.stats().map { ($0.engine, $0.blocks) })
+        #expect(stats[a.id] == 0 && (stats[b.id] ?? 0) >= Self.system.utf8.count / 64)
+        await rig.stop()
+        await a.close()
+        await b.close()
+    }
+
+    @Test func expectedCompletionIsBlindToTheCache() async throws {
+        let a = try await FakeEngine(), b = try await FakeEngine()
+        var routing = RoutingSettings()
+        routing.policy = .expectedCompletion
+        let rig = try await ProxyRig([a.url, b.url], routing: routing, cache: CacheShadows(clock: SystemWallClock()))
+        try await warmB(rig, a, b)
+        let (_, headers, _) = await rig.chat(stream: false, messages: messages("And the coffee machine?"))
+        #expect(headers.first(name: "X-Meshd-Engine") == a.id)
+        #expect(headers.first(name: "X-Meshd-Route")?.contains("cached") == false)
+        await rig.stop()
+        await a.close()
+        await b.close()
+    }
+}
