@@ -25,13 +25,18 @@ struct Settings: Sendable {
     var genTps: Double
     var maxTokens: Int
     var loadMs: Double
+    /// Prompt-cache model (`--cache`).
+    var cache: CacheMode = .legacy
+    /// Minimum shared-prefix fraction for choosing a slot by prefix (`--slot-prompt-similarity`; 0 = LRU only).
+    var slotPromptSimilarity: Double = 0.1
 
     func json() -> String {
         var s = "{\"fail\":"
         s.appendJSONString(fail.rawValue)
         s += ",\"fail_rate\":\(fmt(failRate)),\"fail_after_tokens\":\(failAfterTokens)"
         s += ",\"latency_ms\":\(fmt(latencyMs)),\"prompt_tps\":\(fmt(promptTps)),\"gen_tps\":\(fmt(genTps))"
-        s += ",\"max_tokens\":\(maxTokens),\"load_ms\":\(fmt(loadMs))}"
+        s += ",\"max_tokens\":\(maxTokens),\"load_ms\":\(fmt(loadMs))"
+        s += ",\"cache\":\"\(cache.rawValue)\",\"slot_prompt_similarity\":\(fmt(slotPromptSimilarity))}"
         return s
     }
 }
@@ -53,15 +58,26 @@ struct ModelInfo: Sendable {
 
 /// What the scheduler decided for an incoming request.
 enum Admission {
-    case run(slot: Int)
+    case run(slot: Int, cached: Int)
     case queued(ticket: UInt64)
     case rejected(waiting: Int)
 }
 
-/// A request parked in the FIFO queue. `resume` hops to the request's event loop.
+/// A request parked in the FIFO queue. `resume(slot, cachedTokens)` hops to the request's event loop.
 struct Waiter: Sendable {
     let ticket: UInt64
-    let resume: @Sendable (Int) -> Void
+    let request: CacheRequest
+    let promptTokens: Int
+    let resume: @Sendable (Int, Int) -> Void
+}
+
+/// What a finished (or abandoned) request did on its slot, for the counters and the slot's context.
+struct SlotUsage {
+    var promptTokens = 0
+    var cachedTokens = 0
+    var generated = 0
+    /// Whether the request's tokens became the slot's context (see ``CacheRequest/tracked``).
+    var tracked = false
 }
 
 /// Per-request data handed out by `Engine.begin`.
@@ -81,6 +97,7 @@ struct Counters: Sendable {
     var errors = 0
     var maxConcurrent = 0
     var promptTokens = 0
+    var cachedTokens = 0
     var generatedTokens = 0
 }
 
@@ -106,6 +123,17 @@ final class Engine: Sendable {
         var queueHead = 0
         var hanging = 0
         var loaded: [String] = []
+        var cache: SlotCache
+
+        /// Marks `slot` busy and starts `req` on it; returns the request's cached tokens.
+        mutating func take(_ slot: Int, _ req: CacheRequest, promptTokens: Int) -> Int {
+            if !slotBusy[slot] {
+                slotBusy[slot] = true
+                running += 1
+                if running > counters.maxConcurrent { counters.maxConcurrent = running }
+            }
+            return cache.claim(slot: slot, req, promptTokens: promptTokens, mode: settings.cache)
+        }
     }
 
     private let state: Mutex<State>
@@ -119,7 +147,8 @@ final class Engine: Sendable {
         self.contextLength = contextLength
         self.startUnix = Int(time(nil))
         self.startStamp = rfc3339(epochNanos: UInt64(self.startUnix) * 1_000_000_000)
-        var st = State(settings: settings, slotBusy: Array(repeating: false, count: slots))
+        var st = State(settings: settings, slotBusy: Array(repeating: false, count: slots),
+                       cache: SlotCache(slots: slots, nCtx: contextLength))
         st.loaded = loaded
         self.state = Mutex(st)
     }
@@ -157,7 +186,9 @@ final class Engine: Sendable {
 
     func update(_ body: (inout Settings) -> Void) -> Settings {
         state.withLock { st in
+            let mode = st.settings.cache
             body(&st.settings)
+            if st.settings.cache != mode { st.cache.clear() }
             st.failSeq = 0
             return st.settings
         }
@@ -211,14 +242,14 @@ final class Engine: Sendable {
         }
     }
 
-    /// Takes a free slot, or parks the request in the FIFO queue, or rejects it when the queue is full.
-    func admit(makeWaiter: (UInt64) -> Waiter) -> Admission {
+    /// Takes a free slot (see ``SlotCache/select(_:busy:mode:similarity:)``), or parks the request in the
+    /// FIFO queue, or rejects it when the queue is full.
+    func admit(_ req: CacheRequest, promptTokens: Int, makeWaiter: (UInt64) -> Waiter) -> Admission {
         state.withLock { st in
-            if st.running < st.slotBusy.count, let slot = st.slotBusy.firstIndex(of: false) {
-                st.slotBusy[slot] = true
-                st.running += 1
-                if st.running > st.counters.maxConcurrent { st.counters.maxConcurrent = st.running }
-                return .run(slot: slot)
+            if st.running < st.slotBusy.count,
+               let slot = st.cache.select(req, busy: st.slotBusy, mode: st.settings.cache,
+                                          similarity: st.settings.slotPromptSimilarity) {
+                return .run(slot: slot, cached: st.take(slot, req, promptTokens: promptTokens))
             }
             let waiting = st.queue.count - st.queueHead
             if waiting >= queueLimit {
@@ -243,32 +274,61 @@ final class Engine: Sendable {
 
     enum Outcome { case completed, cancelled, failed, none }
 
-    /// Frees `slot`, handing it straight to the next queued request if there is one.
-    func release(slot: Int, outcome: Outcome, promptTokens: Int, generated: Int) {
-        let next: Waiter? = state.withLock { st in
+    /// Frees `slot` (its context gains the generated tokens), handing it straight to the first queued
+    /// request that may run there (unpinned, or pinned to `slot`) if there is one.
+    func release(slot: Int, outcome: Outcome, usage: SlotUsage = SlotUsage()) {
+        let next: (Waiter, Int)? = state.withLock { st in
             switch outcome {
             case .completed: st.counters.completed += 1
             case .cancelled: st.counters.cancelled += 1
             case .failed: st.counters.failed += 1
             case .none: break
             }
-            st.counters.promptTokens += promptTokens
-            st.counters.generatedTokens += generated
-            if st.queueHead < st.queue.count {
-                let w = st.queue[st.queueHead]
-                st.queueHead += 1
-                if st.queueHead > 64 && st.queueHead * 2 > st.queue.count {
-                    st.queue.removeFirst(st.queueHead)
-                    st.queueHead = 0
+            st.counters.promptTokens += usage.promptTokens
+            st.counters.cachedTokens += usage.cachedTokens
+            st.counters.generatedTokens += usage.generated
+            st.cache.finish(slot: slot, generated: usage.generated, tracked: usage.tracked && st.settings.cache != .legacy)
+            if let idx = st.queue[st.queueHead...].firstIndex(where: { $0.request.pin == nil || $0.request.pin == slot }) {
+                let w = st.queue[idx]
+                if idx == st.queueHead {
+                    st.queueHead += 1
+                    if st.queueHead > 64 && st.queueHead * 2 > st.queue.count {
+                        st.queue.removeFirst(st.queueHead)
+                        st.queueHead = 0
+                    }
+                } else {
+                    st.queue.remove(at: idx)
                 }
-                return w  // slot stays busy, ownership moves to the waiter
+                // The slot stays busy; ownership moves to the waiter.
+                return (w, st.take(slot, w.request, promptTokens: w.promptTokens))
             }
             st.slotBusy[slot] = false
             st.running -= 1
             return nil
         }
-        next?.resume(slot)
+        if let (w, cached) = next { w.resume(slot, cached) }
     }
+
+    /// `POST /sim/cache/match`: what each slot could reuse of `req` now, and the slot it would run on
+    /// (among all slots when none is idle). Runs nothing.
+    func match(_ req: CacheRequest) -> (slots: [(cached: Int, busy: Bool)], best: (id: Int, cached: Int)) {
+        state.withLock { st in
+            let mode = st.settings.cache
+            let slots = st.slotBusy.indices.map { (st.cache.cachedTokens(slot: $0, req, mode: mode), st.slotBusy[$0]) }
+            let idle = st.slotBusy.contains(false) ? st.slotBusy : Array(repeating: false, count: st.slotBusy.count)
+            let id = st.cache.select(req, busy: idle, mode: mode, similarity: st.settings.slotPromptSimilarity)
+                ?? req.pin ?? 0
+            return (slots, (id, slots[id].0))
+        }
+    }
+
+    /// Each slot's context: (token count, stable hash).
+    func cacheContexts() -> [(count: Int, hash: UInt64)] {
+        state.withLock { st in st.cache.contexts.map { ($0.count, SimTokens.hash($0)) } }
+    }
+
+    /// Empties every slot's context.
+    func clearCache() { state.withLock { $0.cache.clear() } }
 
     struct Snapshot {
         var counters: Counters
@@ -276,12 +336,17 @@ final class Engine: Sendable {
         var waiting: Int
         var hanging: Int
         var slotBusy: [Bool]
+        /// Per slot: context length, prompt tokens and cached tokens of its last (or current) request.
+        var slotContext: [Int]
+        var slotPrompt: [Int]
+        var slotCached: [Int]
     }
 
     func snapshot() -> Snapshot {
         state.withLock { st in
             Snapshot(counters: st.counters, running: st.running, waiting: st.queue.count - st.queueHead,
-                     hanging: st.hanging, slotBusy: st.slotBusy)
+                     hanging: st.hanging, slotBusy: st.slotBusy, slotContext: st.cache.contexts.map(\.count),
+                     slotPrompt: st.cache.lastPrompt, slotCached: st.cache.lastCached)
         }
     }
 

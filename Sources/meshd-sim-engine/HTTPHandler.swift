@@ -175,7 +175,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let spec: RequestSpec
-        switch parseSpec(kind: kind, json: json, engine: engine, defaultMaxTokens: engine.settings.maxTokens) {
+        let settings = engine.settings
+        switch parseSpec(kind: kind, json: json, engine: engine, defaultMaxTokens: settings.maxTokens,
+                         mode: settings.cache) {
         case .failure(let err):
             engine.countError()
             respond(context, status: err.status, body: err.body, version: h.version, keepAlive: keepAlive)
@@ -293,7 +295,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             var s = "["
             for (k, busy) in snap.slotBusy.enumerated() {
                 if k > 0 { s += "," }
-                s += "{\"id\":\(k),\"id_task\":-1,\"n_ctx\":\(engine.contextLength),\"is_processing\":\(busy)}"
+                s += "{\"id\":\(k),\"id_task\":-1,\"n_ctx\":\(engine.contextLength),\"speculative\":false"
+                s += ",\"is_processing\":\(busy),\"n_past\":\(snap.slotContext[k]),\"n_ctx_used\":\(snap.slotContext[k])"
+                s += ",\"n_prompt_tokens\":\(snap.slotPrompt[k]),\"n_prompt_tokens_cache\":\(snap.slotCached[k])"
+                s += ",\"n_prompt_tokens_processed\":\(snap.slotPrompt[k] - snap.slotCached[k])}"
             }
             s += "]"
             return (.ok, s, json)
@@ -314,7 +319,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             var s = "{\"requests\":\(c.requests),\"completed\":\(c.completed),\"cancelled\":\(c.cancelled)"
             s += ",\"in_flight\":\(snap.running),\"queued\":\(snap.waiting),\"max_concurrent\":\(c.maxConcurrent)"
             s += ",\"failed\":\(c.failed),\"rejected\":\(c.rejected),\"errors\":\(c.errors),\"hanging\":\(snap.hanging)"
-            s += ",\"prompt_tokens\":\(c.promptTokens),\"generated_tokens\":\(c.generatedTokens)}"
+            s += ",\"prompt_tokens\":\(c.promptTokens),\"generated_tokens\":\(c.generatedTokens)"
+            s += ",\"cached_tokens\":\(c.cachedTokens),\"prefilled_tokens\":\(c.promptTokens - c.cachedTokens)}"
             return (.ok, s, json)
         case "/sim/reset":
             guard isPost else { return notAllowed }
@@ -328,6 +334,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .failure(let err): return (err.status, err.body, json)
             }
         default:
+            if path.hasPrefix("/sim/cache") {
+                return cacheRoute(path, isGet: isGet, isPost: isPost, body: body)
+            }
             if path.hasPrefix("/v1/models/") {
                 guard isGet else { return notAllowed }
                 let name = String(path.dropFirst("/v1/models/".count))
@@ -404,6 +413,21 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let r = values["fail_rate"], r > 1 {
             return .failure(ollamaError(.badRequest, "fail_rate must be between 0 and 1"))
         }
+        switch num("slot_prompt_similarity", min: 0) {
+        case .failure(let e): return .failure(e)
+        case .success(let d):
+            guard (d ?? 0) <= 1 else {
+                return .failure(ollamaError(.badRequest, "slot_prompt_similarity must be in 0...1"))
+            }
+            values["slot_prompt_similarity"] = d
+        }
+        var cache: CacheMode?
+        if let v = req["cache"] {
+            guard let m = v.stringValue.flatMap(CacheMode.init(rawValue:)) else {
+                return .failure(ollamaError(.badRequest, "cache must be one of legacy, on, off"))
+            }
+            cache = m
+        }
         return .success(engine.update { s in
             if let fail { s.fail = fail }
             if let v = values["fail_rate"] { s.failRate = v }
@@ -413,6 +437,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if let v = values["fail_after_tokens"] { s.failAfterTokens = Int(min(v, 1e9)) }
             if let v = values["max_tokens"] { s.maxTokens = Int(min(v, 1e6)) }
             if let v = values["load_ms"] { s.loadMs = v }
+            if let v = values["slot_prompt_similarity"] { s.slotPromptSimilarity = v }
+            if let cache { s.cache = cache }
         })
     }
 }

@@ -32,6 +32,8 @@ final class Job {
     private var loadNs: Double = 0
     private var intervalNs: Double = 0
     private var emitted = 0
+    /// Prompt tokens reused from the slot's context (see ``SlotCache``).
+    private var cached = 0
     private var headSent = false
     private var scheduled: Scheduled<Void>?
     private var out = ""
@@ -79,15 +81,15 @@ final class Job {
             break
         }
         let loop = context.eventLoop
-        let admission = engine.admit { ticket in
+        let admission = engine.admit(spec.cache, promptTokens: spec.promptTokens) { ticket in
             let bound = NIOLoopBound(self, eventLoop: loop)
-            return Waiter(ticket: ticket) { slot in
-                loop.execute { bound.value.resumed(slot: slot) }
+            return Waiter(ticket: ticket, request: spec.cache, promptTokens: spec.promptTokens) { slot, cached in
+                loop.execute { bound.value.resumed(slot: slot, cached: cached) }
             }
         }
         switch admission {
-        case .run(let slot):
-            start(slot: slot)
+        case .run(let slot, let cached):
+            start(slot: slot, cached: cached)
         case .queued(let ticket):
             phase = .queued(ticket: ticket)
         case .rejected(let waiting):
@@ -105,16 +107,21 @@ final class Job {
         }
     }
 
-    private func resumed(slot: Int) {
+    private func resumed(slot: Int, cached: Int) {
         switch phase {
         case .queued:
-            start(slot: slot)
+            start(slot: slot, cached: cached)
         case .cancelledAwaitingSlot:
             phase = .done
-            engine.release(slot: slot, outcome: .cancelled, promptTokens: 0, generated: 0)
+            engine.release(slot: slot, outcome: .cancelled)
         default:
-            engine.release(slot: slot, outcome: .none, promptTokens: 0, generated: 0)
+            engine.release(slot: slot, outcome: .none)
         }
+    }
+
+    /// What this request did on its slot, for ``Engine/release(slot:outcome:usage:)``.
+    private var usage: SlotUsage {
+        SlotUsage(promptTokens: spec.promptTokens, cachedTokens: cached, generated: emitted, tracked: spec.cache.tracked)
     }
 
     /// The client went away (channel inactive).
@@ -128,19 +135,20 @@ final class Job {
             scheduled?.cancel()
             scheduled = nil
             phase = .done
-            engine.release(slot: slot, outcome: .cancelled, promptTokens: spec.promptTokens, generated: emitted)
+            engine.release(slot: slot, outcome: .cancelled, usage: usage)
         case .hanging:
             phase = .done
             engine.hangEnded()
         }
     }
 
-    private func start(slot: Int) {
+    private func start(slot: Int, cached: Int) {
         phase = .running(slot: slot)
+        self.cached = cached
         startAt = .now()
         let s = begin.settings
         delayNs = max(0, s.latencyMs) * 1e6
-        if s.promptTps > 0 { delayNs += Double(spec.promptTokens) / s.promptTps * 1e9 }
+        if s.promptTps > 0 { delayNs += Double(spec.promptTokens - cached) / s.promptTps * 1e9 }
         if begin.needsLoad && s.loadMs > 0 {
             loadNs = s.loadMs * 1e6
             delayNs += loadNs
@@ -187,7 +195,7 @@ final class Job {
         phase = .done
         handler.jobEnded(self)
         handler.endResponse(context, keepAlive: keepAlive)
-        engine.release(slot: s, outcome: .completed, promptTokens: spec.promptTokens, generated: emitted)
+        engine.release(slot: s, outcome: .completed, usage: usage)
     }
 
     /// die-mid-stream: drop the connection without a terminator.
@@ -196,7 +204,7 @@ final class Job {
         phase = .done
         handler.jobEnded(self)
         context.close(promise: nil)
-        engine.release(slot: s, outcome: .failed, promptTokens: spec.promptTokens, generated: emitted)
+        engine.release(slot: s, outcome: .failed, usage: usage)
     }
 
     // MARK: streaming
@@ -265,7 +273,8 @@ final class Job {
         chunkPrefix = p
     }
 
-    private func appendOpenAIChunk(delta: String, finish: String?) {
+    /// `extra`: members added to the chunk object (the final chunk's `timings` and `id_slot`).
+    private func appendOpenAIChunk(delta: String, finish: String?, extra: String = "") {
         out += chunkPrefix
         if spec.kind == .oaChat {
             out += "{\"index\":0,\"delta\":"
@@ -277,7 +286,9 @@ final class Job {
         }
         out += ",\"logprobs\":null,\"finish_reason\":"
         if let finish { out += "\"\(finish)\"" } else { out += "null" }
-        out += spec.includeUsage ? "}],\"usage\":null}\n\n" : "}]}\n\n"
+        out += spec.includeUsage ? "}],\"usage\":null" : "}]"
+        out += extra
+        out += "}\n\n"
     }
 
     private func appendToken(_ k: Int) {
@@ -300,17 +311,44 @@ final class Job {
     }
 
     private func usageJSON() -> String {
-        "{\"prompt_tokens\":\(spec.promptTokens),\"completion_tokens\":\(emitted),\"total_tokens\":\(spec.promptTokens + emitted)}"
+        "{\"prompt_tokens\":\(spec.promptTokens),\"completion_tokens\":\(emitted),\"total_tokens\":\(spec.promptTokens + emitted)"
+            + ",\"prompt_tokens_details\":{\"cached_tokens\":\(cached)}}"
+    }
+
+    /// `,"timings":{…},"id_slot":K`: llama-server's per-request timings (prompt_n = tokens evaluated,
+    /// cache_n = tokens reused) and the slot that ran the request.
+    private func cacheExtras(measured: Bool) -> String {
+        let (promptNs, evalNs) = phaseNanos(measured: measured)
+        let promptN = spec.promptTokens - cached
+        let promptMs = Double(promptNs) / 1e6
+        let evalMs = Double(evalNs) / 1e6
+        func perSecond(_ n: Int, _ ms: Double) -> String { ms > 0 ? fmt(Double(n) / ms * 1000) : "0" }
+        var s = ",\"timings\":{\"cache_n\":\(cached),\"prompt_n\":\(promptN),\"prompt_ms\":\(fmt(promptMs))"
+        s += ",\"prompt_per_second\":\(perSecond(promptN, promptMs)),\"predicted_n\":\(emitted)"
+        s += ",\"predicted_ms\":\(fmt(evalMs)),\"predicted_per_second\":\(perSecond(emitted, evalMs))}"
+        s += ",\"id_slot\":\(slot())"
+        return s
+    }
+
+    /// Prompt-evaluation and generation time in ns: measured (streams) or as scheduled (whole answers).
+    private func phaseNanos(measured: Bool) -> (prompt: Int64, eval: Int64) {
+        if measured {
+            let now = NIODeadline.now()
+            return (max(0, (firstTokenAt - startAt).nanoseconds - Int64(loadNs)), max(0, (now - firstTokenAt).nanoseconds))
+        }
+        return (Int64(max(0, delayNs - loadNs)), Int64(Double(max(0, emitted - 1)) * intervalNs))
     }
 
     private func appendFinal() {
         switch spec.kind {
         case .oaChat, .oaCompletion:
-            appendOpenAIChunk(delta: spec.kind == .oaChat ? "{}" : "\"\"", finish: spec.finishReason)
+            let extras = cacheExtras(measured: true)
+            appendOpenAIChunk(delta: spec.kind == .oaChat ? "{}" : "\"\"", finish: spec.finishReason, extra: extras)
             if spec.includeUsage {
                 out += chunkPrefix
                 out += "],\"usage\":"
                 out += usageJSON()
+                out += extras
                 out += "}\n\n"
             }
             out += "data: [DONE]\n\n"
@@ -327,19 +365,11 @@ final class Job {
 
     /// `"done_reason":…,"done":true,"total_duration":…` (no braces).
     private func appendOllamaStats(measured: Bool) {
-        let now = NIODeadline.now()
-        let total = max(0, (now - arrival).nanoseconds)
-        let promptEval: Int64
-        let eval: Int64
-        if measured {
-            promptEval = max(0, (firstTokenAt - startAt).nanoseconds - Int64(loadNs))
-            eval = max(0, (now - firstTokenAt).nanoseconds)
-        } else {
-            promptEval = Int64(max(0, delayNs - loadNs))
-            eval = Int64(Double(max(0, emitted - 1)) * intervalNs)
-        }
+        let total = max(0, (NIODeadline.now() - arrival).nanoseconds)
+        let (promptEval, eval) = phaseNanos(measured: measured)
         out += "\"done_reason\":\"\(spec.finishReason)\",\"done\":true,\"total_duration\":\(total)"
-        out += ",\"load_duration\":\(Int64(loadNs)),\"prompt_eval_count\":\(spec.promptTokens)"
+        // Ollama counts only the prompt tokens it evaluated, not those reused from its cache.
+        out += ",\"load_duration\":\(Int64(loadNs)),\"prompt_eval_count\":\(spec.promptTokens - cached)"
         out += ",\"prompt_eval_duration\":\(promptEval),\"eval_count\":\(emitted),\"eval_duration\":\(eval)"
     }
 
@@ -373,6 +403,7 @@ final class Job {
             out += text
             out += "\"},\"logprobs\":null,\"finish_reason\":\"\(spec.finishReason)\"}],\"usage\":"
             out += usageJSON()
+            out += cacheExtras(measured: false)
             out += "}"
         case .oaCompletion:
             out += "{\"id\":\"\(id)\",\"object\":\"text_completion\",\"created\":\(created),\"model\":"
@@ -381,6 +412,7 @@ final class Job {
             out += text
             out += "\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"\(spec.finishReason)\"}],\"usage\":"
             out += usageJSON()
+            out += cacheExtras(measured: false)
             out += "}"
         case .olChat, .olGenerate:
             out += "{\"model\":"
@@ -443,6 +475,6 @@ final class Job {
         handler.jobEnded(self)
         handler.respond(context, status: .ok, body: out, version: version, keepAlive: keepAlive)
         out = ""
-        engine.release(slot: s, outcome: .completed, promptTokens: spec.promptTokens, generated: emitted)
+        engine.release(slot: s, outcome: .completed, usage: usage)
     }
 }

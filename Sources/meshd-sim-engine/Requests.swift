@@ -38,6 +38,8 @@ struct RequestSpec {
     /// Ollama: empty prompt means "load the model" (or unload with keep_alive 0); answered without generating.
     let ollamaLoadOnly: Bool
     let ollamaUnload: Bool
+    /// The prompt's tokens and slot wishes for the prompt-cache model.
+    let cache: CacheRequest
 }
 
 struct HTTPError: Error {
@@ -133,7 +135,10 @@ private func inputTexts(_ v: JSON) -> [(text: String, tokens: Int)]? {
     }
 }
 
-func parseSpec(kind: Kind, json: JSON, engine: Engine, defaultMaxTokens: Int) -> Result<RequestSpec, HTTPError> {
+/// Validates an inference body. With `mode` other than legacy, generation prompts are counted with the
+/// stand-in tokenizer (``SimTokens``) over their rendering (``renderChat(_:)``, ``renderPrompt(system:prompt:)``).
+func parseSpec(kind: Kind, json: JSON, engine: Engine, defaultMaxTokens: Int,
+               mode: CacheMode = .legacy) -> Result<RequestSpec, HTTPError> {
     let style = kind.style
     guard json.isObject else {
         return .failure(styleError(style, .badRequest, "request body must be a JSON object"))
@@ -191,6 +196,7 @@ func parseSpec(kind: Kind, json: JSON, engine: Engine, defaultMaxTokens: Int) ->
     var loadOnly = false
     var unload = false
     var dims = engine.embeddingDim
+    var rendered: [UInt8]?
     if let d = json["dimensions"]?.intValue, d > 0, d <= 65536 { dims = d }
 
     switch kind {
@@ -199,11 +205,13 @@ func parseSpec(kind: Kind, json: JSON, engine: Engine, defaultMaxTokens: Int) ->
             return .failure(openAIError(.badRequest, "Missing required parameter: 'messages'.", param: "messages"))
         }
         promptTokens = messagesWords(msgs)
+        if mode != .legacy { rendered = renderChat(msgs) }
     case .oaCompletion:
         guard let p = json["prompt"], let texts = inputTexts(p) else {
             return .failure(openAIError(.badRequest, "Missing or invalid parameter: 'prompt'.", param: "prompt"))
         }
         promptTokens = texts.reduce(0) { $0 + $1.tokens }
+        if mode != .legacy { rendered = renderPrompt(system: nil, prompt: texts.map(\.text).joined()) }
     case .oaEmbedding:
         guard let p = json["input"], let texts = inputTexts(p) else {
             return .failure(openAIError(.badRequest, "Missing or invalid parameter: 'input'.", param: "input"))
@@ -214,10 +222,13 @@ func parseSpec(kind: Kind, json: JSON, engine: Engine, defaultMaxTokens: Int) ->
         let msgs = json["messages"]?.arrayValue ?? []
         if msgs.isEmpty { loadOnly = true }
         promptTokens = messagesWords(msgs)
+        if mode != .legacy { rendered = renderChat(msgs) }
     case .olGenerate:
         let prompt = json["prompt"]?.stringValue ?? ""
         if prompt.isEmpty { loadOnly = true }
-        promptTokens = wordCount(prompt) + wordCount(json["system"]?.stringValue ?? "")
+        let system = json["system"]?.stringValue
+        promptTokens = wordCount(prompt) + wordCount(system ?? "")
+        if mode != .legacy { rendered = renderPrompt(system: system, prompt: prompt) }
     case .olEmbed:
         guard let p = json["input"], let texts = inputTexts(p) else {
             return .failure(ollamaError(.badRequest, "invalid input type"))
@@ -233,6 +244,14 @@ func parseSpec(kind: Kind, json: JSON, engine: Engine, defaultMaxTokens: Int) ->
         if let n = ka.doubleValue, n == 0 { unload = true }
         if let s = ka.stringValue, s == "0" || s == "0s" || s == "0m" { unload = true }
     }
+    var cache = CacheRequest.untracked
+    if let rendered {
+        cache = CacheRequest(ids: SimTokens.chunks(rendered), pin: pinnedSlot(json, slotCount: engine.slotCount),
+                             reuse: json["cache_prompt"]?.boolValue ?? true, tracked: true)
+        promptTokens = cache.ids.count
+    } else if !kind.isEmbedding {
+        cache.pin = pinnedSlot(json, slotCount: engine.slotCount)
+    }
     promptTokens = max(1, promptTokens)
     if kind.isEmbedding {
         stream = false
@@ -242,5 +261,5 @@ func parseSpec(kind: Kind, json: JSON, engine: Engine, defaultMaxTokens: Int) ->
     return .success(RequestSpec(
         kind: kind, model: model, info: info, stream: stream, nTokens: nTokens, promptTokens: promptTokens,
         finishReason: explicitLimit ? "length" : "stop", includeUsage: includeUsage, inputs: inputs,
-        dimensions: dims, ollamaLoadOnly: loadOnly, ollamaUnload: unload))
+        dimensions: dims, ollamaLoadOnly: loadOnly, ollamaUnload: unload, cache: cache))
 }

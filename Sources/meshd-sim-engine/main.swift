@@ -1,5 +1,7 @@
 // meshd-sim-engine: a simulated LLM inference engine speaking the Ollama and OpenAI HTTP APIs
 // (plus llama-server / vLLM style extras) with deterministic output, timing, slots and failure injection.
+// With --cache on it models llama-server's prompt cache (PromptCache.swift): slots keep their context, a
+// request prefills only its uncached tokens, and GET /sim/cache, POST /sim/cache/match show what is cached.
 import ArgumentParser
 import NIOCore
 import NIOHTTP1
@@ -32,7 +34,20 @@ struct SimEngineCommand: ParsableCommand {
     @Option(help: "Fraction of requests that fail (deterministic: 0.5 = every second one).") var failRate: Double = 1.0
     @Option(help: "Embedding vector length.") var embeddingDim = 8
     @Option(help: "Extra first-token delay in ms when a request needs a model that is not loaded.") var loadMs: Double = 0
-    @Option(help: "Context length reported by /api/show, /api/ps, /props, /slots.") var contextLength = 4096
+    @Option(help: "Context length reported by /api/show, /api/ps, /props, /slots; also each slot's cache size in tokens.")
+    var contextLength = 4096
+    @Option(help: ArgumentHelp(
+        "Prompt-cache model: legacy, on, off.",
+        discussion: "legacy (default): prompt tokens are words, slots keep no context, every request prefills its whole "
+            + "prompt. on: prompt tokens are 4-byte chunks of the rendered prompt, each slot keeps its last prompt + "
+            + "output and a request prefills only what follows the prefix it shares with its slot (like llama-server). "
+            + "off: tokens and slots as with on, but nothing is reused."))
+    var cache: CacheMode = .legacy
+    @Flag(help: "Same as --cache off: count tokens like --cache on but reuse nothing (for comparisons).")
+    var noCache = false
+    @Option(help: ArgumentHelp("With --cache on/off: take the idle slot sharing the longest prefix when it is at least "
+                               + "this fraction of the prompt, else the least recently used idle slot (0 = LRU only)."))
+    var slotPromptSimilarity: Double = 0.1
     @Option(help: "Event loop threads.") var threads = 1
     @Option(help: "Write the bound port number to this file.") var portFile: String?
 
@@ -47,6 +62,11 @@ struct SimEngineCommand: ParsableCommand {
         guard (0...1).contains(failRate) else { throw ValidationError("--fail-rate must be in 0...1") }
         guard maxTokens >= 0, failAfterTokens >= 0 else { throw ValidationError("token counts must be >= 0") }
         guard !modelList.isEmpty else { throw ValidationError("--models must name at least one model") }
+        guard (0...1).contains(slotPromptSimilarity) else {
+            throw ValidationError("--slot-prompt-similarity must be in 0...1")
+        }
+        guard !noCache || cache != .on else { throw ValidationError("--no-cache contradicts --cache on") }
+        guard contextLength >= 1 else { throw ValidationError("--context-length must be >= 1") }
     }
 
     private var modelList: [String] {
@@ -67,7 +87,8 @@ struct SimEngineCommand: ParsableCommand {
             infos.first { $0.name == n || $0.name == n + ":latest" || $0.name + ":latest" == n }?.name
         }
         let settings = Settings(fail: fail, failRate: failRate, failAfterTokens: failAfterTokens, latencyMs: latencyMs,
-                                promptTps: promptTps, genTps: genTps, maxTokens: maxTokens, loadMs: loadMs)
+                                promptTps: promptTps, genTps: genTps, maxTokens: maxTokens, loadMs: loadMs,
+                                cache: noCache ? .off : cache, slotPromptSimilarity: slotPromptSimilarity)
         let engine = Engine(models: infos, loaded: loadedNames, slots: slots, queue: queue, embeddingDim: embeddingDim,
                             contextLength: contextLength, settings: settings)
 

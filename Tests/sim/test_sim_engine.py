@@ -154,7 +154,8 @@ def test_openai_chat_nonstream(fast):
     assert c["message"] == {"role": "assistant", "content": "tok0 tok1 tok2 "}
     assert c["finish_reason"] == "length"
     # "be brief" + "hello there general kenobi" = 6 words
-    assert j["usage"] == {"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9}
+    assert j["usage"] == {"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9,
+                          "prompt_tokens_details": {"cached_tokens": 0}}
 
     # No limit in the request: server default (--max-tokens 16), natural stop.
     j = fast.post("/v1/chat/completions", chat_body()).json()
@@ -185,7 +186,8 @@ def test_openai_chat_stream_with_usage(fast):
     assert fin["choices"][0]["delta"] == {} and fin["choices"][0]["finish_reason"] == "length"
     usage = chunks[6]
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}
+    assert usage["usage"] == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10,
+                              "prompt_tokens_details": {"cached_tokens": 0}}
     assert len(chunks) == 7
     # With include_usage every other chunk carries "usage": null (as OpenAI does).
     assert all("usage" in c and c["usage"] is None for c in chunks[:6])
@@ -205,7 +207,8 @@ def test_openai_completions(fast):
     j = fast.post("/v1/completions", {"model": "sim-small", "prompt": "once upon a time", "max_tokens": 2}).json()
     assert j["id"].startswith("cmpl-") and j["object"] == "text_completion"
     assert j["choices"] == [{"text": "tok0 tok1 ", "index": 0, "logprobs": None, "finish_reason": "length"}]
-    assert j["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    assert j["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6,
+                          "prompt_tokens_details": {"cached_tokens": 0}}
 
     r = fast.post("/v1/completions", {"model": "sim-small", "prompt": ["a b", "c"], "max_tokens": 2, "stream": True,
                                       "stream_options": {"include_usage": True}}, stream=True)

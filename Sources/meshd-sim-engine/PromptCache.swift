@@ -1,0 +1,210 @@
+// A llama-server-like prompt (KV) cache model: a stand-in tokenizer, per-slot contexts,
+// slot choice by longest common prefix, and the number of prompt tokens a request can reuse.
+import ArgumentParser
+import MeshCore
+
+/// How the simulator counts prompt tokens and whether slots reuse a cached prefix.
+enum CacheMode: String, Sendable, CaseIterable, ExpressibleByArgument {
+    /// Today's model: prompt tokens are words, no contexts are kept, the first free slot runs a request.
+    case legacy
+    /// Prompt tokens are 4-byte chunks of the rendered prompt; slots keep their context and a request
+    /// prefills only the tokens after the prefix it shares with its slot's context.
+    case on
+    /// Tokens and slot contexts as with `on`, but every request prefills its whole prompt.
+    case off
+}
+
+/// What the scheduler needs to know about one request's prompt.
+struct CacheRequest: Sendable {
+    /// The prompt's token ids (empty for untracked requests).
+    var ids: [UInt64]
+    /// Slot asked for with `id_slot` / `slot_id`, when it exists.
+    var pin: Int?
+    /// False when the body says `"cache_prompt": false`.
+    var reuse: Bool
+    /// Whether the request takes part in the cache model (not in legacy mode, not for embeddings).
+    var tracked: Bool
+
+    /// A request outside the cache model (legacy mode, embeddings).
+    static let untracked = CacheRequest(ids: [], pin: nil, reuse: false, tracked: false)
+}
+
+// MARK: - tokens
+
+/// The deterministic stand-in tokenizer: a token is a 4-byte chunk of the UTF-8 rendering.
+enum SimTokens {
+    /// Id of a prompt chunk: its bytes (little-endian) and its length in bits 32...; exact, no hashing.
+    static func chunks(_ bytes: [UInt8]) -> [UInt64] {
+        var ids: [UInt64] = []
+        ids.reserveCapacity((bytes.count + 3) / 4)
+        bytes.withUnsafeBufferPointer { p in
+            var i = 0
+            while i < p.count {
+                let n = min(4, p.count - i)
+                var v = UInt64(n) << 32
+                for k in 0..<n { v |= UInt64(p[i + k]) << (8 * k) }
+                ids.append(v)
+                i += n
+            }
+        }
+        return ids
+    }
+
+    /// Id of the `k`-th generated token (`"tok<k> "`); disjoint from every prompt chunk id.
+    @inline(__always) static func generated(_ k: Int) -> UInt64 { (1 << 40) | UInt64(truncatingIfNeeded: k) }
+
+    /// Length of the common prefix of `a` and `b`: one pass, no allocation.
+    static func commonPrefix(_ a: [UInt64], _ b: [UInt64]) -> Int {
+        a.withUnsafeBufferPointer { pa in
+            b.withUnsafeBufferPointer { pb in
+                let n = min(pa.count, pb.count)
+                var i = 0
+                while i < n && pa[i] == pb[i] { i += 1 }
+                return i
+            }
+        }
+    }
+
+    /// A stable FNV-1a hash of a token sequence (for `GET /sim/cache`).
+    static func hash(_ ids: [UInt64]) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for id in ids {
+            var v = id
+            for _ in 0..<8 {
+                h ^= v & 0xff
+                h = h &* 0x0000_0100_0000_01B3
+                v >>= 8
+            }
+        }
+        return h
+    }
+}
+
+// MARK: - rendering
+
+/// The text of a message `content`: a string, or the `text` of each part, concatenated.
+private func appendContent(_ c: JSON?, into bytes: inout [UInt8]) {
+    guard let c else { return }
+    switch c {
+    case .string(let s): bytes.append(contentsOf: s.utf8)
+    case .array(let parts):
+        for p in parts {
+            if let t = p["text"]?.stringValue {
+                bytes.append(contentsOf: t.utf8)
+            } else if let s = p.stringValue {
+                bytes.append(contentsOf: s.utf8)
+            }
+        }
+    default: break
+    }
+}
+
+/// A chat as the engine sees it: `<|role|>\ncontent\n` per message, then `<|assistant|>\n`.
+func renderChat(_ messages: [JSON]) -> [UInt8] {
+    var bytes: [UInt8] = []
+    for m in messages {
+        bytes.append(contentsOf: "<|".utf8)
+        bytes.append(contentsOf: (m["role"]?.stringValue ?? "user").utf8)
+        bytes.append(contentsOf: "|>\n".utf8)
+        appendContent(m["content"], into: &bytes)
+        bytes.append(0x0A)
+    }
+    bytes.append(contentsOf: "<|assistant|>\n".utf8)
+    return bytes
+}
+
+/// A completion / generate prompt as the engine sees it: the system text (if any), then the prompt.
+func renderPrompt(system: String?, prompt: String) -> [UInt8] {
+    var bytes: [UInt8] = []
+    if let system { bytes.append(contentsOf: system.utf8) }
+    bytes.append(contentsOf: prompt.utf8)
+    return bytes
+}
+
+/// The slot a body asks for with `id_slot` (or `slot_id`), when it is a slot of this engine.
+func pinnedSlot(_ json: JSON, slotCount: Int) -> Int? {
+    guard let n = (json["id_slot"] ?? json["slot_id"])?.intValue, n >= 0, n < slotCount else { return nil }
+    return n
+}
+
+// MARK: - slot contexts
+
+/// Per-slot contexts and recency. Not thread-safe: `Engine` keeps it under its mutex.
+struct SlotCache {
+    /// Tokens each slot holds (prompt + output of its last request, at most `nCtx`).
+    private(set) var contexts: [[UInt64]]
+    /// Use stamp per slot (0 = never used); the smallest stamp among idle slots is the LRU one.
+    private(set) var lastUsed: [UInt64]
+    /// Prompt tokens and cached tokens of each slot's last (or current) request.
+    private(set) var lastPrompt: [Int]
+    private(set) var lastCached: [Int]
+    private var stamp: UInt64 = 0
+    let nCtx: Int
+
+    init(slots: Int, nCtx: Int) {
+        contexts = Array(repeating: [], count: slots)
+        lastUsed = Array(repeating: 0, count: slots)
+        lastPrompt = Array(repeating: 0, count: slots)
+        lastCached = Array(repeating: 0, count: slots)
+        self.nCtx = max(1, nCtx)
+    }
+
+    /// Tokens of `req` that `slot` could reuse now: the common prefix, at most prompt − 1 (one token is
+    /// always evaluated); 0 unless the mode is `on` and the request allows reuse.
+    func cachedTokens(slot: Int, _ req: CacheRequest, mode: CacheMode) -> Int {
+        guard req.tracked, req.reuse, mode == .on, !req.ids.isEmpty else { return 0 }
+        return min(SimTokens.commonPrefix(contexts[slot], req.ids), req.ids.count - 1)
+    }
+
+    /// The idle slot a request takes, like llama-server: the pinned slot; else the idle slot sharing the
+    /// longest prefix when that prefix is at least `similarity` of the prompt (0 turns this off); else the
+    /// least recently used idle slot. Legacy / untracked requests take the first idle slot. Nil: wait.
+    func select(_ req: CacheRequest, busy: [Bool], mode: CacheMode, similarity: Double) -> Int? {
+        if let pin = req.pin { return busy[pin] ? nil : pin }
+        guard req.tracked, mode != .legacy else { return busy.firstIndex(of: false) }
+        if similarity > 0 && !req.ids.isEmpty {
+            var best = -1
+            var bestLen = 0
+            for s in busy.indices where !busy[s] {
+                let n = SimTokens.commonPrefix(contexts[s], req.ids)
+                if n > bestLen {
+                    best = s
+                    bestLen = n
+                }
+            }
+            if best >= 0 && Double(bestLen) >= similarity * Double(req.ids.count) { return best }
+        }
+        var lru: Int?
+        for s in busy.indices where !busy[s] {
+            if lru == nil || lastUsed[s] < lastUsed[lru!] { lru = s }
+        }
+        return lru
+    }
+
+    /// Starts `req` on `slot`: returns its cached tokens and makes the prompt the slot's context.
+    mutating func claim(slot: Int, _ req: CacheRequest, promptTokens: Int, mode: CacheMode) -> Int {
+        let cached = cachedTokens(slot: slot, req, mode: mode)
+        stamp &+= 1
+        lastUsed[slot] = stamp
+        lastPrompt[slot] = promptTokens
+        lastCached[slot] = cached
+        if req.tracked && mode != .legacy {
+            contexts[slot] = req.ids.count > nCtx ? Array(req.ids.prefix(nCtx)) : req.ids
+        }
+        return cached
+    }
+
+    /// Appends the `generated` output tokens of the request that ran on `slot` (up to `nCtx`).
+    mutating func finish(slot: Int, generated: Int, tracked: Bool) {
+        guard tracked, generated > 0 else { return }
+        let room = min(generated, nCtx - contexts[slot].count)
+        guard room > 0 else { return }
+        contexts[slot].reserveCapacity(contexts[slot].count + room)
+        for k in 0..<room { contexts[slot].append(SimTokens.generated(k)) }
+    }
+
+    /// Empties every context (`POST /sim/cache/clear`, mode changes).
+    mutating func clear() {
+        for s in contexts.indices { contexts[s] = [] }
+    }
+}
