@@ -244,6 +244,7 @@ public final class EngineRegistry: Sendable {
         enum LogEvent { case none, up(Int), down(String, first: Bool), detail(String) }
         var woken: [Waiter] = []
         var failed: [Waiter] = []
+        var loadChanged: AsyncStream<Void>.Continuation?
         let (event, published): (LogEvent, [EngineSnapshot]?) = state.withLock { s in
             guard var e = s.engines[snap.id], !s.shutDown else { return (.none, nil) }
             let before = e.snapshot
@@ -266,8 +267,12 @@ public final class EngineRegistry: Sendable {
             }
             s.engines[snap.id] = e
             woken = Self.admitWaiters(&s, snap.id)
+            // What the engine says it runs moved (its requests ended since meshd's own count did):
+            // peers hear of it now, not at the next heartbeat.
+            if (before.load.running, before.load.waiting) != (snap.load.running, snap.load.waiting) { loadChanged = s.loadWatcher }
             return (event, publishIfChanged(&s))
         }
+        loadChanged?.yield()
         for w in woken { w.continuation.resume(returning: .admitted) }
         let why = "\(snap.id) is unhealthy: \(snap.healthDetail ?? "unhealthy")"
         for w in failed { w.continuation.resume(returning: .unavailable(why)) }

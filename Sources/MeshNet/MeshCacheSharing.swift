@@ -59,6 +59,13 @@ extension MeshService {
         }
     }
 
+    /// Asks the peer at the other end of `link` for everything its engines hold.
+    func askCacheSnapshot(over link: MeshLink) {
+        guard cacheSharing.hooks.withLock({ $0 }) != nil else { return }
+        cacheSharing.traffic.withLock { $0.snapshotsAsked += 1 }
+        _ = send(WireMessage(type: .cacheSnapshotRequest, header: .object([("node", .string(configuration.nodeID))])), to: link)
+    }
+
     /// A `cacheDelta` or `cacheSnapshotRequest` from a peer.
     func handleCacheMessage(_ msg: WireMessage, _ m: MeshMessage) {
         guard let node = msg.header["node"]?.stringValue, node != configuration.nodeID else { return }
@@ -77,10 +84,7 @@ extension MeshService {
                 return
             }
             cacheSharing.traffic.withLock { $0.received += 1 }
-            if !hooks.received(d) {
-                cacheSharing.traffic.withLock { $0.snapshotsAsked += 1 }
-                _ = send(WireMessage(type: .cacheSnapshotRequest, header: .object([("node", .string(configuration.nodeID))])), to: m.link)
-            }
+            if !hooks.received(d) { askCacheSnapshot(over: m.link) }
         case .cacheSnapshotRequest:
             var snap = hooks.snapshot()
             snap.instance = instance

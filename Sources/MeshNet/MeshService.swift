@@ -609,7 +609,11 @@ public final class MeshService: Sendable {
                 return new
             }
             guard let isNew else { return }
-            if isNew { logger.info("peer joined", metadata: ["peer": "\(s.id)", "endpoint": "\(s.meshEndpoint)", "models": "\(s.modelNames)"]) }
+            if isNew {
+                logger.info("peer joined", metadata: ["peer": "\(s.id)", "endpoint": "\(s.meshEndpoint)", "models": "\(s.modelNames)"])
+                // What its engines hold already: its deltas only tell what changes from now on.
+                askCacheSnapshot(over: m.link)
+            }
             let ep = s.meshEndpoint
             Task {
                 await self.dial(ep)

@@ -63,6 +63,7 @@ struct AdminResponder: HTTPResponder {
             return await trust(request)
         }
         if request.method == .POST {
+            if request.path == "/v1/route" { return routePrompt(request) }
             return control(request)
         }
         guard request.method == .GET || request.method == .HEAD else {
@@ -154,6 +155,37 @@ struct AdminResponder: HTTPResponder {
             }
         default:
             return .json(.notFound, ["error": .string("no admin route \(request.path)")])
+        }
+    }
+
+    /// `POST /v1/route?model=NAME` with a chat or completion request body: where it would go, with
+    /// every candidate's terms (`meshctl route MODEL --prompt-file FILE`).
+    func routePrompt(_ request: HTTPServerRequest) -> HTTPServerResponse {
+        let req: InferenceRequest
+        do {
+            let json = try JSONParser.parse(request.bodyBytes)
+            let route: InferenceRoute = json["messages"] != nil ? .openaiChat : .openaiCompletion
+            req = try RequestParser.parse(route: route, json: json)
+        } catch let e as APIError {
+            return .json(HTTPResponseStatus(statusCode: e.status), ["error": .string(e.message), "param": e.param.map(JSON.string) ?? .null])
+        } catch {
+            return .json(.badRequest, ["error": .string("the body must be a chat or completion request in JSON: \(error)")])
+        }
+        switch proxy.rank(req) {
+        case .success(let r):
+            let d = r.decision
+            return .json(.ok, ["model": .string(req.model), "node": .string(d.nodeID ?? nodeName), "engine": .string(d.engineID),
+                               "policy": .string(proxy.routing.policy.rawValue), "prompt_tokens": .integer(req.estimatedPromptTokens),
+                               "cached_tokens": .integer(d.cachedTokens), "slot": d.slot.map { .integer($0) } ?? .null,
+                               "expected_seconds": .number(d.expectedSeconds), "reason": .string(d.reason),
+                               "candidates": .array(r.candidates.map { c in
+                                   ["node": .string(c.node.isEmpty ? nodeName : c.node), "engine": .string(c.engine), "loaded": .bool(c.loaded),
+                                    "wait": .number(c.wait), "prefill": .number(c.prefill), "decode": .number(c.decode), "cold": .number(c.cold),
+                                    "hop": .number(c.hop), "total": .number(c.total), "cached_tokens": .integer(c.cachedTokens),
+                                    "uncached_tokens": .integer(c.uncachedTokens), "skipped": c.skipped.map(JSON.string) ?? .null]
+                               })])
+        case .failure(let e):
+            return .json(HTTPResponseStatus(statusCode: e.status), ["model": .string(req.model), "error": .string(e.message)])
         }
     }
 

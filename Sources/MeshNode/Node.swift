@@ -29,7 +29,8 @@ extension EngineRegistry: EngineDirectory {
     public func requestFinished(engineID: String, usage: TokenUsage?, firstTokenSeconds: Double?, totalSeconds: Double, ok: Bool,
                                 overloaded: Bool) {
         endRequest(engineID, outcome: EngineRequestOutcome(
-            succeeded: ok, promptTokens: usage?.promptTokens, generatedTokens: usage?.completionTokens,
+            // The tokens it computed: a prompt taken from its cache is no sample of its prefill speed.
+            succeeded: ok, promptTokens: usage.map { max(0, $0.promptTokens - ($0.cachedTokens ?? 0)) }, generatedTokens: usage?.completionTokens,
             timeToFirstToken: firstTokenSeconds.map { .nanoseconds(Int64($0 * 1e9)) },
             totalTime: totalSeconds > 0 ? .nanoseconds(Int64(totalSeconds * 1e9)) : nil, overloaded: overloaded))
     }
@@ -149,8 +150,9 @@ public final class MeshdNode: Service, Sendable {
         let connectionStats = HTTPConnectionStats()
         let responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
                                      apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats,
-                                     extraMetrics: { [splitHead, engines] in
-                                         splitHead.map { SplitMetrics.render($0, engines: engines.snapshot()) } ?? "" })
+                                     extraMetrics: { [splitHead, engines, mesh] in
+                                         (splitHead.map { SplitMetrics.render($0, engines: engines.snapshot()) } ?? "")
+                                             + CacheMetrics.render(cacheShadows, mesh: mesh) })
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
                                                                  maxBodyBytes: config.http.maxBodyBytes,
                                                                  headerTimeout: .milliseconds(config.http.headerTimeoutMs),

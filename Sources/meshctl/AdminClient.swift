@@ -15,7 +15,7 @@ struct AdminClient {
 
     func post(_ path: String) throws -> (Int, Data) { try request("POST", path) }
 
-    func request(_ method: String, _ path: String) throws -> (Int, Data) {
+    func request(_ method: String, _ path: String, body: [UInt8] = []) throws -> (Int, Data) {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -33,7 +33,8 @@ struct AdminClient {
         guard rc == 0 else { throw Failure(description: String(cString: strerror(errno))) }
         var tv = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let request = Array("\(method) \(path) HTTP/1.0\r\nHost: meshd\r\nContent-Length: 0\r\n\r\n".utf8)
+        var request = Array("\(method) \(path) HTTP/1.0\r\nHost: meshd\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n".utf8)
+        request += body
         var sent = 0
         while sent < request.count {
             let n = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

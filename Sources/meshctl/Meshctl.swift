@@ -21,9 +21,9 @@ struct GlobalOptions: ParsableArguments {
     var json = false
 
     /// GETs `path` on the admin socket; exits with a clear message when the node is not reachable.
-    func get(_ path: String, method: String = "GET") throws -> (Int, Data) {
+    func get(_ path: String, method: String = "GET", body: [UInt8] = []) throws -> (Int, Data) {
         do {
-            return try AdminClient(socketPath: socket).request(method, path)
+            return try AdminClient(socketPath: socket).request(method, path, body: body)
         } catch {
             FileHandle.standardError.write(Data("meshctl: cannot reach meshd at \(socket): \(error)\n(is meshd running? use --socket PATH)\n".utf8))
             throw ExitCode(3)

@@ -1,0 +1,49 @@
+import MeshCore
+import MeshNet
+
+/// `/metrics` lines of cache-aware routing: what the shadows predicted and the engines reported,
+/// what they hold, and what sharing them with peers costs.
+enum CacheMetrics {
+    static func render(_ cache: CacheShadows, mesh: MeshService?) -> String {
+        let stats = cache.stats()
+        var out = """
+        # HELP meshd_cache_predicted_tokens_total Prompt tokens the shadow predicted a local engine would take from its cache (requests it reported on).
+        # TYPE meshd_cache_predicted_tokens_total counter
+        # HELP meshd_cache_reported_tokens_total Prompt tokens a local engine reported it took from its cache.
+        # TYPE meshd_cache_reported_tokens_total counter
+        # HELP meshd_cache_accuracy Share of predicted cached tokens the engine really reused, smoothed (matches are discounted by it).
+        # TYPE meshd_cache_accuracy gauge
+        # HELP meshd_cache_blocks Prompt blocks (64 bytes of rendered prompt) the shadow holds per engine and tier.
+        # TYPE meshd_cache_blocks gauge
+
+        """
+        for s in stats {
+            let e = EngineLoadMetrics.label(s.engine)
+            out += "meshd_cache_predicted_tokens_total{engine=\"\(e)\"} \(s.predicted)\n"
+            out += "meshd_cache_reported_tokens_total{engine=\"\(e)\"} \(s.reported)\n"
+            out += "meshd_cache_accuracy{engine=\"\(e)\"} \(s.accuracy)\n"
+            out += "meshd_cache_blocks{engine=\"\(e)\",tier=\"device\"} \(s.blocks)\n"
+            out += "meshd_cache_blocks{engine=\"\(e)\",tier=\"ram\"} \(s.ramBlocks)\n"
+        }
+        if let mesh {
+            let t = mesh.cacheTraffic
+            out += """
+            # HELP meshd_cache_deltas_sent_total Cache delta messages sent to peers (one per peer).
+            # TYPE meshd_cache_deltas_sent_total counter
+            meshd_cache_deltas_sent_total \(t.deltasSent)
+            # HELP meshd_cache_delta_bytes_sent_total Bytes of cache delta messages sent to peers (all frames).
+            # TYPE meshd_cache_delta_bytes_sent_total counter
+            meshd_cache_delta_bytes_sent_total \(t.bytesSent)
+            # HELP meshd_cache_deltas_received_total Cache delta and snapshot messages received from peers.
+            # TYPE meshd_cache_deltas_received_total counter
+            meshd_cache_deltas_received_total \(t.received)
+            # HELP meshd_cache_snapshots_total Cache snapshots asked of peers (a delta was missing) and sent to them.
+            # TYPE meshd_cache_snapshots_total counter
+            meshd_cache_snapshots_total{kind="asked"} \(t.snapshotsAsked)
+            meshd_cache_snapshots_total{kind="sent"} \(t.snapshotsSent)
+
+            """
+        }
+        return out
+    }
+}

@@ -1,0 +1,130 @@
+"""Cache-aware routing across a 3-node mesh of simulated engines with a prompt cache (`--cache on`):
+A decides for every request (clients talk to A only; A has an engine too); requests that share a
+long prefix converge on the node whose engine holds it, as the engines' own reports confirm; the
+peers' views come from cacheDelta messages, whose bytes per request are measured; a restarted
+deciding node learns what its peers hold from snapshots."""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshd_e2e import ProcessPool
+from mesh_helpers import MeshBinaries, MeshNode, sim_entry, start_sim
+
+MODEL = "sim-small"
+PREFIX_WORDS = 700  # ~4,900 bytes: ~1,230 sim tokens, ~76 blocks
+
+
+def prefix(group: int) -> str:
+    return " ".join(f"g{group}-word{i}" for i in range(PREFIX_WORDS))
+
+
+def ask(node: MeshNode, group: int, question: str, stream: bool = False) -> tuple[str, int, int]:
+    """Sends one chat; returns the serving node and the sim's reported (prompt, cached) tokens."""
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": 4, "stream": stream,
+                            "messages": [{"role": "system", "content": prefix(group)}, {"role": "user", "content": question}]}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    r = node.post("/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    if stream:
+        usage = [l for l in r.text.splitlines() if '"usage":{' in l][-1]
+        prompt = int(re.search(r'"prompt_tokens":(\d+)', usage).group(1))
+        cached = int(re.search(r'"cached_tokens":(\d+)', usage).group(1))
+    else:
+        u = r.json()["usage"]
+        prompt, cached = u["prompt_tokens"], u["prompt_tokens_details"]["cached_tokens"]
+    return r.headers["x-meshd-node"], prompt, cached
+
+
+def metrics(node: MeshNode, name: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in node.get("/metrics").text.splitlines():
+        if line.startswith(name):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+class CacheMesh:
+    def __init__(self, pool: ProcessPool, bins: MeshBinaries, secret: Path) -> None:
+        # Slow prefill (a miss costs ~0.6 s), 4 slots each: no group is evicted in these tests.
+        sims = [start_sim(pool, bins, "--models", MODEL, "--cache", "on", "--slots", 4, "--prompt-tps", 2000,
+                          "--gen-tps", 400, "--context-length", 8192) for _ in range(3)]
+        self.b = MeshNode(pool, bins, "B", secret=secret, engines=[sim_entry(sims[1])])
+        self.c = MeshNode(pool, bins, "C", secret=secret, engines=[sim_entry(sims[2])], peers=[self.b])
+        self.a = MeshNode(pool, bins, "A", secret=secret, engines=[sim_entry(sims[0])], peers=[self.b, self.c])
+        for n in (self.a, self.b, self.c):
+            n.wait_sees({"A": "up", "B": "up", "C": "up"}, models={"A": [MODEL], "B": [MODEL], "C": [MODEL]})
+        self.home: dict[int, str] = {}
+
+
+@pytest.fixture(scope="module")
+def mesh(module_mpool: ProcessPool, mbins: MeshBinaries, module_secret: Path) -> CacheMesh:
+    return CacheMesh(module_mpool, mbins, module_secret)
+
+
+def test_a_groups_requests_converge_on_the_node_holding_its_prefix(mesh: CacheMesh) -> None:
+    # Each group's first request at once: load spreads them over the three nodes.
+    firsts: dict[int, tuple[str, int, int]] = {}
+
+    def first(g: int) -> None:
+        firsts[g] = ask(mesh.a, g, "first question")
+
+    threads = [threading.Thread(target=first, args=(g,)) for g in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    homes = {g: firsts[g][0] for g in firsts}
+    assert len(homes) == 6 and len(set(homes.values())) >= 2, homes
+    mesh.home = homes
+    time.sleep(0.3)  # the nodes' deltas reach A as their requests end
+    # Then one at a time, every engine idle: each goes where its prefix is, and the engine says it
+    # took the prefix from its cache.
+    for round_ in range(2):
+        for g in range(6):
+            node, prompt, cached = ask(mesh.a, g, f"follow-up {round_}", stream=(g + round_) % 2 == 0)
+            assert node == homes[g], f"group {g} went to {node}, its prefix is on {homes[g]}"
+            assert prompt - cached <= 30, (g, prompt, cached)
+    # The deciding node forwarded to its peers on what their deltas told it; the shadows on B and
+    # C predicted what their engines reported.
+    for n in (mesh.b, mesh.c):
+        if n.name not in homes.values():
+            continue
+        predicted = sum(metrics(n, "meshd_cache_predicted_tokens_total").values())
+        reported = sum(metrics(n, "meshd_cache_reported_tokens_total").values())
+        assert predicted > 0 and 0.8 * reported <= predicted <= 1.05 * reported, (n.name, predicted, reported)
+        acc = list(metrics(n, "meshd_cache_accuracy").values())
+        assert acc and min(acc) > 0.9, acc
+
+
+def test_sharing_the_caches_costs_well_under_a_kilobyte_per_request_per_peer(mesh: CacheMesh) -> None:
+    sent = sum(metrics(n, "meshd_cache_delta_bytes_sent_total").get("meshd_cache_delta_bytes_sent_total", 0)
+               for n in (mesh.a, mesh.b, mesh.c))
+    # 6 first requests (each a new ~76-block prefix) and 12 follow-ups, each delta sent to 2 peers.
+    requests, peers = 18, 2
+    per = sent / requests / peers
+    print(f"\n[cache] delta bytes sent: {sent:.0f} for {requests} requests: {per:.0f} bytes per request per peer")
+    assert 0 < per <= 1024
+
+
+def test_a_restarted_deciding_node_learns_the_peers_caches_from_snapshots(mesh: CacheMesh) -> None:
+    assert mesh.home, "runs after the convergence test"
+    mesh.a.kill9()
+    mesh.a.start()
+    mesh.a.wait_sees({"A": "up", "B": "up", "C": "up"}, models={"A": [MODEL], "B": [MODEL], "C": [MODEL]})
+    time.sleep(0.3)
+    asked = metrics(mesh.a, "meshd_cache_snapshots_total")
+    assert asked.get('meshd_cache_snapshots_total{kind="asked"}', 0) >= 2, asked
+    # Its own engine's shadow starts empty (the engine kept its cache: the first answer corrects it).
+    for g, home in mesh.home.items():
+        if home == "A":
+            continue
+        node, prompt, cached = ask(mesh.a, g, "after the restart")
+        assert node == home and prompt - cached <= 30, (g, node, home, prompt, cached)
