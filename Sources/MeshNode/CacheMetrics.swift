@@ -47,3 +47,27 @@ enum CacheMetrics {
         return out
     }
 }
+
+/// `/metrics` lines of the mesh queue (late binding).
+enum QueueMetrics {
+    static func render(_ q: MeshQueue) -> String {
+        let s = q.stats()
+        return """
+        # HELP meshd_queue_waiting Requests waiting in this node's mesh queue for an engine to free up.
+        # TYPE meshd_queue_waiting gauge
+        meshd_queue_waiting \(s.waiting)
+        # HELP meshd_queue_requests_total Requests that left the mesh queue: to an engine, refused (full: 429), or timed out (503).
+        # TYPE meshd_queue_requests_total counter
+        meshd_queue_requests_total{outcome="served"} \(s.served)
+        meshd_queue_requests_total{outcome="rejected"} \(s.rejected)
+        meshd_queue_requests_total{outcome="timed_out"} \(s.timedOut)
+        # HELP meshd_queue_wait_seconds_total Seconds requests let go from the mesh queue had waited, summed.
+        # TYPE meshd_queue_wait_seconds_total counter
+        meshd_queue_wait_seconds_total \(s.waitedSeconds)
+        # HELP meshd_queue_wait_seconds_max The longest a request let go from the mesh queue had waited.
+        # TYPE meshd_queue_wait_seconds_max gauge
+        meshd_queue_wait_seconds_max \(s.maxWaitedSeconds)
+
+        """
+    }
+}

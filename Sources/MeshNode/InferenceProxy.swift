@@ -52,11 +52,14 @@ public struct InferenceProxy: Sendable {
     let routing: RoutingSettings
     let cache: CacheShadows?
     let turns = RoundRobinTurns()
+    /// Late binding: requests no engine could start soon wait here (nil: they go to the best engine's own queue).
+    let queue: MeshQueue?
 
     public init(nodeName: String, engines: any EngineDirectory, client: CurlHTTPClient, metrics: NodeMetrics,
                 clock: any WallClock, timeouts: TimeoutConfig, logger: Logger, mesh: MeshService? = nil,
                 localDraining: @escaping @Sendable () -> Bool = { false }, cloud: CloudSetup = CloudSetup(config: CloudConfig()),
-                routing: RoutingSettings = RoutingSettings(), cache: CacheShadows? = nil) {
+                routing: RoutingSettings = RoutingSettings(), cache: CacheShadows? = nil, queue: MeshQueue? = nil) {
+        self.queue = queue
         self.cloud = cloud
         self.routing = routing
         self.cache = cache
@@ -95,6 +98,18 @@ public struct InferenceProxy: Sendable {
         var replanned = Set<String>()
         var considered = false
         var failures = FailedAttempts()
+        var queuedNanos: UInt64?
+        let priority: RequestPriority
+        if let p = request.header(Self.priorityHeader) {
+            guard let parsed = RequestPriority(header: p) else {
+                let e = APIError.invalid(Self.priorityHeader, "must be high, normal or low (got '\(p.prefix(40))')")
+                metrics.end(api: api, route: route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
+                return errorResponse(e, dialect: route.dialect)
+            }
+            priority = parsed
+        } else {
+            priority = .normal
+        }
         // The prompt as block hashes: matched against every engine's cache, then recorded in the
         // shadow of the local engine that serves it.
         let prompt = cache == nil ? nil : PromptRendering.chain(req, model: req.model)
@@ -102,7 +117,7 @@ public struct InferenceProxy: Sendable {
         // Retry on another engine or node while nothing has been sent to the client.
         while true {
             let nodes = routingView(localOnly: localOnly, excludedEngines: excludedEngines, excludedNodes: excludedNodes)
-            let decision: RouteDecision
+            var decision: RouteDecision
             let routed = Router.choose(model: req.model, operation: req.operation, promptTokens: req.estimatedPromptTokens,
                                        maxTokens: req.options.maxTokens, nodes: nodes, context: context)
             // Mesh or cloud: decided once per request (a retry after a failed mesh attempt may
@@ -112,7 +127,9 @@ public struct InferenceProxy: Sendable {
                 if let r = await escalate(req, request: request, routed: routed, started: started, startNanos: startNanos) { return r }
             }
             switch routed {
-            case .success(let d): decision = d
+            case .success(let d):
+                decision = d
+                if let q = queuedNanos { decision.reason += ", after \(q / 1_000_000) ms in the mesh queue" }
             case .failure(let routingError):
                 // No candidate left: after failed attempts, the error names every one of them.
                 if !failures.isEmpty {
@@ -130,6 +147,32 @@ public struct InferenceProxy: Sendable {
                 metrics.end(api: api, route: route.rawValue, model: label, status: e.status, duration: ContinuousClock.now - started)
                 // Asked by a peer: it may try another node, since nothing was served here.
                 return errorResponse(e, dialect: route.dialect, headers: localOnly ? Self.retryElsewhereHeaders : HTTPHeaders())
+            }
+            // Every engine is full for longer than queue_after_ms: wait in this node's queue for
+            // the first one that frees up anywhere in the mesh (once; then it is routed again).
+            if !localOnly, queuedNanos == nil, let queue, queue.shouldQueue(model: req.model, startDelay: decision.startDelaySeconds) {
+                let key = request.header(APIResponder.keyNameHeader) ?? ""
+                let since = clock.nowNanos()
+                let wake = await queue.wait(model: req.model, key: key.isEmpty ? "-" : key, priority: priority)
+                queuedNanos = clock.nowNanos() - since
+                switch wake {
+                case .go:
+                    continue
+                case .full(let why):
+                    let retry = max(1, Int(decision.startDelaySeconds.rounded(.up)))
+                    let e = APIError(status: 429, message: "\(why); retry in \(retry) s", type: "server_error", code: "queue_full")
+                    metrics.end(api: api, route: route.rawValue, model: req.model, status: 429, duration: ContinuousClock.now - started)
+                    return errorResponse(e, dialect: route.dialect, headers: ["Retry-After": "\(retry)"])
+                case .timedOut:
+                    let e = APIError(status: 503, message: "no engine serving '\(req.model)' freed up within \(queue.maxWait) in the mesh queue",
+                                     type: "server_error", code: "queue_timeout")
+                    metrics.end(api: api, route: route.rawValue, model: req.model, status: 503, duration: ContinuousClock.now - started)
+                    return errorResponse(e, dialect: route.dialect, headers: ["Retry-After": "5"])
+                case .cancelled:
+                    metrics.end(api: api, route: route.rawValue, model: req.model, status: 499, duration: ContinuousClock.now - started)
+                    return errorResponse(APIError(status: 499, message: "client closed the request", type: "server_error", code: "cancelled"),
+                                         dialect: route.dialect)
+                }
             }
             if !decision.isLocal, let node = decision.nodeID, let mesh {
                 switch await forward(req, body: bodyBytes, to: node, engine: decision.engineID,
@@ -159,6 +202,34 @@ public struct InferenceProxy: Sendable {
                 excludedEngines.insert(engine.id)
                 logger.warning("engine failed before answering, trying another", metadata: ["engine": "\(engine.id)", "reason": "\(reason)"])
             }
+        }
+    }
+
+    /// `X-Meshd-Priority: high|normal|low`: the request's place in the mesh queue.
+    static let priorityHeader = "X-Meshd-Priority"
+
+    /// Places free now, across the mesh, on healthy engines serving `model` (the mesh queue lets that many go).
+    func freePlaces(model: String) -> Int {
+        var free = 0
+        for n in routingView(localOnly: false) where !n.draining {
+            for e in n.engines where e.healthy && e.model(named: model) != nil {
+                free += max(0, max(1, e.load.limit ?? e.load.slots ?? 1) - e.load.busy)
+            }
+        }
+        return free
+    }
+
+    /// Lets waiting requests go while engines serving their models have free places.
+    public func pumpQueue() {
+        guard let queue, queue.count > 0 else { return }
+        var budget: [String: Int] = [:]
+        while let model = queue.pump(canStart: { model in
+            let left = budget[model] ?? freePlaces(model: model)
+            budget[model] = left
+            return left > 0
+        }) {
+            // The one let go takes a place (it is admitted a moment later).
+            budget[model, default: 1] -= 1
         }
     }
 

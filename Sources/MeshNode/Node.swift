@@ -68,6 +68,9 @@ public final class MeshdNode: Service, Sendable {
     let llama: LlamaInfo
     /// Leases this node grants heads of splits, with their rpc-servers.
     public let splitWorker: SplitWorker
+    /// Requests waiting for an engine anywhere in the mesh to free up, and what lets them go.
+    let meshQueue: MeshQueue
+    let pumpQueue: @Sendable () -> Void
     /// Splits this node heads (a managed llama.cpp model it cannot hold), when the mesh is on and
     /// `split.enabled`.
     public let splitHead: SplitHead?
@@ -141,18 +144,21 @@ public final class MeshdNode: Service, Sendable {
             discovery = nil
         }
         let cacheShadows = CacheShadows(clock: clock)
+        let meshQueue = MeshQueue(settings: config.routing, clock: clock)
+        self.meshQueue = meshQueue
         mesh?.setCacheHooks(cacheShadows.meshHooks(node: config.nodeName))
         let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
                                    timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
                                    cloud: CloudSetup(config: config.cloud, gateway: gateway),
-                                   routing: config.routing, cache: cacheShadows)
+                                   routing: config.routing, cache: cacheShadows, queue: meshQueue)
+        pumpQueue = { proxy.pumpQueue() }
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger))
         let connectionStats = HTTPConnectionStats()
         let responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
                                      apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats,
                                      extraMetrics: { [splitHead, engines, mesh] in
                                          (splitHead.map { SplitMetrics.render($0, engines: engines.snapshot()) } ?? "")
-                                             + CacheMetrics.render(cacheShadows, mesh: mesh) })
+                                             + CacheMetrics.render(cacheShadows, mesh: mesh) + QueueMetrics.render(meshQueue) })
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
                                                                  maxBodyBytes: config.http.maxBodyBytes,
                                                                  headerTimeout: .milliseconds(config.http.headerTimeoutMs),
@@ -274,6 +280,9 @@ public final class MeshdNode: Service, Sendable {
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await hardware.run() }
+                // Lets requests waiting in the mesh queue go as engines free up (idle while none wait).
+                let meshQueue = self.meshQueue, pumpQueue = self.pumpQueue
+                group.addTask { await meshQueue.run(pump: pumpQueue) }
                 // Expires split leases; stops their rpc-servers when the node stops.
                 group.addTask { await splitWorker.run() }
                 if let admin {
@@ -297,6 +306,7 @@ public final class MeshdNode: Service, Sendable {
                     let load = engines.loadChanges()
                     group.addTask {
                         for await _ in load {
+                            pumpQueue()
                             mesh.broadcastLoad()
                             try? await Task.sleep(for: .milliseconds(20))
                         }

@@ -53,6 +53,14 @@ import Testing
         #expect(all.candidates[0].skipped == nil)
     }
 
+    @Test func theStartDelayIsZeroWithAFreePlaceAndGrowsWithTheRequestsAhead() throws {
+        // 2 slots, 4 s per request: 1 busy starts now; 2 busy wait for one to end (2 s); 5 busy, 4 ahead… (4 - 2 + 1) / 2 × 4 = 8 s.
+        let free = try #require(rank(nodes([1, 3]), RoutingContext(policy: .expectedCompletion)))
+        #expect(free.decision.startDelaySeconds == 0 && free.candidates.map(\.startDelay) == [0, 4])
+        let full = try #require(rank(nodes([2, 5]), RoutingContext(policy: .expectedCompletion)))
+        #expect(full.decision.startDelaySeconds == 2 && full.candidates.map(\.startDelay) == [2, 8])
+    }
+
     @Test func uncachedPromptsStillBalanceByLoad() throws {
         let r = try #require(rank(nodes([2, 1, 0]), RoutingContext(policy: .cacheAware)))
         #expect(r.decision.nodeID == "n2")

@@ -136,6 +136,29 @@ final class FakeEngine: Sendable {
     }
 }
 
+/// A TCP socket bound to a loopback port and never listening: connecting to the port is refused,
+/// and nothing else can bind it while this lives.
+final class PortBlocker: Sendable {
+    let fd: Int32
+    init?(port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else {
+            Glibc.close(fd)
+            return nil
+        }
+        self.fd = fd
+    }
+    func close() { Glibc.close(fd) }
+}
+
 /// A listener that accepts connections and closes each as soon as the request arrives (an
 /// engine that crashed while reading it: curl sees "Empty reply from server").
 final class EmptyReplyServer: Sendable {
@@ -164,7 +187,8 @@ struct ProxyRig {
     let registry: EngineRegistry
     let proxy: InferenceProxy
 
-    init(_ urls: [String], limits: [Int?] = [], routing: RoutingSettings = RoutingSettings(), cache: CacheShadows? = nil) async throws {
+    init(_ urls: [String], limits: [Int?] = [], routing: RoutingSettings = RoutingSettings(), cache: CacheShadows? = nil,
+         queue: MeshQueue? = nil) async throws {
         client = try CurlHTTPClient(configuration: HTTPClientConfiguration(connectTimeout: .seconds(1), firstByteTimeout: .seconds(10),
                                                                            idleTimeout: .seconds(10), maxConnectionsPerHost: 0))
         let engines = urls.enumerated().map { i, u in
@@ -173,13 +197,15 @@ struct ProxyRig {
         registry = EngineRegistry(engines: engines, httpClient: client, logger: nodeTestLogger, pollInterval: .seconds(60))
         await registry.start()
         proxy = InferenceProxy(nodeName: "n1", engines: registry, client: client, metrics: NodeMetrics(), clock: SystemWallClock(),
-                               timeouts: TimeoutConfig(), logger: nodeTestLogger, routing: routing, cache: cache)
+                               timeouts: TimeoutConfig(), logger: nodeTestLogger, routing: routing, cache: cache, queue: queue)
     }
 
     /// Sends a chat request; returns status, headers and the whole body (a stream drained).
-    func chat(stream: Bool, messages: String = #"[{"role":"user","content":"hi"}]"#) async -> (Int, HTTPHeaders, String) {
+    func chat(stream: Bool, messages: String = #"[{"role":"user","content":"hi"}]"#, headers extra: [(String, String)] = []) async -> (Int, HTTPHeaders, String) {
         let body = #"{"model":"m","stream":\#(stream),"messages":\#(messages)}"#
-        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/chat/completions", headers: ["Content-Type": "application/json"])
+        var headers: HTTPHeaders = ["Content-Type": "application/json"]
+        headers.add(contentsOf: extra)
+        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/chat/completions", headers: headers)
         let r = await proxy.handle(route: .openaiChat, request: HTTPServerRequest(head: head, body: ByteBuffer(string: body)))
         switch r.body {
         case .buffer(let b):
@@ -209,9 +235,14 @@ struct ProxyRig {
         let rig = try await ProxyRig([first.url, good.url])
         #expect(rig.registry.snapshot(first.id)?.healthy == true)
         var empty: EmptyReplyServer?
+        var blocker: PortBlocker?
+        defer { blocker?.close() }
         switch death {
         case .refused:
             await first.stop()
+            // Bound, never listening: connections are refused, and no server another test starts
+            // meanwhile can take the port (one did: this request then hung on its held engine).
+            blocker = PortBlocker(port: first.port)
         case .emptyReply:
             await first.stop()
             empty = try await EmptyReplyServer(port: first.port)

@@ -21,6 +21,9 @@ public struct RouteDecision: Sendable, Equatable {
     public var cachedTokens: Int = 0
     /// The idle llama-server slot holding the prompt's prefix, to pin the request to (`id_slot`).
     public var slot: Int? = nil
+    /// The soonest any candidate could start the request (seconds; 0: one has a free place): past
+    /// `routing.queue_after_ms`, the request waits in the mesh queue instead.
+    public var startDelaySeconds: Double = 0
 }
 
 /// What the router assumes when nothing has been measured yet.
@@ -87,6 +90,9 @@ public struct RouteTerms: Sendable, Hashable {
     /// Why the policy passed it over before scoring (bounded load), if it did.
     public var skipped: String?
     public var slot: Int?
+    /// Seconds until the engine could start the request: 0 with a free place, else the expected
+    /// time until enough running requests end (the mesh queue's measure).
+    public var startDelay: Double = 0
 
     public var total: Double { wait + prefill + decode + cold + hop }
 }
@@ -211,6 +217,9 @@ public enum Router {
             terms.append(RouteTerms(node: c.node.id, engine: e.id, isLocal: c.node.isLocal, loaded: c.model.loaded, wait: wait,
                                     prefill: prefill, decode: decode, cold: cold, hop: hop, cachedTokens: cached,
                                     uncachedTokens: uncached, work: wait, skipped: nil, slot: cached > 0 ? estimate?.slot : nil))
+            // Places free now start at once; beyond them, one request must end per request ahead.
+            let ahead = Double(e.load.busy) - slots + 1
+            terms[terms.count - 1].startDelay = ahead <= 0 ? 0 : ahead / slots * service
             services.append(service)
         }
         // Bounded load (cache-aware): a hot candidate is passed over even when it holds the prefix.
@@ -257,7 +266,8 @@ public enum Router {
         if context.policy != .expectedCompletion && context.policy != .cacheAware { reason += " (\(context.policy.rawValue))" }
         let decision = RouteDecision(nodeID: c.node.id.isEmpty ? nil : c.node.id, isLocal: c.node.isLocal, engineID: e.id,
                                      engineModel: c.model.name, loaded: c.model.loaded, expectedSeconds: w.total, reason: reason,
-                                     expectedWaitSeconds: w.wait + w.cold + w.hop, cachedTokens: w.cachedTokens, slot: w.slot)
+                                     expectedWaitSeconds: w.wait + w.cold + w.hop, cachedTokens: w.cachedTokens, slot: w.slot,
+                                     startDelaySeconds: terms.map(\.startDelay).min() ?? 0)
         return .success(Ranking(decision: decision, candidates: ranked))
     }
 
