@@ -80,7 +80,9 @@ public final class CacheShadows: Sendable {
             guard let l = s.local[engineID] else { return nil }
             let m = l.shadow.match(chain)
             guard m.anyBlocks > 0 else { return nil }
-            return CacheEstimate(tokens: l.shadow.tokens(m) * l.shadow.accuracy, slot: m.slot)
+            // Pinned to a slot only while the shadow has been right: a wrong pin would cost the
+            // prefix llama-server itself would have found (it picks by similarity, else least recently used).
+            return CacheEstimate(tokens: l.shadow.tokens(m) * l.shadow.accuracy, slot: l.shadow.accuracy >= 0.9 ? m.slot : nil)
         }
     }
 

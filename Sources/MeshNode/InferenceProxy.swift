@@ -379,7 +379,14 @@ public struct InferenceProxy: Sendable {
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
             return .response(errorResponse(e, dialect: req.clientDialect))
         }
-        let er = EngineRequestBuilder.build(req, engine: engine.kind.dialect, engineModel: decision.engineModel)
+        var er = EngineRequestBuilder.build(req, engine: engine.kind.dialect, engineModel: decision.engineModel)
+        // A llama-server slot (idle) holds the prompt's prefix: pin the request to it, so it is
+        // not given to another slot (llama-server picks by similarity, or the least recently used).
+        let pinned = engine.kind.dialect == .openai && engine.load.slots != nil ? decision.slot : nil
+        if let slot = pinned, er.body["id_slot"] == nil {
+            er.body = er.body.setting("id_slot", .integer(slot))
+            er.isClientBody = false
+        }
         let ctx = ResponseContext(request: req, engine: er, id: Self.newID(req.route), startNanos: startNanos)
         var headers: [(String, String)] = [("Content-Type", "application/json"), ("Accept", er.stream ? "text/event-stream, application/x-ndjson" : "application/json")]
         headers += engines.requestHeaders(engineID: engine.id)
@@ -449,7 +456,7 @@ public struct InferenceProxy: Sendable {
         case .success(let url):
             // A split's llama-server gets its port when it starts.
             httpReq.url = Self.join(url, er.path)
-            if let prompt, let cache, let t = cache.begin(engine.id, prompt) { shadow.start(t, in: cache) }
+            if let prompt, let cache, let t = cache.begin(engine.id, prompt, pinned: pinned) { shadow.start(t, in: cache) }
         case .failure(let e):
             engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false, overloaded: false)
             return .retry(status: 503, reason: e.message)

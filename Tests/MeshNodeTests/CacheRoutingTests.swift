@@ -48,6 +48,30 @@ import Testing
         await b.close()
     }
 
+    @Test func aLlamaServerRequestIsPinnedToTheIdleSlotHoldingItsPrefix() async throws {
+        let e = try await FakeEngine(slots: 2)
+        let rig = try await ProxyRig([e.url], cache: CacheShadows(clock: SystemWallClock()))
+        await rig.registry.refreshNow()
+        func sys(_ tag: String) -> String {
+            #"[{"role":"system","content":"\#(String(repeating: "\(tag) handbook chapter. ", count: 30))"},{"role":"user","content":"q"}]"#
+        }
+        // Nothing cached: no pin. X takes one slot, Y (unrelated) the other, least recently used.
+        _ = await rig.chat(stream: false, messages: sys("X"))
+        #expect(e.lastSlot == nil)
+        _ = await rig.chat(stream: false, messages: sys("Y"))
+        #expect(e.lastSlot == nil)
+        // Each prefix again: pinned to the slot that holds it.
+        _ = await rig.chat(stream: false, messages: sys("X"))
+        let x = e.lastSlot
+        _ = await rig.chat(stream: false, messages: sys("Y"))
+        let y = e.lastSlot
+        #expect(x != nil && y != nil && x != y, "\(String(describing: x)) \(String(describing: y))")
+        _ = await rig.chat(stream: true, messages: sys("X"))
+        #expect(e.lastSlot == x)
+        await rig.stop()
+        await e.close()
+    }
+
     @Test func expectedCompletionIsBlindToTheCache() async throws {
         let a = try await FakeEngine(), b = try await FakeEngine()
         var routing = RoutingSettings()

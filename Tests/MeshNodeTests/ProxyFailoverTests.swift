@@ -39,6 +39,8 @@ final class FakeEngine: Sendable {
         var peakOpen = 0
         var released = 0
         var port = 0
+        /// The `id_slot` of the last request, if it had one.
+        var lastSlot: Int?
     }
     let responder: Responder
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -63,6 +65,7 @@ final class FakeEngine: Sendable {
     var requests: Int { responder.state.withLock { $0.requests } }
     var peakOpen: Int { responder.state.withLock { $0.peakOpen } }
     var open: Int { responder.state.withLock { $0.open } }
+    var lastSlot: Int? { responder.state.withLock { $0.lastSlot } }
     func set(_ mode: FakeMode) { responder.state.withLock { $0.mode = mode } }
     func release(_ n: Int) { responder.state.withLock { $0.released += n } }
 
@@ -95,8 +98,10 @@ final class FakeEngine: Sendable {
             default:
                 return .text(.notFound, "not found")
             }
-            let stream = (try? JSONParser.parse(request.bodyBytes))?["stream"]?.boolValue ?? false
+            let parsed = try? JSONParser.parse(request.bodyBytes)
+            let stream = parsed?["stream"]?.boolValue ?? false
             let (mode, ticket, port) = state.withLock { s -> (FakeMode, Int, Int) in
+                s.lastSlot = parsed?["id_slot"]?.intValue
                 s.requests += 1
                 s.open += 1
                 s.peakOpen = max(s.peakOpen, s.open)
