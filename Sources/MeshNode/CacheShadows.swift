@@ -96,6 +96,14 @@ public final class CacheShadows: Sendable {
         }
     }
 
+    /// Blocks an engine's cache holds in its slots: a local engine's (`node` nil) or a peer's.
+    public func held(node: String?, engine: String) -> Int {
+        state.withLock { s in
+            guard let node else { return s.local[engine]?.shadow.deviceBlockCount ?? 0 }
+            return s.peers[node]?.engines[engine]?.tiers.count ?? 0
+        }
+    }
+
     /// A request with prompt `chain` goes to local engine `engineID`.
     public func begin(_ engineID: String, _ chain: PromptChain, pinned: Int? = nil) -> Ticket? {
         let now = clock.nowNanos()

@@ -269,6 +269,7 @@ public struct InferenceProxy: Sendable {
             context.cached = { node, engine in
                 node.isLocal ? cache.local(engine.id, prompt) : cache.peer(node.id, engine.id, prompt)
             }
+            context.held = { node, engine in cache.held(node: node.isLocal ? nil : node.id, engine: engine.id) }
         }
         return context
     }

@@ -157,7 +157,7 @@ struct SlotCache {
     }
 
     /// The idle slot a request takes, like llama-server: the pinned slot; else the idle slot sharing the
-    /// longest prefix when that prefix is at least `similarity` of the prompt (0 turns this off); else the
+    /// longest prefix when that prefix is more than `similarity` of the prompt (0 turns this off); else the
     /// least recently used idle slot. Legacy / untracked requests take the first idle slot. Nil: wait.
     func select(_ req: CacheRequest, busy: [Bool], mode: CacheMode, similarity: Double) -> Int? {
         if let pin = req.pin { return busy[pin] ? nil : pin }
@@ -172,11 +172,13 @@ struct SlotCache {
                     bestLen = n
                 }
             }
-            if best >= 0 && Double(bestLen) >= similarity * Double(req.ids.count) { return best }
+            // As llama-server: strictly above the threshold.
+            if best >= 0 && Double(bestLen) > similarity * Double(req.ids.count) { return best }
         }
         var lru: Int?
         for s in busy.indices where !busy[s] {
-            if lru == nil || lastUsed[s] < lastUsed[lru!] { lru = s }
+            // As llama-server (`t_last_used <= t_last`): among equally old slots, the last.
+            if lru == nil || lastUsed[s] <= lastUsed[lru!] { lru = s }
         }
         return lru
     }

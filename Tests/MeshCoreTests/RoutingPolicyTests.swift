@@ -61,6 +61,19 @@ import Testing
         #expect(full.decision.startDelaySeconds == 2 && full.candidates.map(\.startDelay) == [2, 8])
     }
 
+    @Test func aNewPrefixGoesToTheEmptierCacheAmongCandidatesAboutAsGood() throws {
+        let held: (RoutingNode, EngineSnapshot) -> Int = { n, _ in ["n0": 500, "n1": 20, "n2": 300][n.id]! }
+        let r = try #require(rank(nodes([0, 0, 0]), RoutingContext(policy: .cacheAware, held: held)))
+        #expect(r.candidates.map(\.node) == ["n1", "n2", "n0"])
+        // Not when it is clearly slower: one request running on n1 (2 s of wait) outweighs its empty cache.
+        let busy = try #require(rank(nodes([0, 1, 0]), RoutingContext(policy: .cacheAware, held: held)))
+        #expect(busy.decision.nodeID == "n2")
+        // And a cached prefix still wins among the near ones.
+        let cached: (RoutingNode, EngineSnapshot) -> CacheEstimate? = { n, _ in n.id == "n0" ? CacheEstimate(tokens: 10) : nil }
+        let c = try #require(rank(nodes([0, 0, 0]), RoutingContext(policy: .cacheAware, cached: cached, held: held)))
+        #expect(c.decision.nodeID == "n0")
+    }
+
     @Test func uncachedPromptsStillBalanceByLoad() throws {
         let r = try #require(rank(nodes([2, 1, 0]), RoutingContext(policy: .cacheAware)))
         #expect(r.decision.nodeID == "n2")

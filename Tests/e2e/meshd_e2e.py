@@ -375,12 +375,13 @@ class SimEngine:
 class LlamaServer:
     """A llama-server over the tiny model, on a free port, waited on until /health is 200."""
 
-    def __init__(self, pool: ProcessPool, binary: Path, model: Path, alias: str = "meshd-tiny") -> None:
+    def __init__(self, pool: ProcessPool, binary: Path, model: Path, alias: str = "meshd-tiny",
+                 args: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.alias = alias
-        argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "-t", "1", "-c", "512",
-                "--alias", alias, "--embeddings", "--pooling", "mean"]
+        argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "-t", "1",
+                *(args if args is not None else ["-c", "512", "--embeddings", "--pooling", "mean"]), "--alias", alias]
         self.proc = pool.start("llama-server", argv)
 
         def healthy() -> bool:

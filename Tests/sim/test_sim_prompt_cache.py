@@ -88,14 +88,16 @@ def test_unrelated_prompts_evict_the_least_recently_used_slot(sim_factory):
     s = sim_factory("--cache", "on", "--prompt-tps", 0, "--gen-tps", 0, "--slots", 2)
     bodies = {k: chat(long_text(k), "q") for k in ("alpha", "bravo", "charlie")}
     slots = {k: s.post("/v1/chat/completions", bodies[k]).json()["id_slot"] for k in bodies}
-    assert slots == {"alpha": 0, "bravo": 1, "charlie": 0}  # charlie took the LRU slot: alpha's
-    # bravo is still cached on slot 1; alpha is gone everywhere (only the "<|system|>\n" header matches).
+    # As llama-server: among equally old slots the last one, so alpha takes slot 1, bravo slot 0,
+    # and charlie the least recently used: alpha's.
+    assert slots == {"alpha": 1, "bravo": 0, "charlie": 1}
+    # bravo is still cached on slot 0; alpha is gone everywhere (only the "<|system|>\n" header matches).
     m = s.post("/sim/cache/match", bodies["alpha"]).json()
     assert all(slot["cached_tokens"] <= 3 for slot in m["slots"]), m
     j = s.post("/v1/chat/completions", bodies["bravo"]).json()
-    assert j["id_slot"] == 1 and cached(j) == j["usage"]["prompt_tokens"] - 1
+    assert j["id_slot"] == 0 and cached(j) == j["usage"]["prompt_tokens"] - 1
     j = s.post("/v1/chat/completions", bodies["alpha"]).json()
-    assert j["id_slot"] == 0 and cached(j) <= 3  # LRU again: charlie's slot
+    assert j["id_slot"] == 1 and cached(j) <= 3  # LRU again: charlie's slot
 
 
 def test_id_slot_pins_the_slot(sim_factory):

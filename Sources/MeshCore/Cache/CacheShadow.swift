@@ -200,7 +200,7 @@ public struct CacheShadow: Sendable {
     }
 
     /// The sequence llama-server would give a prompt: the idle one sharing the longest prefix when
-    /// that is at least `slotSimilarity` of the prompt, else the least recently used idle one
+    /// that is more than `slotSimilarity` of the prompt, else the least recently used idle one
     /// (all busy: the least loaded, as the request waits for it).
     private func pick(_ chain: PromptChain) -> Int {
         var best = -1, bestCommon = 0
@@ -209,10 +209,14 @@ public struct CacheShadow: Sendable {
             if c > bestCommon { best = i; bestCommon = c }
         }
         let needed = Double(max(1, chain.hashes.count)) * options.slotSimilarity
-        if best >= 0, Double(bestCommon) >= needed { return best }
+        if best >= 0, Double(bestCommon) > needed { return best }
+        // As llama-server picks (`t_last_used <= t_last`): among equally old idle slots, the last
+        // one. A pinned request must land where the engine put the prompt.
         let idle = sequences.indices.filter { sequences[$0].busy == 0 }
         let pool = idle.isEmpty ? Array(sequences.indices) : idle
-        return pool.min { (sequences[$0].busy, sequences[$0].lastUsed) < (sequences[$1].busy, sequences[$1].lastUsed) }!
+        var pick = pool[0]
+        for i in pool where (sequences[i].busy, sequences[i].lastUsed) <= (sequences[pick].busy, sequences[pick].lastUsed) { pick = i }
+        return pick
     }
 
     private func bestSequence(in mask: UInt64, idleOnly: Bool) -> Int? {

@@ -108,11 +108,16 @@ public struct RoutingContext {
     /// Bounded load: a candidate whose outstanding work exceeds `loadBound` × the candidates'
     /// mean plus one of its own service times is passed over (unless that leaves none).
     public var loadBound: Double
+    /// Blocks a candidate's cache holds: between candidates about as good (within 2 % or 5 ms),
+    /// the emptier cache takes the prompt, so new prefixes spread instead of evicting each other
+    /// on one engine.
+    public var held: ((RoutingNode, EngineSnapshot) -> Int)?
 
     public init(policy: RoutingPolicy = .expectedCompletion, cached: ((RoutingNode, EngineSnapshot) -> CacheEstimate?)? = nil,
-                rotation: Int = 0, loadBound: Double = 1.25) {
+                rotation: Int = 0, loadBound: Double = 1.25, held: ((RoutingNode, EngineSnapshot) -> Int)? = nil) {
         self.policy = policy
         self.cached = cached
+        self.held = held
         self.rotation = rotation
         self.loadBound = loadBound
     }
@@ -234,10 +239,27 @@ public enum Router {
         // Rank: skipped last; then by the policy's key; ties keep order (local first).
         let order: [Int]
         switch context.policy {
-        case .cacheAware, .expectedCompletion:
+        case .expectedCompletion:
+            order = terms.indices.sorted { a, b in
+                if abs(terms[a].total - terms[b].total) > 1e-9 { return terms[a].total < terms[b].total }
+                return a < b
+            }
+        case .cacheAware:
+            // The best, then among those about as good as it, the emptiest cache (then order).
+            let eligible = terms.indices.filter { terms[$0].skipped == nil }
+            let best = eligible.map { terms[$0].total }.min() ?? 0
+            let near = max(0.005, 0.02 * best)
+            let held = candidates.map { c in context.held?(c.node, c.engine) ?? 0 }
             order = terms.indices.sorted { a, b in
                 let (x, y) = (terms[a], terms[b])
                 if (x.skipped == nil) != (y.skipped == nil) { return x.skipped == nil }
+                let (xNear, yNear) = (x.total <= best + near, y.total <= best + near)
+                if xNear != yNear { return xNear }
+                if xNear {
+                    // About as good: more of the prompt cached, then the emptier cache.
+                    if x.cachedTokens != y.cachedTokens { return x.cachedTokens > y.cachedTokens }
+                    if held[a] != held[b] { return held[a] < held[b] }
+                }
                 if abs(x.total - y.total) > 1e-9 { return x.total < y.total }
                 return a < b
             }
