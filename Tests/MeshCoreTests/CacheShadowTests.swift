@@ -43,6 +43,11 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
             i += size
         }
         #expect(piecewise == PromptChain(model: "m", bytes: all))
+        // Bytes without contiguous storage take the byte-at-a-time path: the same hashes.
+        #expect(PromptChain(model: "m", bytes: all.indices.lazy.map { all[$0] }) == PromptChain(model: "m", bytes: all))
+        var mixed = PromptChain(model: "m", bytes: all[0..<100].indices.lazy.map { all[$0] })
+        mixed.append(all[100...])
+        #expect(mixed == PromptChain(model: "m", bytes: all))
         // Hashes are stable across processes and builds (peers compare them): pinned values.
         #expect(PromptChain(model: "m", bytes: Array("hello".utf8) + [UInt8](repeating: 32, count: 59)).hashes.count == 1)
         #expect(PromptHash.seed("m") == PromptHash.seed("m:latest"))

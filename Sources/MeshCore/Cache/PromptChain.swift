@@ -38,6 +38,36 @@ public struct PromptChain: Sendable, Hashable {
 
     /// Extends the chain with more bytes (the generated answer after the prompt).
     public mutating func append<C: Collection>(_ bytes: C) where C.Element == UInt8 {
+        // Contiguous bytes (the usual case: a rendered prompt) are hashed a word at a time.
+        if bytes.withContiguousStorageIfAvailable({ appendRaw(UnsafeRawBufferPointer($0)) }) != nil { return }
+        appendGeneric(bytes)
+    }
+
+    private mutating func appendRaw(_ raw: UnsafeRawBufferPointer) {
+        var i = 0
+        if !tail.isEmpty {
+            let take = min(Self.blockBytes - tail.count, raw.count)
+            tail.append(contentsOf: raw[0..<take])
+            byteCount += take
+            i = take
+            guard tail.count == Self.blockBytes else { return }
+            hashes.append(PromptHash.block(last, tail))
+            tail.removeAll(keepingCapacity: true)
+        }
+        let start = i
+        let full = (raw.count - i) / Self.blockBytes
+        if hashes.isEmpty { hashes.reserveCapacity(full) }
+        var h = last
+        for _ in 0..<full {
+            h = PromptHash.fullBlock(h, raw, at: i)
+            hashes.append(h)
+            i += Self.blockBytes
+        }
+        tail.append(contentsOf: raw[i...])
+        byteCount += raw.count - start
+    }
+
+    private mutating func appendGeneric<C: Collection>(_ bytes: C) where C.Element == UInt8 {
         byteCount += bytes.count
         var i = bytes.startIndex
         if !tail.isEmpty {
@@ -80,6 +110,15 @@ public enum PromptHash {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+
+    /// ``block(_:_:)`` of the 64 bytes at `offset`, read as 8 little-endian words.
+    @inline(__always) static func fullBlock(_ previous: UInt64, _ raw: UnsafeRawBufferPointer, at offset: Int) -> UInt64 {
+        var h = previous
+        for k in 0..<(PromptChain.blockBytes / 8) {
+            h = mix(h ^ UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 8 * k, as: UInt64.self)))
+        }
+        return mix(h ^ UInt64(PromptChain.blockBytes))
     }
 
     /// Chains `previous` with one block's bytes, 8 bytes at a time (little-endian words; a short
