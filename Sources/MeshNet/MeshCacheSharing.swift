@@ -80,6 +80,7 @@ extension MeshService {
         case .cacheDelta:
             guard let d = CacheDeltaMessage(msg) else {
                 cacheSharing.traffic.withLock { $0.rejected += 1 }
+                state.withLock { $0.rejectedFrames += 1 }
                 logger.warning("rejected mesh frame", metadata: ["link": "\(m.link)", "reason": "cache delta that does not add up"])
                 return
             }

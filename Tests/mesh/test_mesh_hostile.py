@@ -23,6 +23,7 @@ REJECT_LINES = ("rejected mesh frame", "malformed mesh message")
 REJECT_METRIC = "meshd_mesh_rejected_frames_total"
 
 HELLO, STATE, REQUEST, HEAD, CHUNK, END, ERROR, CANCEL, CREDIT, RESPONSE = 0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17
+CACHE_DELTA, CACHE_SNAPSHOT_REQUEST = 0x30, 0x31
 
 
 def pre(t: int, version: int = V) -> bytes:
@@ -58,6 +59,9 @@ MALFORMED: dict[str, list[bytes]] = {
     "credit req not a string": [pre(CREDIT), b'{"req":1,"bytes":5}'],
     "header > 1 MiB": [pre(STATE), b'{"id":"' + b"z" * ((1 << 20) + 16) + b'"}'],
     "payload > max": [pre(REQUEST), b'{"req":"h1","path":"/v1/chat/completions"}', b"\0" * ((8 << 20) + 16)],
+    "cache delta without n": [pre(CACHE_DELTA), b'{"node":"Z","engines":[]}'],
+    "cache delta, counts over the payload": [pre(CACHE_DELTA), b'{"node":"Z","n":1,"engines":[{"id":"e","count":5}]}', b"\0" * 9],
+    "cache delta, unknown tier": [pre(CACHE_DELTA), b'{"node":"Z","n":1,"engines":[{"id":"e","count":1}]}', b"\0" * 8 + b"\x07"],
     "frames sum > max": [pre(REQUEST), b'{"req":"h2","path":"/v1/chat/completions"}', b"\0" * (5 << 20), b"\0" * (5 << 20)],
 }
 
@@ -235,3 +239,48 @@ def test_flood_is_absorbed(mesh: HostileSetup) -> None:
     assert metric(mesh.a, REJECT_METRIC) - metric_before >= sent
     assert results and all(r == (200, "B", "A") for r in results), [r for r in results if r != (200, "B", "A")][:5]
     assert mesh.a.nodes()["B"]["state"] == "up"
+
+
+def cache_delta(n: int, entries: list[tuple[int, int]], snapshot: bool = False, node: str = "Y") -> list[bytes]:
+    header = {"node": node, "instance": "raw-1", "n": n, "snapshot": snapshot, "engines": [{"id": "e", "count": len(entries)}]}
+    payload = b"".join(h.to_bytes(8, "little") + bytes([t]) for h, t in entries)
+    return [pre(CACHE_DELTA), json.dumps(header).encode(), payload]
+
+
+def snapshot_asked(s: zmq.Socket, timeout: float = 3) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if s.poll(100):
+            f = s.recv_multipart()
+            if f[0] == pre(CACHE_SNAPSHOT_REQUEST):
+                assert json.loads(f[1]) == {"node": "A"}
+                return True
+    return False
+
+
+def test_cache_deltas_out_of_order_or_corrupted_are_repaired_by_a_snapshot(mesh: HostileSetup) -> None:
+    ctx = zmq.Context()
+    try:
+        s = dealer(ctx, mesh)
+        answered(s, "cache-1")
+        before = metric(mesh.a, REJECT_METRIC)
+        # A first delta from a peer A holds no snapshot of: A asks for one.
+        s.send_multipart(cache_delta(1, [(1, 2)]))
+        assert snapshot_asked(s)
+        # The snapshot, then the next delta in order: no question.
+        s.send_multipart(cache_delta(1, [(1, 2), (2, 2)], snapshot=True))
+        s.send_multipart(cache_delta(2, [(3, 2)]))
+        assert not snapshot_asked(s, timeout=0.5)
+        # A corrupted delta is rejected and counted; the next one shows the gap: a snapshot is asked.
+        bad = cache_delta(3, [(4, 2)])
+        bad[2] = bad[2][:-1]
+        s.send_multipart(bad)
+        s.send_multipart(cache_delta(4, [(5, 2)]))
+        assert snapshot_asked(s)
+        wait_until(lambda: metric(mesh.a, REJECT_METRIC) >= before + 1, 5, what="the corrupted delta counted")
+        asked = [l for l in mesh.a.get("/metrics").text.splitlines() if l.startswith('meshd_cache_snapshots_total{kind="asked"}')]
+        assert asked and float(asked[0].split()[-1]) >= 2, asked
+        s.close()
+    finally:
+        ctx.term()
+    check_a(mesh, "cache deltas")
