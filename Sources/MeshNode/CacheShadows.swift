@@ -43,7 +43,7 @@ public final class CacheShadows: Sendable {
     public func sync(_ snapshots: [EngineSnapshot]) {
         state.withLock { s in
             for e in snapshots {
-                let slots = max(1, e.load.slots ?? e.load.limit ?? 1)
+                let slots = Self.sequences(e)
                 if var l = s.local[e.id] {
                     if !e.healthy && l.healthy {
                         l.shadow.reset()
@@ -61,6 +61,15 @@ public final class CacheShadows: Sendable {
                 }
             }
         }
+    }
+
+    /// Sequences the shadow keeps for an engine: its slots (llama-server), else meshd's limit for it
+    /// (Ollama's parallel requests); an OpenAI-compatible engine that reports neither (vLLM) keeps
+    /// prefix blocks of many prompts in one pool: 16 recent prompts stand for it.
+    static func sequences(_ e: EngineSnapshot) -> Int {
+        if let s = e.load.slots { return max(1, s) }
+        if e.kind == .openai { return 16 }
+        return max(1, e.load.limit ?? 1)
     }
 
     static func options(_ e: EngineSnapshot) -> CacheShadow.Options {

@@ -5,6 +5,7 @@ peers' views come from cacheDelta messages, whose bytes per request are measured
 deciding node learns what its peers hold from snapshots."""
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -154,3 +155,33 @@ def test_a_hot_node_sheds_load_even_for_prompts_it_holds(mesh: CacheMesh) -> Non
     # (Measured: 11-12 of 16 on the holder, whose 4 places each free every half second; the others
     # pay ~1 s of prefill, so going there pays once about 8 wait on the holder.)
     assert counts.get(home, 0) == max(counts.values()) and 16 - counts[home] >= 2, counts
+
+
+def test_meshctl_route_with_a_prompt_file_shows_every_candidates_terms(mesh: CacheMesh) -> None:
+    assert mesh.home, "runs after the convergence test"
+    # A group held by a peer (A's own shadow started empty when it was restarted), the last one:
+    # the first one's prompts went everywhere in the hot-node burst.
+    g, home = [(g, h) for g, h in mesh.home.items() if h != "A"][-1]
+    body = mesh.a.dir / "prompt.json"
+    body.write_text(json.dumps({"messages": [{"role": "system", "content": prefix(g)}, {"role": "user", "content": "which door?"}]}))
+    res = mesh.a.meshctl("route", MODEL, "--prompt-file", str(body), "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = json.loads(res.stdout)
+    assert r["policy"] == "cache-aware" and r["cached_tokens"] > 0.9 * r["prompt_tokens"], r
+    cands = {c["node"]: c for c in r["candidates"]}
+    assert set(cands) == {"A", "B", "C"} and r["candidates"][0]["node"] == r["node"], r
+    for c in cands.values():
+        assert abs(c["total"] - (c["wait"] + c["prefill"] + c["decode"] + c["cold"] + c["hop"])) < 1e-6, c
+    holders = {n for n, c in cands.items() if c["cached_tokens"] > 0}
+    assert home in holders and r["node"] in holders, (home, r)
+    if holders != set(cands):
+        assert max(cands[n]["prefill"] for n in holders) < min(c["prefill"] for n, c in cands.items() if n not in holders)
+    # The table, for people; a plain text file is one user message.
+    text = mesh.a.meshctl("route", MODEL, "--prompt-file", str(body)).stdout
+    assert f"node {r['node']}" in text and "PREFILL ms" in text and "policy: cache-aware" in text, text
+    plain = mesh.a.dir / "prompt.txt"
+    plain.write_text("no shared prefix here")
+    r2 = json.loads(mesh.a.meshctl("route", MODEL, "--prompt-file", str(plain), "--json").stdout)
+    assert r2["cached_tokens"] == 0 and len(r2["candidates"]) == 3, r2
+    bad = mesh.a.meshctl("route", MODEL, "--prompt-file", str(mesh.a.dir / "missing.txt"))
+    assert bad.returncode == 2 and "cannot read --prompt-file" in bad.stderr
