@@ -133,6 +133,10 @@ logging:
         waiting_when_sent = sum(1 for s, d, end in normal if end > high[2] - high[1])
         finished_after_high = sum(1 for s, d, end in normal if end > high[2])
 
+        mreq = urllib.request.Request(url + "/metrics", headers={"Authorization": "Bearer s-secret"})
+        with urllib.request.urlopen(mreq, timeout=5) as r:
+            queue_metrics = [l for l in r.read().decode().splitlines() if l.startswith("meshd_queue_")]
+        print("\n".join(queue_metrics))
         a90, c90 = pct([d for _, d, _ in alone], 0.9), pct([d for _, d, _ in contended], 0.9)
         result = {
             "small_alone": {"p50_s": pct([d for _, d, _ in alone], 0.5), "p90_s": a90, "statuses": sorted({s for s, _, _ in alone})},
@@ -141,6 +145,7 @@ logging:
             "flood": {"requests": len(flood_result), "statuses": sorted({s for s, _, _ in flood_result}),
                       "p50_s": pct([d for _, d, _ in flood_result], 0.5)},
             "p90_ratio": c90 / a90,
+            "queue_metrics": queue_metrics,
             "priority": {"high_s": high[1], "high_status": high[0], "normal_in_flight_or_waiting_when_sent": waiting_when_sent,
                          "normal_finished_after_high": finished_after_high},
         }

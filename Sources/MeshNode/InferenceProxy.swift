@@ -208,12 +208,14 @@ public struct InferenceProxy: Sendable {
     /// `X-Meshd-Priority: high|normal|low`: the request's place in the mesh queue.
     static let priorityHeader = "X-Meshd-Priority"
 
-    /// Places free now, across the mesh, on healthy engines serving `model` (the mesh queue lets that many go).
+    /// Places free now, across the mesh, on healthy engines serving `model` (the mesh queue lets that
+    /// many go). Counted from the requests meshd nodes have sent (they change the moment one ends),
+    /// not from what the engines last reported running (up to a poll interval old).
     func freePlaces(model: String) -> Int {
         var free = 0
         for n in routingView(localOnly: false) where !n.draining {
             for e in n.engines where e.healthy && e.model(named: model) != nil {
-                free += max(0, max(1, e.load.limit ?? e.load.slots ?? 1) - e.load.busy)
+                free += max(0, max(1, e.load.limit ?? e.load.slots ?? 1) - e.load.inFlight)
             }
         }
         return free

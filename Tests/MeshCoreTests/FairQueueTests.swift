@@ -14,6 +14,21 @@ import Testing
         #expect(order.suffix(90) == (10..<100).map { "a\($0)" })
     }
 
+    @Test func aKeyArrivingBehindAFloodCatchesUpFirst() {
+        var q = FairQueue<String>(capacity: 200)
+        for i in 0..<100 { _ = q.enqueue("a\(i)", key: "flood", priority: .normal, now: 0) }
+        // Ten of the flood's are let go before the small key arrives.
+        for i in 0..<10 { #expect(q.dequeue(now: 1)?.item == "a\(i)") }
+        for i in 0..<5 { _ = q.enqueue("b\(i)", key: "small", priority: .normal, now: 2) }
+        var order: [String] = []
+        for _ in 0..<7 { order.append(q.dequeue(now: 3)!.item) }
+        // Small has been served 0 times against flood's 10: its five go first.
+        #expect(order == ["b0", "b1", "b2", "b3", "b4", "a10", "a11"])
+        // Once its queue emptied, small starts from nothing again next time; flood keeps its count.
+        _ = q.enqueue("b5", key: "small", priority: .normal, now: 4)
+        #expect(q.dequeue(now: 5)?.item == "b5")
+    }
+
     @Test func highPriorityFirstAndTheWaitIsMeasured() {
         var q = FairQueue<String>(capacity: 10)
         _ = q.enqueue("low", key: "k", priority: .low, now: 0)

@@ -21,8 +21,9 @@ public enum RequestPriority: Int, Sendable, Hashable, Comparable, CaseIterable {
 
 /// The mesh-wide queue of one deciding node: requests that no engine could start soon wait here
 /// and are bound to the first engine that frees up. Bounded; served high priority first, and
-/// within a priority client key by client key in turn (a key that sends 100 requests does not
-/// starve one that sends 10), first come first served within a key. Pure: time is an argument.
+/// within a priority the client key served least since it began waiting first, in turn on a tie
+/// (a key that sends 100 requests does not starve one that sends 10: one that arrives behind a
+/// flood catches up first), first come first served within a key. Pure: time is an argument.
 public struct FairQueue<Item: Sendable>: Sendable {
     struct Entry: Sendable {
         let ticket: UInt64
@@ -35,6 +36,9 @@ public struct FairQueue<Item: Sendable>: Sendable {
         var ring: [String] = []
         var entries: [String: [Entry]] = [:]
         var cursor = 0
+        /// Requests let go per key since it began waiting (forgotten when its last one leaves):
+        /// the key served least goes next, so one that arrives behind a flood catches up first.
+        var served: [String: Int] = [:]
         var count = 0
     }
 
@@ -91,23 +95,34 @@ public struct FairQueue<Item: Sendable>: Sendable {
     }
 
     /// The next request to start, among those `fits` accepts (the freed engine serves its model):
-    /// high priority first; within a priority, the key whose turn it is (its oldest fitting
-    /// request), then the keys after it. Returns it with its ticket and nanoseconds waited.
+    /// high priority first; within a priority, the key let go least since it began waiting (ties:
+    /// in turn from the last one served), its oldest fitting request. Returns it with its ticket
+    /// and nanoseconds waited.
     public mutating func dequeue(now: UInt64, where fits: (Item) -> Bool = { _ in true }) -> (ticket: UInt64, item: Item, waited: UInt64)? {
         for p in RequestPriority.allCases.reversed() {
             var c = classes[p.rawValue]
             guard c.count > 0 else { continue }
+            // The key served least so far (ties: the next in turn from the cursor) with a fitting request.
+            var pick: (k: Int, i: Int, served: Int)?
             for step in 0..<c.ring.count {
                 let k = (c.cursor + step) % c.ring.count
                 let key = c.ring[k]
+                let n = c.served[key] ?? 0
+                if let p = pick, p.served <= n { continue }
                 guard let i = c.entries[key]!.firstIndex(where: { fits($0.item) }) else { continue }
+                pick = (k, i, n)
+            }
+            if let (k, i, n) = pick {
+                let key = c.ring[k]
                 let e = c.entries[key]!.remove(at: i)
                 c.count -= 1
                 if c.entries[key]!.isEmpty {
                     c.entries[key] = nil
+                    c.served[key] = nil
                     c.ring.remove(at: k)
                     c.cursor = c.ring.isEmpty ? 0 : k % c.ring.count
                 } else {
+                    c.served[key] = n + 1
                     c.cursor = (k + 1) % c.ring.count
                 }
                 classes[p.rawValue] = c
@@ -127,6 +142,7 @@ public struct FairQueue<Item: Sendable>: Sendable {
         c.count -= 1
         if c.entries[key]!.isEmpty, let k = c.ring.firstIndex(of: key) {
             c.entries[key] = nil
+            c.served[key] = nil
             c.ring.remove(at: k)
             if k < c.cursor { c.cursor -= 1 }
             if c.cursor >= c.ring.count { c.cursor = 0 }
