@@ -69,6 +69,9 @@ public struct EngineLoad: Sendable, Hashable, Codable {
     public var queued: Int?
     /// How many requests meshd keeps open to the engine at once (see ``EngineConcurrency``); nil: no limit.
     public var limit: Int?
+    /// Of what the engine last reported running or waiting, the requests meshd had not sent (other
+    /// clients'), when it reports; nil: unknown.
+    public var external: Int? = nil
 
     public init(inFlight: Int = 0, running: Int? = nil, waiting: Int? = nil, slots: Int? = nil,
                 queued: Int? = nil, limit: Int? = nil) {
@@ -83,8 +86,13 @@ public struct EngineLoad: Sendable, Hashable, Codable {
     /// Requests meshd has sent to the engine and not yet seen end.
     public var open: Int { max(0, inFlight - (queued ?? 0)) }
 
-    /// Best estimate of requests ahead of a new one: what the engine says, else what meshd sent.
-    public var busy: Int { max(inFlight, (running ?? 0) + (waiting ?? 0)) }
+    /// Best estimate of requests ahead of a new one: what meshd sent (exact the moment one ends)
+    /// plus other clients' load as the engine last reported it; without that split, the larger of
+    /// what the engine says and what meshd sent.
+    public var busy: Int {
+        if let external { return inFlight + external }
+        return max(inFlight, (running ?? 0) + (waiting ?? 0))
+    }
 }
 
 /// Measured speeds of an engine, carried in node state for routing (exponentially smoothed).

@@ -15,12 +15,15 @@ public struct EngineRequestOutcome: Sendable, Hashable {
     public var timeToFirstToken: Duration?
     /// Time from sending the request to the end of the answer.
     public var totalTime: Duration?
+    /// Time the engine says it spent on the prompt (`promptTokens` of it), when it says.
+    public var prefillTime: Duration?
     /// The engine refused it as overloaded (429, 503): teaches the registry a concurrency limit
     /// for engines that report no slots (``EngineConcurrency/Learned``).
     public var overloaded: Bool
 
     public init(succeeded: Bool, promptTokens: Int? = nil, generatedTokens: Int? = nil,
-                timeToFirstToken: Duration? = nil, totalTime: Duration? = nil, overloaded: Bool = false) {
+                timeToFirstToken: Duration? = nil, totalTime: Duration? = nil, overloaded: Bool = false, prefillTime: Duration? = nil) {
+        self.prefillTime = prefillTime
         self.succeeded = succeeded
         self.overloaded = overloaded
         self.promptTokens = promptTokens
@@ -65,6 +68,9 @@ public final class EngineRegistry: Sendable {
         var mark: (reason: String, at: ContinuousClock.Instant)?
         var polled = false
         var loggedHealthy: Bool?
+        /// What the engine reported running or waiting beyond the requests meshd had open at the
+        /// poll: other clients' load, which does not go stale when meshd's own requests end.
+        var external: Int?
     }
 
     struct State {
@@ -249,6 +255,7 @@ public final class EngineRegistry: Sendable {
             guard var e = s.engines[snap.id], !s.shutDown else { return (.none, nil) }
             let before = e.snapshot
             e.snapshot = snap
+            if let running = snap.load.running { e.external = max(0, running + (snap.load.waiting ?? 0) - e.open) }
             // A failure reported by the proxy after this poll began outlives the poll's result.
             if let m = e.mark, m.at < pollStartedAt { e.mark = nil }
             let healthy = snap.healthy && e.mark == nil
@@ -324,6 +331,7 @@ public final class EngineRegistry: Sendable {
         snap.load.inFlight = e.open + e.waiters.count
         snap.load.queued = e.waiters.count
         snap.load.limit = limit(e)
+        snap.load.external = e.external
         snap.speeds = e.speeds
         if let m = e.mark {
             snap.healthy = false
@@ -564,8 +572,10 @@ public final class EngineRegistry: Sendable {
         var new = old
         let total = seconds(o.totalTime)
         let ttft = seconds(o.timeToFirstToken)
-        if let ttft, ttft > 0, let p = o.promptTokens, p > 0 {
-            new.prefillTokensPerSecond = smooth(old.prefillTokensPerSecond, Double(p) / ttft)
+        // The engine's own prompt time when it reports one; else the time to the first token (which
+        // also counts the time the request waited in the engine's queue: a slow guess).
+        if let p = o.promptTokens, p > 0, let t = seconds(o.prefillTime) ?? ttft, t > 0 {
+            new.prefillTokensPerSecond = smooth(old.prefillTokensPerSecond, Double(p) / t)
         }
         // Decode speed needs the first-token time: tokens after the first over the time after it.
         if let g = o.generatedTokens, g >= 2, let total, let ttft, total > ttft {

@@ -87,21 +87,30 @@ public final class CacheShadows: Sendable {
     public func local(_ engineID: String, _ chain: PromptChain) -> CacheEstimate? {
         state.withLock { s -> CacheEstimate? in
             guard let l = s.local[engineID] else { return nil }
-            let m = l.shadow.match(chain)
+            // An idle slot takes the request: only what idle slots hold counts. All busy: it waits
+            // for whichever frees first, the holder about one time in `slots`.
+            let idle = l.shadow.hasIdleSequence
+            let m = l.shadow.match(chain, idleOnly: idle)
             guard m.anyBlocks > 0 else { return nil }
+            let share = idle ? 1 : 1 / Double(l.shadow.slotCount)
             // Pinned to a slot only while the shadow has been right: a wrong pin would cost the
             // prefix llama-server itself would have found (it picks by similarity, else least recently used).
-            return CacheEstimate(tokens: l.shadow.tokens(m) * l.shadow.accuracy, slot: l.shadow.accuracy >= 0.9 ? m.slot : nil)
+            return CacheEstimate(tokens: l.shadow.tokens(m) * l.shadow.accuracy * share, slot: l.shadow.accuracy >= 0.9 ? m.slot : nil)
         }
     }
 
-    /// What a peer's engine holds of `chain` (from its deltas), in tokens at ~4 bytes a token.
-    public func peer(_ node: String, _ engineID: String, _ chain: PromptChain) -> CacheEstimate? {
+    /// What a peer's engine holds of `chain` (from its deltas), in tokens at ~4 bytes a token. The
+    /// views do not say which slots are busy: with `busy` of `slots` taken, the holder is free
+    /// about `1 − busy/slots` of the time (all taken: about one time in `slots`).
+    public func peer(_ node: String, _ engineID: String, _ chain: PromptChain, busy: Int = 0, slots: Int = 1) -> CacheEstimate? {
         state.withLock { s -> CacheEstimate? in
             guard let m = s.peers[node]?.match(engineID, chain) else { return nil }
             guard m.anyBlocks > 0 else { return nil }
             let blockTokens = Double(PromptChain.blockBytes) / 4
-            return CacheEstimate(tokens: (Double(m.deviceBlocks) + 0.8 * Double(m.anyBlocks - m.deviceBlocks)) * blockTokens)
+            let n = Double(max(1, slots))
+            let free = busy < slots ? 1 - Double(busy) / n : 1 / n
+            let device = Double(m.deviceBlocks) * free
+            return CacheEstimate(tokens: (device + 0.8 * Double(m.anyBlocks - m.deviceBlocks)) * blockTokens)
         }
     }
 

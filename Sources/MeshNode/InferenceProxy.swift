@@ -269,7 +269,8 @@ public struct InferenceProxy: Sendable {
         if routing.policy == .roundRobin { context.rotation = advance ? turns.next() : turns.current }
         if let prompt, let cache, routing.policy == .cacheAware {
             context.cached = { node, engine in
-                node.isLocal ? cache.local(engine.id, prompt) : cache.peer(node.id, engine.id, prompt)
+                node.isLocal ? cache.local(engine.id, prompt)
+                    : cache.peer(node.id, engine.id, prompt, busy: engine.load.busy, slots: engine.load.limit ?? engine.load.slots ?? 1)
             }
             context.held = { node, engine in cache.held(node: node.isLocal ? nil : node.id, engine: engine.id) }
         }

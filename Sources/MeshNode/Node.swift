@@ -32,7 +32,8 @@ extension EngineRegistry: EngineDirectory {
             // The tokens it computed: a prompt taken from its cache is no sample of its prefill speed.
             succeeded: ok, promptTokens: usage.map { max(0, $0.promptTokens - ($0.cachedTokens ?? 0)) }, generatedTokens: usage?.completionTokens,
             timeToFirstToken: firstTokenSeconds.map { .nanoseconds(Int64($0 * 1e9)) },
-            totalTime: totalSeconds > 0 ? .nanoseconds(Int64(totalSeconds * 1e9)) : nil, overloaded: overloaded))
+            totalTime: totalSeconds > 0 ? .nanoseconds(Int64(totalSeconds * 1e9)) : nil, overloaded: overloaded,
+            prefillTime: usage?.promptSeconds.map { .nanoseconds(Int64($0 * 1e9)) }))
     }
     public func engineUnreachable(engineID: String, reason: String) { markUnhealthy(engineID, reason: reason) }
     public func prepare(engineID: String) async -> Result<String, DetailError> { await prepare(engineID) }

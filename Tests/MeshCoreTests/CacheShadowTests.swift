@@ -90,8 +90,10 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
         // The next request goes to the slot holding the prefix, as llama-server picks it.
         let (seq2, predicted2) = s.begin(second, now: 3)
         #expect(seq2 == seq && predicted2 == 20)
-        // While that slot is busy, it is not offered for pinning.
+        // While that slot is busy, it is not offered for pinning, and an idle slot (which the
+        // engine would give the request) holds none of it.
         #expect(s.match(second).slot == nil && s.match(second).deviceBlocks == 20)
+        #expect(s.hasIdleSequence && s.match(second, idleOnly: true).deviceBlocks == 0)
     }
 
     @Test func unrelatedPromptsTakeTheLeastRecentlyUsedSlotAndEvictIt() {

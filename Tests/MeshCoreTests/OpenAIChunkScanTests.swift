@@ -116,13 +116,11 @@ import Testing
             (#"[{"usage":{"prompt_tokens":1}}]"#, nil),
             (#"{"usage":{"prompt_tokens":1}"#, nil),
             // The cached part: usage details first, else llama-server's timings.
-            (#"{"usage":{"prompt_tokens":90,"prompt_tokens_details":{"cached_tokens":64}},"timings":{"cache_n":60}}"#,
+            (#"{"usage":{"prompt_tokens":90,"prompt_tokens_details":{"cached_tokens":64}},"timings":{"cache_n":60}}"#, nil),
+            (#"{"usage":{"prompt_tokens":90,"prompt_tokens_details":{"cached_tokens":64}}}"#,
              .some(TokenUsage(promptTokens: 90, completionTokens: 0, cachedTokens: 64))),
-            (#"{"timings":{"prompt_n":26,"cache_n":64,"predicted_n":5},"usage":{"prompt_tokens":90,"completion_tokens":5}}"#,
-             .some(TokenUsage(promptTokens: 90, completionTokens: 5, cachedTokens: 64))),
             (#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":null}}"#, .some(TokenUsage(promptTokens: 9, completionTokens: 0))),
             (#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":1.5}}}"#, nil),
-            (#"{"usage":{"prompt_tokens":9},"timings":{"cache_n":1},"timings":{"cache_n":2}}"#, nil),
             (#"{"timings":{"prompt_n":26,"cache_n":64}}"#, nil),
         ]
         for (text, expected) in cases {

@@ -31,15 +31,18 @@ import Testing
 
     @Test func theCacheWinsOverAShortQueueButAHotNodeIsPassedOver() throws {
         let cached: (RoutingNode, EngineSnapshot) -> CacheEstimate? = { n, _ in n.id == "n1" ? CacheEstimate(tokens: 2048) : nil }
-        // n1 holds the prefix with one request running (of 2 slots): 2 s of wait + 0.15 s of
-        // prefill beat 2.2 s of prefill on an idle node.
+        // n1 holds the prefix with one request running (of 2 slots): a free place starts it at
+        // once, 0.15 s of prefill beat 2.2 s on an idle node.
         let r1 = try #require(rank(nodes([0, 1, 0]), RoutingContext(policy: .cacheAware, cached: cached)))
-        #expect(r1.decision.nodeID == "n1")
-        // Two running: 4 s of wait lose to recomputing the prefix.
+        #expect(r1.decision.nodeID == "n1" && r1.candidates[0].wait == 0)
+        // Both places taken: 2 s until one frees (one of 4 s requests ends, on average, in 2 s) + 0.15 s still beat 2.2 s.
         let r2 = try #require(rank(nodes([0, 2, 0]), RoutingContext(policy: .cacheAware, cached: cached)))
-        #expect(r2.decision.nodeID == "n0")
-        // A huge cached prefix outweighs any queue in seconds, so bounded load decides: 3 running
-        // (6 s of work, under 1.25 × the mean 2 s + one 4 s request) is still chosen; 4 running
+        #expect(r2.decision.nodeID == "n1" && r2.candidates[0].wait == 2)
+        // One more waiting ahead: 4 s until a place frees lose to recomputing the prefix.
+        let r3 = try #require(rank(nodes([0, 3, 0]), RoutingContext(policy: .cacheAware, cached: cached)))
+        #expect(r3.decision.nodeID == "n0")
+        // A huge cached prefix outweighs any queue in seconds, so bounded load decides: 3 busy
+        // (6 s of work, under 1.25 × the mean 2 s + one 4 s request) is still chosen; 4 busy
         // (8 s, over 1.25 × 2.67 s + 4 s) is passed over though its score is the best.
         let big: (RoutingNode, EngineSnapshot) -> CacheEstimate? = { n, _ in n.id == "n1" ? CacheEstimate(tokens: 19_000) : nil }
         let warm = try #require(rank(nodes([0, 3, 0]), RoutingContext(policy: .cacheAware, cached: big), prompt: 20_000))

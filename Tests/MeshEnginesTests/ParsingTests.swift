@@ -88,6 +88,21 @@ import Testing
         #expect(EngineURL("h:80", dropV1: true) == nil)
     }
 
+    @Test func prefillSpeedComesFromTheEnginesOwnPromptTimeWhenItReportsOne() {
+        // 500 computed tokens: the engine says 0.1 s on them, the first token came after 1 s (it queued).
+        let s = EngineRegistry.updated(EngineSpeeds(), with: EngineRequestOutcome(
+            succeeded: true, promptTokens: 500, generatedTokens: 2, timeToFirstToken: .seconds(1), totalTime: .milliseconds(1100),
+            prefillTime: .milliseconds(100)))
+        #expect(s.prefillTokensPerSecond == 5000)
+        // The load meshd sent plus other clients' (as the engine last reported): not stale when meshd's end.
+        #expect(EngineLoad(inFlight: 1, running: 3, slots: 4).busy == 3)
+        var l = EngineLoad(inFlight: 1, running: 3, slots: 4)
+        l.external = 0
+        #expect(l.busy == 1)
+        l.external = 2
+        #expect(l.busy == 3)
+    }
+
     @Test func speedsAreSmoothed() {
         let first = EngineRegistry.updated(EngineSpeeds(), with: EngineRequestOutcome(
             succeeded: true, promptTokens: 100, generatedTokens: 11, timeToFirstToken: .milliseconds(500), totalTime: .milliseconds(1500)))

@@ -131,11 +131,11 @@ def test_kill9_of_a_real_llama_server_under_mixed_load(mpool: ProcessPool, mbins
     def kill_a_busy_engine() -> None:
         # kill -9 of whichever llama-server has requests open now (C's routing decides which gets
         # the load); the other node's engine has the same model and must take over.
+        # The one with the most open (at least 2): a request with one open can end before the kill lands.
         def busy() -> str | None:
-            for name, (node, _) in engines.items():
-                if node.admin("GET", "/v1/engines").json()[0]["open"] >= 1:
-                    return name
-            return None
+            open_ = {name: node.admin("GET", "/v1/engines").json()[0]["open"] for name, (node, _) in engines.items()}
+            name = max(open_, key=lambda n: open_[n])
+            return name if open_[name] >= 2 else None
         killed["node"] = wait_until(busy, 5, interval=0.002, what="an engine with requests open")
         killed["t"] = time.monotonic()
         engines[killed["node"]][1].proc.kill()

@@ -142,7 +142,6 @@ struct OpenAIChunkScan {
         static let completionTokens = Array("completion_tokens".utf8)
         static let promptTokensDetails = Array("prompt_tokens_details".utf8)
         static let timings = Array("timings".utf8)
-        static let cacheN = Array("cache_n".utf8)
         static let cachedTokens = Array("cached_tokens".utf8)
         static let null = Array("null".utf8)
         static let `true` = Array("true".utf8)
@@ -279,12 +278,10 @@ extension OpenAIChunkScan {
             var c = Cursor(p: p)
             var usage: TokenUsage?
             var usageSeen = false
-            var timingsSeen = false
-            var timingsCached: Int?
             var detailsCached: Int?
             c.skipWS()
             guard c.at(UInt8(ascii: "{")) else { return nil }
-            // Reads `{"cached_tokens": N, …}` (usage details) or `{"cache_n": N, …}` (llama-server timings).
+            // Reads `{"cached_tokens": N, …}` (usage details).
             func cachedCount(_ c: inout Cursor, key cachedKey: [UInt8], depth: Int, into out: inout Int?) -> Bool {
                 if c.literal(Keys.null) { return true }
                 guard c.at(UInt8(ascii: "{")) else { return false }
@@ -299,11 +296,8 @@ extension OpenAIChunkScan {
             }
             let ok = object(&c, depth: 1) { c, key in
                 if c.keyIs(key, Keys.error) { return false }
-                if c.keyIs(key, Keys.timings) {
-                    guard !timingsSeen else { return false }
-                    timingsSeen = true
-                    return cachedCount(&c, key: Keys.cacheN, depth: 2, into: &timingsCached)
-                }
+                // llama-server's timings (cache_n, prompt_ms as a fraction) are read by the full parser.
+                if c.keyIs(key, Keys.timings) { return false }
                 guard c.keyIs(key, Keys.usage) else { return skip(&c, depth: 2) }
                 guard !usageSeen else { return false }
                 usageSeen = true
@@ -327,9 +321,7 @@ extension OpenAIChunkScan {
                 if let prompt { usage = TokenUsage(promptTokens: prompt, completionTokens: completion ?? 0) }
                 return ok
             }
-            // Timings without usage: the full parser builds the usage from them.
-            if usage == nil && timingsSeen { return nil }
-            usage?.cachedTokens = detailsCached ?? timingsCached
+            usage?.cachedTokens = detailsCached
             guard ok else { return nil }
             c.skipWS()
             return c.i == p.count ? .some(usage) : nil

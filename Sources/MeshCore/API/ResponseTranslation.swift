@@ -5,12 +5,21 @@ public struct TokenUsage: Sendable, Equatable {
     /// Of the prompt tokens, those the engine took from its cache, when it says
     /// (`usage.prompt_tokens_details.cached_tokens`, llama-server's `timings.cache_n`).
     public var cachedTokens: Int?
-    public init(promptTokens: Int, completionTokens: Int, cachedTokens: Int? = nil) {
+    /// Seconds the engine says it spent on the prompt (llama-server `timings.prompt_ms`, Ollama
+    /// `prompt_eval_duration`): its prefill speed without the time the request waited in its queue.
+    public var promptSeconds: Double?
+    public init(promptTokens: Int, completionTokens: Int, cachedTokens: Int? = nil, promptSeconds: Double? = nil) {
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
         self.cachedTokens = cachedTokens
+        self.promptSeconds = promptSeconds
     }
     public var totalTokens: Int { promptTokens + completionTokens }
+
+    /// Equal when the token counts are: the prompt time is a measurement that comes with them.
+    public static func == (a: TokenUsage, b: TokenUsage) -> Bool {
+        a.promptTokens == b.promptTokens && a.completionTokens == b.completionTokens && a.cachedTokens == b.cachedTokens
+    }
 }
 
 /// Everything the translators need to know about the request being answered.
@@ -105,7 +114,8 @@ public enum ResponseTranslator {
             r.text = b["message"]?["content"]?.stringValue ?? b["response"]?.stringValue ?? ""
             r.finishReason = b["done_reason"]?.stringValue
             if let p = b["prompt_eval_count"]?.intValue ?? (b["eval_count"] != nil ? 0 : nil) {
-                r.usage = TokenUsage(promptTokens: p, completionTokens: b["eval_count"]?.intValue ?? 0)
+                r.usage = TokenUsage(promptTokens: p, completionTokens: b["eval_count"]?.intValue ?? 0,
+                                     promptSeconds: b["prompt_eval_duration"]?.intValue.map { Double(max(0, $0)) / 1e9 })
             }
             r.promptNanos = b["prompt_eval_duration"]?.intValue.map { UInt64(max(0, $0)) }
             r.evalNanos = b["eval_duration"]?.intValue.map { UInt64(max(0, $0)) }
@@ -120,11 +130,14 @@ public enum ResponseTranslator {
     /// llama-server's `timings` (whose `prompt_n` + `cache_n` stand in when there is no usage).
     static func openAIUsage(_ u: JSON?, timings t: JSON? = nil) -> TokenUsage? {
         let cached = u?["prompt_tokens_details"]?["cached_tokens"]?.intValue ?? t?["cache_n"]?.intValue
+        let promptSeconds = t?["prompt_ms"]?.doubleValue.map { $0 / 1000 }
         if let u, let p = u["prompt_tokens"]?.intValue {
-            return TokenUsage(promptTokens: p, completionTokens: u["completion_tokens"]?.intValue ?? 0, cachedTokens: cached)
+            return TokenUsage(promptTokens: p, completionTokens: u["completion_tokens"]?.intValue ?? 0, cachedTokens: cached,
+                              promptSeconds: promptSeconds)
         }
         guard let t, let evaluated = t["prompt_n"]?.intValue, let c = t["cache_n"]?.intValue else { return nil }
-        return TokenUsage(promptTokens: evaluated + c, completionTokens: t["predicted_n"]?.intValue ?? 0, cachedTokens: c)
+        return TokenUsage(promptTokens: evaluated + c, completionTokens: t["predicted_n"]?.intValue ?? 0, cachedTokens: c,
+                          promptSeconds: promptSeconds)
     }
 
     static func render(_ r: GenerationResult, ctx: ResponseContext, endNanos: UInt64) -> JSON {
@@ -381,6 +394,7 @@ public struct StreamTranslator: Sendable {
         if var u = ResponseTranslator.openAIUsage(json["usage"], timings: json["timings"]) {
             // llama-server tells the cached part in the last chunk's timings, a usage chunk may follow.
             if u.cachedTokens == nil { u.cachedTokens = usage?.cachedTokens }
+            if u.promptSeconds == nil { u.promptSeconds = usage?.promptSeconds }
             usage = u
             result.usage = u
         }

@@ -110,9 +110,19 @@ public struct CacheShadow: Sendable {
         return ramIndex[hash] != nil ? .ram : .none
     }
 
+    /// Whether some sequence runs no request now.
+    public var hasIdleSequence: Bool { sequences.contains { $0.busy == 0 } }
+
     /// How much of `chain` the engine holds; `slot` is an idle sequence holding the device match.
-    public func match(_ chain: PromptChain) -> CachedPrefix {
-        var m = CachedPrefix.match(chain) { tier($0) }
+    /// `idleOnly`: only what idle sequences hold (a busy one's prompt is not reused: the engine
+    /// gives the request another slot), the host-RAM tier still counting.
+    public func match(_ chain: PromptChain, idleOnly: Bool = false) -> CachedPrefix {
+        var idle: UInt64 = 0
+        if idleOnly { for (i, q) in sequences.enumerated() where q.busy == 0 { idle |= UInt64(1) << UInt64(i) } }
+        var m = CachedPrefix.match(chain) { h in
+            if let mask = deviceIndex[h], !idleOnly || mask & idle != 0 { return .device }
+            return ramIndex[h] != nil ? .ram : .none
+        }
         if m.deviceBlocks > 0, let mask = deviceIndex[chain.hashes[m.deviceBlocks - 1]] {
             m.slot = bestSequence(in: mask, idleOnly: true)
         }

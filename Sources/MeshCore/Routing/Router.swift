@@ -108,7 +108,7 @@ public struct RoutingContext {
     /// Bounded load: a candidate whose outstanding work exceeds `loadBound` × the candidates'
     /// mean plus one of its own service times is passed over (unless that leaves none).
     public var loadBound: Double
-    /// Blocks a candidate's cache holds: between candidates about as good (within 2 % or 5 ms),
+    /// Blocks a candidate's cache holds: between candidates about as good (within 10 % or 10 ms),
     /// the emptier cache takes the prompt, so new prefixes spread instead of evicting each other
     /// on one engine.
     public var held: ((RoutingNode, EngineSnapshot) -> Int)?
@@ -211,7 +211,13 @@ public enum Router {
             // Requests that run at once: meshd's limit for the engine when set (the rest queue), else its slots.
             let slots = Double(max(1, e.load.limit ?? e.load.slots ?? 1))
             let service = e.speeds.meanServiceSeconds ?? priorService
-            let wait = Double(e.load.busy) / slots * service
+            // Places free now start at once; beyond them, one request must end per request ahead.
+            let ahead = Double(e.load.busy) - slots + 1
+            let startDelay = ahead <= 0 ? 0 : ahead / slots * service
+            // Outstanding work in seconds of the engine's own speed (the bounded-load measure, and
+            // expected-completion's smooth guess at the wait); cache-aware waits only for a place.
+            let work = Double(e.load.busy) / slots * service
+            let wait = context.policy == .cacheAware ? startDelay : work
             let estimate = useCache && c.model.loaded ? context.cached?(c.node, e) : nil
             let cached = min(max(0, Int(estimate?.tokens ?? 0)), max(0, promptTokens - 1))
             let uncached = promptTokens - cached
@@ -221,10 +227,8 @@ public enum Router {
             let hop = c.node.isLocal ? 0 : max(c.node.hopSeconds, defaults.hopSeconds)
             terms.append(RouteTerms(node: c.node.id, engine: e.id, isLocal: c.node.isLocal, loaded: c.model.loaded, wait: wait,
                                     prefill: prefill, decode: decode, cold: cold, hop: hop, cachedTokens: cached,
-                                    uncachedTokens: uncached, work: wait, skipped: nil, slot: cached > 0 ? estimate?.slot : nil))
-            // Places free now start at once; beyond them, one request must end per request ahead.
-            let ahead = Double(e.load.busy) - slots + 1
-            terms[terms.count - 1].startDelay = ahead <= 0 ? 0 : ahead / slots * service
+                                    uncachedTokens: uncached, work: work, skipped: nil, slot: cached > 0 ? estimate?.slot : nil))
+            terms[terms.count - 1].startDelay = startDelay
             services.append(service)
         }
         // Bounded load (cache-aware): a hot candidate is passed over even when it holds the prefix.
@@ -248,16 +252,22 @@ public enum Router {
             // The best, then among those about as good as it, the emptiest cache (then order).
             let eligible = terms.indices.filter { terms[$0].skipped == nil }
             let best = eligible.map { terms[$0].total }.min() ?? 0
-            let near = max(0.005, 0.02 * best)
+            // Within 10 %: measured speeds of like engines differ by a few percent, and the faster
+            // one must not take every request until its places run out.
+            let near = max(0.01, 0.1 * best)
             let held = candidates.map { c in context.held?(c.node, c.engine) ?? 0 }
+            let busyPerSlot = candidates.map { c in
+                Double(c.engine.load.busy) / Double(max(1, c.engine.load.limit ?? c.engine.load.slots ?? 1))
+            }
             order = terms.indices.sorted { a, b in
                 let (x, y) = (terms[a], terms[b])
                 if (x.skipped == nil) != (y.skipped == nil) { return x.skipped == nil }
                 let (xNear, yNear) = (x.total <= best + near, y.total <= best + near)
                 if xNear != yNear { return xNear }
                 if xNear {
-                    // About as good: more of the prompt cached, then the emptier cache.
+                    // About as good: more of the prompt cached, then the less busy, then the emptier cache.
                     if x.cachedTokens != y.cachedTokens { return x.cachedTokens > y.cachedTokens }
+                    if abs(busyPerSlot[a] - busyPerSlot[b]) > 1e-9 { return busyPerSlot[a] < busyPerSlot[b] }
                     if held[a] != held[b] { return held[a] < held[b] }
                 }
                 if abs(x.total - y.total) > 1e-9 { return x.total < y.total }
