@@ -100,6 +100,9 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var split: SplitLaunch?
         /// A request just failed on it (see ``noteFailure()``).
         var suspect = false
+        /// meshd stopped the split's llama-server (a worker failed) and its end is not seen yet:
+        /// the engine is servable (the next request plans anew), not unhealthy.
+        var aborting = false
     }
 
     /// What the model file says of itself, for `/api/show` and split planning.
@@ -406,6 +409,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
                 let outcome = self.exited(exit, reason: nil, healthySince: since)
                 let stopping = state.withLock { s -> Bool in
                     s.split = nil
+                    s.aborting = false
                     s.child = nil
                     s.status.pid = nil
                     if !s.stopping {
@@ -430,6 +434,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
             return s.child
         }
         guard let child else { return }
+        state.withLock { $0.aborting = true }
         logger.warning("stopping the split's llama-server", metadata: ["why": "\(reason)"])
         child.signal(SIGKILL)
     }
@@ -444,8 +449,10 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     /// failed: it aborts, or meshd stops it), and may still answer for a moment. Gives it a second
     /// to end (then the split is planned anew); one still running after that serves.
     public func settle() async {
-        guard state.withLock({ s in defer { s.suspect = false }; return s.suspect }) else { return }
-        let deadline = ContinuousClock.now + .seconds(1)
+        // Stopped by meshd: its end comes (SIGKILL); wait for it however busy the machine is.
+        let aborting = state.withLock { $0.aborting }
+        guard state.withLock({ s in defer { s.suspect = false }; return s.suspect }) || aborting else { return }
+        let deadline = ContinuousClock.now + .seconds(aborting ? 10 : 1)
         while ContinuousClock.now < deadline, state.withLock({ $0.split != nil }) {
             try? await Task.sleep(for: .milliseconds(10))
         }
@@ -466,7 +473,9 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
 
     public func refresh() async -> EngineSnapshot {
         let (status, url, split) = state.withLock { ($0.status, $0.url, $0.split) }
-        if status.phase == .awaitingSplit || (status.phase == .starting && split == nil && state.withLock({ $0.splitStart != nil })) {
+        let aborting = state.withLock { $0.aborting }
+        if status.phase == .awaitingSplit || aborting
+            || (status.phase == .starting && split == nil && state.withLock({ $0.splitStart != nil })) {
             // Servable: the first request plans and starts the split (a cold load, for routing).
             let facts = ggufFacts()
             var m = ModelInfo(name: alias, loaded: false, sizeBytes: facts.fileBytes, contextLength: facts.contextLength,

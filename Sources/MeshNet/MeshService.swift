@@ -311,10 +311,18 @@ public final class MeshService: Sendable {
 
     /// Binds, dials static peers, then runs until ``stop()``: consumes socket events and sends
     /// heartbeats. Returns when stopped.
-    public func run() async throws {
+    /// Binds the mesh ROUTER to `listen` (once; ``run()`` does it when not done): call it before
+    /// binding other ephemeral ports on the same host, which could otherwise take a configured port.
+    public func bind() async throws {
+        guard state.withLock({ $0.boundEndpoint.isEmpty }) else { return }
         let l = configuration.listen
         let bound = try await loop.bind("tcp://\(l.host.contains(":") ? "[\(l.host)]" : l.host):\(l.port)")
         state.withLock { $0.boundEndpoint = bound }
+    }
+
+    public func run() async throws {
+        try await bind()
+        let bound = boundEndpoint
         logger.info("mesh listening", metadata: ["endpoint": "\(bound)", "peers": "\(configuration.staticPeers.map(\.description))"])
         for p in configuration.staticPeers { await dial(p.description) }
         await withTaskGroup(of: Void.self) { group in

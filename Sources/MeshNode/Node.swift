@@ -271,16 +271,27 @@ public final class MeshdNode: Service, Sendable {
         let discovery = self.discovery
         let hardware = self.hardware
         let splitWorker = self.splitWorker
-        let closeSecureRelay: (@Sendable () async -> Void)? = if let mesh, config.split.enabled {
-            await SplitSecureRelay.start(mesh: mesh, host: config.mesh.listen.host, worker: splitWorker, logger: logger)
-        } else {
-            nil
-        }
+        // The mesh port first: the secure relay's ephemeral port must not take it (seen in tests,
+        // where the configured mesh port is itself an ephemeral one). A failure is logged by `run`.
+        if let mesh { try? await mesh.bind() }
+        let secureRelay = SecureRelayCloser()
         let grace = Duration.milliseconds(Int64(config.http.shutdownGraceSeconds * 1000))
 
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await hardware.run() }
+                // The secure relay once the HTTP port is bound too (its ephemeral port must take neither).
+                if let mesh, config.split.enabled {
+                    let host = config.mesh.listen.host
+                    group.addTask {
+                        let deadline = ContinuousClock.now + .seconds(10)
+                        while boundAddress.address == nil && ContinuousClock.now < deadline && !Task.isCancelled {
+                            try? await Task.sleep(for: .milliseconds(5))
+                        }
+                        guard !Task.isCancelled else { return }
+                        secureRelay.set(await SplitSecureRelay.start(mesh: mesh, host: host, worker: splitWorker, logger: logger))
+                    }
+                }
                 // Lets requests waiting in the mesh queue go as engines free up (idle while none wait).
                 let meshQueue = self.meshQueue, pumpQueue = self.pumpQueue
                 group.addTask { await meshQueue.run(pump: pumpQueue) }
@@ -355,7 +366,7 @@ public final class MeshdNode: Service, Sendable {
                 await http.shutdown(grace: grace)
             }
         }
-        await closeSecureRelay?()
+        await secureRelay.close()
         await engines.shutdown()
         client.shutdown()
         if ownsGroup { try? await group.shutdownGracefully() }
@@ -369,6 +380,13 @@ public final class BoundAddress: Sendable {
     public init() {}
     func set(_ a: SocketAddress) { value.withLock { $0 = a } }
     public var address: SocketAddress? { value.withLock { $0 } }
+}
+
+/// Stops the worker's secure relay (started once the node's ports are bound) when the node stops.
+final class SecureRelayCloser: Sendable {
+    private let closer = Mutex<(@Sendable () async -> Void)?>(nil)
+    func set(_ c: (@Sendable () async -> Void)?) { closer.withLock { $0 = c } }
+    func close() async { await closer.withLock({ v in defer { v = nil }; return v })?() }
 }
 
 /// Whether this node takes new work (`meshctl drain`).

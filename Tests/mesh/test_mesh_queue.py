@@ -16,8 +16,9 @@ MODEL = "sim-small"
 
 
 def mesh(pool: ProcessPool, bins: MeshBinaries, secret: Path, max_queue: int) -> tuple[MeshNode, MeshNode, MeshNode]:
-    # One slot each, 20 tokens at 50 tokens/s: a request holds its engine ~0.4 s.
-    sims = [start_sim(pool, bins, "--models", MODEL, "--slots", 1, "--gen-tps", 50) for _ in range(2)]
+    # One slot each, 20 tokens at 20 tokens/s: a request holds its engine ~1 s, far longer than a
+    # burst takes to send even on a loaded machine.
+    sims = [start_sim(pool, bins, "--models", MODEL, "--slots", 1, "--gen-tps", 20) for _ in range(2)]
     b = MeshNode(pool, bins, "B", secret=secret, engines=[sim_entry(sims[0])])
     c = MeshNode(pool, bins, "C", secret=secret, engines=[sim_entry(sims[1])], peers=[b])
     a = MeshNode(pool, bins, "A", secret=secret, peers=[b, c],
@@ -85,7 +86,7 @@ def test_no_request_is_lost_when_a_node_dies_with_requests_bound_to_it(
     results: list[Any] = []
     t = threading.Thread(target=lambda: results.extend(burst(a, 8)))
     t.start()
-    time.sleep(0.6)  # C is serving one, more wait in A's queue
+    time.sleep(1.2)  # C is serving one, more wait in A's queue
     c.kill9()
     t.join(120)
     assert [r.status_code for r in results] == [200] * 8, [(r.status_code, r.text[:200]) for r in results]
