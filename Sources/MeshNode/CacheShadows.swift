@@ -117,7 +117,8 @@ public final class CacheShadows: Sendable {
     /// Blocks an engine's cache holds in its slots: a local engine's (`node` nil) or a peer's.
     public func held(node: String?, engine: String) -> Int {
         state.withLock { s in
-            guard let node else { return s.local[engine]?.shadow.deviceBlockCount ?? 0 }
+            // In peer-view units (every `peerStride`-th block), so local and peer engines compare.
+            guard let node else { return (s.local[engine]?.shadow.deviceBlockCount ?? 0) / CacheShadow.peerStride }
             return s.peers[node]?.engines[engine]?.tiers.count ?? 0
         }
     }

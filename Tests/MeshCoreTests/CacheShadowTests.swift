@@ -122,7 +122,9 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
         #expect(m.deviceBlocks == 0 && m.anyBlocks == 10, "a was saved to host RAM when b took the slot")
         #expect(s.tokens(m, ramWeight: 0.5) == 10 * 64 * 0.25 * 0.5)
         let changes = Dictionary(uniqueKeysWithValues: s.drainChanges().map { ($0.0, $0.1) })
-        #expect(changes[a.hashes[0]] == .ram && changes[b.hashes[0]] == .device)
+        // Peers learn every 4th block (3, 7, …): a quarter of the bytes.
+        #expect(changes[a.hashes[3]] == .ram && changes[b.hashes[3]] == .device && changes[a.hashes[0]] == nil)
+        #expect(changes.count == 4, "blocks 3 and 7 of a and of b")
         #expect(s.drainChanges().isEmpty, "drained")
         // c takes the slot: b goes to RAM, which overflows (20 > 15): a, the older, is dropped.
         let (seq, pred) = s.begin(c, now: 30)
@@ -174,24 +176,24 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
     @Test func aPeersViewFollowsNumberedDeltasAndAsksForASnapshotOnAGap() {
         var shadow = CacheShadow(slots: 1)
         var view = PeerCacheView()
-        let p = chain(text("p", 64 * 6))
+        let p = chain(text("p", 64 * 10))
         #expect(view.apply(number: 1, changes: []) == .gap, "no snapshot yet")
         view.load(number: 0, entries: shadow.snapshot())
         let (seq, pred) = shadow.begin(p, now: 1)
-        shadow.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: 384, promptTokens: nil, cachedTokens: nil, now: 2)
+        shadow.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: 640, promptTokens: nil, cachedTokens: nil, now: 2)
         let d1 = shadow.drainChanges()
         #expect(view.apply(number: 1, changes: d1) == .applied)
-        #expect(view.match(p).deviceBlocks == 6)
+        #expect(view.match(p).deviceBlocks == 8, "10 held: known to within 4 blocks, rounded down")
         #expect(view.apply(number: 1, changes: d1) == .stale)
         // Delta 2 is lost; 3 arrives: a gap, nothing applied; a snapshot repairs it.
-        let q = chain(text("q", 64 * 6))
+        let q = chain(text("q", 64 * 10))
         let (s2, p2) = shadow.begin(q, now: 3)
-        shadow.finish(sequence: s2, held: q, predictedBlocks: p2, promptBytes: 384, promptTokens: nil, cachedTokens: nil, now: 4)
+        shadow.finish(sequence: s2, held: q, predictedBlocks: p2, promptBytes: 640, promptTokens: nil, cachedTokens: nil, now: 4)
         _ = shadow.drainChanges()
         #expect(view.apply(number: 3, changes: []) == .gap)
-        #expect(view.match(p).deviceBlocks == 6 && view.match(q).deviceBlocks == 0, "stale")
+        #expect(view.match(p).deviceBlocks == 8 && view.match(q).deviceBlocks == 0, "stale")
         view.load(number: 3, entries: shadow.snapshot())
-        #expect(view.match(p).deviceBlocks == 0 && view.match(q).deviceBlocks == 6)
+        #expect(view.match(p).deviceBlocks == 0 && view.match(q).deviceBlocks == 8)
         #expect(view.apply(number: 4, changes: []) == .applied)
     }
 
@@ -244,15 +246,15 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
 
     @Test func aPeersCachesFollowItsNumbersAndRestartWithItsInstance() {
         var p = PeerCaches(retryNanos: 1000)
-        let chain = PromptChain(model: "m", bytes: text("x", 64 * 3))
+        let chain = PromptChain(model: "m", bytes: text("x", 64 * 8))
         let entries = chain.hashes.map { ($0, CacheTier.device) }
         #expect(p.receive(delta(1, [("e", entries)]), now: 0) == .gap, "no snapshot yet: ask")
         #expect(p.receive(delta(2, [("e", entries)]), now: 10) == .stale, "asked already, within the retry time")
         #expect(p.receive(delta(3, [("e", entries)]), now: 2000) == .gap, "no snapshot came: ask again")
         #expect(p.receive(delta(3, snapshot: true, [("e", entries)]), now: 2001) == .applied)
-        #expect(p.match("e", chain)?.deviceBlocks == 3)
-        #expect(p.receive(delta(4, [("e", [(chain.hashes[2], .none)])]), now: 2002) == .applied)
-        #expect(p.match("e", chain)?.deviceBlocks == 2)
+        #expect(p.match("e", chain)?.deviceBlocks == 8)
+        #expect(p.receive(delta(4, [("e", [(chain.hashes[7], .none)])]), now: 2002) == .applied)
+        #expect(p.match("e", chain)?.deviceBlocks == 4, "block 7 dropped: known up to block 3")
         #expect(p.receive(delta(4, [("e", [])]), now: 2003) == .stale)
         // The peer restarted: a new instance, numbers from 1, nothing known until its snapshot.
         #expect(p.receive(delta(1, instance: "i2", [("e", entries)]), now: 2004) == .gap)

@@ -27,7 +27,15 @@ public struct CachedPrefix: Sendable, Hashable {
     /// of a chain is held only with all blocks before it (its hash covers them), so "held" is
     /// monotone along the chain. O(log n) lookups.
     public static func match(_ chain: PromptChain, tier: (UInt64) -> CacheTier) -> CachedPrefix {
-        let h = chain.hashes
+        match(chain, stride: 1, tier: tier)
+    }
+
+    /// As ``match(_:tier:)`` over every `stride`-th block (blocks `stride − 1`, `2·stride − 1`, …:
+    /// what a peer's view holds): the held prefix to within `stride` blocks, rounded down.
+    public static func match(_ chain: PromptChain, stride: Int, tier: (UInt64) -> CacheTier) -> CachedPrefix {
+        let all = chain.hashes
+        let h = stride <= 1 ? all : Swift.stride(from: stride - 1, to: all.count, by: stride).map { all[$0] }
+        let scale = max(1, stride)
         func deepest(_ minimum: CacheTier, from lower: Int) -> Int {
             // Invariant: blocks < lo are held (at `minimum` or above); blocks ≥ hi are not.
             var lo = lower, hi = h.count
@@ -38,7 +46,7 @@ public struct CachedPrefix: Sendable, Hashable {
             return lo
         }
         let device = deepest(.device, from: 0)
-        return CachedPrefix(deviceBlocks: device, anyBlocks: deepest(.ram, from: device))
+        return CachedPrefix(deviceBlocks: device * scale, anyBlocks: deepest(.ram, from: device) * scale)
     }
 }
 
@@ -179,22 +187,33 @@ public struct CacheShadow: Sendable {
     /// The engine restarted or lost its cache: nothing is held any more.
     public mutating func reset() {
         for s in sequences.indices { replace(s, with: [], now: sequences[s].lastUsed, toRAM: false) }
-        for e in ram { for h in e.hashes { dropRAM(h) } }
+        for e in ram { for (i, h) in e.hashes.enumerated() { dropRAM(h, at: i) } }
         ram = []
         ramBlocks = 0
     }
 
-    /// Tier changes since the last call, for peers: (hash, tier now), `.none` meaning dropped.
+    /// Tier changes since the last call, for peers (of the blocks they learn, see ``peerStride``):
+    /// (hash, tier now), `.none` meaning dropped.
     public mutating func drainChanges() -> [(UInt64, CacheTier)] {
         defer { pending.removeAll(keepingCapacity: true) }
         return pending.map { ($0.key, $0.value) }
     }
 
-    /// Every held hash with its tier (a peer's snapshot).
+    /// Peers learn every `peerStride`-th block of a chain (blocks 3, 7, 11, …): a quarter of the
+    /// bytes, prefixes known to within 4 blocks (~64 tokens), which is all routing needs.
+    public static let peerStride = 4
+
+    /// Whether block `i` of a chain is one peers learn.
+    @inline(__always) static func shared(_ i: Int) -> Bool { (i + 1) % peerStride == 0 }
+
+    /// Every held hash peers learn, with its tier (a peer's snapshot).
     public func snapshot() -> [(UInt64, CacheTier)] {
-        var out = deviceIndex.keys.map { ($0, CacheTier.device) }
-        for h in ramIndex.keys where deviceIndex[h] == nil { out.append((h, .ram)) }
-        return out
+        var tiers: [UInt64: CacheTier] = [:]
+        for e in ram { for i in stride(from: Self.peerStride - 1, to: e.hashes.count, by: Self.peerStride) { tiers[e.hashes[i]] = .ram } }
+        for q in sequences {
+            for i in stride(from: Self.peerStride - 1, to: q.hashes.count, by: Self.peerStride) { tiers[q.hashes[i]] = .device }
+        }
+        return tiers.map { ($0.key, $0.value) }
     }
 
     // MARK: internals
@@ -247,22 +266,24 @@ public struct CacheShadow: Sendable {
         let old = sequences[s].hashes
         let keep = commonBlocks(old, new)
         let bit = UInt64(1) << UInt64(s)
-        for h in old[keep...] {
+        for i in keep..<old.count {
+            let h = old[i]
             guard var mask = deviceIndex[h] else { continue }
             mask &= ~bit
             if mask == 0 {
                 deviceIndex[h] = nil
-                pending[h] = ramIndex[h] != nil ? .ram : CacheTier.none
+                if Self.shared(i) { pending[h] = ramIndex[h] != nil ? .ram : CacheTier.none }
             } else {
                 deviceIndex[h] = mask
             }
         }
-        for h in new[keep...] {
+        for i in keep..<new.count {
+            let h = new[i]
             if let mask = deviceIndex[h] {
                 deviceIndex[h] = mask | bit
             } else {
                 deviceIndex[h] = bit
-                pending[h] = .device
+                if Self.shared(i) { pending[h] = .device }
             }
         }
         // What the slot held beyond the new prompt goes to the host-RAM tier (llama-server saves a
@@ -276,9 +297,9 @@ public struct CacheShadow: Sendable {
     }
 
     private mutating func addRAM(_ hashes: [UInt64], now: UInt64) {
-        for h in hashes {
+        for (i, h) in hashes.enumerated() {
             ramIndex[h, default: 0] += 1
-            if deviceIndex[h] == nil, ramIndex[h] == 1 { pending[h] = .ram }
+            if deviceIndex[h] == nil, ramIndex[h] == 1, Self.shared(i) { pending[h] = .ram }
         }
         ram.append(RAMEntry(hashes: hashes, lastUsed: now))
         ramBlocks += hashes.count
@@ -286,17 +307,17 @@ public struct CacheShadow: Sendable {
             let oldest = ram.indices.min { ram[$0].lastUsed < ram[$1].lastUsed }!
             let e = ram.remove(at: oldest)
             ramBlocks -= e.hashes.count
-            for h in e.hashes { dropRAM(h) }
+            for (i, h) in e.hashes.enumerated() { dropRAM(h, at: i) }
         }
     }
 
-    private mutating func dropRAM(_ h: UInt64) {
+    private mutating func dropRAM(_ h: UInt64, at i: Int) {
         guard let n = ramIndex[h] else { return }
         if n > 1 {
             ramIndex[h] = n - 1
         } else {
             ramIndex[h] = nil
-            if deviceIndex[h] == nil { pending[h] = CacheTier.none }
+            if deviceIndex[h] == nil, Self.shared(i) { pending[h] = CacheTier.none }
         }
     }
 

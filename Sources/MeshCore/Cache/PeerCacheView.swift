@@ -54,7 +54,7 @@ public struct PeerCacheView: Sendable {
 
     /// How much of `chain` the peer's engine holds (no slot: the peer pins requests itself).
     public func match(_ chain: PromptChain) -> CachedPrefix {
-        CachedPrefix.match(chain) { tiers[$0] ?? .none }
+        CachedPrefix.match(chain, stride: CacheShadow.peerStride) { tiers[$0] ?? .none }
     }
 }
 
