@@ -70,7 +70,7 @@ public final class MeshQueue: Sendable {
     public func shouldQueue(model: String, startDelay: Double) -> Bool {
         guard settings.maxQueue > 0 else { return false }
         if startDelay * 1000 > Double(settings.queueAfterMs) { return true }
-        return state.withLock { s in s.queue.count > 0 && s.queue.waiting().contains { ModelName.matches($0.item.model, model) } }
+        return state.withLock { s in s.queue.contains { ModelName.matches($0.model, model) } }
     }
 
     public var count: Int { state.withLock { $0.queue.count } }
@@ -141,9 +141,6 @@ public final class MeshQueue: Sendable {
         next?.continuation.resume(returning: .go)
         return next?.model
     }
-
-    /// Models of the waiting requests (to decide what can start).
-    public var waitingModels: Set<String> { state.withLock { Set($0.queue.waiting().map(\.item.model)) } }
 
     /// Counts for `/metrics`.
     public func stats() -> (waiting: Int, served: Int, rejected: Int, timedOut: Int, waitedSeconds: Double, maxWaitedSeconds: Double) {

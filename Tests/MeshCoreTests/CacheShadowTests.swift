@@ -175,26 +175,30 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
 
     @Test func aPeersViewFollowsNumberedDeltasAndAsksForASnapshotOnAGap() {
         var shadow = CacheShadow(slots: 1)
-        var view = PeerCacheView()
+        var view = PeerCaches()
+        func message(_ n: UInt64, _ changes: [(UInt64, CacheTier)], snapshot: Bool = false) -> CacheDeltaMessage {
+            CacheDeltaMessage(node: "b", instance: "i", number: n, snapshot: snapshot,
+                              engines: [.init(id: "e", entries: changes.map { .init($0.0, $0.1) })])
+        }
         let p = chain(text("p", 64 * 10))
-        #expect(view.apply(number: 1, changes: []) == .gap, "no snapshot yet")
-        view.load(number: 0, entries: shadow.snapshot())
+        #expect(view.receive(message(1, []), now: 0) == .gap, "no snapshot yet")
+        #expect(view.receive(message(0, shadow.snapshot(), snapshot: true), now: 1) == .applied)
         let (seq, pred) = shadow.begin(p, now: 1)
         shadow.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: 640, promptTokens: nil, cachedTokens: nil, now: 2)
         let d1 = shadow.drainChanges()
-        #expect(view.apply(number: 1, changes: d1) == .applied)
-        #expect(view.match(p).deviceBlocks == 8, "10 held: known to within 4 blocks, rounded down")
-        #expect(view.apply(number: 1, changes: d1) == .stale)
+        #expect(view.receive(message(1, d1), now: 2) == .applied)
+        #expect(view.match("e", p)?.deviceBlocks == 8, "10 held: known to within 4 blocks, rounded down")
+        #expect(view.receive(message(1, d1), now: 3) == .stale)
         // Delta 2 is lost; 3 arrives: a gap, nothing applied; a snapshot repairs it.
         let q = chain(text("q", 64 * 10))
         let (s2, p2) = shadow.begin(q, now: 3)
         shadow.finish(sequence: s2, held: q, predictedBlocks: p2, promptBytes: 640, promptTokens: nil, cachedTokens: nil, now: 4)
         _ = shadow.drainChanges()
-        #expect(view.apply(number: 3, changes: []) == .gap)
-        #expect(view.match(p).deviceBlocks == 8 && view.match(q).deviceBlocks == 0, "stale")
-        view.load(number: 3, entries: shadow.snapshot())
-        #expect(view.match(p).deviceBlocks == 0 && view.match(q).deviceBlocks == 8)
-        #expect(view.apply(number: 4, changes: []) == .applied)
+        #expect(view.receive(message(3, []), now: 4) == .gap)
+        #expect(view.match("e", p)?.deviceBlocks == 8 && view.match("e", q)?.deviceBlocks == 0, "stale")
+        #expect(view.receive(message(3, shadow.snapshot(), snapshot: true), now: 5) == .applied)
+        #expect(view.match("e", p)?.deviceBlocks == 0 && view.match("e", q)?.deviceBlocks == 8)
+        #expect(view.receive(message(4, []), now: 6) == .applied)
     }
 
     @Test func matchingIsALogarithmicNumberOfLookups() {

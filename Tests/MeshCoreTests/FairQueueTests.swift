@@ -73,6 +73,7 @@ import Testing
         // The llama request's client went away.
         #expect(q.remove(ticket: t1) == "llama:1" && q.remove(ticket: t1) == nil)
         #expect(q.waiting().map(\.item) == ["qwen:2"] && q.oldest() == 2)
+        #expect(q.contains { $0.hasPrefix("qwen") } && !q.contains { $0.hasPrefix("llama") })
         #expect(q.dequeue(now: 4)?.item == "qwen:2" && q.isEmpty)
     }
 }

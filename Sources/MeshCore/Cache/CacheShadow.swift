@@ -109,8 +109,6 @@ public struct CacheShadow: Sendable {
     /// Blocks held in slots, and in the RAM tier.
     public var deviceBlockCount: Int { sequences.reduce(0) { $0 + $1.hashes.count } }
     public var ramBlockCount: Int { ramBlocks }
-    /// Distinct hashes held (what a peer's copy holds).
-    public var distinctBlocks: Int { deviceIndex.count + ramIndex.keys.filter { deviceIndex[$0] == nil }.count }
 
     /// The tier of one block hash.
     public func tier(_ hash: UInt64) -> CacheTier {

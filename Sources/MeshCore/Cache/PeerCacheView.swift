@@ -1,10 +1,8 @@
-/// A peer's engine cache as this node knows it: the block hashes it holds, kept current by the
-/// numbered deltas the peer sends with its load messages. A delta whose number does not follow
-/// the last one applied means one was lost: the view is then stale and asks for a snapshot.
+/// One engine of a peer as this node knows it: the block hashes it holds (every
+/// `CacheShadow.peerStride`-th block of its chains), with their tiers. Numbering and gaps are
+/// ``PeerCaches``' business, per peer.
 public struct PeerCacheView: Sendable {
     public private(set) var tiers: [UInt64: CacheTier] = [:]
-    /// Number of the last delta (or snapshot) applied; nil before the first snapshot.
-    public private(set) var sequence: UInt64?
     /// Largest number of hashes kept (a peer cannot make this node hold unbounded state).
     public let maxEntries: Int
 
@@ -21,35 +19,17 @@ public struct PeerCacheView: Sendable {
         case gap
     }
 
-    /// Applies delta `number` (the peer numbers them 1, 2, 3, …; a snapshot carries the number of
-    /// the last delta it includes).
-    public mutating func apply(number: UInt64, changes: [(UInt64, CacheTier)]) -> Outcome {
-        guard let last = sequence else { return .gap }
-        if number <= last { return .stale }
-        guard number == last + 1 else { return .gap }
-        merge(changes)
-        sequence = number
-        return .applied
-    }
-
-    /// Applies changes without numbers (the node-level number is checked by ``PeerCaches``).
+    /// Applies tier changes (`.none`: dropped).
     public mutating func merge(_ changes: [(UInt64, CacheTier)]) {
         for (h, t) in changes {
             if t == .none { tiers[h] = nil } else if tiers.count < maxEntries || tiers[h] != nil { tiers[h] = t }
         }
     }
 
-    /// Replaces the whole view with a snapshot that includes the peer's deltas up to `number`.
-    public mutating func load(number: UInt64, entries: [(UInt64, CacheTier)]) {
+    /// Replaces the whole view with a snapshot.
+    public mutating func load(_ entries: [(UInt64, CacheTier)]) {
         tiers.removeAll(keepingCapacity: true)
         for (h, t) in entries.prefix(maxEntries) where t != .none { tiers[h] = t }
-        sequence = number
-    }
-
-    /// Forgets everything (the peer left or restarted).
-    public mutating func clear() {
-        tiers = [:]
-        sequence = nil
     }
 
     /// How much of `chain` the peer's engine holds (no slot: the peer pins requests itself).
@@ -86,7 +66,7 @@ public struct PeerCaches: Sendable {
             engines = [:]
             for e in m.engines {
                 var v = PeerCacheView()
-                v.load(number: m.number, entries: e.entries.map { ($0.hash, $0.tier) })
+                v.load(e.entries.map { ($0.hash, $0.tier) })
                 engines[e.id] = v
             }
             number = m.number

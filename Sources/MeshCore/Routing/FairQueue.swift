@@ -55,8 +55,10 @@ public struct FairQueue<Item: Sendable>: Sendable {
     public var count: Int { where_.count }
     public var isEmpty: Bool { where_.isEmpty }
 
-    /// Requests waiting at a priority.
-    public func count(_ p: RequestPriority) -> Int { classes[p.rawValue].count }
+    /// Whether a waiting request satisfies `predicate` (no copy of the queue).
+    public func contains(where predicate: (Item) -> Bool) -> Bool {
+        classes.contains { c in c.entries.values.contains { $0.contains { predicate($0.item) } } }
+    }
 
     /// What ``enqueue(_:key:priority:now:)`` did.
     public enum Enqueued: Sendable {
