@@ -28,8 +28,9 @@ def test_real_llama_server_behind_a_peer(mpool: ProcessPool, mbins: MeshBinaries
     m = re.search(r"build (\d+), commit ([0-9a-f]+)", version.stdout + version.stderr)
     assert m, version.stderr
     build = f"b{m.group(1)}-{m.group(2)}"
-    seen = wait_until(lambda: (lambda n: n if n.get("B", {}).get("llama_build") else None)(a.meshctl_nodes()), 10,
-                      what="B's llama.cpp build in A's view")
+    # Both probes run in the background after start: wait for A's own build as well as B's.
+    seen = wait_until(lambda: (lambda n: n if all(n.get(x, {}).get("llama_build") for x in "AB") else None)(
+        a.meshctl_nodes()), 15, what="A's and B's llama.cpp builds in A's view")
     assert (seen["A"]["llama_build"], seen["B"]["llama_build"]) == (build, build), seen
     assert seen["A"]["rpc_server"] is True and seen["B"]["rpc_server"] is True
     table = a.meshctl("nodes").stdout
