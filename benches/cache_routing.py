@@ -125,6 +125,7 @@ class Mesh:
         self.slots = {n: s for n, _, s in NODES}
         for (name, factor, slots), port in zip(NODES, free_ports(len(NODES))):
             self.procs.append(Proc([args.sim, "--port", str(port), "--models", MODEL, "--cache", "on", "--slots", str(slots),
+                                    "--cache-ram-tokens", str(args.cache_ram_tokens),
                                     "--prompt-tps", str(args.prompt_tps * factor), "--gen-tps", str(args.gen_tps * factor),
                                     "--context-length", str(CONTEXT), "--queue", "256"], self.dir / f"sim-{name}.log"))
             self.sims[name] = port
@@ -361,6 +362,9 @@ class Oracle:
                 if idle and self.outstanding[n] < slots:
                     top = max(idle, key=lambda s: s["cached_tokens"])
                     cached, slot = top["cached_tokens"], top["id"]
+                    if m["best"]["cached_tokens"] > cached:
+                        # The engine's own choice restores more from its host-RAM prompt cache.
+                        cached, slot = m["best"]["cached_tokens"], None
                 else:
                     cached, slot = m["best"]["cached_tokens"], None
                 # Queued requests ahead: each holds a slot for about a cold service time.
@@ -595,7 +599,9 @@ def main() -> int:
     ap.add_argument("--loads", default=None, help="fractions of capacity [0.5,0.8,1.0; --quick: 0.8]")
     ap.add_argument("--prompt-tps", type=float, default=5000, help="prefill tokens/s of a 1x node's slot")
     ap.add_argument("--gen-tps", type=float, default=250, help="decode tokens/s of a 1x node's slot")
-    ap.add_argument("--groups", type=int, default=None, help="W1 groups [8: the 9 slots can hold them all]")
+    ap.add_argument("--groups", type=int, default=None, help="W1 groups [16; quick 8]")
+    ap.add_argument("--cache-ram-tokens", type=int, default=262144,
+                    help="each sim's host-RAM prompt cache, in tokens, as llama-server's --cache-ram (on by default there); 0: none")
     ap.add_argument("--per-group", type=int, default=None, help="W1 prompts per group [8; quick 3]")
     ap.add_argument("--sessions", type=int, default=None, help="W2 sessions [12; quick 4]")
     ap.add_argument("--turns", type=int, default=None, help="W2 turns per session [8; quick 4]")
@@ -612,8 +618,8 @@ def main() -> int:
                     "with the same size options as the run")
     args = ap.parse_args()
     q = args.quick
-    args.groups = args.groups or 8
-    args.per_group = args.per_group or (3 if q else 8)
+    args.groups = args.groups or (8 if q else 16)
+    args.per_group = args.per_group or (3 if q else 16)
     args.sessions = args.sessions or (4 if q else 12)
     args.turns = args.turns or (4 if q else 8)
     args.control = args.control or (16 if q else 48)
@@ -775,9 +781,11 @@ def decided(s: dict) -> str:
 
 def report(args, command, loads, policies, workloads, caps, results, mesh_metrics, skipped, total, load0, load1) -> None:
     tg = targets(results, caps, loads)
-    scale = {"W1": f"{args.groups} groups x {args.per_group} prompts (issue: 16 x 16; a sim slot holds one context, like llama-server "
-                   "without a host-RAM prompt cache, so the mesh's 9 slots can hold at most 9 prefixes: with 16 groups no policy could keep "
-                   "them), 2,048-token prefix, 128-token question, 256-token output",
+    ram = (f"each sim keeps up to {args.cache_ram_tokens} tokens of saved prompts in a host-RAM prompt cache, as llama-server's "
+           "`--cache-ram` (on by default) does, restored at 20x its prefill speed" if args.cache_ram_tokens > 0 else
+           "no host-RAM prompt cache (a slot holds one context: the mesh's 9 slots hold at most 9 prefixes)")
+    scale = {"W1": f"{args.groups} groups x {args.per_group} prompts (issue: 16 x 16; {ram}), "
+                   "2,048-token prefix, 128-token question, 256-token output",
              "W2": f"{args.sessions} sessions x {args.turns} turns (issue: 32 x 8), 2,048-token system prompt, 64-token user turns, "
                    f"128-token answers (synthetic 128-token assistant text in the history), think time exp. mean {args.think_s} s",
              "W3": f"{args.control} prompts of W1's shape (2,048 + 128 tokens, 256 out), no shared prefix"}

@@ -78,8 +78,12 @@ public final class CacheShadows: Sendable {
         if let ctx = e.models.compactMap(\.contextLength).max(), ctx > 0 {
             o.sequenceBlocks = max(1, ctx * 4 / PromptChain.blockBytes)
         }
-        // llama-server keeps prompts it switched away from in host RAM (`--cache-ram`, on by default).
-        if e.kind == .llamaCpp { o.ramMaxBlocks = 4 * (o.sequenceBlocks ?? 4096) }
+        // llama-server keeps prompts in host RAM (`--cache-ram`, 8 GiB by default): meshd's own
+        // llama-servers, and OpenAI-compatible engines that report slots (llama-server's `/slots`).
+        // One that has none (`--cache-ram 0`) is found out by its reports (CacheShadow).
+        if e.kind == .llamaCpp || (e.kind == .openai && e.load.slots != nil) {
+            o.ramMaxBlocks = max(16_384, 4 * max(1, e.load.slots ?? 1) * (o.sequenceBlocks ?? 4096))
+        }
         return o
     }
 

@@ -134,6 +134,69 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
         #expect(later[a.hashes[3]] == CacheTier.none && later[b.hashes[3]] == .ram && later[c.hashes[3]] == .device)
     }
 
+    /// Runs `p` to completion on the shadow; returns the blocks predicted.
+    @discardableResult
+    func run(_ s: inout CacheShadow, _ p: PromptChain, at t: UInt64, cached: Int? = nil) -> Int {
+        let (seq, pred) = s.begin(p, now: t)
+        s.finish(sequence: seq, held: p, predictedBlocks: pred, promptBytes: p.byteCount, promptTokens: cached == nil ? nil : p.byteCount / 4,
+                 cachedTokens: cached, now: t + 1)
+        return pred
+    }
+
+    @Test func aSavedPromptIsRestoredFromRAMAndLeavesIt() {
+        var o = CacheShadow.Options()
+        o.ramMaxBlocks = 100
+        var s = CacheShadow(slots: 1, options: o)
+        let a = chain(text("a", 64 * 10)), b = chain(text("b", 64 * 10))
+        let qa = chain(text("a", 64 * 10) + text("question", 64 * 2))
+        run(&s, a, at: 10)
+        run(&s, b, at: 20)
+        #expect(s.match(qa).anyBlocks == 10 && s.match(qa).deviceBlocks == 0, "a waits in RAM")
+        // As llama-server: b is saved, a (the best saved prompt for qa) moves back into the slot.
+        #expect(run(&s, qa, at: 30) == 10)
+        #expect(s.match(b).anyBlocks == 10 && s.match(b).deviceBlocks == 0)
+        #expect(s.match(qa).deviceBlocks == 12)
+        #expect(s.ramBlockCount == 10, "only b is saved: a left RAM when it was loaded")
+    }
+
+    @Test func idleSlotsAreSavedWhenARequestStartsAndASimilarSlotIsKeptAsItIs() {
+        var o = CacheShadow.Options()
+        o.ramMaxBlocks = 100
+        var s = CacheShadow(slots: 2, options: o)
+        let a = chain(text("a", 64 * 10)), b = chain(text("b", 64 * 10))
+        run(&s, a, at: 10)
+        #expect(s.ramBlockCount == 0)
+        // b takes the other (least recently used, empty) slot; the idle slot holding a is saved too.
+        let (seq, _) = s.begin(b, now: 20)
+        #expect(s.ramBlockCount == 10 && s.match(a).deviceBlocks == 10, "a copy: the slot keeps it")
+        s.finish(sequence: seq, held: b, predictedBlocks: 0, promptBytes: 640, promptTokens: nil, cachedTokens: nil, now: 21)
+        // a's follow-up keeps all of its slot (chosen by similarity): nothing is saved or loaded for it.
+        let qa = chain(text("a", 64 * 10) + text("more", 64 * 4))
+        let before = s.ramBlockCount
+        #expect(run(&s, qa, at: 30) == 10)
+        #expect(s.ramBlockCount == before + 10, "only the other idle slot (b) is saved")
+    }
+
+    @Test func anEngineWithoutARAMCacheLosesTheTierAfterMisses() {
+        var o = CacheShadow.Options()
+        o.ramMaxBlocks = 100
+        var s = CacheShadow(slots: 1, options: o)
+        let prompts = (0..<2).map { chain(text("g\($0)", 64 * 10)) }
+        var t: UInt64 = 10
+        // A confirmed restore keeps the tier...
+        run(&s, prompts[0], at: t); t += 10
+        run(&s, prompts[1], at: t); t += 10
+        #expect(run(&s, prompts[0], at: t, cached: 160) == 10); t += 10
+        #expect(s.hasRAMTier)
+        // ...restores the engine never makes (`--cache-ram 0`) drop it.
+        for k in 0..<CacheShadow.ramMissesToDisable {
+            #expect(s.hasRAMTier)
+            #expect(run(&s, prompts[(k + 1) % 2], at: t, cached: 0) == 10); t += 10
+        }
+        #expect(!s.hasRAMTier && s.ramBlockCount == 0)
+        #expect(run(&s, prompts[0], at: t, cached: 0) == 0, "no restore predicted any more")
+    }
+
     @Test func whatTheEngineReportsCorrectsTheSlotAndTheAccuracy() {
         var s = CacheShadow(slots: 4)
         let p = chain(text("p", 64 * 8))

@@ -55,6 +55,13 @@ public struct CachedPrefix: Sendable, Hashable {
 /// hashes, plus the host-RAM tier. Kept by the node that fronts the engine, from the requests it
 /// sends and the answers it relays; corrected by what the engine reports it reused. Pure: time
 /// comes in as arguments. Memory is bounded (`maxBlocks`, `ramMaxBlocks`), least recently used out.
+///
+/// The host-RAM tier follows llama-server's prompt cache (`--cache-ram`, `--cache-idle-slots`, both on
+/// by default): when a request takes a slot by least-recently-used choice (or a similar slot it
+/// would mostly overwrite), the slot's prompt is saved to RAM and the saved prompt that best fits
+/// the request is loaded back (moved out of RAM); then every other idle slot is saved too. Saved
+/// prompts leave oldest first. An engine that turns out to have no RAM cache (its reports never
+/// show a predicted restore) loses the tier after ``ramMissesToDisable`` misses.
 public struct CacheShadow: Sendable {
     public struct Options: Sendable, Hashable {
         /// Most blocks held across the sequences (each 8 bytes of hash plus index space).
@@ -73,21 +80,24 @@ public struct CacheShadow: Sendable {
         var hashes: [UInt64] = []
         var lastUsed: UInt64 = 0
         var busy = 0
+        /// Blocks of the last prediction on this sequence that came from a host-RAM restore.
+        var restoredBlocks = 0
     }
 
-    struct RAMEntry: Sendable {
-        var hashes: [UInt64]
-        var lastUsed: UInt64
-    }
+    /// Misses in a row (a restore predicted, the engine reused no more than its slot held) after
+    /// which the engine is taken to have no host-RAM prompt cache (`--cache-ram 0`).
+    public static let ramMissesToDisable = 3
 
     public private(set) var options: Options
     private(set) var sequences: [Sequence]
     /// hash → bitmask of the sequences holding it (so at most 64 sequences).
     private var deviceIndex: [UInt64: UInt64] = [:]
-    private var ram: [RAMEntry] = []
+    /// Saved prompts, oldest first (llama-server's `server_prompt_cache::states`).
+    private var ram: [[UInt64]] = []
     /// hash → how many RAM entries hold it.
     private var ramIndex: [UInt64: Int32] = [:]
     private var ramBlocks = 0
+    private var ramMisses = 0
     /// Tier changes not yet sent to peers: hash → its tier now.
     private var pending: [UInt64: CacheTier] = [:]
     /// The share of predicted cached tokens the engine really reused (1: all), smoothed: matches
@@ -109,6 +119,8 @@ public struct CacheShadow: Sendable {
     /// Blocks held in slots, and in the RAM tier.
     public var deviceBlockCount: Int { sequences.reduce(0) { $0 + $1.hashes.count } }
     public var ramBlockCount: Int { ramBlocks }
+    /// Whether the shadow keeps a host-RAM tier (configured, and not disproved by the engine's reports).
+    public var hasRAMTier: Bool { options.ramMaxBlocks > 0 }
 
     /// The tier of one block hash.
     public func tier(_ hash: UInt64) -> CacheTier {
@@ -145,12 +157,27 @@ public struct CacheShadow: Sendable {
     // MARK: requests
 
     /// A request with prompt `chain` is sent to the engine: the sequence it will use (the slot it
-    /// is pinned to, else the one the engine would pick, as llama-server does) is marked busy.
+    /// is pinned to, else the one the engine would pick, as llama-server does) is marked busy, and
+    /// the host-RAM tier moves as llama-server's would (see the type's notes).
     /// Returns that sequence and the blocks it is predicted to reuse.
     public mutating func begin(_ chain: PromptChain, pinned: Int? = nil, now: UInt64) -> (sequence: Int, blocks: Int) {
-        let s = pinned.flatMap { $0 >= 0 && $0 < sequences.count ? $0 : nil } ?? pick(chain)
+        let pin = pinned.flatMap { $0 >= 0 && $0 < sequences.count ? $0 : nil }
+        let s = pin ?? pick(chain)
+        var restored = 0
+        if hasRAMTier {
+            let before = commonBlocks(sequences[s].hashes, chain.hashes)
+            if savesToRAM(s, chain, common: before, pinned: pin != nil) {
+                saveToRAM(sequences[s].hashes)
+                if loadFromRAM(into: s, for: chain.hashes) {
+                    restored = max(0, commonBlocks(sequences[s].hashes, chain.hashes) - before)
+                }
+            }
+            // `--cache-idle-slots`: every other idle slot is saved as the request starts.
+            for i in sequences.indices where i != s && sequences[i].busy == 0 { saveToRAM(sequences[i].hashes) }
+        }
         sequences[s].busy += 1
         sequences[s].lastUsed = now
+        sequences[s].restoredBlocks = restored
         return (s, commonBlocks(sequences[s].hashes, chain.hashes))
     }
 
@@ -166,6 +193,7 @@ public struct CacheShadow: Sendable {
             tokensPerByte = 0.8 * tokensPerByte + 0.2 * min(2, Double(p) / Double(promptBytes))
         }
         if let c = cachedTokens {
+            noteRAMEvidence(sequence: sequence, predictedBlocks: predictedBlocks, cachedTokens: c)
             let predicted = Int((Double(predictedBlocks * PromptChain.blockBytes) * tokensPerByte).rounded())
             predictedTokens += predicted
             reportedTokens += c
@@ -184,10 +212,8 @@ public struct CacheShadow: Sendable {
 
     /// The engine restarted or lost its cache: nothing is held any more.
     public mutating func reset() {
-        for s in sequences.indices { replace(s, with: [], now: sequences[s].lastUsed, toRAM: false) }
-        for e in ram { for (i, h) in e.hashes.enumerated() { dropRAM(h, at: i) } }
-        ram = []
-        ramBlocks = 0
+        for s in sequences.indices { replace(s, with: [], now: sequences[s].lastUsed) }
+        dropAllRAM()
     }
 
     /// Tier changes since the last call, for peers (of the blocks they learn, see ``peerStride``):
@@ -207,7 +233,7 @@ public struct CacheShadow: Sendable {
     /// Every held hash peers learn, with its tier (a peer's snapshot).
     public func snapshot() -> [(UInt64, CacheTier)] {
         var tiers: [UInt64: CacheTier] = [:]
-        for e in ram { for i in stride(from: Self.peerStride - 1, to: e.hashes.count, by: Self.peerStride) { tiers[e.hashes[i]] = .ram } }
+        for e in ram { for i in stride(from: Self.peerStride - 1, to: e.count, by: Self.peerStride) { tiers[e[i]] = .ram } }
         for q in sequences {
             for i in stride(from: Self.peerStride - 1, to: q.hashes.count, by: Self.peerStride) { tiers[q.hashes[i]] = .device }
         }
@@ -258,7 +284,7 @@ public struct CacheShadow: Sendable {
         return best
     }
 
-    private mutating func replace(_ s: Int, with hashes: [UInt64], now: UInt64, toRAM: Bool = true) {
+    private mutating func replace(_ s: Int, with hashes: [UInt64], now: UInt64) {
         var new = hashes
         if let cap = options.sequenceBlocks, new.count > cap { new.removeLast(new.count - cap) }
         let old = sequences[s].hashes
@@ -284,29 +310,97 @@ public struct CacheShadow: Sendable {
                 if Self.shared(i) { pending[h] = .device }
             }
         }
-        // What the slot held beyond the new prompt goes to the host-RAM tier (llama-server saves a
-        // slot's prompt there before it reuses the slot for another).
-        if toRAM, options.ramMaxBlocks > 0, old.count > keep, !old.isEmpty {
-            addRAM(old, now: sequences[s].lastUsed)
-        }
         sequences[s].hashes = new
         sequences[s].lastUsed = max(sequences[s].lastUsed, now)
         evictDevice()
     }
 
-    private mutating func addRAM(_ hashes: [UInt64], now: UInt64) {
+    /// Whether llama-server saves the slot's prompt and looks for a better one in RAM: always when
+    /// it chose the slot as least recently used; when it chose it by similarity (or it is pinned
+    /// and similar), only if the request keeps less than half of what the slot holds.
+    private func savesToRAM(_ s: Int, _ chain: PromptChain, common: Int, pinned: Bool) -> Bool {
+        let held = sequences[s].hashes.count
+        let similar = options.slotSimilarity > 0
+            && Double(common) > options.slotSimilarity * Double(max(1, chain.hashes.count)) && held > 0
+        let keepsLittle = held > 0 && Double(common) / Double(held) < 0.5
+        if pinned { return similar && keepsLittle }
+        return similar ? keepsLittle : true
+    }
+
+    /// llama-server's `server_prompt_cache::alloc`: a copy of `hashes` is kept unless a saved prompt
+    /// already holds all of it; saved prompts it holds whole are dropped; the oldest leave for room.
+    private mutating func saveToRAM(_ hashes: [UInt64]) {
+        guard !hashes.isEmpty, hashes.count <= options.ramMaxBlocks else { return }
+        if ram.contains(where: { commonBlocks($0, hashes) == hashes.count }) { return }
+        var i = 0
+        while i < ram.count {
+            if commonBlocks(ram[i], hashes) == ram[i].count { removeRAM(at: i) } else { i += 1 }
+        }
+        while !ram.isEmpty && ramBlocks + hashes.count > options.ramMaxBlocks { removeRAM(at: 0) }
         for (i, h) in hashes.enumerated() {
             ramIndex[h, default: 0] += 1
             if deviceIndex[h] == nil, ramIndex[h] == 1, Self.shared(i) { pending[h] = .ram }
         }
-        ram.append(RAMEntry(hashes: hashes, lastUsed: now))
+        ram.append(hashes)
         ramBlocks += hashes.count
-        while ramBlocks > options.ramMaxBlocks, !ram.isEmpty {
-            let oldest = ram.indices.min { ram[$0].lastUsed < ram[$1].lastUsed }!
-            let e = ram.remove(at: oldest)
-            ramBlocks -= e.hashes.count
-            for (i, h) in e.hashes.enumerated() { dropRAM(h, at: i) }
+    }
+
+    /// llama-server's `server_prompt_cache::load`: the saved prompt that keeps at least a quarter of
+    /// itself and beats the slot's own content on both the share kept and the share of the request
+    /// it covers moves into slot `s`. True when one did.
+    private mutating func loadFromRAM(into s: Int, for chain: [UInt64]) -> Bool {
+        let held = sequences[s].hashes
+        let n = Double(max(1, chain.count))
+        let common = commonBlocks(held, chain)
+        var keepBest = held.isEmpty ? -1 : Double(common) / Double(held.count)
+        var simBest = Double(common) / n
+        var best: Int?
+        for (i, e) in ram.enumerated() {
+            let c = commonBlocks(e, chain)
+            let keep = Double(c) / Double(e.count), sim = Double(c) / n
+            if keep < 0.25 { continue }
+            if keepBest < keep && simBest < sim {
+                keepBest = keep
+                simBest = sim
+                best = i
+            }
         }
+        guard let best else { return false }
+        let entry = ram[best]
+        removeRAM(at: best)
+        replace(s, with: entry, now: sequences[s].lastUsed)
+        return true
+    }
+
+    /// A restore was predicted on `sequence`: did the engine reuse more than the slot itself held?
+    /// Misses in a row mean the engine has no RAM cache: the tier is dropped.
+    private mutating func noteRAMEvidence(sequence: Int, predictedBlocks: Int, cachedTokens: Int) {
+        let restored = sequences[sequence].restoredBlocks
+        sequences[sequence].restoredBlocks = 0
+        guard hasRAMTier, restored > 0 else { return }
+        let blockTokens = Double(PromptChain.blockBytes) * tokensPerByte
+        let slotOnly = Double(max(0, predictedBlocks - restored)) * blockTokens
+        // Reusing at least half of what the restore adds confirms it.
+        if Double(cachedTokens) >= slotOnly + 0.5 * Double(restored) * blockTokens {
+            ramMisses = 0
+        } else {
+            ramMisses += 1
+            if ramMisses >= Self.ramMissesToDisable {
+                options.ramMaxBlocks = 0
+                dropAllRAM()
+            }
+        }
+    }
+
+    private mutating func removeRAM(at i: Int) {
+        let e = ram.remove(at: i)
+        ramBlocks -= e.count
+        for (k, h) in e.enumerated() { dropRAM(h, at: k) }
+    }
+
+    private mutating func dropAllRAM() {
+        while !ram.isEmpty { removeRAM(at: ram.count - 1) }
+        ramBlocks = 0
     }
 
     private mutating func dropRAM(_ h: UInt64, at i: Int) {
@@ -327,7 +421,7 @@ public struct CacheShadow: Sendable {
                 .min(by: { (sequences[$0].busy, sequences[$0].lastUsed) < (sequences[$1].busy, sequences[$1].lastUsed) }) else { return }
             let excess = total - options.maxBlocks
             let keep = max(0, sequences[victim].hashes.count - excess)
-            replace(victim, with: Array(sequences[victim].hashes.prefix(keep)), now: sequences[victim].lastUsed, toRAM: false)
+            replace(victim, with: Array(sequences[victim].hashes.prefix(keep)), now: sequences[victim].lastUsed)
             total = deviceBlockCount
         }
     }
