@@ -77,6 +77,22 @@ let ollamaGenerateBody = #"""
         #expect(keys(b) == ["id", "object", "created", "model", "choices", "usage"])
     }
 
+    @Test func cachedPromptTokensCrossBothDialects() throws {
+        // Ollama says how much of the prompt its cache held (`prompt_eval_cached_count`): an OpenAI client
+        // reads it as `prompt_tokens_details.cached_tokens`, and the shadow gets it as the cached count.
+        let cachedOllama = ollamaChatBody.replacingOccurrences(of: #""prompt_eval_count":9,"#, with: #""prompt_eval_count":9,"prompt_eval_cached_count":7,"#)
+        let (b, usage) = try translated(cachedOllama, context(.openaiChat, .ollamaChat))
+        #expect(usage?.cachedTokens == 7 && usage?.promptTokens == 9)
+        #expect(b["usage"]?["prompt_tokens_details"]?["cached_tokens"]?.intValue == 7)
+        let (_, plain) = try translated(ollamaChatBody, context(.openaiChat, .ollamaChat))
+        #expect(plain?.cachedTokens == nil, "an Ollama that does not say: unknown, not zero")
+        // llama-server's cached count reaches an Ollama client the same way, next to prompt_eval_count.
+        let cachedOpenAI = openAIChatBody.replacingOccurrences(of: #""prompt_n":11,"#, with: #""prompt_n":4,"cache_n":7,"#)
+        let (o, ou) = try translated(cachedOpenAI, context(.ollamaChat, .openaiChat))
+        #expect(ou?.cachedTokens == 7)
+        #expect(o["prompt_eval_cached_count"]?.intValue == 7 && o["prompt_eval_count"]?.intValue == 11)
+    }
+
     @Test func ollamaGenerateToOpenAICompletion() throws {
         let (b, _) = try translated(ollamaGenerateBody, context(.openaiCompletion, .ollamaGenerate, id: "cmpl-1"))
         #expect(b == J(#"""

@@ -114,7 +114,10 @@ public enum ResponseTranslator {
             r.text = b["message"]?["content"]?.stringValue ?? b["response"]?.stringValue ?? ""
             r.finishReason = b["done_reason"]?.stringValue
             if let p = b["prompt_eval_count"]?.intValue ?? (b["eval_count"] != nil ? 0 : nil) {
+                // `prompt_eval_count` counts the whole prompt; newer Ollama says how much of it came
+                // from its cache in `prompt_eval_cached_count`.
                 r.usage = TokenUsage(promptTokens: p, completionTokens: b["eval_count"]?.intValue ?? 0,
+                                     cachedTokens: b["prompt_eval_cached_count"]?.intValue,
                                      promptSeconds: b["prompt_eval_duration"]?.intValue.map { Double(max(0, $0)) / 1e9 })
             }
             r.promptNanos = b["prompt_eval_duration"]?.intValue.map { UInt64(max(0, $0)) }
@@ -173,7 +176,10 @@ public enum ResponseTranslator {
     static func nanos(milliseconds ms: Double) -> UInt64 { UInt64(min(max(0, ms) * 1e6, 9e18)) }
 
     static func usageJSON(_ u: TokenUsage) -> JSON {
-        ["prompt_tokens": .integer(u.promptTokens), "completion_tokens": .integer(u.completionTokens), "total_tokens": .integer(u.totalTokens)]
+        var fields: [(String, JSON)] = [("prompt_tokens", .integer(u.promptTokens)), ("completion_tokens", .integer(u.completionTokens)),
+                                        ("total_tokens", .integer(u.totalTokens))]
+        if let c = u.cachedTokens { fields.append(("prompt_tokens_details", ["cached_tokens": .integer(c)])) }
+        return .object(fields)
     }
 
     /// Ollama's final-line fields: reason, durations (ns) and counts.
@@ -181,7 +187,7 @@ public enum ResponseTranslator {
         let total = endNanos > ctx.startNanos ? endNanos - ctx.startNanos : 0
         let evalNanos = r.evalNanos ?? 0
         let promptNanos = r.promptNanos ?? 0
-        return [
+        var fields: [(String, JSON)] = [
             ("done_reason", .string(r.finishReason ?? "stop")),
             ("total_duration", .int(Int64(clamping: total))),
             ("load_duration", .int(Int64(clamping: r.loadNanos ?? 0))),
@@ -190,6 +196,9 @@ public enum ResponseTranslator {
             ("eval_count", .integer(r.usage?.completionTokens ?? 0)),
             ("eval_duration", .int(Int64(clamping: evalNanos))),
         ]
+        // What Ollama itself reports as `prompt_eval_cached_count`, when the engine said.
+        if let c = r.usage?.cachedTokens { fields.insert(("prompt_eval_cached_count", .integer(c)), at: 4) }
+        return fields
     }
 
     static func embeddings(_ b: JSON, _ ctx: ResponseContext) throws(APIError) -> (JSON, TokenUsage?) {
