@@ -131,6 +131,7 @@ enum Schema {
         .oneOf(["routing", "policy"], \.routing.policy),
         .int(["routing", "queue_after_ms"], \.routing.queueAfterMs, min: 0, max: 600_000),
         .int(["routing", "max_queue"], \.routing.maxQueue, min: 0, max: 100_000),
+        .bool(["routing", "cache_deltas"], \.routing.cacheDeltas),
 
         .int(["cloud", "escalate_after_ms"], \.cloud.escalateAfterMs, min: 0),
         .string(["cloud", "prices_file"], \.cloud.pricesFile, check: Check.path),

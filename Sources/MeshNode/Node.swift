@@ -147,7 +147,7 @@ public final class MeshdNode: Service, Sendable {
         let cacheShadows = CacheShadows(clock: clock)
         let meshQueue = MeshQueue(settings: config.routing, clock: clock)
         self.meshQueue = meshQueue
-        mesh?.setCacheHooks(cacheShadows.meshHooks(node: config.nodeName))
+        if config.routing.cacheDeltas { mesh?.setCacheHooks(cacheShadows.meshHooks(node: config.nodeName)) }
         let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
                                    timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
                                    cloud: CloudSetup(config: config.cloud, gateway: gateway),

@@ -186,3 +186,23 @@ def test_meshctl_route_with_a_prompt_file_shows_every_candidates_terms(mesh: Cac
     assert r2["cached_tokens"] == 0 and len(r2["candidates"]) == 3, r2
     bad = mesh.a.meshctl("route", MODEL, "--prompt-file", str(mesh.a.dir / "missing.txt"))
     assert bad.returncode == 2 and "cannot read --prompt-file" in bad.stderr
+
+
+def test_a_node_with_cache_deltas_off_neither_shares_nor_reads_caches(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
+    """`routing.cache_deltas: false` on B: B sends no deltas and reads none of A's; A, which shares,
+    still decides with its own engine's shadow. Both route blind to the other's cache."""
+    sims = [start_sim(mpool, mbins, "--models", MODEL, "--cache", "on", "--slots", 2, "--prompt-tps", 2000,
+                      "--gen-tps", 400, "--context-length", 8192) for _ in range(2)]
+    b = MeshNode(mpool, mbins, "B", secret=secret, engines=[sim_entry(sims[1])], extra={"routing": {"cache_deltas": False}})
+    a = MeshNode(mpool, mbins, "A", secret=secret, engines=[sim_entry(sims[0])], peers=[b])
+    for n in (a, b):
+        n.wait_sees({"A": "up", "B": "up"}, models={"A": [MODEL], "B": [MODEL]})
+    served = [ask(n, g, f"question {k}")[0] for k in range(2) for g in range(3) for n in (a, b)]
+    assert set(served) == {"A", "B"}, served  # both engines served, so both had cache changes to share
+    time.sleep(0.3)
+    total = lambda n, name: sum(metrics(n, name).values())  # noqa: E731
+    assert total(b, "meshd_cache_deltas_sent_total") == 0 and total(b, "meshd_cache_deltas_received_total") == 0
+    assert total(a, "meshd_cache_deltas_received_total") == 0
+    assert total(a, "meshd_cache_deltas_sent_total") > 0, "A shares (B does not read them)"
+    # B's own shadow still works: its engine's reported reuse was predicted.
+    assert total(b, "meshd_cache_predicted_tokens_total") > 0

@@ -20,5 +20,8 @@ public struct RoutingSettings: Sendable, Hashable, Codable {
     public var queueAfterMs = 250
     /// Most requests waiting in one node's queue; beyond: 429 with `Retry-After`.
     public var maxQueue = 256
+    /// Whether this node shares its engines' cache shadows with its peers (cache deltas) and reads
+    /// theirs. Off: peers route to it blind to its caches, and it to theirs (its own still count).
+    public var cacheDeltas = true
     public init() {}
 }
