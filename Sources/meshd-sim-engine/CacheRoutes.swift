@@ -35,21 +35,32 @@ extension HTTPHandler {
         }
     }
 
-    /// `GET /sim/cache`: the mode, n_ctx, and per slot its context length, a stable hash of it, and whether it runs.
+    /// `GET /sim/cache`: the mode, n_ctx, per slot its context length, a stable hash of it, and whether it runs; and
+    /// the host-RAM cache (`ram`): its token limit, tokens held, and each entry's length and hash, oldest first.
     private func contextsJSON() -> String {
         let busy = engine.snapshot().slotBusy
         var s = "{\"cache\":\"\(engine.settings.cache.rawValue)\",\"n_ctx\":\(engine.contextLength),\"slots\":["
         for (k, ctx) in engine.cacheContexts().enumerated() {
             if k > 0 { s += "," }
-            let hex = String(ctx.hash, radix: 16)
-            s += "{\"id\":\(k),\"n_ctx_used\":\(ctx.count),\"hash\":\""
-            s += String(repeating: "0", count: 16 - hex.count) + hex
-            s += "\",\"busy\":\(busy[k])}"
+            s += "{\"id\":\(k),\"n_ctx_used\":\(ctx.count),\"hash\":\"\(Self.hex16(ctx.hash))\",\"busy\":\(busy[k])}"
         }
-        return s + "]}"
+        let ram = engine.ramCache()
+        s += "],\"ram\":{\"limit_tokens\":\(ram.limit),\"tokens\":\(ram.tokens),\"entries\":["
+        for (k, e) in ram.entries.enumerated() {
+            if k > 0 { s += "," }
+            s += "{\"tokens\":\(e.count),\"hash\":\"\(Self.hex16(e.hash))\"}"
+        }
+        return s + "]}}"
     }
 
-    /// Renders and tokenizes `body` like the route it names and reports what each slot could reuse.
+    /// A hash as 16 lower-case hex digits.
+    private static func hex16(_ h: UInt64) -> String {
+        let hex = String(h, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    /// Renders and tokenizes `body` like the route it names and reports what each slot's context could reuse, and what
+    /// the request would get on the slot it would take (`best`, a RAM-cache restore included: `restored_tokens`).
     private func match(_ body: ByteBuffer) -> (HTTPResponseStatus, String, String) {
         let ct = "application/json"
         guard let req = try? JSONParser.parse(body), req.isObject else {
@@ -72,7 +83,8 @@ extension HTTPHandler {
             if k > 0 { s += "," }
             s += "{\"id\":\(k),\"cached_tokens\":\(slot.cached),\"busy\":\(slot.busy)}"
         }
-        s += "],\"best\":{\"id\":\(m.best.id),\"cached_tokens\":\(m.best.cached)}}"
+        s += "],\"best\":{\"id\":\(m.best.id),\"cached_tokens\":\(m.best.claim.cached)"
+        s += ",\"restored_tokens\":\(m.best.claim.restored)}}"
         return (.ok, s, ct)
     }
 }

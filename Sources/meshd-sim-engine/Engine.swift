@@ -29,6 +29,13 @@ struct Settings: Sendable {
     var cache: CacheMode = .legacy
     /// Minimum shared-prefix fraction for choosing a slot by prefix (`--slot-prompt-similarity`; 0 = LRU only).
     var slotPromptSimilarity: Double = 0.1
+    /// Host-RAM prompt cache size in tokens (`--cache-ram-tokens`; 0 = off). Used only with `cache == .on`.
+    var cacheRamTokens: Int = 0
+    /// Tokens/s at which a prompt state is copied back from the RAM cache (`--cache-ram-restore-tps`; 0 = 20 × promptTps).
+    var cacheRamRestoreTps: Double = 0
+
+    /// The speed restores actually run at (0 = instant).
+    var effectiveRestoreTps: Double { cacheRamRestoreTps > 0 ? cacheRamRestoreTps : 20 * promptTps }
 
     func json() -> String {
         var s = "{\"fail\":"
@@ -36,7 +43,8 @@ struct Settings: Sendable {
         s += ",\"fail_rate\":\(fmt(failRate)),\"fail_after_tokens\":\(failAfterTokens)"
         s += ",\"latency_ms\":\(fmt(latencyMs)),\"prompt_tps\":\(fmt(promptTps)),\"gen_tps\":\(fmt(genTps))"
         s += ",\"max_tokens\":\(maxTokens),\"load_ms\":\(fmt(loadMs))"
-        s += ",\"cache\":\"\(cache.rawValue)\",\"slot_prompt_similarity\":\(fmt(slotPromptSimilarity))}"
+        s += ",\"cache\":\"\(cache.rawValue)\",\"slot_prompt_similarity\":\(fmt(slotPromptSimilarity))"
+        s += ",\"cache_ram_tokens\":\(cacheRamTokens),\"cache_ram_restore_tps\":\(fmt(cacheRamRestoreTps))}"
         return s
     }
 }
@@ -58,17 +66,17 @@ struct ModelInfo: Sendable {
 
 /// What the scheduler decided for an incoming request.
 enum Admission {
-    case run(slot: Int, cached: Int)
+    case run(slot: Int, claim: Claim)
     case queued(ticket: UInt64)
     case rejected(waiting: Int)
 }
 
-/// A request parked in the FIFO queue. `resume(slot, cachedTokens)` hops to the request's event loop.
+/// A request parked in the FIFO queue. `resume(slot, claim)` hops to the request's event loop.
 struct Waiter: Sendable {
     let ticket: UInt64
     let request: CacheRequest
     let promptTokens: Int
-    let resume: @Sendable (Int, Int) -> Void
+    let resume: @Sendable (Int, Claim) -> Void
 }
 
 /// What a finished (or abandoned) request did on its slot, for the counters and the slot's context.
@@ -125,14 +133,15 @@ final class Engine: Sendable {
         var loaded: [String] = []
         var cache: SlotCache
 
-        /// Marks `slot` busy and starts `req` on it; returns the request's cached tokens.
-        mutating func take(_ slot: Int, _ req: CacheRequest, promptTokens: Int) -> Int {
+        /// Marks `slot` busy and starts `req` on it (see ``SlotCache/claim(slot:_:promptTokens:mode:similarity:busy:)``).
+        mutating func take(_ slot: Int, _ req: CacheRequest, promptTokens: Int) -> Claim {
             if !slotBusy[slot] {
                 slotBusy[slot] = true
                 running += 1
                 if running > counters.maxConcurrent { counters.maxConcurrent = running }
             }
-            return cache.claim(slot: slot, req, promptTokens: promptTokens, mode: settings.cache)
+            return cache.claim(slot: slot, req, promptTokens: promptTokens, mode: settings.cache,
+                               similarity: settings.slotPromptSimilarity, busy: slotBusy)
         }
     }
 
@@ -148,7 +157,7 @@ final class Engine: Sendable {
         self.startUnix = Int(time(nil))
         self.startStamp = rfc3339(epochNanos: UInt64(self.startUnix) * 1_000_000_000)
         var st = State(settings: settings, slotBusy: Array(repeating: false, count: slots),
-                       cache: SlotCache(slots: slots, nCtx: contextLength))
+                       cache: SlotCache(slots: slots, nCtx: contextLength, ramLimit: settings.cacheRamTokens))
         st.loaded = loaded
         self.state = Mutex(st)
     }
@@ -189,6 +198,7 @@ final class Engine: Sendable {
             let mode = st.settings.cache
             body(&st.settings)
             if st.settings.cache != mode { st.cache.clear() }
+            st.cache.setRAMLimit(st.settings.cacheRamTokens)
             st.failSeq = 0
             return st.settings
         }
@@ -249,7 +259,7 @@ final class Engine: Sendable {
             if st.running < st.slotBusy.count,
                let slot = st.cache.select(req, busy: st.slotBusy, mode: st.settings.cache,
                                           similarity: st.settings.slotPromptSimilarity) {
-                return .run(slot: slot, cached: st.take(slot, req, promptTokens: promptTokens))
+                return .run(slot: slot, claim: st.take(slot, req, promptTokens: promptTokens))
             }
             let waiting = st.queue.count - st.queueHead
             if waiting >= queueLimit {
@@ -277,7 +287,7 @@ final class Engine: Sendable {
     /// Frees `slot` (its context gains the generated tokens), handing it straight to the first queued
     /// request that may run there (unpinned, or pinned to `slot`) if there is one.
     func release(slot: Int, outcome: Outcome, usage: SlotUsage = SlotUsage()) {
-        let next: (Waiter, Int)? = state.withLock { st in
+        let next: (Waiter, Claim)? = state.withLock { st in
             switch outcome {
             case .completed: st.counters.completed += 1
             case .cancelled: st.counters.cancelled += 1
@@ -306,19 +316,23 @@ final class Engine: Sendable {
             st.running -= 1
             return nil
         }
-        if let (w, cached) = next { w.resume(slot, cached) }
+        if let (w, claim) = next { w.resume(slot, claim) }
     }
 
-    /// `POST /sim/cache/match`: what each slot could reuse of `req` now, and the slot it would run on
-    /// (among all slots when none is idle). Runs nothing.
-    func match(_ req: CacheRequest) -> (slots: [(cached: Int, busy: Bool)], best: (id: Int, cached: Int)) {
+    /// `POST /sim/cache/match`: what each slot's own context could reuse of `req` now, and the slot it would run on
+    /// (among all slots when none is idle) with what it would really get there, a RAM-cache restore included
+    /// (``SlotCache/plan(_:busy:mode:similarity:)``). Changes nothing.
+    func match(_ req: CacheRequest) -> (slots: [(cached: Int, busy: Bool)], best: (id: Int, claim: Claim)) {
         state.withLock { st in
             let mode = st.settings.cache
             let slots = st.slotBusy.indices.map { (st.cache.cachedTokens(slot: $0, req, mode: mode), st.slotBusy[$0]) }
             let idle = st.slotBusy.contains(false) ? st.slotBusy : Array(repeating: false, count: st.slotBusy.count)
-            let id = st.cache.select(req, busy: idle, mode: mode, similarity: st.settings.slotPromptSimilarity)
-                ?? req.pin ?? 0
-            return (slots, (id, slots[id].0))
+            if let p = st.cache.plan(req, busy: idle, mode: mode, similarity: st.settings.slotPromptSimilarity) {
+                return (slots, (p.slot, p.claim))
+            }
+            // Pinned to a busy slot: it waits for that slot.
+            let id = req.pin ?? 0
+            return (slots, (id, Claim(cached: slots[id].0)))
         }
     }
 
@@ -327,7 +341,15 @@ final class Engine: Sendable {
         state.withLock { st in st.cache.contexts.map { ($0.count, SimTokens.hash($0)) } }
     }
 
-    /// Empties every slot's context.
+    /// The host-RAM prompt cache: its limit, tokens held, and each entry (token count, stable hash), oldest first.
+    func ramCache() -> (limit: Int, tokens: Int, entries: [(count: Int, hash: UInt64)]) {
+        state.withLock { st in
+            let ram = st.cache.ram
+            return (ram.limit, ram.tokens, ram.entries.map { ($0.count, SimTokens.hash($0)) })
+        }
+    }
+
+    /// Empties every slot's context and the RAM cache.
     func clearCache() { state.withLock { $0.cache.clear() } }
 
     struct Snapshot {

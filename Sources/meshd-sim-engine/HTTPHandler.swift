@@ -404,7 +404,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return .success(d)
         }
         var values: [String: Double] = [:]
-        for key in ["fail_rate", "latency_ms", "gen_tps", "prompt_tps", "fail_after_tokens", "max_tokens", "load_ms"] {
+        for key in ["fail_rate", "latency_ms", "gen_tps", "prompt_tps", "fail_after_tokens", "max_tokens", "load_ms",
+                    "cache_ram_tokens", "cache_ram_restore_tps"] {
             switch num(key, min: 0) {
             case .failure(let e): return .failure(e)
             case .success(let d): if let d { values[key] = d }
@@ -412,6 +413,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if let r = values["fail_rate"], r > 1 {
             return .failure(ollamaError(.badRequest, "fail_rate must be between 0 and 1"))
+        }
+        if let n = values["cache_ram_tokens"], n.rounded() != n || n > 1e12 {
+            return .failure(ollamaError(.badRequest, "cache_ram_tokens must be a whole number of tokens >= 0"))
         }
         switch num("slot_prompt_similarity", min: 0) {
         case .failure(let e): return .failure(e)
@@ -438,6 +442,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if let v = values["max_tokens"] { s.maxTokens = Int(min(v, 1e6)) }
             if let v = values["load_ms"] { s.loadMs = v }
             if let v = values["slot_prompt_similarity"] { s.slotPromptSimilarity = v }
+            if let v = values["cache_ram_tokens"] { s.cacheRamTokens = Int(v) }
+            if let v = values["cache_ram_restore_tps"] { s.cacheRamRestoreTps = v }
             if let cache { s.cache = cache }
         })
     }

@@ -30,9 +30,11 @@ final class Job {
     private var firstTokenAt: NIODeadline
     private var delayNs: Double = 0
     private var loadNs: Double = 0
+    /// Time spent copying a prompt state back from the RAM cache (see ``RAMPromptCache``), outside `prompt_ms`.
+    private var restoreNs: Double = 0
     private var intervalNs: Double = 0
     private var emitted = 0
-    /// Prompt tokens reused from the slot's context (see ``SlotCache``).
+    /// Prompt tokens reused from the slot's context, a RAM-cache restore included (see ``SlotCache``).
     private var cached = 0
     private var headSent = false
     private var scheduled: Scheduled<Void>?
@@ -83,13 +85,13 @@ final class Job {
         let loop = context.eventLoop
         let admission = engine.admit(spec.cache, promptTokens: spec.promptTokens) { ticket in
             let bound = NIOLoopBound(self, eventLoop: loop)
-            return Waiter(ticket: ticket, request: spec.cache, promptTokens: spec.promptTokens) { slot, cached in
-                loop.execute { bound.value.resumed(slot: slot, cached: cached) }
+            return Waiter(ticket: ticket, request: spec.cache, promptTokens: spec.promptTokens) { slot, claim in
+                loop.execute { bound.value.resumed(slot: slot, claim: claim) }
             }
         }
         switch admission {
-        case .run(let slot, let cached):
-            start(slot: slot, cached: cached)
+        case .run(let slot, let claim):
+            start(slot: slot, claim: claim)
         case .queued(let ticket):
             phase = .queued(ticket: ticket)
         case .rejected(let waiting):
@@ -107,10 +109,10 @@ final class Job {
         }
     }
 
-    private func resumed(slot: Int, cached: Int) {
+    private func resumed(slot: Int, claim: Claim) {
         switch phase {
         case .queued:
-            start(slot: slot, cached: cached)
+            start(slot: slot, claim: claim)
         case .cancelledAwaitingSlot:
             phase = .done
             engine.release(slot: slot, outcome: .cancelled)
@@ -142,13 +144,19 @@ final class Job {
         }
     }
 
-    private func start(slot: Int, cached: Int) {
+    /// Schedules the request on `slot`: latency, a RAM-cache restore (`claim.restored` tokens at the restore speed),
+    /// the prefill of the uncached tokens, a model load, then the tokens.
+    private func start(slot: Int, claim: Claim) {
         phase = .running(slot: slot)
-        self.cached = cached
+        cached = claim.cached
         startAt = .now()
         let s = begin.settings
         delayNs = max(0, s.latencyMs) * 1e6
         if s.promptTps > 0 { delayNs += Double(spec.promptTokens - cached) / s.promptTps * 1e9 }
+        if claim.restored > 0 && s.effectiveRestoreTps > 0 {
+            restoreNs = Double(claim.restored) / s.effectiveRestoreTps * 1e9
+            delayNs += restoreNs
+        }
         if begin.needsLoad && s.loadMs > 0 {
             loadNs = s.loadMs * 1e6
             delayNs += loadNs
@@ -334,9 +342,10 @@ final class Job {
     private func phaseNanos(measured: Bool) -> (prompt: Int64, eval: Int64) {
         if measured {
             let now = NIODeadline.now()
-            return (max(0, (firstTokenAt - startAt).nanoseconds - Int64(loadNs)), max(0, (now - firstTokenAt).nanoseconds))
+            return (max(0, (firstTokenAt - startAt).nanoseconds - Int64(loadNs + restoreNs)),
+                    max(0, (now - firstTokenAt).nanoseconds))
         }
-        return (Int64(max(0, delayNs - loadNs)), Int64(Double(max(0, emitted - 1)) * intervalNs))
+        return (Int64(max(0, delayNs - loadNs - restoreNs)), Int64(Double(max(0, emitted - 1)) * intervalNs))
     }
 
     private func appendFinal() {

@@ -127,9 +127,106 @@ func pinnedSlot(_ json: JSON, slotCount: Int) -> Int? {
     return n
 }
 
+// MARK: - host-RAM prompt cache
+
+/// llama-server's host-memory prompt cache (`--cache-ram`, `server_prompt_cache`), counted in tokens: a FIFO of whole
+/// slot contexts. A slot's context is saved here when the slot is about to lose most of it, and (like
+/// `--cache-idle-slots`) idle slots' contexts are copied here after each launch; loading an entry moves it back into a
+/// slot and out of the cache. Not thread-safe: `Engine` keeps it under its mutex.
+struct RAMPromptCache {
+    /// Most tokens held at once (0 = off).
+    private(set) var limit: Int
+    /// Saved contexts, oldest first.
+    private(set) var entries: [[UInt64]] = []
+    /// Tokens held (the sum of the entries' lengths).
+    private(set) var tokens = 0
+
+    init(limit: Int) { self.limit = max(0, limit) }
+
+    var isOn: Bool { limit > 0 }
+
+    /// Stores a copy of `context` like `server_prompt_cache::alloc`: nothing when it is empty, already inside an entry,
+    /// or longer than the limit; else drops the entries it contains, evicts the oldest until it fits, and appends it.
+    mutating func save(_ context: [UInt64]) {
+        guard isOn, !context.isEmpty, context.count <= limit else { return }
+        if entries.contains(where: { SimTokens.commonPrefix($0, context) == context.count }) { return }
+        remove { SimTokens.commonPrefix($0, context) == $0.count }
+        while !entries.isEmpty && tokens + context.count > limit { dropOldest() }
+        entries.append(context)
+        tokens += context.count
+    }
+
+    /// The entry `load` would restore for `prompt` into a slot holding `context` (`server_prompt_cache::load`): the
+    /// first entry, in age order, that keeps at least a quarter of itself and beats the best so far (the slot's own
+    /// context first) on both the fraction of itself kept and the fraction of the prompt covered.
+    func best(for prompt: [UInt64], slotContext context: [UInt64]) -> Int? {
+        guard !prompt.isEmpty else { return nil }
+        let n = Double(prompt.count)
+        let lcp = SimTokens.commonPrefix(context, prompt)
+        // An empty slot: any usable entry wins.
+        var keepBest = context.isEmpty ? -1 : Double(lcp) / Double(context.count)
+        var simBest = Double(lcp) / n
+        var best: Int?
+        for (k, entry) in entries.enumerated() {
+            let cur = SimTokens.commonPrefix(entry, prompt)
+            let keep = Double(cur) / Double(entry.count)
+            let sim = Double(cur) / n
+            // As llama-server: "don't trash large prompts".
+            if keep < 0.25 { continue }
+            if keepBest < keep && simBest < sim {
+                keepBest = keep
+                simBest = sim
+                best = k
+            }
+        }
+        return best
+    }
+
+    /// Replaces `context` with the best entry for `prompt` (see ``best(for:slotContext:)``), which leaves the cache.
+    /// Returns the tokens restored (0 when no entry is better than the context).
+    mutating func load(_ prompt: [UInt64], into context: inout [UInt64]) -> Int {
+        guard let k = best(for: prompt, slotContext: context) else { return 0 }
+        context = entries.remove(at: k)
+        tokens -= context.count
+        return context.count
+    }
+
+    /// Changes the limit, evicting the oldest entries that no longer fit (0 empties the cache).
+    mutating func setLimit(_ n: Int) {
+        limit = max(0, n)
+        while !entries.isEmpty && tokens > limit { dropOldest() }
+    }
+
+    /// Empties the cache (`POST /sim/cache/clear`, mode changes).
+    mutating func clear() {
+        entries = []
+        tokens = 0
+    }
+
+    private mutating func dropOldest() {
+        tokens -= entries.removeFirst().count
+    }
+
+    private mutating func remove(where drop: ([UInt64]) -> Bool) {
+        entries.removeAll { e in
+            guard drop(e) else { return false }
+            tokens -= e.count
+            return true
+        }
+    }
+}
+
 // MARK: - slot contexts
 
-/// Per-slot contexts and recency. Not thread-safe: `Engine` keeps it under its mutex.
+/// What starting a request on a slot does with the cache.
+struct Claim: Sendable, Equatable {
+    /// Prompt tokens reused (including any restored from the RAM cache).
+    var cached = 0
+    /// Tokens copied back from the RAM cache into the slot before the request ran (0 = none).
+    var restored = 0
+}
+
+/// Per-slot contexts, recency, and the host-RAM prompt cache behind them. Not thread-safe: `Engine` keeps it under its mutex.
 struct SlotCache {
     /// Tokens each slot holds (prompt + output of its last request, at most `nCtx`).
     private(set) var contexts: [[UInt64]]
@@ -138,14 +235,17 @@ struct SlotCache {
     /// Prompt tokens and cached tokens of each slot's last (or current) request.
     private(set) var lastPrompt: [Int]
     private(set) var lastCached: [Int]
+    /// Contexts saved to host RAM (`--cache-ram-tokens`; off at 0). Used only in mode `on`.
+    private(set) var ram: RAMPromptCache
     private var stamp: UInt64 = 0
     let nCtx: Int
 
-    init(slots: Int, nCtx: Int) {
+    init(slots: Int, nCtx: Int, ramLimit: Int = 0) {
         contexts = Array(repeating: [], count: slots)
         lastUsed = Array(repeating: 0, count: slots)
         lastPrompt = Array(repeating: 0, count: slots)
         lastCached = Array(repeating: 0, count: slots)
+        ram = RAMPromptCache(limit: ramLimit)
         self.nCtx = max(1, nCtx)
     }
 
@@ -154,6 +254,12 @@ struct SlotCache {
     func cachedTokens(slot: Int, _ req: CacheRequest, mode: CacheMode) -> Int {
         guard req.tracked, req.reuse, mode == .on, !req.ids.isEmpty else { return 0 }
         return min(SimTokens.commonPrefix(contexts[slot], req.ids), req.ids.count - 1)
+    }
+
+    /// Whether `slot`'s context shares more than `similarity` of the prompt (the test `select` uses; 0 = never).
+    private func isSimilar(slot: Int, _ req: CacheRequest, similarity: Double) -> Bool {
+        similarity > 0 && !req.ids.isEmpty
+            && Double(SimTokens.commonPrefix(contexts[slot], req.ids)) > similarity * Double(req.ids.count)
     }
 
     /// The idle slot a request takes, like llama-server: the pinned slot; else the idle slot sharing the
@@ -183,17 +289,52 @@ struct SlotCache {
         return lru
     }
 
-    /// Starts `req` on `slot`: returns its cached tokens and makes the prompt the slot's context.
-    mutating func claim(slot: Int, _ req: CacheRequest, promptTokens: Int, mode: CacheMode) -> Int {
-        let cached = cachedTokens(slot: slot, req, mode: mode)
+    /// Whether llama-server updates its RAM cache before running `req` on `slot` (`update_cache` in
+    /// `get_available_slot`): a slot taken by similarity (or pinned and similar) only when it would keep less than
+    /// half of its context; a slot taken by LRU always; a pinned slot that is not similar never.
+    private func updatesRAM(slot: Int, _ req: CacheRequest, similarity: Double) -> Bool {
+        guard isSimilar(slot: slot, req, similarity: similarity) else { return req.pin == nil }
+        let keep = Double(SimTokens.commonPrefix(contexts[slot], req.ids)) / Double(contexts[slot].count)
+        return keep < 0.5
+    }
+
+    /// The RAM-cache step and reuse count of starting `req` on `slot`: when llama-server would update its cache, saves
+    /// the slot's context to RAM and loads the best entry for the prompt into the slot; then counts the cached tokens.
+    /// Changes only `slot`'s context and the RAM cache; ``plan(_:busy:mode:similarity:)`` runs it on a copy.
+    private mutating func restore(slot: Int, _ req: CacheRequest, mode: CacheMode, similarity: Double) -> Claim {
+        var restored = 0
+        if mode == .on && ram.isOn && req.tracked && !req.ids.isEmpty
+            && updatesRAM(slot: slot, req, similarity: similarity) {
+            ram.save(contexts[slot])
+            restored = ram.load(req.ids, into: &contexts[slot])
+        }
+        return Claim(cached: cachedTokens(slot: slot, req, mode: mode), restored: restored)
+    }
+
+    /// What `req` would get if it started now, without changing anything: the slot `select` picks among `busy` and
+    /// its ``Claim`` (including a RAM load). Nil when the request would wait. The same steps as ``claim``.
+    func plan(_ req: CacheRequest, busy: [Bool], mode: CacheMode, similarity: Double) -> (slot: Int, claim: Claim)? {
+        guard let slot = select(req, busy: busy, mode: mode, similarity: similarity) else { return nil }
+        var copy = self
+        return (slot, copy.restore(slot: slot, req, mode: mode, similarity: similarity))
+    }
+
+    /// Starts `req` on `slot` (marked busy in `busy`): runs the RAM-cache step, makes the prompt the slot's context,
+    /// then copies every other idle slot's context to RAM (llama-server's `--cache-idle-slots`). Returns the claim.
+    mutating func claim(slot: Int, _ req: CacheRequest, promptTokens: Int, mode: CacheMode, similarity: Double,
+                        busy: [Bool]) -> Claim {
+        let claim = restore(slot: slot, req, mode: mode, similarity: similarity)
         stamp &+= 1
         lastUsed[slot] = stamp
         lastPrompt[slot] = promptTokens
-        lastCached[slot] = cached
+        lastCached[slot] = claim.cached
         if req.tracked && mode != .legacy {
             contexts[slot] = req.ids.count > nCtx ? Array(req.ids.prefix(nCtx)) : req.ids
         }
-        return cached
+        if mode == .on && ram.isOn {
+            for s in busy.indices where !busy[s] && s != slot { ram.save(contexts[s]) }
+        }
+        return claim
     }
 
     /// Appends the `generated` output tokens of the request that ran on `slot` (up to `nCtx`).
@@ -205,8 +346,12 @@ struct SlotCache {
         for k in 0..<room { contexts[slot].append(SimTokens.generated(k)) }
     }
 
-    /// Empties every context (`POST /sim/cache/clear`, mode changes).
+    /// Sets the RAM cache's token limit (`--cache-ram-tokens`), evicting what no longer fits.
+    mutating func setRAMLimit(_ n: Int) { ram.setLimit(n) }
+
+    /// Empties every context and the RAM cache (`POST /sim/cache/clear`, mode changes).
     mutating func clear() {
         for s in contexts.indices { contexts[s] = [] }
+        ram.clear()
     }
 }

@@ -2,6 +2,8 @@
 // (plus llama-server / vLLM style extras) with deterministic output, timing, slots and failure injection.
 // With --cache on it models llama-server's prompt cache (PromptCache.swift): slots keep their context, a
 // request prefills only its uncached tokens, and GET /sim/cache, POST /sim/cache/match show what is cached.
+// --cache-ram-tokens N adds llama-server's host-RAM prompt cache (--cache-ram): contexts a slot is about to lose, and
+// idle slots' contexts, are kept in RAM and restored into a slot (at --cache-ram-restore-tps) when a prompt matches them.
 import ArgumentParser
 import NIOCore
 import NIOHTTP1
@@ -48,6 +50,14 @@ struct SimEngineCommand: ParsableCommand {
     @Option(help: ArgumentHelp("With --cache on/off: take the idle slot sharing the longest prefix when it is at least "
                                + "this fraction of the prompt, else the least recently used idle slot (0 = LRU only)."))
     var slotPromptSimilarity: Double = 0.1
+    @Option(help: ArgumentHelp(
+        "With --cache on: host-RAM prompt cache size in tokens, like llama-server's --cache-ram (0 = off).",
+        discussion: "When a request takes a slot by LRU (or one that keeps under half of its context), the slot's "
+            + "context is saved to RAM and the saved context that best matches the prompt is restored into the slot; "
+            + "after each launch every other idle slot's context is copied to RAM too. Oldest entries are evicted first."))
+    var cacheRamTokens = 0
+    @Option(help: "Tokens/s at which a prompt state is restored from the RAM cache (0 = 20 x --prompt-tps).")
+    var cacheRamRestoreTps: Double = 0
     @Option(help: "Event loop threads.") var threads = 1
     @Option(help: "Write the bound port number to this file.") var portFile: String?
 
@@ -67,6 +77,8 @@ struct SimEngineCommand: ParsableCommand {
         }
         guard !noCache || cache != .on else { throw ValidationError("--no-cache contradicts --cache on") }
         guard contextLength >= 1 else { throw ValidationError("--context-length must be >= 1") }
+        guard cacheRamTokens >= 0 else { throw ValidationError("--cache-ram-tokens must be >= 0") }
+        guard cacheRamRestoreTps >= 0 else { throw ValidationError("--cache-ram-restore-tps must be >= 0") }
     }
 
     private var modelList: [String] {
@@ -88,7 +100,8 @@ struct SimEngineCommand: ParsableCommand {
         }
         let settings = Settings(fail: fail, failRate: failRate, failAfterTokens: failAfterTokens, latencyMs: latencyMs,
                                 promptTps: promptTps, genTps: genTps, maxTokens: maxTokens, loadMs: loadMs,
-                                cache: noCache ? .off : cache, slotPromptSimilarity: slotPromptSimilarity)
+                                cache: noCache ? .off : cache, slotPromptSimilarity: slotPromptSimilarity,
+                                cacheRamTokens: cacheRamTokens, cacheRamRestoreTps: cacheRamRestoreTps)
         let engine = Engine(models: infos, loaded: loadedNames, slots: slots, queue: queue, embeddingDim: embeddingDim,
                             contextLength: contextLength, settings: settings)
 

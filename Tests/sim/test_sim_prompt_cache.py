@@ -8,6 +8,8 @@ import json
 import threading
 import time
 
+import pytest
+
 from test_sim_engine import Sim, sim_factory, sse_events  # noqa: F401 (sim_factory is a fixture)
 
 MODEL = "sim-small"
@@ -239,3 +241,125 @@ def test_slots_and_sim_cache_show_each_context(sim_factory):
     t.join(5)
     assert s.post("/sim/cache/clear").json() == {"ok": True}
     assert [x["n_past"] for x in s.get("/slots").json()] == [0, 0]
+
+
+# --- host-RAM prompt cache (--cache-ram-tokens, llama-server's --cache-ram) ---
+
+
+def ram(sim):
+    return sim.get("/sim/cache").json()["ram"]
+
+
+def test_ram_cache_restores_a_prompt_its_slot_lost(sim_factory):
+    bodies = {k: chat(long_text(k), "q") for k in ("alpha", "bravo")}
+    ra, rb = (render_chat(bodies[k]["messages"]) for k in ("alpha", "bravo"))
+    header = shared_tokens(ra, rb)  # "<|system|>\n": the only thing A and B share
+    assert header <= 3 and n_tokens(ra) > 500
+    for limit, expect in ((100000, n_tokens(ra) - 1), (0, header)):
+        s = sim_factory("--cache", "on", "--prompt-tps", 0, "--gen-tps", 0, "--slots", 1, "--cache-ram-tokens", limit)
+        assert cached(s.post("/v1/chat/completions", bodies["alpha"]).json()) == 0
+        assert cached(s.post("/v1/chat/completions", bodies["bravo"]).json()) == header
+        j = s.post("/v1/chat/completions", bodies["alpha"]).json()
+        assert cached(j) == expect and j["timings"]["cache_n"] == expect, (limit, j)
+        assert j["timings"]["prompt_n"] == n_tokens(ra) - expect
+        assert s.stats()["cached_tokens"] == header + expect
+        assert s.get("/sim/control").json()["settings"]["cache_ram_tokens"] == limit
+        # A moved out of RAM into the slot; B (prompt + 2 generated tokens) was saved when A took the slot back.
+        assert [e["tokens"] for e in ram(s)["entries"]] == ([n_tokens(rb) + 2] if limit else [])
+
+
+def test_ram_restore_is_charged_between_a_slot_hit_and_a_full_prefill(sim_factory):
+    s = sim_factory("--cache", "on", "--prompt-tps", 2000, "--gen-tps", 0, "--slots", 1,
+                    "--cache-ram-tokens", 100000, "--cache-ram-restore-tps", 20000)
+    a, b = chat(long_text("alpha", 800), "q"), chat(long_text("bravo", 800), "q")
+    n = n_tokens(render_chat(a["messages"]))
+    assert n > 1500  # a full prefill ~0.8 s, a restore ~0.08 s
+    t_full, _ = ttft(s, a)
+    ttft(s, b)
+    t_restore, fin = ttft(s, a)  # restored from RAM
+    t_hit, fin_hit = ttft(s, a)  # still on the slot
+    assert cached(fin) == cached(fin_hit) == n - 1
+    assert t_hit < t_restore * 0.5, (t_hit, t_restore)
+    assert t_restore < t_full * 0.3, (t_restore, t_full)
+    # The restore is not prompt processing: prompt_ms covers the one token evaluated.
+    assert fin["timings"]["prompt_n"] == 1 and fin["timings"]["prompt_ms"] < t_restore * 1000 * 0.5
+
+
+def test_ram_limit_evicts_the_oldest_prompt(sim_factory):
+    bodies = {k: chat(long_text(k), "q") for k in ("alpha", "bravo", "charlie")}
+    sizes = [n_tokens(render_chat(b["messages"])) + 2 for b in bodies.values()]  # prompt + 2 generated tokens
+    assert max(sizes) + 50 < 2 * min(sizes)
+    # Room for one saved context, then for three. Saving the slot's context makes room before the load, as
+    # llama-server's alloc does: with room for one, even the entry saved last is gone by the time alpha comes back.
+    for room, reused in ((1, False), (3, True)):
+        limit = room * max(sizes) + 50
+        s = sim_factory("--cache", "on", "--prompt-tps", 0, "--gen-tps", 0, "--slots", 1, "--cache-ram-tokens", limit)
+        for k in ("alpha", "bravo", "charlie"):
+            s.post("/v1/chat/completions", bodies[k])
+        r = ram(s)
+        assert r["limit_tokens"] == limit and [e["tokens"] for e in r["entries"]] == sizes[max(0, 2 - room):2], (room, r)
+        j = s.post("/v1/chat/completions", bodies["alpha"]).json()
+        assert cached(j) == (j["usage"]["prompt_tokens"] - 1 if reused else shared_tokens(
+            render_chat(bodies["alpha"]["messages"]), render_chat(bodies["charlie"]["messages"]))), (room, j)
+        assert ram(s)["tokens"] <= limit
+    # A limit below one context keeps nothing.
+    assert s.post("/sim/control", {"cache_ram_tokens": 10}).json()["settings"]["cache_ram_tokens"] == 10
+    assert ram(s) == {"limit_tokens": 10, "tokens": 0, "entries": []}
+    s.post("/v1/chat/completions", bodies["bravo"])
+    assert ram(s)["entries"] == []
+
+
+def test_ram_match_oracle_predicts_restores_and_idle_slots_are_saved(sim_factory):
+    s = sim_factory("--cache", "on", "--prompt-tps", 0, "--gen-tps", 0, "--slots", 2, "--cache-ram-tokens", 100000)
+    bodies = {k: chat(long_text(k, 300), "q") for k in ("alpha", "bravo", "charlie")}
+    history = []
+
+    def run(k):
+        m = s.post("/sim/cache/match", bodies[k]).json()
+        before = s.get("/sim/cache").json()
+        assert s.post("/sim/cache/match", bodies[k]).json() == m  # the oracle changes nothing
+        assert s.get("/sim/cache").json() == before
+        j = s.post("/v1/chat/completions", bodies[k]).json()
+        assert (m["best"]["id"], m["best"]["cached_tokens"]) == (j["id_slot"], cached(j)), (k, m, j)
+        history.append((k, j["id_slot"], cached(j), m["best"]["restored_tokens"], m["slots"][j["id_slot"]]["cached_tokens"]))
+
+    for k in ("alpha", "bravo", "charlie", "alpha"):
+        run(k)
+    size = {k: n_tokens(render_chat(bodies[k]["messages"])) for k in bodies}
+    # alpha takes slot 1, bravo slot 0 (alpha's idle slot is copied to RAM), charlie slot 1 (LRU; bravo's idle slot is
+    # copied), then alpha the LRU slot 0: its own context (bravo's) shares only the header, RAM gives alpha back.
+    assert [h[:2] for h in history] == [("alpha", 1), ("bravo", 0), ("charlie", 1), ("alpha", 0)]
+    assert all(h[2] <= 3 and h[3] == 0 for h in history[:3]), history
+    assert history[3][2:] == (size["alpha"] - 1, size["alpha"] + 2, history[3][4]) and history[3][4] <= 3
+    # RAM now holds bravo (saved as an idle slot) and charlie (idle after alpha took slot 0).
+    c = s.get("/sim/cache").json()
+    assert [e["tokens"] for e in c["ram"]["entries"]] == [size["bravo"] + 2, size["charlie"] + 2]
+    assert c["ram"]["tokens"] == size["bravo"] + size["charlie"] + 4
+    # The idle copy of charlie is the context slot 1 still holds.
+    assert c["ram"]["entries"][1]["hash"] == c["slots"][1]["hash"] != c["ram"]["entries"][0]["hash"]
+    assert all(len(e["hash"]) == 16 for e in c["ram"]["entries"])
+    # Clearing the cache empties RAM too; so does a mode change.
+    assert s.post("/sim/cache/clear").json() == {"ok": True}
+    assert ram(s)["entries"] == [] and ram(s)["tokens"] == 0
+    s.post("/v1/chat/completions", bodies["alpha"])
+    s.post("/v1/chat/completions", bodies["bravo"])
+    assert ram(s)["entries"] != []
+    s.post("/sim/control", {"cache": "off"})
+    assert ram(s)["entries"] == []
+
+
+def test_ram_options_are_validated(sim_factory):
+    for flag in ("--cache-ram-tokens=-1", "--cache-ram-restore-tps=-5"):
+        with pytest.raises(RuntimeError) as e:
+            sim_factory("--cache", "on", flag)
+        assert flag.split("=")[0] in str(e.value)
+    s = sim_factory("--cache", "on", "--prompt-tps", 0, "--gen-tps", 0)
+    assert s.get("/sim/control").json()["settings"]["cache_ram_tokens"] == 0
+    for body, field in (({"cache_ram_tokens": -1}, "cache_ram_tokens"), ({"cache_ram_tokens": 1.5}, "cache_ram_tokens"),
+                        ({"cache_ram_tokens": "many"}, "cache_ram_tokens"),
+                        ({"cache_ram_restore_tps": -1}, "cache_ram_restore_tps")):
+        r = s.post("/sim/control", body)
+        assert r.status_code == 400 and field in r.text, (body, r.text)
+    got = s.post("/sim/control", {"cache_ram_tokens": 5000, "cache_ram_restore_tps": 1e6}).json()["settings"]
+    assert got["cache_ram_tokens"] == 5000 and got["cache_ram_restore_tps"] == 1000000
+    assert ram(s)["limit_tokens"] == 5000
