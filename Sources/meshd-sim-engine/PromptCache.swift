@@ -290,10 +290,12 @@ struct SlotCache {
     }
 
     /// Whether llama-server updates its RAM cache before running `req` on `slot` (`update_cache` in
-    /// `get_available_slot`): a slot taken by similarity (or pinned and similar) only when it would keep less than
-    /// half of its context; a slot taken by LRU always; a pinned slot that is not similar never.
+    /// `get_available_slot`): a slot taken by similarity only when it would keep less than half of its context; a
+    /// slot taken by LRU always. A pinned slot goes through the similarity step alone (none with similarity 0):
+    /// an empty one never updates, a dissimilar one keeps none of its context (f_keep 0) so always does.
     private func updatesRAM(slot: Int, _ req: CacheRequest, similarity: Double) -> Bool {
-        guard isSimilar(slot: slot, req, similarity: similarity) else { return req.pin == nil }
+        if req.pin != nil && (similarity <= 0 || contexts[slot].isEmpty) { return false }
+        guard isSimilar(slot: slot, req, similarity: similarity) else { return true }
         let keep = Double(SimTokens.commonPrefix(contexts[slot], req.ids)) / Double(contexts[slot].count)
         return keep < 0.5
     }

@@ -159,6 +159,26 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
         #expect(s.ramBlockCount == 10, "only b is saved: a left RAM when it was loaded")
     }
 
+    @Test func aRequestPinnedToASlotHoldingAnotherPromptStillRestoresItsOwn() {
+        var o = CacheShadow.Options()
+        o.ramMaxBlocks = 100
+        var s = CacheShadow(slots: 2, options: o)
+        let a = chain(text("a", 64 * 10)), b = chain(text("b", 64 * 10))
+        run(&s, a, at: 10)
+        run(&s, b, at: 20)
+        let held = s.match(b).slot!
+        // Pinned to b's slot, a's prompt keeps none of it: llama-server saves b and loads a.
+        let (seq, pred) = s.begin(a, pinned: held, now: 30)
+        #expect(seq == held && pred == 10)
+        s.finish(sequence: seq, held: a, predictedBlocks: pred, promptBytes: 640, promptTokens: nil, cachedTokens: nil, now: 31)
+        // With slot similarity off, a pinned request never touches the RAM cache.
+        o.slotSimilarity = 0
+        var off = CacheShadow(slots: 1, options: o)
+        run(&off, a, at: 10)
+        run(&off, b, at: 20)
+        #expect(off.begin(a, pinned: 0, now: 30).blocks == 0)
+    }
+
     @Test func idleSlotsAreSavedWhenARequestStartsAndASimilarSlotIsKeptAsItIs() {
         var o = CacheShadow.Options()
         o.ramMaxBlocks = 100

@@ -316,14 +316,16 @@ public struct CacheShadow: Sendable {
     }
 
     /// Whether llama-server saves the slot's prompt and looks for a better one in RAM: always when
-    /// it chose the slot as least recently used; when it chose it by similarity (or it is pinned
-    /// and similar), only if the request keeps less than half of what the slot holds.
+    /// it chose the slot as least recently used; when it chose it by similarity, only if the
+    /// request keeps less than half of what the slot holds. A pinned slot goes through the
+    /// similarity step alone (skipped at similarity 0): empty, never; otherwise unless it is similar
+    /// and keeps half.
     private func savesToRAM(_ s: Int, _ chain: PromptChain, common: Int, pinned: Bool) -> Bool {
         let held = sequences[s].hashes.count
+        if pinned && (options.slotSimilarity <= 0 || held == 0) { return false }
         let similar = options.slotSimilarity > 0
             && Double(common) > options.slotSimilarity * Double(max(1, chain.hashes.count)) && held > 0
         let keepsLittle = held > 0 && Double(common) / Double(held) < 0.5
-        if pinned { return similar && keepsLittle }
         return similar ? keepsLittle : true
     }
 
