@@ -115,15 +115,17 @@ def stop_all(procs: list[Proc]) -> None:
 class Mesh:
     """Four sims, and (unless `with_meshd` is false: the oracle) a meshd per sim, all in one mesh."""
 
-    def __init__(self, work: Path, args: argparse.Namespace, policy: str, secret: Path, with_meshd: bool) -> None:
-        self.dir = work / policy
+    def __init__(self, work: Path, args: argparse.Namespace, policy: str, secret: Path, with_meshd: bool,
+                 nodes: list[tuple[str, float, int]] | None = None, routing_extra: str = "", label: str | None = None) -> None:
+        nodes = nodes or NODES
+        self.dir = work / (label or policy)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
         self.sims: dict[str, int] = {}
         self.meshd: dict[str, int] = {}
-        self.speed = {n: f for n, f, _ in NODES}
-        self.slots = {n: s for n, _, s in NODES}
-        for (name, factor, slots), port in zip(NODES, free_ports(len(NODES))):
+        self.speed = {n: f for n, f, _ in nodes}
+        self.slots = {n: s for n, _, s in nodes}
+        for (name, factor, slots), port in zip(nodes, free_ports(len(nodes))):
             self.procs.append(Proc([args.sim, "--port", str(port), "--models", MODEL, "--cache", "on", "--slots", str(slots),
                                     "--cache-ram-tokens", str(args.cache_ram_tokens),
                                     "--prompt-tps", str(args.prompt_tps * factor), "--gen-tps", str(args.gen_tps * factor),
@@ -135,8 +137,8 @@ class Mesh:
             return
         mesh_ports: list[int] = []
         self.socks: dict[str, Path] = {}
-        ports = free_ports(2 * len(NODES))
-        for k, (name, _, _) in enumerate(NODES):
+        ports = free_ports(2 * len(nodes))
+        for k, (name, _, _) in enumerate(nodes):
             http_port, mesh_port = ports[2 * k], ports[2 * k + 1]
             d = self.dir / name
             d.mkdir(exist_ok=True)
@@ -151,13 +153,13 @@ mesh: {{ listen: "127.0.0.1:{mesh_port}", peers: [{peers}], secret_file: {secret
 discovery: {{ mdns: false }}
 engine_poll: {{ interval_ms: 200 }}
 engines: [{{ kind: openai, url: "http://127.0.0.1:{self.sims[name]}" }}]
-routing: {{ policy: {policy} }}
+routing: {{ policy: {policy}{routing_extra} }}
 """)
             self.procs.append(Proc([args.meshd, "--config", str(cfg)], d / "meshd.log"))
             self.meshd[name] = http_port
             self.socks[name] = sock
             mesh_ports.append(mesh_port)
-        names = {n for n, _, _ in NODES}
+        names = {n for n, _, _ in nodes}
 
         def all_up(node: str) -> bool:
             out = subprocess.run([args.meshctl, "nodes", "--json", "--socket", str(self.socks[node])], capture_output=True,
@@ -166,7 +168,7 @@ routing: {{ policy: {policy} }}
             return all(view.get(n, {}).get("state") == "up" and MODEL in view[n].get("models", []) for n in names)
 
         for name in self.meshd:
-            wait(lambda n=name: all_up(n), 60, f"meshd {name} to see all four nodes up with {MODEL}")
+            wait(lambda n=name: all_up(n), 60 + 5 * len(nodes), f"meshd {name} to see all {len(nodes)} nodes up with {MODEL}")
 
     def stats(self) -> dict[str, dict]:
         return {n: call(p, "GET", "/sim/stats") for n, p in self.sims.items()}
