@@ -610,6 +610,7 @@ def main() -> int:
     ap.add_argument("--think-s", type=float, default=0.5, help="W2 mean think time between turns")
     ap.add_argument("--control", type=int, default=None, help="W3 prompts [48; quick 16]")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--routing-extra", default="", help="more routing: settings for every meshd, e.g. 'queue_after_ms: 0'")
     ap.add_argument("--request-timeout", type=float, default=60)
     ap.add_argument("--drain-s", type=float, default=None, help="a cell gives up requests not started this long after its arrivals [6; quick 4]")
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting cells after this long [900; quick 200]")
@@ -668,7 +669,8 @@ def main() -> int:
                 skipped.append(policy)
                 continue
             t_policy = time.monotonic()
-            mesh = Mesh(work, args, policy, secret, with_meshd=policy != "oracle")
+            mesh = Mesh(work, args, policy, secret, with_meshd=policy != "oracle",
+                        routing_extra=f", {args.routing_extra}" if args.routing_extra else "")
             try:
                 client = Client(mesh, policy, args)
                 warm_up(client, random.Random(f"{args.seed}-warm"))

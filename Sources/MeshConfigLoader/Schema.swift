@@ -132,6 +132,7 @@ enum Schema {
         .int(["routing", "queue_after_ms"], \.routing.queueAfterMs, min: 0, max: 600_000),
         .int(["routing", "max_queue"], \.routing.maxQueue, min: 0, max: 100_000),
         .bool(["routing", "cache_deltas"], \.routing.cacheDeltas),
+        .double(["routing", "decode_weight"], \.routing.decodeWeight, min: 0, max: 1),
 
         .int(["cloud", "escalate_after_ms"], \.cloud.escalateAfterMs, min: 0),
         .string(["cloud", "prices_file"], \.cloud.pricesFile, check: Check.path),

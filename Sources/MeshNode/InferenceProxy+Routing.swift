@@ -64,6 +64,7 @@ extension InferenceProxy {
     /// The policy and, with a prompt, where it is cached (this node's shadows, the peers' views).
     func routingContext(_ prompt: PromptChain?, advance: Bool = true) -> RoutingContext {
         var context = RoutingContext(policy: routing.policy)
+        context.decodeWeight = routing.decodeWeight
         if routing.policy == .roundRobin { context.rotation = advance ? turns.next() : turns.current }
         if let prompt, let cache, routing.policy == .cacheAware {
             context.cached = { node, engine in

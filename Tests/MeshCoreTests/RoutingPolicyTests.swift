@@ -56,6 +56,26 @@ import Testing
         #expect(all.candidates[0].skipped == nil)
     }
 
+    @Test func aLowDecodeWeightTakesAFreeSlowerEngineInsteadOfQueueingForAFastOne() throws {
+        // n0: twice the speed (3 s per request), both places taken: 1.5 s until one frees. n1: half its
+        // speed, free. Expected completion (weight 1): 1.5 + 1.1 + 1 = 3.6 s on n0 against 2.2 + 2 = 4.2 s
+        // on n1: n0. With the decode counted at 0.25: 1.5 + 1.1 + 0.25 = 2.85 s against 2.2 + 0.5 = 2.7 s: n1.
+        let fast = EngineSpeeds(prefillTokensPerSecond: 2000, decodeTokensPerSecond: 100, meanServiceSeconds: 3)
+        func view(_ fastBusy: Int) -> [RoutingNode] {
+            [RoutingNode(id: "n0", isLocal: true, engines: [snapshot("e", [m], busy: fastBusy, slots: 2, speeds: fast)]),
+             RoutingNode(id: "n1", isLocal: false, hopSeconds: 0.001, engines: [snapshot("e", [m], busy: 0, slots: 2, speeds: speeds)])]
+        }
+        var weighted = RoutingContext(policy: .cacheAware)
+        weighted.decodeWeight = 0.25
+        #expect(rank(view(2), RoutingContext(policy: .cacheAware))?.decision.nodeID == "n0")
+        let r = try #require(rank(view(2), weighted))
+        #expect(r.decision.nodeID == "n1")
+        // The terms shown stay those of the expected completion.
+        #expect(abs(r.candidates[0].total - (2.2 + 2 + 0.001)) < 1e-9 && abs(r.decision.expectedSeconds - r.candidates[0].total) < 1e-12)
+        // A free place on the fast engine: it wins either way.
+        #expect(rank(view(1), weighted)?.decision.nodeID == "n0")
+    }
+
     @Test func theStartDelayIsZeroWithAFreePlaceAndGrowsWithTheRequestsAhead() throws {
         // 2 slots, 4 s per request: 1 busy starts now; 2 busy wait for one to end (2 s); 5 busy, 4 ahead… (4 - 2 + 1) / 2 × 4 = 8 s.
         let free = try #require(rank(nodes([1, 3]), RoutingContext(policy: .expectedCompletion)))

@@ -95,6 +95,9 @@ public struct RouteTerms: Sendable, Hashable {
     public var startDelay: Double = 0
 
     public var total: Double { wait + prefill + decode + cold + hop }
+
+    /// What `cache-aware` ranks by: ``total`` with the decode term weighted (see ``RoutingContext/decodeWeight``).
+    public func score(decodeWeight: Double) -> Double { wait + prefill + decodeWeight * decode + cold + hop }
 }
 
 /// Everything routing takes besides the mesh view: the policy and, for `cache-aware`, the
@@ -112,6 +115,10 @@ public struct RoutingContext {
     /// the emptier cache takes the prompt, so new prefixes spread instead of evicting each other
     /// on one engine.
     public var held: ((RoutingNode, EngineSnapshot) -> Int)?
+    /// `cache-aware`: how much a candidate's decode time counts in its score (1: this request's
+    /// expected completion). Under load, waiting for the fastest engine delays the requests behind
+    /// too, and leaves slower engines idle; a weight below 1 starts requests sooner.
+    public var decodeWeight = 1.0
 
     public init(policy: RoutingPolicy = .expectedCompletion, cached: ((RoutingNode, EngineSnapshot) -> CacheEstimate?)? = nil,
                 rotation: Int = 0, loadBound: Double = 1.25, held: ((RoutingNode, EngineSnapshot) -> Int)? = nil) {
@@ -251,7 +258,8 @@ public enum Router {
         case .cacheAware:
             // The best, then among those about as good as it, the emptiest cache (then order).
             let eligible = terms.indices.filter { terms[$0].skipped == nil }
-            let best = eligible.map { terms[$0].total }.min() ?? 0
+            let score = terms.map { $0.score(decodeWeight: context.decodeWeight) }
+            let best = eligible.map { score[$0] }.min() ?? 0
             // Within 10 %: measured speeds of like engines differ by a few percent, and the faster
             // one must not take every request until its places run out.
             let near = max(0.01, 0.1 * best)
@@ -262,7 +270,7 @@ public enum Router {
             order = terms.indices.sorted { a, b in
                 let (x, y) = (terms[a], terms[b])
                 if (x.skipped == nil) != (y.skipped == nil) { return x.skipped == nil }
-                let (xNear, yNear) = (x.total <= best + near, y.total <= best + near)
+                let (xNear, yNear) = (score[a] <= best + near, score[b] <= best + near)
                 if xNear != yNear { return xNear }
                 if xNear {
                     // About as good: more of the prompt cached, then the less busy, then the emptier cache.
@@ -270,7 +278,7 @@ public enum Router {
                     if abs(busyPerSlot[a] - busyPerSlot[b]) > 1e-9 { return busyPerSlot[a] < busyPerSlot[b] }
                     if held[a] != held[b] { return held[a] < held[b] }
                 }
-                if abs(x.total - y.total) > 1e-9 { return x.total < y.total }
+                if abs(score[a] - score[b]) > 1e-9 { return score[a] < score[b] }
                 return a < b
             }
         case .leastBusy:

@@ -23,5 +23,8 @@ public struct RoutingSettings: Sendable, Hashable, Codable {
     /// Whether this node shares its engines' cache shadows with its peers (cache deltas) and reads
     /// theirs. Off: peers route to it blind to its caches, and it to theirs (its own still count).
     public var cacheDeltas = true
+    /// `cache-aware`: how much an engine's decode time counts when choosing (1: each request's own
+    /// expected completion; lower: a free slower engine is taken sooner instead of queueing for a faster one).
+    public var decodeWeight = 1.0
     public init() {}
 }
