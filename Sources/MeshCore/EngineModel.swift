@@ -124,6 +124,14 @@ public struct EngineSnapshot: Sendable, Hashable, Codable {
     public var models: [ModelInfo]
     public var load: EngineLoad
     public var speeds: EngineSpeeds
+    /// What the engine last said of its slots in a quiet poll (llama-server `GET /slots`), to correct
+    /// the node's shadow of its cache. This node's own business: not encoded (peers never see it).
+    public var slotReport: SlotReport? = nil
+
+    /// Every field but ``slotReport``.
+    enum CodingKeys: String, CodingKey {
+        case id, kind, url, healthy, healthDetail, models, load, speeds
+    }
 
     public init(id: String, kind: EngineKind, url: String, healthy: Bool, healthDetail: String? = nil,
                 models: [ModelInfo] = [], load: EngineLoad = .init(), speeds: EngineSpeeds = .init()) {
@@ -140,6 +148,40 @@ public struct EngineSnapshot: Sendable, Hashable, Codable {
     /// The model entry matching `name` (see ``ModelName/matches(_:_:)``).
     public func model(named name: String) -> ModelInfo? {
         models.first { ModelName.matches($0.name, name) }
+    }
+}
+
+/// What an engine said of its slots at one poll (llama-server `GET /slots`): per slot, whether it
+/// runs a task and how many tokens it holds. Checked against the node's shadow of the engine's
+/// cache (``CacheShadow/observe(_:)``), so a wrong guess corrects itself.
+public struct SlotReport: Sendable, Hashable {
+    public struct Slot: Sendable, Hashable {
+        /// The slot's id (llama-server `id`; the shadow's sequence of that index).
+        public var id: Int
+        /// Whether it runs a task now (`is_processing`).
+        public var processing: Bool
+        /// Tokens it holds, when it says: llama-server's `n_prompt_tokens`, the prompt and output of
+        /// its last task (0 once the slot was cleared, e.g. after saving it to host RAM).
+        public var tokens: Int?
+
+        public init(id: Int, processing: Bool, tokens: Int? = nil) {
+            self.id = id
+            self.processing = processing
+            self.tokens = tokens
+        }
+    }
+
+    public var slots: [Slot]
+    /// The engine's reports numbered in poll order from 1, so that each is applied once (0: not yet stamped).
+    public var number: UInt64
+    /// When the poll that fetched it began, in nanoseconds of the node's ``WallClock`` (the cache
+    /// shadows' clock): a slot used since then may have changed.
+    public var polledAt: UInt64
+
+    public init(slots: [Slot], number: UInt64 = 0, polledAt: UInt64 = 0) {
+        self.slots = slots
+        self.number = number
+        self.polledAt = polledAt
     }
 }
 

@@ -44,12 +44,17 @@ public struct EngineRequestOutcome: Sendable, Hashable {
 /// It also admits requests to each engine: at most ``EngineConcurrency/limit(configured:reportedSlots:learned:)``
 /// are open at once, and the rest wait here, first come first served, counted in the snapshots
 /// (`load.queued`), never in the HTTP client's connection queue.
+///
+/// An engine's slot report (llama-server `/slots`) reaches the snapshots only from a quiet poll:
+/// one during which no request meshd sent there started or ended. It is numbered and stamped with
+/// the poll's start on `clock` (the cache shadows' clock), for ``CacheShadow/observe(_:)``.
 public final class EngineRegistry: Sendable {
     public let pollInterval: Duration
     /// Whether these engines are the auto-detected defaults (absence is then logged quietly).
     public let autodetected: Bool
     private let adapters: [any EngineAdapter]
     private let logger: Logger
+    private let clock: any WallClock
     private let state: Mutex<State>
 
     /// Weight of a new sample in the smoothed speeds.
@@ -71,6 +76,11 @@ public final class EngineRegistry: Sendable {
         /// What the engine reported running or waiting beyond the requests meshd had open at the
         /// poll: other clients' load, which does not go stale when meshd's own requests end.
         var external: Int?
+        /// Requests meshd sent here that started or ended, counted: a poll during which it moved is
+        /// not quiet (its slot report may show a request half-way).
+        var activity: UInt64 = 0
+        /// Slot reports taken from quiet polls, counted (their numbers).
+        var slotReports: UInt64 = 0
     }
 
     struct State {
@@ -106,31 +116,33 @@ public final class EngineRegistry: Sendable {
 
     /// The registry for a node configuration: configured engines, or the auto-detected defaults
     /// (then missing engines are logged once at info, not every poll).
+    /// `clock` stamps slot reports: the node's clock, the one its cache shadows use.
     public convenience init(config: MeshdConfig, httpClient: any EngineHTTPTransport, logger: Logger,
-                            managedOptions: ManagedEngineOptions = .init()) {
+                            managedOptions: ManagedEngineOptions = .init(), clock: any WallClock = SystemWallClock()) {
         self.init(engines: config.effectiveEngines, httpClient: httpClient, logger: logger,
                   pollInterval: .milliseconds(max(50, config.enginePoll.intervalMs)),
-                  autodetected: config.engines == nil, managedOptions: managedOptions)
+                  autodetected: config.engines == nil, managedOptions: managedOptions, clock: clock)
     }
 
     public convenience init(engines: [EngineConfig], httpClient: any EngineHTTPTransport, logger: Logger,
                             pollInterval: Duration = .seconds(1), autodetected: Bool = false,
-                            managedOptions: ManagedEngineOptions = .init()) {
+                            managedOptions: ManagedEngineOptions = .init(), clock: any WallClock = SystemWallClock()) {
         let adapters = Self.makeAdapters(engines: engines, transport: httpClient, logger: logger,
                                          pollInterval: pollInterval, managedOptions: managedOptions)
         // makeAdapters makes one adapter per entry, in order.
         var limits: [String: Int] = [:]
         for (a, e) in zip(adapters, engines) { limits[a.id] = e.maxConcurrency }
         self.init(adapters: adapters, logger: logger, pollInterval: pollInterval, autodetected: autodetected,
-                  concurrencyLimits: limits)
+                  concurrencyLimits: limits, clock: clock)
     }
 
     /// A registry over ready-made adapters (tests, custom engines). Ids must be unique.
     /// `concurrencyLimits`: `engines[].max_concurrency` by engine id.
     public init(adapters: [any EngineAdapter], logger: Logger, pollInterval: Duration = .seconds(1), autodetected: Bool = false,
-                concurrencyLimits: [String: Int] = [:]) {
+                concurrencyLimits: [String: Int] = [:], clock: any WallClock = SystemWallClock()) {
         self.adapters = adapters
         self.logger = logger
+        self.clock = clock
         self.pollInterval = pollInterval
         self.autodetected = autodetected
         var s = State()
@@ -240,13 +252,17 @@ public final class EngineRegistry: Sendable {
 
     private func pollOnce(_ adapter: any EngineAdapter) async {
         let startedAt = ContinuousClock.now
+        let activity = state.withLock { $0.engines[adapter.id]?.activity ?? 0 }
+        let polledAt = clock.nowNanos()
         let snap = await adapter.refresh()
-        apply(snap, pollStartedAt: startedAt)
+        apply(snap, pollStartedAt: startedAt, activity: activity, polledAt: polledAt)
     }
 
     // MARK: state
 
-    private func apply(_ snap: EngineSnapshot, pollStartedAt: ContinuousClock.Instant) {
+    /// A poll's result. `activity` is the engine's count of request starts and ends when the poll
+    /// began (unchanged: the poll was quiet); `polledAt` its start on `clock`.
+    private func apply(_ snap: EngineSnapshot, pollStartedAt: ContinuousClock.Instant, activity: UInt64, polledAt: UInt64) {
         enum LogEvent { case none, up(Int), down(String, first: Bool), detail(String) }
         var woken: [Waiter] = []
         var failed: [Waiter] = []
@@ -255,6 +271,18 @@ public final class EngineRegistry: Sendable {
             guard var e = s.engines[snap.id], !s.shutDown else { return (.none, nil) }
             let before = e.snapshot
             e.snapshot = snap
+            if var report = snap.slotReport {
+                // Only a quiet poll's report, numbered and stamped; else the last quiet one stays
+                // (applied once by its number; its stamp bounds what it may still correct).
+                if e.activity == activity {
+                    e.slotReports += 1
+                    report.number = e.slotReports
+                    report.polledAt = polledAt
+                    e.snapshot.slotReport = report
+                } else {
+                    e.snapshot.slotReport = before.slotReport
+                }
+            }
             if let running = snap.load.running { e.external = max(0, running + (snap.load.waiting ?? 0) - e.open) }
             // A failure reported by the proxy after this poll began outlives the poll's result.
             if let m = e.mark, m.at < pollStartedAt { e.mark = nil }
@@ -393,6 +421,7 @@ public final class EngineRegistry: Sendable {
     public func beginRequest(_ engineID: String) {
         let w = state.withLock { s in
             s.engines[engineID]?.open += 1
+            s.engines[engineID]?.activity &+= 1
             return s.loadWatcher
         }
         w?.yield()
@@ -465,6 +494,7 @@ public final class EngineRegistry: Sendable {
         guard let e = s.engines[engineID] else { return nil }
         guard e.waiters.isEmpty, limit(e).map({ e.open < $0 }) ?? true else { return false }
         s.engines[engineID]!.open += 1
+        s.engines[engineID]!.activity &+= 1
         return true
     }
 
@@ -479,6 +509,7 @@ public final class EngineRegistry: Sendable {
             n += 1
         }
         guard n > 0 else { return [] }
+        e.activity &+= UInt64(n)
         let woken = Array(e.waiters.prefix(n))
         e.waiters.removeFirst(n)
         s.engines[engineID] = e
@@ -509,6 +540,7 @@ public final class EngineRegistry: Sendable {
                 e.learned.succeeded()
             }
             e.open = max(0, e.open - 1)
+            e.activity &+= 1
             if outcome.succeeded { e.speeds = Self.updated(e.speeds, with: outcome) }
             s.engines[engineID] = e
             return (s.loadWatcher, Self.admitWaiters(&s, engineID))

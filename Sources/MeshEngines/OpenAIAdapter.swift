@@ -141,6 +141,7 @@ public final class OpenAIAdapter: EngineAdapter {
         if let slots, let info = Self.parseSlots(slots) {
             load.running = info.busy
             if load.slots == nil { load.slots = info.total }
+            snap.slotReport = info.report
         }
         if let metricsBody {
             let text = String(decoding: metricsBody, as: UTF8.self)
@@ -218,18 +219,24 @@ public final class OpenAIAdapter: EngineAdapter {
     }
 
     /// llama-server `/slots`: how many slots are processing (`is_processing`, or a non-zero `state`
-    /// in older builds) out of how many. Nil when the body is not an array.
-    public static func parseSlots(_ json: JSON) -> (busy: Int, total: Int)? {
+    /// in older builds) out of how many, and each slot's state: its `id` (else its place), whether
+    /// it is processing, and the tokens it holds (`n_prompt_tokens`, once it has run a task).
+    /// Nil when the body is not an array.
+    public static func parseSlots(_ json: JSON) -> (busy: Int, total: Int, report: SlotReport)? {
         guard let slots = json.arrayValue else { return nil }
         var busy = 0
-        for s in slots {
+        var report = SlotReport(slots: [])
+        for (i, s) in slots.enumerated() {
+            var processing = false
             if let p = s["is_processing"]?.boolValue {
-                if p { busy += 1 }
-            } else if let st = s["state"]?.intValue, st != 0 {
-                busy += 1
+                processing = p
+            } else if let st = s["state"]?.intValue {
+                processing = st != 0
             }
+            if processing { busy += 1 }
+            report.slots.append(.init(id: s["id"]?.intValue ?? i, processing: processing, tokens: s["n_prompt_tokens"]?.intValue))
         }
-        return (busy, slots.count)
+        return (busy, slots.count, report)
     }
 
     /// Running and waiting request counts from a Prometheus body: vLLM

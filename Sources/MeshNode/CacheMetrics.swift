@@ -15,6 +15,8 @@ enum CacheMetrics {
         # TYPE meshd_cache_accuracy gauge
         # HELP meshd_cache_blocks Prompt blocks (64 bytes of rendered prompt) the shadow holds per engine and tier.
         # TYPE meshd_cache_blocks gauge
+        # HELP meshd_cache_slot_corrections_total Slots of a local engine whose shadow was corrected by what the engine said they hold (llama-server /slots).
+        # TYPE meshd_cache_slot_corrections_total counter
 
         """
         for s in stats {
@@ -24,6 +26,7 @@ enum CacheMetrics {
             out += "meshd_cache_accuracy{engine=\"\(e)\"} \(s.accuracy)\n"
             out += "meshd_cache_blocks{engine=\"\(e)\",tier=\"device\"} \(s.blocks)\n"
             out += "meshd_cache_blocks{engine=\"\(e)\",tier=\"ram\"} \(s.ramBlocks)\n"
+            out += "meshd_cache_slot_corrections_total{engine=\"\(e)\"} \(s.slotCorrections)\n"
         }
         if let mesh {
             let t = mesh.cacheTraffic

@@ -20,6 +20,8 @@ public final class CacheShadows: Sendable {
         var shadow: CacheShadow
         var generation = 0
         var healthy = true
+        /// Number of the last slot report applied (see ``SlotReport``).
+        var slotReport: UInt64 = 0
     }
 
     struct State: Sendable {
@@ -39,7 +41,8 @@ public final class CacheShadows: Sendable {
     // MARK: local engines
 
     /// Keeps the shadows in step with the engines: one per engine, sized to its slots and
-    /// context; an engine that went down (restarted) loses what it held.
+    /// context; an engine that went down (restarted) loses what it held; each slot report (from a
+    /// quiet poll) is checked against the shadow once.
     public func sync(_ snapshots: [EngineSnapshot]) {
         state.withLock { s in
             for e in snapshots {
@@ -55,9 +58,14 @@ public final class CacheShadows: Sendable {
                         l.shadow = CacheShadow(slots: slots, options: Self.options(e))
                         l.generation += 1
                     }
+                    if let r = e.slotReport, r.number > l.slotReport {
+                        l.shadow.observe(r)
+                        l.slotReport = r.number
+                    }
                     s.local[e.id] = l
                 } else {
-                    s.local[e.id] = Local(shadow: CacheShadow(slots: slots, options: Self.options(e)), healthy: e.healthy)
+                    s.local[e.id] = Local(shadow: CacheShadow(slots: slots, options: Self.options(e)), healthy: e.healthy,
+                                          slotReport: e.slotReport?.number ?? 0)
                 }
             }
         }
@@ -192,11 +200,14 @@ public final class CacheShadows: Sendable {
                        received: { [self] in receive($0) }, forget: { [self] in forget(node: $0) })
     }
 
-    /// Per local engine: predicted and reported cached tokens (summed), accuracy, blocks held.
-    public func stats() -> [(engine: String, predicted: Int, reported: Int, accuracy: Double, blocks: Int, ramBlocks: Int)] {
+    /// Per local engine: predicted and reported cached tokens (summed), accuracy, blocks held, slots
+    /// corrected by its slot reports.
+    public func stats() -> [(engine: String, predicted: Int, reported: Int, accuracy: Double, blocks: Int, ramBlocks: Int,
+                             slotCorrections: Int)] {
         state.withLock { s in
             s.local.sorted { $0.key < $1.key }.map { id, l in
-                (id, l.shadow.predictedTokens, l.shadow.reportedTokens, l.shadow.accuracy, l.shadow.deviceBlockCount, l.shadow.ramBlockCount)
+                (id, l.shadow.predictedTokens, l.shadow.reportedTokens, l.shadow.accuracy, l.shadow.deviceBlockCount,
+                 l.shadow.ramBlockCount, l.shadow.slotCorrections)
             }
         }
     }

@@ -13,16 +13,6 @@ import NIOPosix
 import ServiceLifecycle
 import Synchronization
 
-/// The system clock as the core's ``WallClock``.
-public struct SystemWallClock: WallClock {
-    public init() {}
-    public func nowNanos() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-}
-
 extension EngineRegistry: EngineDirectory {
     public func requestHeaders(engineID: String) -> [(String, String)] { requestHeaders(for: engineID) }
     public func acquire(engineID: String) async -> EngineAdmission { await acquire(engineID) }
@@ -92,7 +82,7 @@ public final class MeshdNode: Service, Sendable {
             // No per-host cap in libcurl: how many requests go to an engine at once is the engine
             // registry's decision (its slots or `max_concurrency`), and the rest wait in its queue.
             maxConnectionsPerHost: 0))
-        engines = EngineRegistry(config: config, httpClient: client, logger: logger)
+        engines = EngineRegistry(config: config, httpClient: client, logger: logger, clock: clock)
         metrics = NodeMetrics()
         if let eventLoopGroup {
             group = eventLoopGroup

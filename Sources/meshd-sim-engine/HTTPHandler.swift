@@ -297,7 +297,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 if k > 0 { s += "," }
                 s += "{\"id\":\(k),\"id_task\":-1,\"n_ctx\":\(engine.contextLength),\"speculative\":false"
                 s += ",\"is_processing\":\(busy),\"n_past\":\(snap.slotContext[k]),\"n_ctx_used\":\(snap.slotContext[k])"
-                s += ",\"n_prompt_tokens\":\(snap.slotPrompt[k]),\"n_prompt_tokens_cache\":\(snap.slotCached[k])"
+                // As llama-server: `n_prompt_tokens` is what the slot holds now (prompt and output), not its last prompt.
+                s += ",\"n_prompt_tokens\":\(snap.slotContext[k]),\"n_prompt_tokens_cache\":\(snap.slotCached[k])"
                 s += ",\"n_prompt_tokens_processed\":\(snap.slotPrompt[k] - snap.slotCached[k])}"
             }
             s += "]"

@@ -143,14 +143,22 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
         return pred
     }
 
-    @Test func aSavedPromptIsRestoredFromRAMAndLeavesIt() {
+    /// A shadow of `slots` slots with a host-RAM tier (100 blocks; `similarity`, else the default)
+    /// after prompts `a` then `b` (10 blocks each) ran on it.
+    func afterAThenB(slots: Int, similarity: Double? = nil) -> (shadow: CacheShadow, a: PromptChain, b: PromptChain) {
         var o = CacheShadow.Options()
         o.ramMaxBlocks = 100
-        var s = CacheShadow(slots: 1, options: o)
+        if let similarity { o.slotSimilarity = similarity }
+        var s = CacheShadow(slots: slots, options: o)
         let a = chain(text("a", 64 * 10)), b = chain(text("b", 64 * 10))
-        let qa = chain(text("a", 64 * 10) + text("question", 64 * 2))
         run(&s, a, at: 10)
         run(&s, b, at: 20)
+        return (s, a, b)
+    }
+
+    @Test func aSavedPromptIsRestoredFromRAMAndLeavesIt() {
+        var (s, a, b) = afterAThenB(slots: 1)
+        let qa = chain(text("a", 64 * 10) + text("question", 64 * 2))
         #expect(s.match(qa).anyBlocks == 10 && s.match(qa).deviceBlocks == 0, "a waits in RAM")
         // As llama-server: b is saved, a (the best saved prompt for qa) moves back into the slot.
         #expect(run(&s, qa, at: 30) == 10)
@@ -160,22 +168,14 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
     }
 
     @Test func aRequestPinnedToASlotHoldingAnotherPromptStillRestoresItsOwn() {
-        var o = CacheShadow.Options()
-        o.ramMaxBlocks = 100
-        var s = CacheShadow(slots: 2, options: o)
-        let a = chain(text("a", 64 * 10)), b = chain(text("b", 64 * 10))
-        run(&s, a, at: 10)
-        run(&s, b, at: 20)
+        var (s, a, b) = afterAThenB(slots: 2)
         let held = s.match(b).slot!
         // Pinned to b's slot, a's prompt keeps none of it: llama-server saves b and loads a.
         let (seq, pred) = s.begin(a, pinned: held, now: 30)
         #expect(seq == held && pred == 10)
         s.finish(sequence: seq, held: a, predictedBlocks: pred, promptBytes: 640, promptTokens: nil, cachedTokens: nil, now: 31)
         // With slot similarity off, a pinned request never touches the RAM cache.
-        o.slotSimilarity = 0
-        var off = CacheShadow(slots: 1, options: o)
-        run(&off, a, at: 10)
-        run(&off, b, at: 20)
+        var (off, _, _) = afterAThenB(slots: 1, similarity: 0)
         #expect(off.begin(a, pinned: 0, now: 30).blocks == 0)
     }
 
@@ -236,6 +236,67 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
         let (seq3, pred3) = s.begin(p, now: 5)
         s.finish(sequence: seq3, held: nil, predictedBlocks: pred3, promptBytes: 512, promptTokens: nil, cachedTokens: nil, now: 6)
         #expect(s.match(p).deviceBlocks == 0)
+    }
+
+    /// A slot report taken by a poll that began at `at`: per slot (id, processing, tokens held).
+    func report(_ slots: [(Int, Bool, Int?)], at: UInt64) -> SlotReport {
+        SlotReport(slots: slots.map { SlotReport.Slot(id: $0.0, processing: $0.1, tokens: $0.2) }, number: 1, polledAt: at)
+    }
+
+    @Test func aSlotTheEngineClearedIsForgottenItsRAMCopyKeptAndPeersTold() {
+        // a's idle slot was saved to RAM as b started; it keeps a too.
+        var (s, a, b) = afterAThenB(slots: 2)
+        let slotA = s.match(a).slot!, slotB = s.match(b).slot!
+        #expect(s.match(a).deviceBlocks == 10 && s.ramBlockCount == 10)
+        _ = s.drainChanges()
+        // llama-server cleared a's slot (after saving it to RAM) without meshd knowing; b's holds its
+        // prompt and answer.
+        #expect(s.observe(report([(slotA, false, 0), (slotB, false, 170)], at: 30)) == 1)
+        #expect(s.match(a).deviceBlocks == 0 && s.match(a).anyBlocks == 10, "only the RAM copy is left")
+        #expect(s.match(b).deviceBlocks == 10 && s.ramBlockCount == 10)
+        #expect(s.slotCorrections == 1)
+        // Peers learn that a's shared blocks (3 and 7) left the device for RAM, and nothing else.
+        let changes = Dictionary(uniqueKeysWithValues: s.drainChanges().map { ($0.0, $0.1) })
+        #expect(changes == [a.hashes[3]: .ram, a.hashes[7]: .ram])
+        // Seen again, nothing more to correct.
+        #expect(s.observe(report([(slotA, false, 0)], at: 40)) == 0 && s.slotCorrections == 1)
+    }
+
+    @Test func aSlotHoldingClearlyFewerTokensIsTruncatedToThem() {
+        var s = CacheShadow(slots: 1)
+        let p = chain(text("p", 64 * 40))  // 40 blocks, 640 tokens at 1/4 token a byte
+        run(&s, p, at: 10)
+        // A little short of the shadow (the engine's context cut it), or silent: left as it is.
+        #expect(s.observe(report([(0, false, 400)], at: 20)) == 0)
+        #expect(s.observe(report([(0, false, nil)], at: 20)) == 0)
+        #expect(s.match(p).deviceBlocks == 40)
+        _ = s.drainChanges()
+        // 100 tokens: the first 6 blocks (16 tokens each) are all the slot holds of it.
+        #expect(s.observe(report([(0, false, 100)], at: 30)) == 1)
+        #expect(s.match(p).deviceBlocks == 6 && s.deviceBlockCount == 6)
+        let changes = Dictionary(uniqueKeysWithValues: s.drainChanges().map { ($0.0, $0.1) })
+        #expect(changes.count == 9 && changes.values.allSatisfy { $0 == .none }, "blocks 7, 11, … 39 dropped")
+        #expect(changes[p.hashes[7]] == CacheTier.none && changes[p.hashes[3]] == nil)
+    }
+
+    @Test func busyOrRecentlyUsedSlotsAreLeftAlone() {
+        var s = CacheShadow(slots: 3)
+        let ps = (0..<3).map { chain(text("s\($0)", 64 * 10)) }
+        for (i, p) in ps.enumerated() { run(&s, p, at: UInt64(10 * (i + 1))) }  // finished at 11, 21, 31
+        let slots = ps.map { s.match($0).slot! }
+        // ps[0]'s slot runs a request meshd sent (the shadow's busy; the engine had not begun it).
+        let (busy, _) = s.begin(ps[0], now: 40)
+        #expect(busy == slots[0])
+        // The engine runs one on ps[1]'s slot; ps[2]'s slot was used after the poll began; an
+        // unknown slot is ignored.
+        let r = report([(slots[0], false, 0), (slots[1], true, 0), (slots[2], false, 0), (7, false, 0)], at: 31)
+        #expect(s.observe(r) == 0)
+        #expect(ps.allSatisfy { s.match($0).deviceBlocks == 10 } && s.slotCorrections == 0)
+        // The same report from a later poll corrects the idle slot used before it.
+        var later = r
+        later.polledAt = 32
+        #expect(s.observe(later) == 1)
+        #expect(s.match(ps[2]).deviceBlocks == 0 && s.match(ps[0]).deviceBlocks == 10 && s.match(ps[1]).deviceBlocks == 10)
     }
 
     @Test func memoryIsBoundedLeastRecentlyUsedFirst() {

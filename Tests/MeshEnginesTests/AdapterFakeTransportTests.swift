@@ -154,6 +154,38 @@ func next(_ it: inout AsyncStream<[EngineSnapshot]>.AsyncIterator, _ predicate: 
         #expect(await next(&changes) { _ in false } == nil)  // drains, then ends
     }
 
+    @Test func slotReportsComeFromQuietPollsOnlyNumberedAndStampedAndStayLocal() async throws {
+        let a = ScriptedAdapter(id: "e", slots: 2)
+        let report = SlotReport(slots: [.init(id: 0, processing: false, tokens: 0), .init(id: 1, processing: true, tokens: 90)])
+        a.set(slotReport: report)
+        let clock = ManualClock(nanos: 1_000)
+        let reg = EngineRegistry(adapters: [a], logger: testLogger, pollInterval: .seconds(30), clock: clock)
+        await reg.start()
+        let first = try #require(reg.snapshot("e")?.slotReport)
+        #expect(first.slots == report.slots && first.number == 1 && first.polledAt == 1_000)
+        // A request meshd sent starts, then one ends, while a poll runs: those reports are dropped
+        // and the last quiet one stays.
+        clock.advance(nanos: 1_000)
+        a.set(duringRefresh: { reg.beginRequest("e") })
+        await reg.refreshNow()
+        #expect(reg.snapshot("e")?.slotReport == first)
+        a.set(duringRefresh: { reg.endRequest("e", outcome: .failed) })
+        await reg.refreshNow()
+        #expect(reg.snapshot("e")?.slotReport == first)
+        // A quiet poll again (a request open throughout is no activity during it).
+        a.set(duringRefresh: nil)
+        reg.beginRequest("e")
+        clock.advance(nanos: 1_000)
+        await reg.refreshNow()
+        let quiet = try #require(reg.snapshot("e")?.slotReport)
+        #expect(quiet.number == 2 && quiet.polledAt == 3_000)
+        // Peers never see it.
+        let wire = String(decoding: try JSONEncoder().encode(try #require(reg.snapshot("e"))), as: UTF8.self)
+        #expect(!wire.contains("slotReport") && !wire.contains("polledAt") && wire.contains("\"speeds\""))
+        #expect(try JSONDecoder().decode(EngineSnapshot.self, from: Data(wire.utf8)).slotReport == nil)
+        await reg.shutdown()
+    }
+
     @Test func adaptersFromConfig() {
         let t = FakeTransport()
         let adapters = EngineRegistry.makeAdapters(engines: [

@@ -72,6 +72,11 @@ import Testing
         let slots = try JSONParser.parse(#"[{"id":0,"is_processing":true},{"id":1,"is_processing":false},{"id":2,"state":1},{"id":3,"state":0},{"id":4}]"#)
         let s = try #require(OpenAIAdapter.parseSlots(slots))
         #expect(s.busy == 2 && s.total == 5)
+        #expect(s.report.slots.map(\.processing) == [true, false, true, false, false] && s.report.slots.allSatisfy { $0.tokens == nil })
+        // What each slot holds (`n_prompt_tokens`, once it ran a task); the id, else the place.
+        let held = try JSONParser.parse(#"[{"is_processing":false,"n_prompt_tokens":1200},{"id":5,"is_processing":true,"n_prompt_tokens":0}]"#)
+        let r = try #require(OpenAIAdapter.parseSlots(held)).report
+        #expect(r.slots == [.init(id: 0, processing: false, tokens: 1200), .init(id: 5, processing: true, tokens: 0)])
         #expect(OpenAIAdapter.parseSlots(try JSONParser.parse(#"{"error":"no"}"#)) == nil)
     }
 

@@ -159,6 +159,8 @@ final class ScriptedAdapter: EngineAdapter, @unchecked Sendable {
     private var healthy = true
     private var models: [String] = ["m1"]
     private var slots: Int?
+    private var slotReport: SlotReport?
+    private var duringRefresh: (@Sendable () -> Void)?
     private(set) var refreshes = 0
 
     init(id: String, slots: Int? = nil) {
@@ -168,6 +170,12 @@ final class ScriptedAdapter: EngineAdapter, @unchecked Sendable {
 
     func set(slots: Int?) { lock.withLock { self.slots = slots } }
 
+    /// The slot report the next polls return.
+    func set(slotReport: SlotReport?) { lock.withLock { self.slotReport = slotReport } }
+
+    /// Runs while the next polls are under way (a request starting or ending mid-poll).
+    func set(duringRefresh: (@Sendable () -> Void)?) { lock.withLock { self.duringRefresh = duringRefresh } }
+
     func set(healthy: Bool, models: [String]? = nil) {
         lock.withLock {
             self.healthy = healthy
@@ -176,12 +184,15 @@ final class ScriptedAdapter: EngineAdapter, @unchecked Sendable {
     }
 
     func refresh() async -> EngineSnapshot {
-        lock.withLock {
+        lock.withLock { duringRefresh }?()
+        return lock.withLock {
             refreshes += 1
-            return EngineSnapshot(id: id, kind: kind, url: baseURL, healthy: healthy,
-                                  healthDetail: healthy ? nil : "scripted down",
-                                  models: healthy ? models.map { ModelInfo(name: $0, loaded: true) } : [],
-                                  load: EngineLoad(slots: slots))
+            var snap = EngineSnapshot(id: id, kind: kind, url: baseURL, healthy: healthy,
+                                      healthDetail: healthy ? nil : "scripted down",
+                                      models: healthy ? models.map { ModelInfo(name: $0, loaded: true) } : [],
+                                      load: EngineLoad(slots: slots))
+            snap.slotReport = slotReport
+            return snap
         }
     }
 }

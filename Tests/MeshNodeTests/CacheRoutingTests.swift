@@ -1,4 +1,5 @@
 import MeshCore
+import MeshEngines
 import MeshNode
 import Testing
 
@@ -46,6 +47,21 @@ import Testing
         await rig.stop()
         await a.close()
         await b.close()
+    }
+
+    @Test func aSlotReportCorrectsTheShadowAtTheNextSync() throws {
+        let clock = ManualClock()
+        let cache = CacheShadows(clock: clock)
+        var e = EngineSnapshot(id: "e", kind: .openai, url: "http://127.0.0.1:1", healthy: true, load: EngineLoad(slots: 1))
+        cache.sync([e])
+        let p = PromptChain(model: "m", bytes: Array(Self.system.utf8))
+        cache.finish(try #require(cache.begin("e", p)), ok: true, usage: nil)
+        #expect(cache.local("e", p) != nil)
+        // The engine's slot is empty at a poll that began after the request: the shadow forgets it.
+        clock.advance(seconds: 1)
+        e.slotReport = SlotReport(slots: [.init(id: 0, processing: false, tokens: 0)], number: 1, polledAt: clock.nowNanos())
+        cache.sync([e])
+        #expect(cache.local("e", p) == nil && cache.stats().first?.slotCorrections == 1)
     }
 
     @Test func aLlamaServerRequestIsPinnedToTheIdleSlotHoldingItsPrefix() async throws {

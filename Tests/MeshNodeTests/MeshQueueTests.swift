@@ -1,4 +1,5 @@
 import MeshCore
+import MeshEngines
 import MeshNode
 import NIOHTTP1
 import Synchronization

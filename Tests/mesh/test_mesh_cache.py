@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from meshd_e2e import ProcessPool
+from meshd_e2e import ProcessPool, http_client, wait_until
 from mesh_helpers import MeshBinaries, MeshNode, sim_entry, start_sim
 
 MODEL = "sim-small"
@@ -206,3 +206,28 @@ def test_a_node_with_cache_deltas_off_neither_shares_nor_reads_caches(mpool: Pro
     assert total(a, "meshd_cache_deltas_sent_total") > 0, "A shares (B does not read them)"
     # B's own shadow still works: its engine's reported reuse was predicted.
     assert total(b, "meshd_cache_predicted_tokens_total") > 0
+
+
+def test_a_slot_the_engine_cleared_behind_meshds_back_is_no_longer_predicted_cached(mpool: ProcessPool, mbins: MeshBinaries) -> None:
+    """The shadow is checked against the engine's `/slots`: when the engine loses a slot's content
+    without meshd knowing (`POST /sim/cache/clear` here), a quiet poll shows the slot empty and the
+    shadow forgets it, so the prompt is not predicted cached there any more."""
+    sim = start_sim(mpool, mbins, "--models", MODEL, "--cache", "on", "--slots", 2, "--prompt-tps", 2000,
+                    "--gen-tps", 400, "--context-length", 8192)
+    a = MeshNode(mpool, mbins, "A", secret=None, engines=[sim_entry(sim)], engine_poll_ms=200)
+    wait_until(lambda: a.admin("GET", "/v1/engines").json()[0].get("healthy"), 10, what="the engine up")
+    total = lambda name: sum(metrics(a, name).values())  # noqa: E731
+    assert ask(a, 0, "first")[2] == 0
+    _, prompt, cached = ask(a, 0, "second")
+    assert prompt - cached <= 30, (prompt, cached)
+    predicted = total("meshd_cache_predicted_tokens_total")
+    assert predicted > 0.8 * cached, (predicted, cached)
+    time.sleep(0.5)  # polls see the slot holding what the shadow says: nothing to correct
+    assert total("meshd_cache_slot_corrections_total") == 0
+    with http_client(sim.url) as c:
+        assert c.post("/sim/cache/clear").json() == {"ok": True}
+    time.sleep(1)  # a few polls (every 200 ms)
+    _, prompt, cached = ask(a, 0, "third")
+    assert cached == 0, "the engine lost the prefix"
+    assert total("meshd_cache_predicted_tokens_total") == predicted, "predicted cached after the engine cleared its slots"
+    assert total("meshd_cache_slot_corrections_total") >= 1

@@ -222,7 +222,9 @@ def test_slots_and_sim_cache_show_each_context(sim_factory):
     slots = s.get("/slots").json()
     assert [(x["id"], x["n_ctx"], x["is_processing"], x["n_past"]) for x in slots] == [(0, 300, False, n + 3),
                                                                                         (1, 300, False, n + 3)]
-    assert slots[1]["n_prompt_tokens"] == n and slots[1]["n_prompt_tokens_cache"] == 0 and "id_task" in slots[1]
+    # n_prompt_tokens: what the slot holds (prompt and output), as llama-server's slot.prompt.tokens.
+    assert slots[1]["n_prompt_tokens"] == n + 3 and slots[1]["n_prompt_tokens_processed"] == n
+    assert slots[1]["n_prompt_tokens_cache"] == 0 and "id_task" in slots[1]
     c = s.get("/sim/cache").json()
     assert c["cache"] == "on" and c["n_ctx"] == 300
     assert [x["n_ctx_used"] for x in c["slots"]] == [n + 3, n + 3]
@@ -240,7 +242,7 @@ def test_slots_and_sim_cache_show_each_context(sim_factory):
     assert slots[0]["n_prompt_tokens_cache"] == n - 1
     t.join(5)
     assert s.post("/sim/cache/clear").json() == {"ok": True}
-    assert [x["n_past"] for x in s.get("/slots").json()] == [0, 0]
+    assert [(x["n_past"], x["n_prompt_tokens"]) for x in s.get("/slots").json()] == [(0, 0), (0, 0)]
 
 
 # --- host-RAM prompt cache (--cache-ram-tokens, llama-server's --cache-ram) ---

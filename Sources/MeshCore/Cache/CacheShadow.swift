@@ -53,8 +53,9 @@ public struct CachedPrefix: Sendable, Hashable {
 /// meshd's picture of one engine's prompt cache: what each of its sequences (llama-server slots,
 /// Ollama parallel slots; for a vLLM-style block pool, recent prompts) holds, as chains of block
 /// hashes, plus the host-RAM tier. Kept by the node that fronts the engine, from the requests it
-/// sends and the answers it relays; corrected by what the engine reports it reused. Pure: time
-/// comes in as arguments. Memory is bounded (`maxBlocks`, `ramMaxBlocks`), least recently used out.
+/// sends and the answers it relays; corrected by what the engine reports it reused and what its
+/// slots hold (``observe(_:)``). Pure: time comes in as arguments. Memory is bounded (`maxBlocks`,
+/// `ramMaxBlocks`), least recently used out.
 ///
 /// The host-RAM tier follows llama-server's prompt cache (`--cache-ram`, `--cache-idle-slots`, both on
 /// by default): when a request takes a slot by least-recently-used choice (or a similar slot it
@@ -108,6 +109,8 @@ public struct CacheShadow: Sendable {
     /// Predicted and reported cached tokens, summed (for metrics).
     public private(set) var predictedTokens = 0
     public private(set) var reportedTokens = 0
+    /// Slots corrected by the engine's slot reports (``observe(_:)``), summed (for metrics).
+    public private(set) var slotCorrections = 0
 
     /// A shadow for an engine with `slots` sequences (1...64).
     public init(slots: Int, options: Options = .init()) {
@@ -214,6 +217,36 @@ public struct CacheShadow: Sendable {
     public mutating func reset() {
         for s in sequences.indices { replace(s, with: [], now: sequences[s].lastUsed) }
         dropAllRAM()
+    }
+
+    /// Checks the shadow against what the engine says its slots hold (llama-server `/slots`), so
+    /// that a wrong guess corrects itself. Only slots idle in both, and unused by meshd since the
+    /// poll began (`report.polledAt`), are compared: a slot the engine says is empty while the
+    /// shadow holds blocks is forgotten; one holding clearly fewer tokens than the shadow thinks
+    /// (under half, less a block of slack) keeps the blocks those tokens cover. Content is never
+    /// added (the shadow cannot know what it is), and the host-RAM tier stays as it is. Returns the
+    /// corrections made (also summed in ``slotCorrections``).
+    @discardableResult
+    public mutating func observe(_ report: SlotReport) -> Int {
+        let blockTokens = Double(PromptChain.blockBytes) * tokensPerByte
+        var corrected = 0
+        for slot in report.slots {
+            guard !slot.processing, let tokens = slot.tokens, slot.id >= 0, slot.id < sequences.count else { continue }
+            let q = sequences[slot.id]
+            guard q.busy == 0, q.lastUsed < report.polledAt, !q.hashes.isEmpty else { continue }
+            let keep: Int
+            if tokens <= 0 {
+                keep = 0
+            } else if Double(tokens) < 0.5 * Double(q.hashes.count) * blockTokens - blockTokens {
+                keep = Int(Double(tokens) / blockTokens)
+            } else {
+                continue
+            }
+            replace(slot.id, with: Array(q.hashes.prefix(keep)), now: q.lastUsed)
+            corrected += 1
+        }
+        slotCorrections += corrected
+        return corrected
     }
 
     /// Tier changes since the last call, for peers (of the blocks they learn, see ``peerStride``):
