@@ -122,6 +122,20 @@ public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertibl
 public struct JSONParser {
     public static let defaultMaxDepth = 128
 
+    /// The byte a one-letter escape (`\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`) stands for,
+    /// given the letter; nil for any other.
+    @inline(__always) static func escapedByte(_ letter: UInt8) -> UInt8? {
+        switch letter {
+        case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): return letter
+        case UInt8(ascii: "b"): return 0x08
+        case UInt8(ascii: "f"): return 0x0C
+        case UInt8(ascii: "n"): return 0x0A
+        case UInt8(ascii: "r"): return 0x0D
+        case UInt8(ascii: "t"): return 0x09
+        default: return nil
+        }
+    }
+
     /// Parses one JSON document (surrounding whitespace allowed).
     public static func parse<C: Collection>(_ bytes: C, maxDepth: Int = defaultMaxDepth) throws(JSONParseError) -> JSON
     where C.Element == UInt8 {
@@ -286,14 +300,6 @@ public struct JSONParser {
                 let e = p[i]
                 i += 1
                 switch e {
-                case UInt8(ascii: "\""): out.append(0x22)
-                case UInt8(ascii: "\\"): out.append(0x5C)
-                case UInt8(ascii: "/"): out.append(0x2F)
-                case UInt8(ascii: "b"): out.append(0x08)
-                case UInt8(ascii: "f"): out.append(0x0C)
-                case UInt8(ascii: "n"): out.append(0x0A)
-                case UInt8(ascii: "r"): out.append(0x0D)
-                case UInt8(ascii: "t"): out.append(0x09)
                 case UInt8(ascii: "u"):
                     var scalar = try hex4()
                     if (0xD800...0xDBFF).contains(scalar) {
@@ -310,7 +316,9 @@ public struct JSONParser {
                     }
                     guard let u = Unicode.Scalar(scalar) else { throw err("invalid code point") }
                     out.append(contentsOf: Array(String(Character(u)).utf8))
-                default: i -= 1; throw err("invalid escape")
+                default:
+                    guard let b = JSONParser.escapedByte(e) else { i -= 1; throw err("invalid escape") }
+                    out.append(b)
                 }
             }
             throw err("unterminated string")

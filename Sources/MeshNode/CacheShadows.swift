@@ -12,6 +12,8 @@ public final class CacheShadows: Sendable {
         let sequence: Int
         let predictedBlocks: Int
         let prompt: PromptChain
+        /// The request's operation (how its answer extends the prompt).
+        let operation: APIOperation
         /// The engine's shadow generation at `begin` (a reset since then voids the ticket).
         let generation: Int
     }
@@ -135,23 +137,31 @@ public final class CacheShadows: Sendable {
         }
     }
 
-    /// A request with prompt `chain` goes to local engine `engineID`.
-    public func begin(_ engineID: String, _ chain: PromptChain, pinned: Int? = nil) -> Ticket? {
+    /// A request of `operation` with prompt `chain` goes to local engine `engineID`.
+    public func begin(_ engineID: String, _ chain: PromptChain, operation: APIOperation, pinned: Int? = nil) -> Ticket? {
         let now = clock.nowNanos()
         return state.withLock { s -> Ticket? in
             guard var l = s.local[engineID] else { return nil }
             let (seq, predicted) = l.shadow.begin(chain, pinned: pinned, now: now)
             s.local[engineID] = l
-            return Ticket(engineID: engineID, sequence: seq, predictedBlocks: predicted, prompt: chain, generation: l.generation)
+            return Ticket(engineID: engineID, sequence: seq, predictedBlocks: predicted, prompt: chain, operation: operation,
+                          generation: l.generation)
         }
     }
 
-    /// The request ended: `usage` is what the engine reported (nil: it failed or said nothing).
-    public func finish(_ t: Ticket, ok: Bool, usage: TokenUsage?) {
+    /// The request ended: `usage` is what the engine reported (nil: it failed or said nothing),
+    /// `answer` the UTF-8 text it generated (or its start), which the engine's slot now holds
+    /// after the prompt. A failed request leaves the slot's content unknown.
+    public func finish(_ t: Ticket, ok: Bool, usage: TokenUsage?, answer: [UInt8]) {
         let now = clock.nowNanos()
+        var held: PromptChain?
+        if ok {
+            held = t.prompt
+            if !answer.isEmpty { held?.append(PromptRendering.answer(answer, operation: t.operation)) }
+        }
         state.withLock { s in
             guard var l = s.local[t.engineID], l.generation == t.generation else { return }
-            l.shadow.finish(sequence: t.sequence, held: ok ? t.prompt : nil, predictedBlocks: t.predictedBlocks,
+            l.shadow.finish(sequence: t.sequence, held: held, predictedBlocks: t.predictedBlocks,
                             promptBytes: t.prompt.byteCount, promptTokens: usage?.promptTokens, cachedTokens: usage?.cachedTokens, now: now)
             s.local[t.engineID] = l
         }

@@ -86,9 +86,13 @@ final class ShadowPlace: Sendable {
         ticket.withLock { $0 = (t, cache) }
     }
 
-    func end(ok: Bool, usage: TokenUsage?) {
+    /// Whether a ticket is held (the request's answer is then worth keeping for ``end(ok:usage:answer:)``).
+    var isOpen: Bool { ticket.withLock { $0 != nil } }
+
+    /// `answer`: the UTF-8 text the engine generated (or its start), held after the prompt when `ok`.
+    func end(ok: Bool, usage: TokenUsage?, answer: [UInt8] = []) {
         guard let (t, cache) = ticket.withLock({ v -> (CacheShadows.Ticket, CacheShadows)? in defer { v = nil }; return v }) else { return }
-        cache.finish(t, ok: ok, usage: usage)
+        cache.finish(t, ok: ok, usage: usage, answer: answer)
     }
 }
 

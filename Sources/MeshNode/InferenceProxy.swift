@@ -331,8 +331,9 @@ public struct InferenceProxy: Sendable {
 
         // The request's place in the engine's cache shadow, from when it is sent until it ends.
         let shadow = ShadowPlace()
-        let finishMetrics: @Sendable (Int, TokenUsage?, UInt64?) -> Void = { [engines, metrics] status, usage, firstToken in
-            shadow.end(ok: status < 400, usage: usage)
+        // `answer`: the generated text's UTF-8 bytes, for the shadow (empty when it has no ticket).
+        let finishMetrics: @Sendable (Int, TokenUsage?, UInt64?, [UInt8]) -> Void = { [engines, metrics] status, usage, firstToken, answer in
+            shadow.end(ok: status < 400, usage: usage, answer: answer)
             let total = ContinuousClock.now - started
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: status, duration: total)
             if let u = usage { metrics.tokens(model: req.model, prompt: u.promptTokens, completion: u.completionTokens) }
@@ -347,7 +348,7 @@ public struct InferenceProxy: Sendable {
 
         // A failure before any byte went to the client: an error response in the client's dialect.
         let fail: (APIError) -> Outcome = { e in
-            finishMetrics(e.status, nil, nil)
+            finishMetrics(e.status, nil, nil, [])
             return .response(errorResponse(e, dialect: req.clientDialect, headers: respHeaders))
         }
         // The engine failed before any byte went to the client: free the place, take the engine out
@@ -388,7 +389,7 @@ public struct InferenceProxy: Sendable {
         case .success(let url):
             // A split's llama-server gets its port when it starts.
             httpReq.url = Self.join(url, er.path)
-            if let prompt, let cache, let t = cache.begin(engine.id, prompt, pinned: pinned) { shadow.start(t, in: cache) }
+            if let prompt, let cache, let t = cache.begin(engine.id, prompt, operation: req.operation, pinned: pinned) { shadow.start(t, in: cache) }
         case .failure(let e):
             engines.requestFinished(engineID: engine.id, usage: nil, firstTokenSeconds: nil, totalSeconds: 0, ok: false, overloaded: false)
             return .retry(status: 503, reason: e.message)
@@ -405,9 +406,9 @@ public struct InferenceProxy: Sendable {
             if head.status != 200 {
                 return statusFailed(head.status, body)
             }
-            if req.route == er.engineRoute, let usage = ResponseTranslator.relayedUsage(route: req.route, body: body) {
-                // Same route: the engine's bytes go out as they came, read only for usage.
-                finishMetrics(200, usage, nil)
+            if req.route == er.engineRoute, let read = ResponseTranslator.relayed(route: req.route, body: body, answer: shadow.isOpen) {
+                // Same route: the engine's bytes go out as they came, read only for usage (and the answer).
+                finishMetrics(200, read.usage, nil, read.answer)
                 return .response(.bytes(.ok, body, contentType: "application/json", headers: respHeaders))
             }
             let json: JSON
@@ -418,7 +419,7 @@ public struct InferenceProxy: Sendable {
             }
             do {
                 let (out, usage) = try ResponseTranslator.translate(engineBody: json, context: ctx, endNanos: endNanos)
-                finishMetrics(200, usage, nil)
+                finishMetrics(200, usage, nil, shadow.isOpen ? Array(ResponseTranslator.answer(json, route: er.engineRoute).utf8) : [])
                 if req.route == er.engineRoute {
                     // Same route and dialect: the engine's bytes go out as they came (parsed only for usage).
                     return .response(.bytes(.ok, body, contentType: "application/json", headers: respHeaders))
@@ -449,7 +450,7 @@ public struct InferenceProxy: Sendable {
         }
         // The client's head waits for the engine's first output (prefill happens before it anyway):
         // an engine that dies before producing any is retried elsewhere, as nothing was sent yet.
-        var translator = StreamTranslator(context: ctx)
+        var translator = StreamTranslator(context: ctx, collectsAnswer: shadow.isOpen)
         var pending: [UInt8] = []
         var ended = false
         var earlyStatus: Int?
@@ -489,7 +490,10 @@ public struct InferenceProxy: Sendable {
         return .response(HTTPServerResponse(status: .ok, headers: respHeaders, body: .stream { writer in
             var translator = held
             var status = 200
-            defer { finishMetrics(status, translator.usage ?? (translator.contentChunks > 0 ? TokenUsage(promptTokens: 0, completionTokens: translator.contentChunks) : nil), translator.firstTokenNanos) }
+            defer {
+                finishMetrics(status, translator.usage ?? (translator.contentChunks > 0 ? TokenUsage(promptTokens: 0, completionTokens: translator.contentChunks) : nil),
+                              translator.firstTokenNanos, translator.answer)
+            }
             do {
                 if !first.isEmpty { try await writer.write(first) }
                 if sourceEnded {

@@ -56,7 +56,7 @@ func chat(_ messages: [(String, String)], model: String = "m") -> InferenceReque
     @Test func aChatTurnsRenderingStartsWithThePreviousTurnAndItsAnswer() throws {
         let turn1 = chat([("system", String(decoding: text("sys", 900), as: UTF8.self)), ("user", "What is a KV cache?")])
         var held = try #require(PromptRendering.chain(turn1, model: "m"))
-        held.append(PromptRendering.answer("A cache of attention keys and values.", operation: .chat))
+        held.append(PromptRendering.answer("A cache of attention keys and values.".utf8, operation: .chat))
         let turn2 = chat([("system", String(decoding: text("sys", 900), as: UTF8.self)), ("user", "What is a KV cache?"),
                           ("assistant", "A cache of attention keys and values."), ("user", "And a slot?")])
         let next = try #require(PromptRendering.chain(turn2, model: "m"))

@@ -6,11 +6,19 @@ import Testing
 @Suite struct OpenAIChunkScanTests {
     static let plain = #"{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"Hel"}}],"created":1700000001,"id":"chatcmpl-eng","model":"tiny","object":"chat.completion.chunk"}"#
 
-    /// What the full path concludes for an event the scanner accepted: whether it has content.
-    static func fullPathContent(_ json: JSON) -> Bool {
+    /// What the full path reads as an event's content.
+    static func fullPathContent(_ json: JSON) -> String {
         let choice = json["choices"]?[0]
-        let content = choice?["delta"]?["content"]?.stringValue ?? choice?["text"]?.stringValue ?? ""
-        return !content.isEmpty
+        return choice?["delta"]?["content"]?.stringValue ?? choice?["text"]?.stringValue ?? ""
+    }
+
+    /// The content the scanner found in `payload`, unescaped (none: empty).
+    static func scannedText(_ content: OpenAIChunkScan.Text?, in payload: [UInt8]) -> [UInt8] {
+        guard let content else { return [] }
+        var bytes: [UInt8] = []
+        OpenAIChunkScan.unescape(payload[content.range], into: &bytes)
+        #expect(content.escaped || bytes.elementsEqual(payload[content.range]), "unescaped bytes changed")
+        return bytes
     }
 
     /// Checks one payload: accepted only if the parser accepts it as a plain content chunk, with the
@@ -26,7 +34,8 @@ import Testing
             && !(json["choices"]?.arrayValue?.isEmpty ?? true)
             && json["choices"]?[0]?["finish_reason"]?.stringValue == nil
         #expect(plain, "not a plain chunk: \(note())")
-        #expect(scan.hasContent == fullPathContent(json), "content differs: \(note())")
+        #expect(scan.hasContent == !fullPathContent(json).isEmpty, "content differs: \(note())")
+        #expect(scannedText(scan.content, in: payload) == utf8(fullPathContent(json)), "content text differs: \(note())")
         return true
     }
 
@@ -58,6 +67,12 @@ import Testing
             #expect(got?.hasContent == expected, "\(text)")
             Self.check(utf8(text), text)
         }
+        // The content's bytes, unescaped.
+        let escaped = utf8(#"{"choices":[{"delta":{"content":"a\"b\\c\/d\b\f\n\r\te \u00e9\u20AC\u0041 ü 😀"}}]}"#)
+        let content = OpenAIChunkScan.scan(escaped[...])?.content
+        #expect(content?.escaped == true)
+        #expect(Self.scannedText(content, in: escaped) == utf8("a\"b\\c/d\u{8}\u{C}\n\r\te é€A ü 😀"))
+        #expect(OpenAIChunkScan.scan(utf8(Self.plain)[...])?.content?.escaped == false)
         // Invalid UTF-8 and raw control characters inside strings are the parser's to reject.
         var bad = utf8(Self.plain)
         bad.insert(0xFF, at: bad.firstIndex(of: UInt8(ascii: "H"))!)
@@ -91,18 +106,19 @@ import Testing
     /// Accepted only where the parser accepts, with the usage ResponseTranslator reads.
     @discardableResult
     static func checkUsage(_ body: [UInt8], _ note: @autoclosure () -> String = "") -> Bool {
-        guard let usage = OpenAIChunkScan.completionUsage(body) else { return false }
+        guard let read = OpenAIChunkScan.completion(body) else { return false }
         guard let json = try? JSONParser.parse(body) else {
             Issue.record("scanner accepted what the parser rejects: \(note()) \(String(decoding: body, as: UTF8.self).debugDescription)")
             return true
         }
         #expect(ResponseTranslator.engineError(json) == nil, "error body accepted: \(note())")
-        #expect(usage == ResponseTranslator.openAIUsage(json["usage"], timings: json["timings"]), "usage differs: \(note())")
+        #expect(read.usage == ResponseTranslator.openAIUsage(json["usage"], timings: json["timings"]), "usage differs: \(note())")
+        #expect(scannedText(read.content, in: body) == utf8(ResponseTranslator.answer(json, route: .openaiChat)), "answer differs: \(note())")
         return true
     }
 
     @Test func readsCompletionUsage() {
-        #expect(OpenAIChunkScan.completionUsage(utf8(Self.completion)) == .some(TokenUsage(promptTokens: 9, completionTokens: 8, cachedTokens: 0)))
+        #expect(OpenAIChunkScan.completion(utf8(Self.completion))?.usage == TokenUsage(promptTokens: 9, completionTokens: 8, cachedTokens: 0))
         let cases: [(String, TokenUsage??)] = [
             (#"{"choices":[]}"#, .some(nil)),
             (#"{"usage":null}"#, .some(nil)),
@@ -124,17 +140,42 @@ import Testing
             (#"{"timings":{"prompt_n":26,"cache_n":64}}"#, nil),
         ]
         for (text, expected) in cases {
-            #expect(OpenAIChunkScan.completionUsage(utf8(text)) == expected, "\(text)")
+            #expect(OpenAIChunkScan.completion(utf8(text)).map(\.usage) == expected, "\(text)")
             Self.checkUsage(utf8(text), text)
         }
-        #expect(ResponseTranslator.relayedUsage(route: .ollamaChat, body: utf8(Self.completion)) == nil)
+        #expect(ResponseTranslator.relayed(route: .ollamaChat, body: utf8(Self.completion), answer: true) == nil)
+    }
+
+    @Test func readsCompletionAnswers() {
+        #expect(ResponseTranslator.relayed(route: .openaiChat, body: utf8(Self.completion), answer: true)?.answer == utf8("Hello!"))
+        #expect(ResponseTranslator.relayed(route: .openaiChat, body: utf8(Self.completion), answer: false)?.answer == [])
+        let cases: [(String, String?)] = [
+            (#"{"choices":[{"message":{"role":"assistant","content":"caf\u00e9\n\"x\""}}]}"#, "café\n\"x\""),
+            (#"{"choices":[{"text":"plain ü","finish_reason":"length"}]}"#, "plain ü"),
+            (#"{"choices":[{"message":{"content":null,"tool_calls":[]},"text":"t"}]}"#, "t"),
+            (#"{"choices":[{"message":{"content":""},"text":"t"}]}"#, ""),
+            (#"{"choices":[{"index":0},{"message":{"content":"second"}}]}"#, ""),
+            (#"{"choices":[]}"#, ""),
+            (#"{"choices":{"message":{"content":"x"}}}"#, ""),
+            // Needs the full path.
+            (#"{"choices":[{"message":{"content":[{"type":"text","text":"x"}]}}]}"#, nil),
+            (#"{"choices":[{"message":{"content":"a","content":"b"}}]}"#, nil),
+            (#"{"choices":[{"message":{"content":"\ud83d\ude00"}}]}"#, nil),
+            (#"{"choices":[],"choices":[]}"#, nil),
+        ]
+        for (text, expected) in cases {
+            let read = ResponseTranslator.relayed(route: .openaiChat, body: utf8(text), answer: true)
+            #expect(read?.answer == expected.map(utf8), "\(text)")
+            Self.checkUsage(utf8(text), text)
+        }
     }
 
     @Test func mutatedCompletions() {
         let seed = fuzzSeed(default: 0x05A6_E5ED)
         print("OpenAIChunkScanTests.mutatedCompletions seed \(seed)")
         var rng = SplitMix64(seed: seed)
-        let seeds = [Self.completion, #"{"choices":[{"text":"x"}],"usage":{"total_tokens":3,"prompt_tokens":1,"completion_tokens":2}}"#].map(utf8)
+        let seeds = [Self.completion, #"{"choices":[{"text":"x"}],"usage":{"total_tokens":3,"prompt_tokens":1,"completion_tokens":2}}"#,
+                     #"{"choices":[{"message":{"content":"caf\u00e9\n\"q\"\t\/ ü"},"finish_reason":"stop"}],"usage":null}"#].map(utf8)
         var accepted = 0
         for iteration in 0..<20_000 {
             if Self.checkUsage(FuzzTests.mutate(rng.pick(seeds), &rng), "seed \(seed) iteration \(iteration)") { accepted += 1 }

@@ -83,8 +83,9 @@ struct StreamRun {
 
 let streamNow: UInt64 = testStart + 1_000_000_000
 
-func runStream(_ ctx: ResponseContext, _ chunks: [[UInt8]], now: UInt64 = streamNow, finish: Bool = true) -> StreamRun {
-    var t = StreamTranslator(context: ctx)
+func runStream(_ ctx: ResponseContext, _ chunks: [[UInt8]], now: UInt64 = streamNow, finish: Bool = true,
+               collectsAnswer: Bool = false) -> StreamRun {
+    var t = StreamTranslator(context: ctx, collectsAnswer: collectsAnswer)
     var out: [UInt8] = []
     do throws(APIError) {
         for c in chunks { out += try t.feed(c, nowNanos: now) }
@@ -504,5 +505,78 @@ func checkOllamaClient(_ out: [UInt8], pair: StreamPair, sourceLocation: SourceL
         #expect(try t.feed([], nowNanos: streamNow).isEmpty)
         #expect(try t.feed(utf8("\n\n\r\n"), nowNanos: streamNow).isEmpty)
         #expect(!t.startedOutput)
+    }
+}
+
+// MARK: - the answer, kept for the engine's cache shadow
+
+@Suite struct StreamAnswerTests {
+    /// Content pieces as they stand in the engine's JSON (escapes and all), and the text they make.
+    static let rawPieces = [#"Hel"#, #"lo\n"#, #" \"wörld\" 😀"#, #" caf\u00e9\t\/"#]
+    static let text = "Hello\n \"wörld\" 😀 café\t/"
+
+    /// An OpenAI engine's chat (or completion) stream of `pieces` (raw JSON string contents).
+    static func openAI(chat: Bool = true, role: Bool = true, pieces: [String] = rawPieces) -> [UInt8] {
+        let meta = #""created":1,"id":"chatcmpl-eng","model":"tiny","object":"\#(chat ? "chat.completion.chunk" : "text_completion")""#
+        func content(_ raw: String) -> String { chat ? #""delta":{"content":"\#(raw)"}"# : #""text":"\#(raw)""# }
+        var events: [String] = []
+        if chat && role { events.append(#"{"choices":[{"finish_reason":null,"index":0,"delta":{"role":"assistant","content":null}}],\#(meta)}"#) }
+        events += pieces.map { #"{"choices":[{"finish_reason":null,"index":0,\#(content($0))}],\#(meta)}"# }
+        events.append(#"{"choices":[{"finish_reason":"stop","index":0,\#(content(""))}],\#(meta)}"#)
+        events.append("[DONE]")
+        return EngineStreams.sse(events)
+    }
+
+    /// Runs `engine` through a translator for `client`, chunked every way, collecting the answer;
+    /// the client's bytes must be those of a translator that does not collect it.
+    static func answers(_ client: InferenceRoute, _ engine: InferenceRoute, _ stream: [UInt8],
+                        sourceLocation: SourceLocation = #_sourceLocation) -> [(String, [UInt8])] {
+        let reference = runStream(context(client, engine), [stream])
+        #expect(reference.translator.answer.isEmpty, "collecting off", sourceLocation: sourceLocation)
+        return chunkings(stream).map { name, chunks in
+            let run = runStream(context(client, engine), chunks, collectsAnswer: true)
+            #expect(run.error == nil && run.translator.finished, "\(name)", sourceLocation: sourceLocation)
+            let same = run.out == reference.out  // not in #expect: it would print both streams
+            #expect(same, "\(name): collecting changed the output", sourceLocation: sourceLocation)
+            return (name, run.translator.answer)
+        }
+    }
+
+    @Test(arguments: [true, false]) func plainChunksAfterTheFirstEventAreCollectedOnTheFastPath(chat: Bool) {
+        let route: InferenceRoute = chat ? .openaiChat : .openaiCompletion
+        // Chat: every piece comes after the role event. Completion: the first piece is the first event.
+        for (name, answer) in Self.answers(route, route, Self.openAI(chat: chat)) {
+            #expect(answer == utf8(Self.text), "\(name): \(String(decoding: answer, as: UTF8.self).debugDescription)")
+        }
+    }
+
+    @Test func aFirstEventWithContentIsCollectedOnTheFullPath() {
+        for (name, answer) in Self.answers(.openaiChat, .openaiChat, Self.openAI(role: false)) {
+            #expect(answer == utf8(Self.text), "\(name)")
+        }
+        // An Ollama client reads every OpenAI event on the full path.
+        for (name, answer) in Self.answers(.ollamaChat, .openaiChat, Self.openAI()) {
+            #expect(answer == utf8(Self.text), "\(name)")
+        }
+    }
+
+    @Test(arguments: [(InferenceRoute.ollamaChat, InferenceRoute.ollamaChat), (.openaiChat, .ollamaChat), (.ollamaGenerate, .ollamaGenerate)])
+    func anOllamaEnginesLinesAreCollected(client: InferenceRoute, engine: InferenceRoute) {
+        let pieces = ["Hel", "lo\n", " \"wörld\" 😀", " café\t/"]
+        for (name, answer) in Self.answers(client, engine, EngineStreams.ollama(chat: engine == .ollamaChat, pieces: pieces)) {
+            #expect(answer == utf8(Self.text), "\(name)")
+        }
+    }
+
+    @Test(arguments: [false, true]) func theAnswerStopsAtTheCap(escapedAcross: Bool) {
+        // 260,000 bytes, then a piece that crosses the cap (escaped or not), then one past it.
+        let long = String(repeating: "x", count: 65_000)
+        let across = escapedAcross ? String(repeating: #"\u00e9\n"#, count: 2_000) : String(repeating: "y", count: 6_000)
+        let stream = Self.openAI(pieces: [long, long, long, long, across, "z"])
+        let full = utf8(String(repeating: long, count: 4) + (escapedAcross ? String(repeating: "é\n", count: 2_000) : across) + "z")
+        for (name, answer) in Self.answers(.openaiChat, .openaiChat, stream) {
+            let prefix = answer[...] == full.prefix(StreamTranslator.answerCap)  // not in #expect: it would print both
+            #expect(answer.count == StreamTranslator.answerCap && prefix, "\(name): \(answer.count) bytes")
+        }
     }
 }

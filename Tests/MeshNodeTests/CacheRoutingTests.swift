@@ -88,6 +88,44 @@ import Testing
         await e.close()
     }
 
+    /// How an engine's answer reaches the proxy.
+    enum AnswerPath: CaseIterable, Sendable {
+        /// Streamed: the role event, then plain content events (the relay's fast path).
+        case stream
+        /// One body, relayed as it came (read by the scanner).
+        case relayed
+        /// One body with llama-server's timings (parsed into a tree).
+        case parsed
+    }
+
+    @Test(arguments: AnswerPath.allCases) func theAnswerIsHeldAfterThePromptSoTheNextTurnMatchesFurther(path: AnswerPath) async throws {
+        let e = try await FakeEngine()
+        // ~500 bytes of answer (8 blocks), with escapes, as the engine's JSON has it.
+        let pieces = (0..<12).map { #"Step \#($0): the printer is on floor \u00e9\#($0), \"room B\".\n"# }
+        e.answer(pieces, timings: path == .parsed)
+        let cache = CacheShadows(clock: SystemWallClock())
+        let rig = try await ProxyRig([e.url], cache: cache)
+        let first = messages("Where is the printer?")
+        let (status, _, _) = await rig.chat(stream: path == .stream, messages: first)
+        #expect(status == 200)
+        func chain(_ messages: String) throws -> PromptChain {
+            let req = try RequestParser.parse(route: .openaiChat, body: Array(#"{"model":"m","messages":\#(messages)}"#.utf8))
+            return try #require(PromptRendering.chain(req, model: req.model))
+        }
+        // The next turn: the first's messages, the answer the client got, a new question.
+        func nextTurn(_ answer: String) -> String {
+            String(first.dropLast()) + #",{"role":"assistant","content":"\#(answer)"},{"role":"user","content":"And the coffee machine?"}]"#
+        }
+        let prompt = cache.local(e.id, try chain(first))?.tokens ?? 0
+        let next = cache.local(e.id, try chain(nextTurn(pieces.joined())))?.tokens ?? 0
+        let other = cache.local(e.id, try chain(nextTurn("Some other answer, long enough to fill a block or two of the prompt.")))?.tokens ?? 0
+        // The answer's 8 blocks count on top of the prompt's; another answer matches the prompt only.
+        #expect(prompt > 0 && next > prompt * 1.1, "prompt \(prompt), next turn \(next)")
+        #expect(other == prompt, "prompt \(prompt), another answer \(other)")
+        await rig.stop()
+        await e.close()
+    }
+
     @Test func expectedCompletionIsBlindToTheCache() async throws {
         let a = try await FakeEngine(), b = try await FakeEngine()
         var routing = RoutingSettings()

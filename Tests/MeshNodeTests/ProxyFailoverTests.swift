@@ -41,6 +41,10 @@ final class FakeEngine: Sendable {
         var port = 0
         /// The `id_slot` of the last request, if it had one.
         var lastSlot: Int?
+        /// The answer's content in pieces (streamed one event each), as they stand in JSON; nil: `hello from PORT`.
+        var pieces: [String]?
+        /// Whether a non-streamed answer carries llama-server's `timings` (read by the full parser).
+        var timings = false
     }
     let responder: Responder
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -68,6 +72,13 @@ final class FakeEngine: Sendable {
     var lastSlot: Int? { responder.state.withLock { $0.lastSlot } }
     func set(_ mode: FakeMode) { responder.state.withLock { $0.mode = mode } }
     func release(_ n: Int) { responder.state.withLock { $0.released += n } }
+    /// Answers with `pieces` (raw JSON string contents), non-streamed answers with `timings` or without.
+    func answer(_ pieces: [String], timings: Bool = false) {
+        responder.state.withLock {
+            $0.pieces = pieces
+            $0.timings = timings
+        }
+    }
 
     /// Stops listening (idempotent): new connections are refused.
     func stop() async {
@@ -100,12 +111,12 @@ final class FakeEngine: Sendable {
             }
             let parsed = try? JSONParser.parse(request.bodyBytes)
             let stream = parsed?["stream"]?.boolValue ?? false
-            let (mode, ticket, port) = state.withLock { s -> (FakeMode, Int, Int) in
+            let (mode, ticket, pieces, timings) = state.withLock { s -> (FakeMode, Int, [String], Bool) in
                 s.lastSlot = parsed?["id_slot"]?.intValue
                 s.requests += 1
                 s.open += 1
                 s.peakOpen = max(s.peakOpen, s.open)
-                return (s.mode, s.requests, s.port)
+                return (s.mode, s.requests, s.pieces ?? ["hello from \(s.port)"], s.timings)
             }
             defer { state.withLock { $0.open -= 1 } }
             switch mode {
@@ -121,7 +132,8 @@ final class FakeEngine: Sendable {
             }
             let meta = #""id":"c1","object":"chat.completion.chunk","created":1,"model":"m""#
             if !stream {
-                return .bytes(.ok, Array(#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hello from \#(port)"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#.utf8),
+                let extra = timings ? #","timings":{"prompt_n":3,"prompt_ms":1.5}"# : ""
+                return .bytes(.ok, Array(#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"\#(pieces.joined())"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}\#(extra)}"#.utf8),
                               contentType: "application/json")
             }
             return HTTPServerResponse(status: .ok, headers: ["Content-Type": "text/event-stream"], body: .stream { w in
@@ -130,7 +142,9 @@ final class FakeEngine: Sendable {
                     try await Task.sleep(for: .milliseconds(20))
                     throw CancellationError()  // the server cuts the connection mid-body
                 }
-                try await w.write(Array("data: {\(meta),\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hello from \(port)\"},\"finish_reason\":null}]}\n\n".utf8))
+                for piece in pieces {
+                    try await w.write(Array("data: {\(meta),\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\(piece)\"},\"finish_reason\":null}]}\n\n".utf8))
+                }
                 try await w.write(Array("data: {\(meta),\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n".utf8))
             })
         }

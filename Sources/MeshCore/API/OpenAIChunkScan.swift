@@ -7,8 +7,15 @@
 /// `nil` and the caller parses the event with ``JSONParser``. What it accepts is valid JSON that
 /// ``JSONParser`` accepts too, so relaying the bytes is what the full path would have done.
 struct OpenAIChunkScan {
+    /// A string value as it stands in the scanned bytes: the offsets of the bytes between its
+    /// quotes (from the start of what was scanned), and whether they hold escapes.
+    typealias Text = (range: Range<Int>, escaped: Bool)
+
+    /// `choices[0].delta.content` (or, without one, `text`), when it is a string.
+    var content: Text?
+
     /// Whether the event carries a non-empty `choices[0].delta.content` (or, without one, `text`).
-    var hasContent = false
+    var hasContent: Bool { !(content?.range.isEmpty ?? true) }
 
     static func scan(_ payload: ArraySlice<UInt8>) -> OpenAIChunkScan? {
         payload.withUnsafeBufferPointer { p -> OpenAIChunkScan? in
@@ -25,8 +32,8 @@ struct OpenAIChunkScan {
                     return array(&c, depth: 2) { c, index in
                         choices += 1
                         if index > 0 { return skip(&c, depth: 3) }
-                        guard c.at(UInt8(ascii: "{")), let content = choice(&c, depth: 3) else { return false }
-                        result.hasContent = content
+                        guard c.at(UInt8(ascii: "{")), let content = choice(&c, depth: 3, streamed: true) else { return false }
+                        result.content = content
                         return true
                     }
                 }
@@ -38,22 +45,24 @@ struct OpenAIChunkScan {
         }
     }
 
-    /// Reads `choices[0]`; returns whether its content is non-empty, nil to give up.
-    private static func choice(_ c: inout Cursor, depth: Int) -> Bool? {
-        var delta: Bool??  // nil: no delta; .some(nil): delta without string content
-        var text: Bool??
+    /// Reads `choices[0]` (a stream's, with a `delta`, or a whole answer's, with a `message`): its
+    /// content string (`.some(nil)`: none), nil to give up. A stream's choice must not be finished.
+    private static func choice(_ c: inout Cursor, depth: Int, streamed: Bool) -> Text?? {
+        let messageKey = streamed ? Keys.delta : Keys.message
+        var message: Text??  // nil: no message; .some(nil): a message without string content
+        var text: Text??
         var finishSeen = false
         let ok = object(&c, depth: depth) { c, key in
-            if c.keyIs(key, Keys.delta) {
-                guard delta == nil, c.at(UInt8(ascii: "{")) else { return false }
-                var content: Bool??
+            if c.keyIs(key, messageKey) {
+                guard message == nil, c.at(UInt8(ascii: "{")) else { return false }
+                var content: Text??
                 let ok = object(&c, depth: depth + 1) { c, key in
                     guard c.keyIs(key, Keys.content) else { return skip(&c, depth: depth + 2) }
                     guard content == nil, let s = c.stringOrNull() else { return false }
                     content = .some(s)
                     return true
                 }
-                delta = .some(content ?? nil)
+                message = .some(content ?? nil)
                 return ok
             }
             if c.keyIs(key, Keys.text) {
@@ -61,7 +70,7 @@ struct OpenAIChunkScan {
                 text = .some(s)
                 return true
             }
-            if c.keyIs(key, Keys.finishReason) {
+            if streamed && c.keyIs(key, Keys.finishReason) {
                 guard !finishSeen else { return false }
                 finishSeen = true
                 return c.literal(Keys.null)
@@ -69,10 +78,10 @@ struct OpenAIChunkScan {
             return skip(&c, depth: depth + 1)
         }
         guard ok else { return nil }
-        // As the full path reads it: delta.content if it is a string, else text if it is one.
-        if case .some(.some(let nonEmpty)) = delta { return nonEmpty }
-        if case .some(.some(let nonEmpty)) = text { return nonEmpty }
-        return false
+        // As the full path reads it: the message's content if it is a string, else text if it is one.
+        if case .some(.some(let s)) = message { return .some(s) }
+        if case .some(.some(let s)) = text { return .some(s) }
+        return .some(nil)
     }
 
     // MARK: generic walking (validates what it skips)
@@ -135,6 +144,7 @@ struct OpenAIChunkScan {
         static let usage = Array("usage".utf8)
         static let choices = Array("choices".utf8)
         static let delta = Array("delta".utf8)
+        static let message = Array("message".utf8)
         static let content = Array("content".utf8)
         static let text = Array("text".utf8)
         static let finishReason = Array("finish_reason".utf8)
@@ -168,18 +178,18 @@ struct OpenAIChunkScan {
             return true
         }
 
-        /// A string value: whether it is non-empty; `.some(nil)` for `null`; nil for anything else.
-        mutating func stringOrNull() -> Bool?? {
+        /// A string value; `.some(nil)` for `null`; nil for anything else.
+        mutating func stringOrNull() -> Text?? {
             if at(UInt8(ascii: "\"")) {
                 guard let s = string() else { return nil }
-                return .some(!s.range.isEmpty)
+                return .some(s)
             }
             return literal(Keys.null) ? .some(nil) : nil
         }
 
         /// Skips a string at `i` (at its opening quote), checking it as the parser would; the raw
         /// bytes between the quotes and whether they hold escapes, or nil to give up.
-        mutating func string() -> (range: Range<Int>, escaped: Bool)? {
+        mutating func string() -> Text? {
             i += 1
             let start = i
             var escaped = false
@@ -198,8 +208,7 @@ struct OpenAIChunkScan {
                     escaped = true
                     guard i + 1 < p.count else { return nil }
                     switch p[i + 1] {
-                    case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
-                         UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                    case let letter where JSONParser.escapedByte(letter) != nil:
                         i += 2
                     case UInt8(ascii: "u"):
                         // Plain code points only; surrogate pairs go to the full parser.
@@ -269,15 +278,24 @@ struct OpenAIChunkScan {
 }
 
 extension OpenAIChunkScan {
-    /// The usage of a non-streamed OpenAI answer that is relayed as it came (same route), read
-    /// without building a JSON tree: `.some(nil)` when it has no `usage`, nil when the full parser
-    /// must decide (an `error` member, a usage count that is not a plain integer, anything the
-    /// scanner is unsure of). Like ``scan(_:)``, it only accepts what ``JSONParser`` accepts.
-    static func completionUsage(_ body: [UInt8]) -> TokenUsage?? {
-        body.withUnsafeBufferPointer { p -> TokenUsage?? in
+    /// A non-streamed OpenAI answer as ``completion(_:)`` read it.
+    struct Completion {
+        /// The usage it reports (nil: none).
+        var usage: TokenUsage?
+        /// `choices[0].message.content` (or, without one, `text`), when it is a string.
+        var content: Text?
+    }
+
+    /// A non-streamed OpenAI answer that is relayed as it came (same route), read without building
+    /// a JSON tree: its usage and answer text; nil when the full parser must decide (an `error`
+    /// member, a usage count that is not a plain integer, a content that is not a string, anything
+    /// the scanner is unsure of). Like ``scan(_:)``, it only accepts what ``JSONParser`` accepts.
+    static func completion(_ body: [UInt8]) -> Completion? {
+        body.withUnsafeBufferPointer { p -> Completion? in
             var c = Cursor(p: p)
-            var usage: TokenUsage?
+            var result = Completion()
             var usageSeen = false
+            var choicesSeen = false
             var detailsCached: Int?
             c.skipWS()
             guard c.at(UInt8(ascii: "{")) else { return nil }
@@ -298,6 +316,17 @@ extension OpenAIChunkScan {
                 if c.keyIs(key, Keys.error) { return false }
                 // llama-server's timings (cache_n, prompt_ms as a fraction) are read by the full parser.
                 if c.keyIs(key, Keys.timings) { return false }
+                if c.keyIs(key, Keys.choices) {
+                    guard !choicesSeen else { return false }
+                    choicesSeen = true
+                    guard c.at(UInt8(ascii: "[")) else { return skip(&c, depth: 2) }
+                    return array(&c, depth: 2) { c, index in
+                        guard index == 0, c.at(UInt8(ascii: "{")) else { return skip(&c, depth: 3) }
+                        guard let content = choice(&c, depth: 3, streamed: false) else { return false }
+                        result.content = content
+                        return true
+                    }
+                }
                 guard c.keyIs(key, Keys.usage) else { return skip(&c, depth: 2) }
                 guard !usageSeen else { return false }
                 usageSeen = true
@@ -318,14 +347,35 @@ extension OpenAIChunkScan {
                     return true
                 }
                 // As ResponseTranslator.openAIUsage reads it: no prompt count, no usage.
-                if let prompt { usage = TokenUsage(promptTokens: prompt, completionTokens: completion ?? 0) }
+                if let prompt { result.usage = TokenUsage(promptTokens: prompt, completionTokens: completion ?? 0) }
                 return ok
             }
-            usage?.cachedTokens = detailsCached
+            result.usage?.cachedTokens = detailsCached
             guard ok else { return nil }
             c.skipWS()
-            return c.i == p.count ? .some(usage) : nil
+            return c.i == p.count ? result : nil
         }
+    }
+
+    /// Appends the bytes a JSON string stands for, given the raw bytes between its quotes as the
+    /// scanner accepted them (valid UTF-8; escapes `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`,
+    /// `\t` and `\uXXXX` outside the surrogates).
+    static func unescape(_ raw: ArraySlice<UInt8>, into out: inout [UInt8]) {
+        var i = raw.startIndex
+        while let slash = raw[i...].firstIndex(of: UInt8(ascii: "\\")), slash + 1 < raw.endIndex {
+            out.append(contentsOf: raw[i..<slash])
+            if let b = JSONParser.escapedByte(raw[slash + 1]) {
+                out.append(b)
+                i = slash + 2
+            } else {
+                // `\uXXXX`, the only other escape the scanner accepts.
+                i = min(slash + 6, raw.endIndex)
+                var v: UInt32 = 0
+                for k in (slash + 2)..<i { v = v << 4 | (Cursor.hexValue(raw[k]) ?? 0) }
+                if let scalar = Unicode.Scalar(v) { UTF8.encode(scalar) { out.append($0) } }
+            }
+        }
+        out.append(contentsOf: raw[i...])
     }
 }
 

@@ -83,12 +83,30 @@ public enum ResponseTranslator {
     }
 
     /// For a non-streamed answer relayed unchanged (client and engine on the same route): the
-    /// usage it reports (`.some(nil)`: none), read without parsing it into a tree. Nil when it needs
+    /// usage it reports (nil: none) and, when `answer` is set, its text's UTF-8 bytes (else empty),
+    /// read without parsing it into a tree. Nil when it needs
     /// ``translate(engineBody:context:endNanos:)`` (an error body, an unusual one, or not an OpenAI
     /// chat/completion route).
-    public static func relayedUsage(route: InferenceRoute, body: [UInt8]) -> TokenUsage?? {
-        guard route == .openaiChat || route == .openaiCompletion else { return nil }
-        return OpenAIChunkScan.completionUsage(body)
+    public static func relayed(route: InferenceRoute, body: [UInt8], answer: Bool) -> (usage: TokenUsage?, answer: [UInt8])? {
+        guard route == .openaiChat || route == .openaiCompletion, let scan = OpenAIChunkScan.completion(body) else { return nil }
+        var text: [UInt8] = []
+        if answer, let content = scan.content {
+            if content.escaped { OpenAIChunkScan.unescape(body[content.range], into: &text) } else { text += body[content.range] }
+        }
+        return (scan.usage, text)
+    }
+
+    /// The text of an engine's non-streamed answer (empty when it has none).
+    public static func answer(_ b: JSON, route: InferenceRoute) -> String {
+        switch route {
+        case .openaiChat, .openaiCompletion:
+            let choice = b["choices"]?[0]
+            return choice?["message"]?["content"]?.stringValue ?? choice?["text"]?.stringValue ?? ""
+        case .ollamaChat, .ollamaGenerate:
+            return b["message"]?["content"]?.stringValue ?? b["response"]?.stringValue ?? ""
+        default:
+            return ""
+        }
     }
 
     /// The message of an `{"error": …}` body in either dialect.
@@ -99,11 +117,10 @@ public enum ResponseTranslator {
     }
 
     static func extract(_ b: JSON, route: InferenceRoute) -> GenerationResult {
-        var r = GenerationResult()
+        var r = GenerationResult(text: answer(b, route: route))
         switch route {
         case .openaiChat, .openaiCompletion:
             let choice = b["choices"]?[0]
-            r.text = choice?["message"]?["content"]?.stringValue ?? choice?["text"]?.stringValue ?? ""
             r.finishReason = choice?["finish_reason"]?.stringValue
             r.usage = openAIUsage(b["usage"], timings: b["timings"])
             if let t = b["timings"] {
@@ -111,7 +128,6 @@ public enum ResponseTranslator {
                 r.evalNanos = t["predicted_ms"]?.doubleValue.map(nanos(milliseconds:))
             }
         case .ollamaChat, .ollamaGenerate:
-            r.text = b["message"]?["content"]?.stringValue ?? b["response"]?.stringValue ?? ""
             r.finishReason = b["done_reason"]?.stringValue
             if let p = b["prompt_eval_count"]?.intValue ?? (b["eval_count"] != nil ? 0 : nil) {
                 // `prompt_eval_count` counts the whole prompt; newer Ollama says how much of it came
@@ -256,11 +272,20 @@ public struct StreamTranslator: Sendable {
     /// until then a relay can hold the client's head back and retry a failed engine elsewhere.
     public var answerStarted: Bool { firstTokenNanos != nil || finished || sawOtherOutput }
     private var result = GenerationResult()
+    /// Whether the answer's text is kept in ``answer`` (for the engine's cache shadow).
+    public let collectsAnswer: Bool
+    /// The answer's text so far, UTF-8 (`choices[0]`'s content, the message's or response's for
+    /// Ollama; not tool calls or reasoning), at most ``answerCap`` bytes: its start when longer.
+    /// Empty unless ``collectsAnswer``.
+    public private(set) var answer: [UInt8] = []
+    /// Most bytes of the answer kept.
+    public static let answerCap = 256 * 1024
     /// Longest line accepted from an engine before the stream is declared broken.
     public static let maxLineBytes = 4 * 1024 * 1024
 
-    public init(context: ResponseContext) {
+    public init(context: ResponseContext, collectsAnswer: Bool = false) {
         self.context = context
+        self.collectsAnswer = collectsAnswer
     }
 
     /// Consumes engine bytes; returns client bytes (possibly empty). Throws when the engine sent
@@ -363,7 +388,14 @@ public struct StreamTranslator: Sendable {
     static let doneMarker = Array("[DONE]".utf8)
 
     private mutating func noteContent(_ s: String, nowNanos: UInt64) {
-        if !s.isEmpty { countContent(nowNanos: nowNanos) }
+        guard !s.isEmpty else { return }
+        countContent(nowNanos: nowNanos)
+        if collectsAnswer && answer.count < Self.answerCap { keepAnswer(s.utf8) }
+    }
+
+    /// Appends answer bytes, up to ``answerCap``.
+    private mutating func keepAnswer<C: Collection>(_ bytes: C) where C.Element == UInt8 {
+        answer.append(contentsOf: bytes.prefix(Self.answerCap - answer.count))
     }
 
     private mutating func countContent(nowNanos: UInt64) {
@@ -383,7 +415,18 @@ public struct StreamTranslator: Sendable {
         // Before the answer starts, a chunk without text may carry tool calls or reasoning: the full
         // path reads them (so `answerStarted` sees them).
         if !scan.hasContent && !answerStarted { return false }
-        if scan.hasContent { countContent(nowNanos: nowNanos) }
+        if scan.hasContent {
+            countContent(nowNanos: nowNanos)
+            if collectsAnswer && answer.count < Self.answerCap, let content = scan.content {
+                let raw = payload[(payload.startIndex + content.range.lowerBound)..<(payload.startIndex + content.range.upperBound)]
+                if content.escaped {
+                    OpenAIChunkScan.unescape(raw, into: &answer)
+                    if answer.count > Self.answerCap { answer.removeLast(answer.count - Self.answerCap) }
+                } else {
+                    keepAnswer(raw)
+                }
+            }
+        }
         out += Self.dataPrefix
         out.append(0x20)
         out += payload

@@ -160,7 +160,7 @@ public enum PromptRendering {
         case .chat:
             var out: [UInt8] = []
             out.reserveCapacity(req.messages.reduce(16) { $0 + $1.content.utf8.count + $1.role.utf8.count + 2 })
-            for m in req.messages { appendMessage(&out, role: m.role, content: m.content, images: m.images) }
+            for m in req.messages { appendMessage(&out, role: m.role, content: m.content.utf8, images: m.images) }
             return out
         case .completion:
             var out: [UInt8] = [0x1D]
@@ -172,9 +172,9 @@ public enum PromptRendering {
         }
     }
 
-    /// The bytes an answer adds after the prompt of a request of `operation`.
-    public static func answer(_ text: String, operation: APIOperation) -> [UInt8] {
-        guard operation == .chat else { return Array(text.utf8) }
+    /// The bytes an answer (its text's UTF-8 bytes) adds after the prompt of a request of `operation`.
+    public static func answer<C: Collection>(_ text: C, operation: APIOperation) -> [UInt8] where C.Element == UInt8 {
+        guard operation == .chat else { return Array(text) }
         var out: [UInt8] = []
         appendMessage(&out, role: "assistant", content: text, images: [])
         return out
@@ -185,11 +185,11 @@ public enum PromptRendering {
         render(req).map { PromptChain(model: model, bytes: $0) }
     }
 
-    static func appendMessage(_ out: inout [UInt8], role: String, content: String, images: [String]) {
+    static func appendMessage<C: Collection>(_ out: inout [UInt8], role: String, content: C, images: [String]) where C.Element == UInt8 {
         out.append(0x1E)
         out.append(contentsOf: role.utf8)
         out.append(0x1F)
-        out.append(contentsOf: content.utf8)
+        out.append(contentsOf: content)
         for image in images {
             // An image's identity without copying its megabytes into the rendering.
             out.append(0x1A)
