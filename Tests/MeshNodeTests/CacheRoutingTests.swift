@@ -55,7 +55,7 @@ import Testing
         var e = EngineSnapshot(id: "e", kind: .openai, url: "http://127.0.0.1:1", healthy: true, load: EngineLoad(slots: 1))
         cache.sync([e])
         let p = PromptChain(model: "m", bytes: Array(Self.system.utf8))
-        cache.finish(try #require(cache.begin("e", p)), ok: true, usage: nil)
+        cache.finish(try #require(cache.begin("e", p, operation: .chat)), ok: true, usage: nil, answer: [])
         #expect(cache.local("e", p) != nil)
         // The engine's slot is empty at a poll that began after the request: the shadow forgets it.
         clock.advance(seconds: 1)
