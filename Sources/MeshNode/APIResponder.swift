@@ -8,6 +8,9 @@ import Synchronization
 /// readiness and metrics, with bearer-key checks when keys are configured.
 public struct APIResponder: HTTPResponder {
     public static let version = "0.1.0"
+    /// The Ollama API version meshd serves at `/api/version`: the one whose endpoints and fields it
+    /// implements, not meshd's own (clients gate on it: VS Code's Ollama mode needs at least 0.6.4).
+    public static let ollamaAPIVersion = "0.6.4"
 
     let proxy: InferenceProxy
     let engines: any EngineDirectory
@@ -153,7 +156,8 @@ public struct APIResponder: HTTPResponder {
         case .ollamaPs:
             return .json(.ok, ["models": .array(modelList().filter(\.0.loaded).map { ollamaPs($0.0) })], headers: nodeHeader)
         case .ollamaVersion:
-            return .json(.ok, ["version": .string(Self.version)], headers: nodeHeader)
+            // meshd's own version alongside, for people (clients read `version`).
+            return .json(.ok, ["version": .string(Self.ollamaAPIVersion), "meshd_version": .string(Self.version)], headers: nodeHeader)
         case .ollamaShow:
             return show(request)
         }

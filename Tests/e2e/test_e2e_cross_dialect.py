@@ -226,3 +226,12 @@ def test_cross_dialect_error_is_in_client_dialect(setup: Setup) -> None:
     assert r.status_code == 400 and isinstance(r.json()["error"], str)
     r = setup.meshd.post("/v1/chat/completions", json={"model": OL_MODEL})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+def test_api_version_is_the_ollama_api_meshd_implements(setup: Setup) -> None:
+    """Clients gate features on `/api/version` (VS Code's Ollama mode refuses anything below 0.6.4); it is
+    the Ollama API version meshd serves, with meshd's own version alongside."""
+    body = setup.meshd.get("/api/version").json()
+    major, minor, patch = (int(x) for x in body["version"].split("."))
+    assert (major, minor, patch) >= (0, 6, 4), body
+    assert body["meshd_version"] and body["meshd_version"] != body["version"], body
