@@ -70,12 +70,29 @@ public struct APIResponder: HTTPResponder {
 
     static func dialect(forPath path: String) -> Dialect { path.hasPrefix("/api/") ? .ollama : .openai }
 
+    /// Ollama endpoints meshd knows but does not serve yet (model management, issue 15): what to call them.
+    static func notYetServed(_ path: String) -> String? {
+        switch path {
+        case "/api/pull": return "pulling models (/api/pull)"
+        case "/api/push": return "pushing models (/api/push)"
+        case "/api/delete": return "deleting models (/api/delete)"
+        case "/api/copy": return "copying models (/api/copy)"
+        case "/api/create": return "creating models (/api/create)"
+        default: return path.hasPrefix("/api/blobs/") ? "model blobs (/api/blobs)" : nil
+        }
+    }
+
     public func respond(to incoming: HTTPServerRequest) async -> HTTPServerResponse {
         var request = incoming
         let path = request.path
         let dialect = Self.dialect(forPath: path)
         let (route, allowed) = Self.match(request.method, path)
         guard let route else {
+            if allowed.isEmpty, let what = Self.notYetServed(path) {
+                // Ollama's model management: a clear "not here yet", never a 404 a client reads as "no such model".
+                return error(APIError(status: 501, message: "meshd does not serve \(what) yet; manage models on the engine's own node "
+                                      + "(ollama pull, ollama rm) and meshd sees them at its next poll", code: "not_implemented"), dialect)
+            }
             if allowed.isEmpty {
                 return error(APIError(status: 404, message: "no route for \(request.method) \(path)", code: "not_found"), dialect)
             }

@@ -449,6 +449,10 @@ class Meshd:
         with self.client() as c:
             return c.post(path, **kw)
 
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        with self.client() as c:
+            return c.request(method, path, **kw)
+
     def wait_started(self, expect_ready: bool, timeout: float = 30) -> None:
         def healthz() -> bool:
             if not self.proc.alive():

@@ -235,3 +235,18 @@ def test_api_version_is_the_ollama_api_meshd_implements(setup: Setup) -> None:
     major, minor, patch = (int(x) for x in body["version"].split("."))
     assert (major, minor, patch) >= (0, 6, 4), body
     assert body["meshd_version"] and body["meshd_version"] != body["version"], body
+
+
+def test_model_management_meshd_does_not_serve_yet_is_a_clear_501_in_ollamas_shape(setup: Setup) -> None:
+    """Open WebUI and the ollama CLI read a 404 on pull or delete as "no such model"; until meshd manages
+    models (issue 15) they get 501 with an Ollama-shaped error that says what to do instead."""
+    for method, path in (("POST", "/api/pull"), ("DELETE", "/api/delete"), ("POST", "/api/copy"), ("POST", "/api/create"),
+                         ("POST", "/api/blobs/sha256:" + "0" * 64), ("HEAD", "/api/blobs/sha256:" + "0" * 64)):
+        r = setup.meshd.request(method, path, json={"model": "m"})
+        assert r.status_code == 501, (method, path, r.status_code, r.text)
+        if method != "HEAD":
+            assert r.headers["content-type"].startswith("application/json") and "does not serve" in r.json()["error"], r.text
+    with pytest.raises(ollama.ResponseError) as e:
+        setup.ol().pull("some-model")
+    assert e.value.status_code == 501 and "pulling models" in str(e.value)
+    assert setup.meshd.post("/api/nothing", json={}).status_code == 404
