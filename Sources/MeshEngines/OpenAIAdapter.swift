@@ -21,6 +21,8 @@ public final class OpenAIAdapter: EngineAdapter {
     struct State {
         var missing: Set<String> = []
         var apiKey: String?
+        /// The architecture read from the GGUF file llama-server names in `/props` (`model_path`), per path.
+        var architectures: [String: String?] = [:]
     }
 
     /// Optional endpoints this adapter may ask.
@@ -137,6 +139,9 @@ public final class OpenAIAdapter: EngineAdapter {
             let info = Self.parseProps(props)
             load.slots = info.totalSlots
             if let ctx = info.contextLength, models.count == 1 { models[0].contextLength = ctx }
+            if models.count == 1, models[0].family == nil, let path = props["model_path"]?.stringValue {
+                models[0].family = architecture(ofModelAt: path, base: base)
+            }
         }
         if let slots, let info = Self.parseSlots(slots) {
             load.running = info.busy
@@ -160,6 +165,24 @@ public final class OpenAIAdapter: EngineAdapter {
     }
 
     static func isMissingStatus(_ status: Int) -> Bool { status == 404 || status == 405 || status == 501 }
+
+    /// llama-server does not say its model's architecture (`/api/show` needs it); the GGUF file it
+    /// names does. Read once per path, and only for an engine on this machine (a path on another
+    /// host could name some other local file).
+    private func architecture(ofModelAt path: String, base: String) -> String? {
+        if let known = state.withLock({ $0.architectures[path] }) { return known }
+        var arch: String?
+        if Self.isLoopback(base), path.hasPrefix("/"), let (m, _) = try? GGUFFile.read(path: path) { arch = m.architecture }
+        state.withLock { $0.architectures[path] = .some(arch) }
+        return arch
+    }
+
+    /// Whether a base URL's host is this machine (127.0.0.0/8, ::1, localhost).
+    static func isLoopback(_ base: String) -> Bool {
+        guard let u = EngineURL(base, dropV1: false) else { return false }
+        let h = u.host.lowercased()
+        return h == "localhost" || h == "::1" || h == "[::1]" || h.hasPrefix("127.")
+    }
 
     private func markMissing(_ path: String) { _ = state.withLock { $0.missing.insert(path) } }
     private func forgetMissing() { state.withLock { $0.missing = [] } }

@@ -63,6 +63,15 @@ import Testing
         #expect(OpenAIAdapter.formatParams(135e6) == "135M")
     }
 
+    @Test func onlyAnEngineOnThisMachineHasItsModelFileRead() {
+        for local in ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "http://127.0.0.2:1"] {
+            #expect(OpenAIAdapter.isLoopback(local), "\(local)")
+        }
+        for remote in ["http://198.18.0.2:8080", "http://gpu-box:8080", "http://128.0.0.1:8080"] {
+            #expect(!OpenAIAdapter.isLoopback(remote), "\(remote)")
+        }
+    }
+
     @Test func propsAndSlots() throws {
         let props = try JSONParser.parse(#"{"default_generation_settings":{"n_ctx":4096,"params":{}},"total_slots":4}"#)
         let p = OpenAIAdapter.parseProps(props)

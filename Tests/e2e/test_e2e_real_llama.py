@@ -196,3 +196,11 @@ def test_ollama_embed(ol: ollama.Client) -> None:
     assert len(r.embeddings[0]) == len(r.embeddings[1]) > 0
     single = ol.embed(model=MODEL, input="hello world")
     assert len(single.embeddings) == 1
+
+
+def test_ollama_show_names_the_architecture_from_the_gguf_file(meshd_llama: Meshd) -> None:
+    """llama-server does not say its model's architecture; meshd reads it from the GGUF file `/props`
+    names (an engine on this machine), so `/api/show` is not `unknown` (Open WebUI's model page reads it)."""
+    info = meshd_llama.post("/api/show", json={"model": MODEL}).json()["model_info"]
+    assert info["general.architecture"] == "llama", info
+    assert info["llama.context_length"] > 0, info
