@@ -1,4 +1,5 @@
 import MeshCore
+import MeshHTTPClient
 import MeshHTTPServer
 import NIOCore
 import NIOHTTP1
@@ -176,7 +177,7 @@ public struct APIResponder: HTTPResponder {
             // meshd's own version alongside, for people (clients read `version`).
             return .json(.ok, ["version": .string(Self.ollamaAPIVersion), "meshd_version": .string(Self.version)], headers: nodeHeader)
         case .ollamaShow:
-            return show(request)
+            return await show(request)
         }
     }
 
@@ -263,7 +264,7 @@ public struct APIResponder: HTTPResponder {
         ]
     }
 
-    func show(_ request: HTTPServerRequest) -> HTTPServerResponse {
+    func show(_ request: HTTPServerRequest) async -> HTTPServerResponse {
         let body: JSON
         do {
             body = try JSONParser.parse(request.bodyBytes)
@@ -276,6 +277,11 @@ public struct APIResponder: HTTPResponder {
         guard let (m, e) = modelList().first(where: { ModelName.matches($0.0.name, name) }) else {
             return self.error(.modelNotFound(name, available: modelList().map(\.0.name)), .ollama)
         }
+        // An Ollama engine on this node knows its model best (template, parameters, model_info).
+        if let local = engines.snapshot().first(where: { $0.kind == .ollama && $0.healthy && $0.model(named: name) != nil }),
+           let own = await engineShow(local, model: local.model(named: name)!.name) {
+            return .json(.ok, own, headers: nodeHeader)
+        }
         var info: [(String, JSON)] = [("general.architecture", .string(m.family ?? "unknown"))]
         if let c = m.contextLength { info.append(("\(m.family ?? "general").context_length", .integer(c))) }
         var caps: [JSON] = [m.embeddings == true ? "embedding" : "completion"]
@@ -285,6 +291,21 @@ public struct APIResponder: HTTPResponder {
             "capabilities": .array(caps), "modified_at": .string(ISO8601.format(nanos: clock.nowNanos())),
             "meshd": ["node": .string(nodeName), "engine": .string(e.id)],
         ], headers: nodeHeader)
+    }
+
+    /// The engine's own `/api/show` answer, with where meshd found it; nil when it gives none (meshd
+    /// then describes the model from the mesh state).
+    func engineShow(_ e: EngineSnapshot, model: String) async -> JSON? {
+        var body: [UInt8] = []
+        (["model": .string(model)] as JSON).write(into: &body)
+        var req = HTTPClientRequest(method: "POST", url: InferenceProxy.join(e.url, "/api/show"),
+                                    headers: [("Content-Type", "application/json")] + engines.requestHeaders(engineID: e.id), body: body)
+        req.firstByteTimeout = .seconds(5)
+        req.idleTimeout = .seconds(5)
+        guard let (head, raw) = try? await proxy.client.execute(req), head.status == 200,
+              case .object(var members)? = try? JSONParser.parse(raw) else { return nil }
+        members.append(("meshd", ["node": .string(nodeName), "engine": .string(e.id)]))
+        return .object(members)
     }
 
     /// A stable pseudo digest for engines that do not report one (FNV-1a, hex).

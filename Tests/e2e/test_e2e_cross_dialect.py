@@ -250,3 +250,18 @@ def test_model_management_meshd_does_not_serve_yet_is_a_clear_501_in_ollamas_sha
         setup.ol().pull("some-model")
     assert e.value.status_code == 501 and "pulling models" in str(e.value)
     assert setup.meshd.post("/api/nothing", json={}).status_code == 404
+
+
+def test_api_show_is_the_ollama_engines_own_answer_when_it_has_one(setup: Setup) -> None:
+    """A model on an Ollama engine of this node: `/api/show` is that engine's own description (template,
+    parameters, model_info with its architecture and context length), plus where meshd found it. A model
+    on an OpenAI-compatible engine is described from what meshd knows of it."""
+    own = setup.meshd.post("/api/show", json={"model": OL_MODEL}).json()
+    assert own["template"] == "{{ .Prompt }}" and own["model_info"]["general.architecture"] == "llama", own
+    assert own["model_info"]["llama.context_length"] > 0 and own["meshd"]["engine"].startswith("ollama@"), own
+    assert "FROM " + OL_MODEL in own["modelfile"], own
+    # The same through the ollama client, which reads the fields into its own types; name:latest is the same model.
+    shown = setup.ol().show(OL_MODEL + ":latest")
+    assert shown.template == "{{ .Prompt }}" and shown.details.family == "llama", shown
+    described = setup.meshd.post("/api/show", json={"model": OA_MODEL}).json()
+    assert described["meshd"]["engine"].startswith("openai@") and "general.architecture" in described["model_info"], described
