@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import httpx
 import ollama
 import openai
 import pytest
@@ -265,3 +266,18 @@ def test_api_show_is_the_ollama_engines_own_answer_when_it_has_one(setup: Setup)
     assert shown.template == "{{ .Prompt }}" and shown.details.family == "llama", shown
     described = setup.meshd.post("/api/show", json={"model": OA_MODEL}).json()
     assert described["meshd"]["engine"].startswith("openai@") and "general.architecture" in described["model_info"], described
+
+
+def test_keep_alive_zero_unloads_the_model_where_it_is_loaded(setup: Setup) -> None:
+    """Open WebUI's "unload": an empty generate or chat with `keep_alive: 0` reaches the Ollama engine that
+    has the model loaded and comes back as Ollama's `done_reason: unload`; an empty one without it loads."""
+    r = setup.meshd.post("/api/generate", json={"model": OL_MODEL, "keep_alive": 0})
+    assert r.status_code == 200 and r.json()["done_reason"] == "unload", r.text
+    wait_until(lambda: OL_MODEL not in [m["name"] for m in httpx.get(setup.ol_sim.url + "/api/ps", timeout=5).json()["models"]], 5,
+               what="the engine to unload the model")
+    r = setup.meshd.post("/api/chat", json={"model": OL_MODEL, "messages": [], "keep_alive": "0s"})
+    assert r.status_code == 200 and r.json()["done_reason"] == "unload", r.text
+    r = setup.meshd.post("/api/generate", json={"model": OL_MODEL})
+    assert r.status_code == 200 and r.json()["done_reason"] == "load", r.text
+    wait_until(lambda: OL_MODEL in [m["name"] for m in httpx.get(setup.ol_sim.url + "/api/ps", timeout=5).json()["models"]], 5,
+               what="the engine to load the model again")
