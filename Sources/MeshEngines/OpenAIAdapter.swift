@@ -172,16 +172,9 @@ public final class OpenAIAdapter: EngineAdapter {
     private func architecture(ofModelAt path: String, base: String) -> String? {
         if let known = state.withLock({ $0.architectures[path] }) { return known }
         var arch: String?
-        if Self.isLoopback(base), path.hasPrefix("/"), let (m, _) = try? GGUFFile.read(path: path) { arch = m.architecture }
+        if EngineURL(base, dropV1: false)?.hostPort.isLoopback == true, path.hasPrefix("/"), let (m, _) = try? GGUFFile.read(path: path) { arch = m.architecture }
         state.withLock { $0.architectures[path] = .some(arch) }
         return arch
-    }
-
-    /// Whether a base URL's host is this machine (127.0.0.0/8, ::1, localhost).
-    static func isLoopback(_ base: String) -> Bool {
-        guard let u = EngineURL(base, dropV1: false) else { return false }
-        let h = u.host.lowercased()
-        return h == "localhost" || h == "::1" || h == "[::1]" || h.hasPrefix("127.")
     }
 
     private func markMissing(_ path: String) { _ = state.withLock { $0.missing.insert(path) } }

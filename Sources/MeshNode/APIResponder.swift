@@ -42,6 +42,8 @@ public struct APIResponder: HTTPResponder {
         case inference(InferenceRoute)
         case openaiModels, openaiModel(String)
         case ollamaTags, ollamaPs, ollamaShow, ollamaVersion
+        /// Ollama model management meshd does not serve yet (issue 15): what to call it.
+        case ollamaNotServed(String)
     }
 
     /// The route table: (method, path) → route; nil with `allowed` methods when the path exists but not the method.
@@ -57,7 +59,13 @@ public struct APIResponder: HTTPResponder {
         case "/api/ps": return get.contains(method) ? (.ollamaPs, get) : (nil, get)
         case "/api/version": return get.contains(method) ? (.ollamaVersion, get) : (nil, get)
         case "/api/show": return method == .POST ? (.ollamaShow, [.POST]) : (nil, [.POST])
+        case "/api/pull": return (.ollamaNotServed("pulling models (/api/pull)"), [])
+        case "/api/push": return (.ollamaNotServed("pushing models (/api/push)"), [])
+        case "/api/delete": return (.ollamaNotServed("deleting models (/api/delete)"), [])
+        case "/api/copy": return (.ollamaNotServed("copying models (/api/copy)"), [])
+        case "/api/create": return (.ollamaNotServed("creating models (/api/create)"), [])
         default:
+            if path.hasPrefix("/api/blobs/") { return (.ollamaNotServed("model blobs (/api/blobs)"), []) }
             if let r = InferenceRoute(rawValue: path) {
                 return method == .POST ? (.inference(r), [.POST]) : (nil, [.POST])
             }
@@ -71,29 +79,12 @@ public struct APIResponder: HTTPResponder {
 
     static func dialect(forPath path: String) -> Dialect { path.hasPrefix("/api/") ? .ollama : .openai }
 
-    /// Ollama endpoints meshd knows but does not serve yet (model management, issue 15): what to call them.
-    static func notYetServed(_ path: String) -> String? {
-        switch path {
-        case "/api/pull": return "pulling models (/api/pull)"
-        case "/api/push": return "pushing models (/api/push)"
-        case "/api/delete": return "deleting models (/api/delete)"
-        case "/api/copy": return "copying models (/api/copy)"
-        case "/api/create": return "creating models (/api/create)"
-        default: return path.hasPrefix("/api/blobs/") ? "model blobs (/api/blobs)" : nil
-        }
-    }
-
     public func respond(to incoming: HTTPServerRequest) async -> HTTPServerResponse {
         var request = incoming
         let path = request.path
         let dialect = Self.dialect(forPath: path)
         let (route, allowed) = Self.match(request.method, path)
         guard let route else {
-            if allowed.isEmpty, let what = Self.notYetServed(path) {
-                // Ollama's model management: a clear "not here yet", never a 404 a client reads as "no such model".
-                return error(APIError(status: 501, message: "meshd does not serve \(what) yet; manage models on the engine's own node "
-                                      + "(ollama pull, ollama rm) and meshd sees them at its next poll", code: "not_implemented"), dialect)
-            }
             if allowed.isEmpty {
                 return error(APIError(status: 404, message: "no route for \(request.method) \(path)", code: "not_found"), dialect)
             }
@@ -178,6 +169,10 @@ public struct APIResponder: HTTPResponder {
             return .json(.ok, ["version": .string(Self.ollamaAPIVersion), "meshd_version": .string(Self.version)], headers: nodeHeader)
         case .ollamaShow:
             return await show(request)
+        case .ollamaNotServed(let what):
+            // A clear "not here yet", never a 404 that a client reads as "no such model".
+            return error(APIError(status: 501, message: "meshd does not serve \(what) yet; manage models on the engine's own node "
+                                  + "(ollama pull, ollama rm) and meshd sees them at its next poll", code: "not_implemented"), dialect)
         }
     }
 

@@ -65,10 +65,10 @@ import Testing
 
     @Test func onlyAnEngineOnThisMachineHasItsModelFileRead() {
         for local in ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "http://127.0.0.2:1"] {
-            #expect(OpenAIAdapter.isLoopback(local), "\(local)")
+            #expect(EngineURL(local, dropV1: false)?.hostPort.isLoopback == true, "\(local)")
         }
         for remote in ["http://198.18.0.2:8080", "http://gpu-box:8080", "http://128.0.0.1:8080"] {
-            #expect(!OpenAIAdapter.isLoopback(remote), "\(remote)")
+            #expect(EngineURL(remote, dropV1: false)?.hostPort.isLoopback == false, "\(remote)")
         }
     }
 

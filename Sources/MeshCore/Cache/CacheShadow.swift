@@ -435,7 +435,6 @@ public struct CacheShadow: Sendable {
 
     private mutating func dropAllRAM() {
         while !ram.isEmpty { removeRAM(at: ram.count - 1) }
-        ramBlocks = 0
     }
 
     private mutating func dropRAM(_ h: UInt64, at i: Int) {
