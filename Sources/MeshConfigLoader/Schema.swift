@@ -133,6 +133,13 @@ enum Schema {
         .int(["routing", "max_queue"], \.routing.maxQueue, min: 0, max: 100_000),
         .bool(["routing", "cache_deltas"], \.routing.cacheDeltas),
         .double(["routing", "decode_weight"], \.routing.decodeWeight, min: 0, max: 1),
+        .bool(["models", "enabled"], \.models.enabled),
+        .string(["models", "dir"], \.models.dir, check: { $0.isEmpty ? nil : Check.path($0) }),
+        .int(["models", "keep_alive_seconds"], \.models.keepAliveSeconds, min: -1, max: 31_536_000),
+        .int(["models", "max_loaded"], \.models.maxLoaded, min: 0, max: 1000),
+        .int(["models", "rescan_seconds"], \.models.rescanSeconds, min: 1, max: 86_400),
+        .stringList(["models", "args"], \.models.args, secret: false,
+                    check: { $0.unicodeScalars.contains { $0.value < 0x20 } ? "must not contain control characters" : nil }),
 
         .int(["cloud", "escalate_after_ms"], \.cloud.escalateAfterMs, min: 0),
         .string(["cloud", "prices_file"], \.cloud.pricesFile, check: Check.path),

@@ -217,6 +217,8 @@ public struct MeshdConfig: Sendable, Hashable, Codable {
     public var split = SplitSettings()
     /// Where requests go: the policy and the mesh-wide queue.
     public var routing = RoutingSettings()
+    /// The node's model store: GGUF files served by llama-servers meshd starts on demand.
+    public var models = ModelStoreSettings()
     public var cloud = CloudConfig()
     public var budget = BudgetConfig()
 

@@ -38,6 +38,8 @@ public struct ModelInfo: Sendable, Hashable, Codable {
     /// Served by a split of meshd's across nodes (llama.cpp RPC): true both while the split runs
     /// and while it waits for a first request to be planned and started (then `loaded` is false).
     public var split: Bool? = nil
+    /// Being loaded now (a stored model whose llama-server is starting): `loaded` is still false.
+    public var loading: Bool? = nil
 
     public init(name: String, loaded: Bool, sizeBytes: Int64? = nil, vramBytes: Int64? = nil,
                 contextLength: Int? = nil, family: String? = nil, parameterSize: String? = nil,

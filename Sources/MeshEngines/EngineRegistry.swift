@@ -52,7 +52,8 @@ public final class EngineRegistry: Sendable {
     public let pollInterval: Duration
     /// Whether these engines are the auto-detected defaults (absence is then logged quietly).
     public let autodetected: Bool
-    private let adapters: [any EngineAdapter]
+    /// The engines, in configuration order (stored models are added and removed as their files come and go).
+    private var adapters: [any EngineAdapter] { state.withLock { $0.adapters } }
     private let logger: Logger
     private let clock: any WallClock
     private let state: Mutex<State>
@@ -85,7 +86,9 @@ public final class EngineRegistry: Sendable {
 
     struct State {
         var engines: [String: EngineState] = [:]
-        var tasks: [Task<Void, Never>] = []
+        var adapters: [any EngineAdapter] = []
+        /// Each engine's poll loop, by engine id.
+        var tasks: [String: Task<Void, Never>] = [:]
         var started = false
         var shutDown = false
         var subscribers: [Int: AsyncStream<[EngineSnapshot]>.Continuation] = [:]
@@ -140,12 +143,12 @@ public final class EngineRegistry: Sendable {
     /// `concurrencyLimits`: `engines[].max_concurrency` by engine id.
     public init(adapters: [any EngineAdapter], logger: Logger, pollInterval: Duration = .seconds(1), autodetected: Bool = false,
                 concurrencyLimits: [String: Int] = [:], clock: any WallClock = SystemWallClock()) {
-        self.adapters = adapters
         self.logger = logger
         self.clock = clock
         self.pollInterval = pollInterval
         self.autodetected = autodetected
         var s = State()
+        s.adapters = adapters
         for a in adapters {
             s.engines[a.id] = EngineState(snapshot: EngineSnapshot(id: a.id, kind: a.kind, url: a.baseURL, healthy: false,
                                                                    healthDetail: "not polled yet"),
@@ -198,15 +201,14 @@ public final class EngineRegistry: Sendable {
         guard go else { return }
         for a in adapters { await a.start() }
         await refreshNow()
-        let tasks = adapters.map { a in
-            Task { [self] in await self.pollLoop(a) }
-        }
+        var tasks: [String: Task<Void, Never>] = [:]
+        for a in adapters { tasks[a.id] = Task { [self] in await self.pollLoop(a) } }
         let keep = state.withLock { s -> Bool in
             if s.shutDown { return false }
-            s.tasks = tasks
+            s.tasks.merge(tasks) { old, _ in old }
             return true
         }
-        if !keep { for t in tasks { t.cancel() } }
+        if !keep { for t in tasks.values { t.cancel() } }
     }
 
     /// Polls every engine once now, concurrently, and waits for the results.
@@ -222,13 +224,13 @@ public final class EngineRegistry: Sendable {
     public func shutdown() async {
         let (tasks, subs, waiters) = state.withLock { s in
             s.shutDown = true
-            defer { s.tasks = []; s.subscribers = [:]; s.loadWatcher?.finish(); s.loadWatcher = nil }
+            defer { s.tasks = [:]; s.subscribers = [:]; s.loadWatcher?.finish(); s.loadWatcher = nil }
             var waiters: [Waiter] = []
             for id in s.engines.keys {
                 waiters += s.engines[id]!.waiters
                 s.engines[id]!.waiters = []
             }
-            return (s.tasks, Array(s.subscribers.values), waiters)
+            return (Array(s.tasks.values), Array(s.subscribers.values), waiters)
         }
         for w in waiters { w.continuation.resume(returning: .unavailable("node is shutting down")) }
         for t in tasks { t.cancel() }
@@ -351,7 +353,7 @@ public final class EngineRegistry: Sendable {
     }
 
     private func compose(_ s: State) -> [EngineSnapshot] {
-        adapters.compactMap { a in s.engines[a.id].map(Self.compose) }
+        s.adapters.compactMap { a in s.engines[a.id].map(Self.compose) }
     }
 
     private static func compose(_ e: EngineState) -> EngineSnapshot {
@@ -415,7 +417,53 @@ public final class EngineRegistry: Sendable {
     }
 
     /// Managed `llama.cpp` engines, for the node to wire splits into (before `start()`).
-    public var managedLlamaEngines: [ManagedLlamaCppEngine] { adapters.compactMap { $0 as? ManagedLlamaCppEngine } }
+    public var managedLlamaEngines: [ManagedLlamaCppEngine] {
+        adapters.compactMap { $0 as? ManagedLlamaCppEngine }.filter { !$0.onDemand }
+    }
+
+    /// Adds an engine while the node runs (a model put in the store): started and polled at once
+    /// when the registry runs. False when its id is taken or the registry has shut down.
+    @discardableResult
+    public func add(_ adapter: any EngineAdapter) async -> Bool {
+        let running = state.withLock { s -> Bool? in
+            guard !s.shutDown, s.engines[adapter.id] == nil else { return nil }
+            s.adapters.append(adapter)
+            s.engines[adapter.id] = EngineState(snapshot: EngineSnapshot(id: adapter.id, kind: adapter.kind, url: adapter.baseURL,
+                                                                         healthy: false, healthDetail: "not polled yet"))
+            return s.started
+        }
+        guard let running else { return false }
+        guard running else { return true }
+        await adapter.start()
+        await pollOnce(adapter)
+        let task = Task { [self] in await self.pollLoop(adapter) }
+        let kept = state.withLock { s -> Bool in
+            guard !s.shutDown, s.engines[adapter.id] != nil else { return false }
+            s.tasks[adapter.id] = task
+            return true
+        }
+        if !kept { task.cancel() }
+        return true
+    }
+
+    /// Removes an engine while the node runs (a stored model's file was deleted): stops its poll
+    /// and the adapter; requests waiting for it are refused. Requests open on it run to their end.
+    public func remove(_ engineID: String) async {
+        let taken = state.withLock { s -> (any EngineAdapter, Task<Void, Never>?, [Waiter], [EngineSnapshot]?)? in
+            guard let i = s.adapters.firstIndex(where: { $0.id == engineID }) else { return nil }
+            let a = s.adapters.remove(at: i)
+            let waiters = s.engines[engineID]?.waiters ?? []
+            s.engines[engineID] = nil
+            let t = s.tasks.removeValue(forKey: engineID)
+            return (a, t, waiters, publishIfChanged(&s))
+        }
+        guard let (adapter, task, waiters, published) = taken else { return }
+        if let published { send(published) }
+        for w in waiters { w.continuation.resume(returning: .unavailable("engine \(engineID) was removed")) }
+        task?.cancel()
+        await task?.value
+        await adapter.stop()
+    }
 
     /// A request is being sent to the engine now, whatever its limit (``acquire(_:)`` waits for a place).
     public func beginRequest(_ engineID: String) {

@@ -47,6 +47,8 @@ public struct ManagedEngineStatus: Sendable, Hashable {
         /// The model does not fit this node: it is split across nodes, planned and started when a
         /// request first asks for it (and again after a split ends).
         case awaitingSplit
+        /// A stored model (``ModelStore``): on disk, no process; started by its first request.
+        case available
     }
 
     public var phase: Phase = .idle
@@ -76,6 +78,9 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     public let options: ManagedEngineOptions
     /// The model name clients use.
     public let alias: String
+    /// A model of the node's store: no process until a request asks for it (``prepare()``), and
+    /// none again after ``unload()`` or a crash (the next request starts it).
+    public let onDemand: Bool
 
     private let transport: any EngineHTTPTransport
     private let logger: Logger
@@ -103,6 +108,10 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         /// meshd stopped the split's llama-server (a worker failed) and its end is not seen yet:
         /// the engine is servable (the next request plans anew), not unhealthy.
         var aborting = false
+        /// On demand: the start under way (requests that arrive meanwhile wait for the same one).
+        var loadStart: Task<String?, Never>?
+        /// On demand: asked before a start; makes room (unloads others) or says why not.
+        var loadGate: (@Sendable (String) async -> String?)?
     }
 
     /// What the model file says of itself, for `/api/show` and split planning.
@@ -117,7 +126,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
 
     /// - Parameter id: defaults to `llama.cpp:ALIAS`.
     public init(config: EngineConfig, transport: any EngineHTTPTransport, logger: Logger,
-                options: ManagedEngineOptions = .init(), id: String? = nil) {
+                options: ManagedEngineOptions = .init(), id: String? = nil, onDemand: Bool = false) {
+        self.onDemand = onDemand
         self.config = config
         self.options = options
         self.alias = config.managedModelName ?? "llama.cpp"
@@ -168,6 +178,14 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     }
 
     public func start() async {
+        if onDemand {
+            state.withLock { s in
+                guard s.task == nil, s.loadStart == nil, !s.stopping, s.status.phase == .idle else { return }
+                s.status.phase = .available
+                s.status.detail = "on disk; loaded by its first request"
+            }
+            return
+        }
         // A model this node cannot hold waits for a request, then runs as a split.
         if let splitter = state.withLock({ $0.splitter }), let model = splitModel,
            let reason = splitter.splitReason(engineID: id, model: model) {
@@ -187,7 +205,86 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         }
     }
 
+    /// On demand: asked before every start, to make room or refuse (the store's memory rule).
+    public func setLoadGate(_ gate: @escaping @Sendable (String) async -> String?) {
+        state.withLock { $0.loadGate = gate }
+    }
+
+    /// On demand: stops the model's llama-server (idle too long, or another model needs the
+    /// memory); the next request starts it again. Returns once the process is gone.
+    public func unload() async {
+        guard onDemand else { return }
+        // Marked available first: a poll meanwhile must not find a dying llama-server and call the engine unhealthy.
+        let child = state.withLock { s -> ChildProcess? in
+            guard !s.stopping, s.status.phase == .running, let child = s.child else { return nil }
+            s.child = nil
+            s.status.pid = nil
+            s.status.phase = .available
+            s.status.detail = "on disk; unloaded"
+            return child
+        }
+        guard let child else { return }
+        logger.info("unloading the model: stopping its llama-server", metadata: ["pid": "\(child.pid)"])
+        await terminate(child)
+    }
+
+    /// On demand: loads the model (starts and waits for its llama-server), once for every request
+    /// that arrives meanwhile. Returns why it cannot serve, nil when it can.
+    private func loadOnDemand() async -> String? {
+        let step = state.withLock { s -> (task: Task<String?, Never>?, refusal: String?) in
+            if s.stopping { return (nil, "stopped") }
+            if let t = s.loadStart { return (t, nil) }
+            if s.status.phase == .running { return (nil, nil) }
+            let gate = s.loadGate
+            s.status.phase = .starting
+            s.status.detail = "loading"
+            let t = Task<String?, Never> { [self] in
+                defer { state.withLock { $0.loadStart = nil } }
+                if let gate, let refusal = await gate(alias) {
+                    state.withLock { s in
+                        if !s.stopping { s.status.phase = .available; s.status.detail = "not loaded: \(refusal)" }
+                    }
+                    return refusal
+                }
+                switch await launch(extraArguments: []) {
+                case .failed(let outcome):
+                    let why = outcome.reason + (outcome.lastLine.map { " (last output: \($0))" } ?? "")
+                    state.withLock { s in
+                        s.child = nil
+                        s.status.pid = nil
+                        if !s.stopping { s.status.phase = .available; s.status.detail = "the last load failed: \(why)" }
+                    }
+                    logger.warning("loading the model failed", metadata: ["why": "\(why)"])
+                    return "loading '\(alias)' failed: \(why)"
+                case .healthy(let child, let since):
+                    Task {
+                        let exit = await child.waitForExit()
+                        let outcome = self.exited(exit, reason: nil, healthySince: since)
+                        // Unloaded (or stopped) by meshd: the process was already let go; else it died.
+                        let died = state.withLock { s -> Bool in
+                            guard s.child?.pid == child.pid else { return false }
+                            s.child = nil
+                            s.status.pid = nil
+                            guard !s.stopping else { return false }
+                            s.status.phase = .available
+                            s.status.detail = "on disk; its llama-server ended (\(outcome.reason)); loaded again by the next request"
+                            return true
+                        }
+                        if died { self.logger.warning("llama-server of a stored model ended", metadata: ["why": "\(outcome.reason)"]) }
+                    }
+                    return nil
+                }
+            }
+            s.loadStart = t
+            return (t, nil)
+        }
+        if let refusal = step.refusal { return refusal }
+        guard let task = step.task else { return nil }
+        return await task.value
+    }
+
     public func stop() async {
+        let loadStart = state.withLock { $0.loadStart }
         let (task, child, splitStart): (Task<Void, Never>?, ChildProcess?, Task<Void, any Error>?) = state.withLock { s in
             s.stopping = true
             s.status.phase = .stopped
@@ -198,6 +295,9 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         task?.cancel()
         splitStart?.cancel()
         if let child { await terminate(child) }
+        // A load under way ends as its launch sees `stopping` (it stops the process it started).
+        _ = await loadStart?.value
+        if let late = state.withLock({ $0.child }), late !== child { await terminate(late) }
         await task?.value
         _ = try? await splitStart?.value
         state.withLock { s in
@@ -356,6 +456,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     /// Makes the engine ready for a request: a model that is split starts its split on the first
     /// request (later ones wait for the same start). Returns why it cannot serve, nil when it can.
     public func prepare() async -> String? {
+        if onDemand { return await loadOnDemand() }
         await settle()
         let step = state.withLock { s -> (task: Task<Void, any Error>?, refusal: String?) in
             if let t = s.splitStart { return (t, nil) }
@@ -473,6 +574,14 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
 
     public func refresh() async -> EngineSnapshot {
         let (status, url, split) = state.withLock { ($0.status, $0.url, $0.split) }
+        if onDemand, status.phase == .available || status.phase == .starting || status.phase == .idle {
+            // On disk: servable, at the cost of a cold load (routing counts it); `loading` while it starts.
+            let facts = ggufFacts()
+            var m = ModelInfo(name: alias, loaded: false, sizeBytes: facts.fileBytes, contextLength: facts.contextLength,
+                              family: facts.architecture)
+            if status.phase == .starting { m.loading = true }
+            return EngineSnapshot(id: id, kind: kind, url: "", healthy: true, healthDetail: status.detail, models: [m])
+        }
         let aborting = state.withLock { $0.aborting }
         if status.phase == .awaitingSplit || aborting
             || (status.phase == .starting && split == nil && state.withLock({ $0.splitStart != nil })) {

@@ -107,24 +107,32 @@ struct AdminResponder: HTTPResponder {
             return .json(.ok, out)
         case "/v1/models":
             // Every model of the mesh, with the nodes and engines that have it (local first).
-            var byName: [String: (ModelInfo, [String], [String])] = [:]
+            // `where`: per node and engine, its state there (loaded, loading, or available: on disk,
+            // loaded by the first request) and size.
+            var byName: [String: (ModelInfo, [String], [String], [JSON])] = [:]
             var order: [String] = []
             for n in proxy.routingView(localOnly: false) {
+                let node = n.isLocal ? nodeName : n.id
                 for e in n.engines where e.healthy {
                     for m in e.models {
-                        if byName[m.name] == nil { order.append(m.name); byName[m.name] = (m, [], []) }
+                        if byName[m.name] == nil { order.append(m.name); byName[m.name] = (m, [], [], []) }
                         byName[m.name]!.1.append(n.isLocal ? e.id : "\(n.id)/\(e.id)")
-                        if !byName[m.name]!.2.contains(n.id) { byName[m.name]!.2.append(n.id) }
+                        if !byName[m.name]!.2.contains(node) { byName[m.name]!.2.append(node) }
                         if m.loaded { byName[m.name]!.0.loaded = true }
+                        if byName[m.name]!.0.sizeBytes == nil { byName[m.name]!.0.sizeBytes = m.sizeBytes }
+                        let state = m.loaded ? "loaded" : (m.loading == true ? "loading" : "available")
+                        byName[m.name]!.3.append(["node": .string(node), "engine": .string(e.id), "kind": .string(e.kind.rawValue),
+                                                  "state": .string(state), "size_bytes": m.sizeBytes.map { .int($0) } ?? .null,
+                                                  "split": .bool(m.split == true)])
                     }
                 }
             }
             return .json(.ok, .array(order.map { n in
-                let (m, ids, nodes) = byName[n]!
+                let (m, ids, nodes, places) = byName[n]!
                 return ["name": .string(n), "loaded": .bool(m.loaded), "size_bytes": m.sizeBytes.map { .int($0) } ?? .null,
                         "context_length": m.contextLength.map { .integer($0) } ?? .null,
                         "engines": .array(ids.map(JSON.string)), "node": .string(nodes.first ?? nodeName),
-                        "nodes": .array(nodes.map(JSON.string))]
+                        "nodes": .array(nodes.map(JSON.string)), "where": .array(places)]
             }))
         case "/v1/route":
             let model = Self.queryValue(request.query, "model") ?? ""

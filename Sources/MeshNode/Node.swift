@@ -55,6 +55,8 @@ public final class MeshdNode: Service, Sendable {
     public let hardware: HardwareMonitor
     /// The gateway role, when `cloud.providers` lists any.
     let gateway: Gateway?
+    /// The model store (`models:`): GGUF files served by llama-servers started on demand.
+    public let modelStore: ModelStore?
     /// This machine's llama.cpp build, read once at start (for splits).
     let llama: LlamaInfo
     /// Leases this node grants heads of splits, with their rpc-servers.
@@ -107,6 +109,13 @@ public final class MeshdNode: Service, Sendable {
                                       cacheDirectory: config.stateDir + "/rpc-cache", directHost: config.mesh.listen.host,
                                       logger: logger)
         self.splitWorker = splitWorker
+        if config.models.enabled {
+            modelStore = ModelStore(settings: config.models, stateDir: config.stateDir, registry: engines, transport: client,
+                                    logger: logger, clock: clock, binary: config.llamaServerBinary,
+                                    freeBytes: Self.storeFreeBytes(hardware: hardwareMonitor, cap: offerCap))
+        } else {
+            modelStore = nil
+        }
         let heads = SplitHeadRef()
         let mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
                                      hardware: hardware, gateway: gateway, llama: llama, offer: offer, splitWorker: splitWorker,
@@ -175,6 +184,17 @@ public final class MeshdNode: Service, Sendable {
         }
     }
 
+    /// Memory left for one more stored model, given the bytes stored models hold: the offer
+    /// (`hardware.offer_bytes`) less them; without an offer, the free memory measured (which
+    /// already leaves them out); nil while nothing is measured.
+    static func storeFreeBytes(hardware: HardwareMonitor, cap: Int?) -> @Sendable (Int64) -> Int64? {
+        { resident in
+            if let cap { return Int64(cap) - resident }
+            let free = SplitWorker.offer(hardware.latest, cap: nil)
+            return free > 0 ? free : nil
+        }
+    }
+
     /// The hardware probe the `hardware:` section describes, running tools as child processes.
     static func makeHardwareMonitor(_ config: HardwareConfig, logger: Logger) -> HardwareMonitor {
         var options = HardwareProbeOptions()
@@ -238,6 +258,7 @@ public final class MeshdNode: Service, Sendable {
         // Whether a managed model fits this node is decided when its engine starts: from measured memory.
         if splitHead != nil { _ = await hardware.refresh() }
         await engines.start()
+        await modelStore?.start()
         // Which llama.cpp this node could head or serve a split with: advertised in its state once
         // known (in the background: a slow or hanging binary must not delay serving).
         let configured = config.llamaServerBinary
@@ -357,6 +378,7 @@ public final class MeshdNode: Service, Sendable {
             }
         }
         await secureRelay.close()
+        await modelStore?.stop()
         await engines.shutdown()
         client.shutdown()
         if ownsGroup { try? await group.shutdownGracefully() }

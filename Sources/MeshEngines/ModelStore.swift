@@ -1,0 +1,246 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+import Logging
+import MeshCore
+import Synchronization
+
+/// The node's model store (`models:`): every GGUF file in its folder is a model this node serves
+/// through a llama-server of its own, started when a request first asks for the model and stopped
+/// when the model has been idle `keep_alive_seconds` or another needs the memory. The decisions are
+/// ``ModelStorePlan``'s; this is the I/O: the folder, the engines in the registry, the timer.
+public final class ModelStore: Sendable {
+    public let directory: String
+    private let settings: ModelStoreSettings
+    private let registry: EngineRegistry
+    private let transport: any EngineHTTPTransport
+    private let logger: Logger
+    private let clock: any WallClock
+    private let binary: String?
+    private let options: ManagedEngineOptions
+    /// Memory the node offers for models besides what stored models hold now (nil: unknown).
+    private let freeBytes: @Sendable (_ residentBytes: Int64) -> Int64?
+    private let state = Mutex(State())
+
+    struct Entry {
+        var engine: ManagedLlamaCppEngine
+        var path: String
+        var bytes: Int64
+        var lastUsedNanos: UInt64
+    }
+
+    struct State {
+        var entries: [String: Entry] = [:]
+        var task: Task<Void, Never>?
+        var stopped = false
+    }
+
+    /// How long a load waits for models that serve requests to become idle (to unload them).
+    static let roomWait: Duration = .seconds(60)
+
+    /// - Parameters:
+    ///   - freeBytes: given the bytes stored models hold now, the memory left for another (the
+    ///     node's `hardware.offer_bytes` minus them, or its free memory); nil: not checked.
+    public init(settings: ModelStoreSettings, stateDir: String, registry: EngineRegistry, transport: any EngineHTTPTransport,
+                logger: Logger, clock: any WallClock, binary: String?, options: ManagedEngineOptions = .init(),
+                freeBytes: @escaping @Sendable (_ residentBytes: Int64) -> Int64?) {
+        self.settings = settings
+        self.directory = settings.directory(stateDir: stateDir)
+        self.registry = registry
+        self.transport = transport
+        self.logger = logger
+        self.clock = clock
+        self.binary = binary
+        self.options = options
+        self.freeBytes = freeBytes
+    }
+
+    // MARK: lifecycle
+
+    /// Creates the folder if missing, adds its models to the registry, and starts the timer that
+    /// unloads idle models and looks at the folder again every `rescan_seconds`.
+    public func start() async {
+        var isDir: ObjCBool = false
+        if !FileManager.default.fileExists(atPath: directory, isDirectory: &isDir) {
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            } catch {
+                logger.warning("cannot create the model store folder; no stored models", metadata: [
+                    "dir": "\(directory)", "error": "\(error)"])
+            }
+        }
+        await rescan()
+        let task = Task { [self] in await self.run() }
+        let keep = state.withLock { s -> Bool in
+            guard !s.stopped else { return false }
+            s.task = task
+            return true
+        }
+        if !keep { task.cancel() }
+    }
+
+    /// Stops the timer (the registry's shutdown stops the engines).
+    public func stop() async {
+        let task = state.withLock { s -> Task<Void, Never>? in
+            s.stopped = true
+            defer { s.task = nil }
+            return s.task
+        }
+        task?.cancel()
+        await task?.value
+    }
+
+    private func run() async {
+        let tick = Duration.milliseconds(250)
+        var nextScan = ContinuousClock.now + .seconds(settings.rescanSeconds)
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: tick) } catch { return }
+            await unloadExpired()
+            if ContinuousClock.now >= nextScan {
+                await rescan()
+                nextScan = ContinuousClock.now + .seconds(settings.rescanSeconds)
+            }
+        }
+    }
+
+    // MARK: the folder
+
+    /// The store's GGUF files now: model name → (path of the file or first shard, total bytes).
+    func scan() -> [String: (path: String, bytes: Int64)] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [:] }
+        var out: [String: (path: String, bytes: Int64)] = [:]
+        for file in names.sorted() {
+            guard let model = ModelStorePlan.modelName(fileName: file) else { continue }
+            let path = directory + "/" + file
+            var st = stat()
+            guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            var bytes = Int64(st.st_size)
+            let stem = String(file.dropLast(5))
+            if model != stem {
+                // The first shard of a split GGUF (`NAME-00001-of-0000N.gguf`): its shards together.
+                let stem = model
+                for other in names where other != file && other.hasPrefix(stem + "-") && other.hasSuffix(".gguf")
+                    && ModelStorePlan.modelName(fileName: other) == nil {
+                    var o = stat()
+                    if stat(directory + "/" + other, &o) == 0 { bytes += Int64(o.st_size) }
+                }
+            }
+            out[model] = (path, bytes)
+        }
+        return out
+    }
+
+    /// Adds engines for new files and removes those whose file is gone (a loaded one is stopped).
+    public func rescan() async {
+        let found = scan()
+        let (added, removed) = state.withLock { s -> ([String], [(String, Entry)]) in
+            guard !s.stopped else { return ([], []) }
+            let removed = s.entries.filter { found[$0.key] == nil || found[$0.key]!.path != $0.value.path }.map { ($0.key, $0.value) }
+            for (name, _) in removed { s.entries[name] = nil }
+            return (found.keys.filter { s.entries[$0] == nil }.sorted(), removed)
+        }
+        for (name, entry) in removed {
+            logger.notice("a stored model's file is gone: no longer served", metadata: ["model": "\(name)", "path": "\(entry.path)"])
+            await registry.remove(entry.engine.id)
+        }
+        for name in added {
+            guard let file = found[name] else { continue }
+            var config = EngineConfig(kind: .llamaCpp, model: file.path, alias: name, args: settings.args, binary: binary)
+            config.split = .never
+            let engine = ManagedLlamaCppEngine(config: config, transport: transport, logger: logger, options: options,
+                                               id: Self.engineID(name), onDemand: true)
+            engine.setLoadGate { [weak self] model in await self?.makeRoom(for: model) }
+            let fresh = state.withLock { s -> Bool in
+                guard !s.stopped, s.entries[name] == nil else { return false }
+                s.entries[name] = Entry(engine: engine, path: file.path, bytes: file.bytes, lastUsedNanos: clock.nowNanos())
+                return true
+            }
+            guard fresh else { continue }
+            if await registry.add(engine) {
+                logger.info("stored model found", metadata: ["model": "\(name)", "path": "\(file.path)", "bytes": "\(file.bytes)"])
+            } else {
+                state.withLock { $0.entries[name] = nil }
+                logger.warning("a stored model's engine id is taken; not served", metadata: ["model": "\(name)"])
+            }
+        }
+    }
+
+    /// The registry id of a stored model's engine.
+    public static func engineID(_ model: String) -> String { "store:\(model)" }
+
+    // MARK: decisions
+
+    /// Each stored model as planning sees it now; requests open on one count as use now.
+    func states(now: UInt64, asking: String? = nil) -> [StoredModelState] {
+        let ids = state.withLock { s in s.entries.mapValues { $0.engine.id } }
+        var busy: [String: Int] = [:]
+        for (name, id) in ids { busy[name] = registry.snapshot(id)?.load.busy ?? 0 }
+        let entries = state.withLock { s -> [(String, Entry)] in
+            for (name, n) in busy where n > 0 && s.entries[name] != nil { s.entries[name]!.lastUsedNanos = now }
+            return s.entries.map { ($0.key, $0.value) }
+        }
+        return entries.map { name, e in
+            let phase: StoredModelState.Phase
+            switch e.engine.status.phase {
+            case .running: phase = .loaded
+            case .starting: phase = name == asking ? .available : .loading
+            default: phase = .available
+            }
+            return StoredModelState(name: name, bytes: e.bytes, phase: phase,
+                                    busy: busy[name] ?? 0, lastUsedNanos: e.lastUsedNanos)
+        }
+    }
+
+    /// Unloads models idle past the keep-alive.
+    func unloadExpired() async {
+        let now = clock.nowNanos()
+        let expired = ModelStorePlan.expired(states(now: now), keepAliveSeconds: settings.keepAliveSeconds, now: now)
+        for name in expired {
+            guard let engine = state.withLock({ $0.entries[name]?.engine }) else { continue }
+            logger.info("unloading an idle stored model", metadata: ["model": "\(name)", "keep_alive_seconds": "\(settings.keepAliveSeconds)"])
+            await engine.unload()
+        }
+    }
+
+    /// Before `model` loads: unloads what must go for it to fit (least recently used idle models
+    /// first), waiting up to ``roomWait`` for busy ones; nil when it may load, else why not.
+    func makeRoom(for model: String) async -> String? {
+        let deadline = ContinuousClock.now + Self.roomWait
+        while true {
+            let now = clock.nowNanos()
+            let models = states(now: now, asking: model)
+            let resident = models.filter { $0.phase != .available && $0.name != model }.reduce(Int64(0)) { $0 + $1.bytes }
+            switch ModelStorePlan.makeRoom(for: model, models: models, freeBytes: freeBytes(resident), maxLoaded: settings.maxLoaded) {
+            case .success(let unload):
+                for name in unload {
+                    guard let engine = state.withLock({ $0.entries[name]?.engine }) else { continue }
+                    logger.info("unloading a stored model to make room", metadata: ["model": "\(name)", "for": "\(model)"])
+                    await engine.unload()
+                }
+                state.withLock { s in s.entries[model]?.lastUsedNanos = clock.nowNanos() }
+                return nil
+            case .failure(let refusal):
+                if case .busy = refusal, ContinuousClock.now < deadline {
+                    try? await Task.sleep(for: .milliseconds(100))
+                    continue
+                }
+                logger.warning("a stored model cannot be loaded", metadata: ["model": "\(model)", "why": "\(refusal)"])
+                return refusal.description
+            }
+        }
+    }
+
+    /// The store's models and their state, for `meshctl models` and the admin API.
+    public func models() -> [(name: String, path: String, bytes: Int64, phase: StoredModelState.Phase, engineID: String)] {
+        let now = clock.nowNanos()
+        let byName = Dictionary(uniqueKeysWithValues: states(now: now).map { ($0.name, $0.phase) })
+        return state.withLock { s in
+            s.entries.map { ($0.key, $0.value.path, $0.value.bytes, byName[$0.key] ?? .available, $0.value.engine.id) }
+        }.sorted { $0.name < $1.name }
+    }
+}

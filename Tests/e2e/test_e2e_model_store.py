@@ -1,0 +1,156 @@
+"""The model store (`models:`): GGUF files in a folder are models meshd serves with llama-servers it
+starts on a model's first request and stops when the model is idle or another needs the room, as
+Ollama does; files added or removed are seen while it runs. Real llama-server, real clients."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import ollama
+import openai
+import pytest
+
+from meshd_e2e import Binaries, E2EError, Meshd, ProcessPool, cmdline, processes_with_arg, wait_until
+
+
+def meshctl(bins: Binaries, m: Meshd, *args: str) -> str:
+    exe = Path(os.environ.get("MESHCTL_BIN") or bins.meshd_bin().parent / "meshctl")
+    r = subprocess.run([str(exe), *args, "--socket", str(m.admin_socket)], capture_output=True, text=True, timeout=15,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def store_node(pool: ProcessPool, bins: Binaries, names: list[str], hardware: dict[str, object] | None = None,
+               **models: object) -> tuple[Meshd, Path]:
+    try:
+        tiny, server = bins.tiny_model(), bins.llama_server_bin()
+    except E2EError as e:
+        pytest.fail(str(e), pytrace=False)
+    store = pool.tmp / "models"
+    store.mkdir()
+    for n in names:
+        shutil.copyfile(tiny, store / f"{n}.gguf")
+    settings = {"dir": str(store), "rescan_seconds": 1, "args": ["-t", "1", "-c", "512"], **models}
+    # No llama.cpp engine is configured: meshd finds llama-server on PATH.
+    env = {"PATH": f"{server.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    extra: dict[str, object] = {"models": settings, **({"hardware": hardware} if hardware else {})}
+    m = Meshd(pool, bins.meshd_bin(), [], extra=extra, env=env, expect_ready=False, name="e2e-store")
+    return m, store
+
+
+def servers(m: Meshd) -> dict[str, int]:
+    """meshd's llama-server children by the model file they serve."""
+    out = {}
+    for p in m.engine_children():
+        args = cmdline(p)
+        if any(a.endswith("llama-server") for a in args[:3]) and "-m" in args:
+            out[Path(args[args.index("-m") + 1]).stem] = p
+    return out
+
+
+def tags(m: Meshd) -> set[str]:
+    return {x["name"] for x in m.get("/api/tags").json()["models"]}
+
+
+def ps(m: Meshd) -> set[str]:
+    return {x["name"] for x in m.get("/api/ps").json()["models"]}
+
+
+def openai_chat(m: Meshd, model: str) -> str:
+    oa = openai.OpenAI(base_url=m.url + "/v1", api_key="unused", timeout=60, max_retries=0)
+    raw = oa.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                                       max_tokens=4, temperature=0)
+    r = raw.parse()
+    assert r.choices[0].message.content is not None and r.usage and r.usage.completion_tokens > 0
+    return raw.headers.get("x-meshd-route", "")
+
+
+def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_folder(pool: ProcessPool, bins: Binaries) -> None:
+    m, store = store_node(pool, bins, ["alpha", "beta"], keep_alive_seconds=3, max_loaded=1)
+    # Both are listed at once, neither is loaded, and no llama-server runs yet.
+    wait_until(lambda: tags(m) >= {"alpha", "beta"}, 10, what="the stored models in /api/tags")
+    assert ps(m) == set() and servers(m) == {}
+    models = {x["name"]: x for x in m.admin("/v1/models").json()}
+    assert models["alpha"]["loaded"] is False, models
+
+    # The first request loads the model (routing said so: a cold load), then it serves.
+    route = openai_chat(m, "alpha")
+    assert "available, not loaded" in route, route
+    assert set(servers(m)) == {"alpha"} and ps(m) == {"alpha"}
+    assert "model loaded" in openai_chat(m, "alpha")
+    first = servers(m)["alpha"]
+    # meshctl models: where each model is (this node's name), its size.
+    rows = {line.split()[0]: line.split() for line in meshctl(bins, m, "models").splitlines()[1:]}
+    assert rows["alpha"][1:] == ["16", "MiB", "e2e-store", "-", "-"], rows
+    assert rows["beta"][1:] == ["16", "MiB", "-", "-", "e2e-store"], rows
+    listed = {x["name"]: x for x in json.loads(meshctl(bins, m, "models", "--json"))}
+    assert listed["beta"]["where"] == [{"node": "e2e-store", "engine": "store:beta", "kind": "llama.cpp", "state": "available",
+                                        "size_bytes": (store / "beta.gguf").stat().st_size, "split": False}], listed
+
+    # Another model with max_loaded 1: the idle one is stopped to make room.
+    ol = ollama.Client(host=m.url, timeout=60, trust_env=False)
+    c = ol.chat(model="beta", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4, "temperature": 0})
+    assert c.done and (c.eval_count or 0) > 0
+    assert set(servers(m)) == {"beta"} and ps(m) == {"beta"}
+    assert first not in m.engine_children()
+
+    # Idle past keep_alive_seconds: unloaded, still listed.
+    t0 = time.monotonic()
+    wait_until(lambda: servers(m) == {} and ps(m) == set(), 15, interval=0.2, what="the idle model to be unloaded")
+    assert time.monotonic() - t0 >= 1.5, "unloaded before its keep-alive ran out"
+    assert tags(m) >= {"alpha", "beta"}
+
+    # Concurrent requests to a cold model share one start.
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            openai_chat(m, "alpha")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    launched = [p for p in m.engine_children() if "alpha.gguf" in " ".join(cmdline(p))]
+    assert len(launched) == 1, [cmdline(p) for p in launched]
+    assert "llama-server" in m.proc.log() and m.proc.log().count("started llama-server") == 3, \
+        "alpha once, beta once, alpha once more: one start for the three concurrent requests"
+
+    # A file added while meshd runs is served; one removed is no longer listed (its server stops).
+    shutil.copyfile(store / "beta.gguf", store / "gamma.gguf.partial")
+    os.rename(store / "gamma.gguf.partial", store / "gamma.gguf")
+    wait_until(lambda: "gamma" in tags(m), 10, what="the new file in /api/tags")
+    (store / "alpha.gguf").unlink()
+    wait_until(lambda: "alpha" not in tags(m) and "alpha" not in servers(m), 10, what="the removed file to leave /api/tags")
+    openai_chat(m, "gamma")
+    assert set(servers(m)) == {"gamma"}
+    gone = m.post("/v1/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "x"}]})
+    assert gone.status_code == 404 and "alpha" in gone.json()["error"]["message"], gone.text
+
+    # meshd stops the llama-servers it started for the store when it stops.
+    assert m.proc.stop() == 0
+    assert processes_with_arg(str(store)) == []
+
+
+def test_a_stored_model_larger_than_the_offer_is_refused_with_the_reason(pool: ProcessPool, bins: Binaries) -> None:
+    # The tiny model is ~17 MiB; offer 8 MiB.
+    m2, _ = store_node(pool, bins, ["alpha"], hardware={"offer_bytes": 8 << 20}, keep_alive_seconds=60)
+    wait_until(lambda: "alpha" in tags(m2), 10, what="the stored model in /api/tags")
+    r = m2.post("/v1/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+    assert r.status_code == 503, r.text
+    msg = r.json()["error"]["message"]
+    assert "needs 16 MiB" in msg and "offers 8 MiB" in msg, msg
+    assert servers(m2) == {}
+    # Ollama's dialect says the same in its own shape.
+    o = m2.post("/api/chat", json={"model": "alpha", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    assert o.status_code == 503 and "offers 8 MiB" in o.json()["error"], o.text
