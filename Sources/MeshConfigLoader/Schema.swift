@@ -138,6 +138,7 @@ enum Schema {
         .int(["models", "keep_alive_seconds"], \.models.keepAliveSeconds, min: -1, max: 31_536_000),
         .int(["models", "max_loaded"], \.models.maxLoaded, min: 0, max: 1000),
         .int(["models", "rescan_seconds"], \.models.rescanSeconds, min: 1, max: 86_400),
+        .int(["models", "copy_bytes_per_second"], \.models.copyBytesPerSecond, min: 0),
         .stringList(["models", "args"], \.models.args, secret: false,
                     check: { $0.unicodeScalars.contains { $0.value < 0x20 } ? "must not contain control characters" : nil }),
 

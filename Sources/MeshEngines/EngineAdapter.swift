@@ -28,6 +28,10 @@ public protocol EngineAdapter: Sendable {
     /// After ``noteFailure()``: waits, briefly, until the engine has taken the failure in (a split's
     /// llama-server has ended), so that the poll that follows shows what the next request finds.
     func settle() async
+    /// Unloads the model now where the adapter can (a stored model's llama-server stops).
+    func unload() async
+    /// A request's own keep-alive (Ollama `keep_alive`, seconds; nil: the default) for the model after it.
+    func setKeepAlive(_ seconds: Double?)
 }
 
 extension EngineAdapter {
@@ -37,6 +41,8 @@ extension EngineAdapter {
     public func prepare() async -> String? { nil }
     public func noteFailure() {}
     public func settle() async {}
+    public func unload() async {}
+    public func setKeepAlive(_ seconds: Double?) {}
 }
 
 /// A parsed engine base URL.

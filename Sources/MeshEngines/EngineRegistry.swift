@@ -403,6 +403,16 @@ public final class EngineRegistry: Sendable {
         return .success(a.baseURL)
     }
 
+    /// Unloads the engine's model now, where the engine can (a stored model); then polls it.
+    public func unload(_ engineID: String) async {
+        guard let a = adapter(engineID) else { return }
+        await a.unload()
+        await pollOnce(a)
+    }
+
+    /// A request's own keep-alive for the engine's model (Ollama `keep_alive`; nil: the default).
+    public func setKeepAlive(_ engineID: String, seconds: Double?) { adapter(engineID)?.setKeepAlive(seconds) }
+
     /// A request failed on the engine before it answered, and the engine itself decides what that
     /// means (a split checks its llama-server before the next request).
     public func noteFailure(_ engineID: String) { adapter(engineID)?.noteFailure() }

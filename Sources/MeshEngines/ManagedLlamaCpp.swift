@@ -110,6 +110,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var aborting = false
         /// On demand: the start under way (requests that arrive meanwhile wait for the same one).
         var loadStart: Task<String?, Never>?
+        /// On demand: the last request's own keep-alive in seconds (nil: the store's).
+        var keepAlive: Double?
         /// On demand: asked before a start; makes room (unloads others) or says why not.
         var loadGate: (@Sendable (String) async -> String?)?
     }
@@ -209,6 +211,10 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     public func setLoadGate(_ gate: @escaping @Sendable (String) async -> String?) {
         state.withLock { $0.loadGate = gate }
     }
+
+    /// The last request's own keep-alive (Ollama `keep_alive`), for the store's idle rule.
+    public func setKeepAlive(_ seconds: Double?) { state.withLock { $0.keepAlive = seconds } }
+    public var keepAliveOverride: Double? { state.withLock { $0.keepAlive } }
 
     /// On demand: stops the model's llama-server (idle too long, or another model needs the
     /// memory); the next request starts it again. Returns once the process is gone.

@@ -170,6 +170,29 @@ public final class ModelStore: Sendable {
         }
     }
 
+    /// A stored model's file (the first shard of a split GGUF) and its bytes, as last scanned.
+    public func file(_ model: String) -> (path: String, bytes: Int64)? {
+        state.withLock { s in s.entries[model].map { ($0.path, $0.bytes) } }
+    }
+
+    /// Deletes a stored model: stops its llama-server, removes its file (every shard) and its engine.
+    /// False when the store has no such model.
+    public func delete(_ model: String) async throws -> Bool {
+        guard let entry = state.withLock({ $0.entries[model] }) else { return false }
+        await entry.engine.unload()
+        var paths = [entry.path]
+        if let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
+            paths += names.filter { $0.hasPrefix(model + "-") && $0.hasSuffix(".gguf") && ModelStorePlan.modelName(fileName: $0) == nil
+                && entry.path.hasSuffix("-00001-of-" + $0.dropLast(5).suffix(5) + ".gguf") }.map { directory + "/" + $0 }
+        }
+        for p in paths where unlink(p) != 0 && errno != ENOENT {
+            throw DetailError("cannot delete \(p): \(String(cString: strerror(errno)))")
+        }
+        logger.notice("stored model deleted", metadata: ["model": "\(model)", "path": "\(entry.path)"])
+        await rescan()
+        return true
+    }
+
     /// The registry id of a stored model's engine.
     public static func engineID(_ model: String) -> String { "store:\(model)" }
 
@@ -191,8 +214,9 @@ public final class ModelStore: Sendable {
             case .starting: phase = name == asking ? .available : .loading
             default: phase = .available
             }
-            return StoredModelState(name: name, bytes: e.bytes, phase: phase,
-                                    busy: busy[name] ?? 0, lastUsedNanos: e.lastUsedNanos)
+            var m = StoredModelState(name: name, bytes: e.bytes, phase: phase, busy: busy[name] ?? 0, lastUsedNanos: e.lastUsedNanos)
+            m.keepAliveSeconds = e.engine.keepAliveOverride
+            return m
         }
     }
 

@@ -24,6 +24,8 @@ public struct APIResponder: HTTPResponder {
     let connections: HTTPConnectionStats?
     /// Extra `/metrics` text (splits), rendered at scrape time.
     let extraMetrics: @Sendable () -> String
+    /// `/api/pull` and `/api/delete` for the whole mesh (nil: answered 501 as not served).
+    var modelOps: ModelOps?
 
     public init(nodeName: String, proxy: InferenceProxy, engines: any EngineDirectory, metrics: NodeMetrics, apiKeys: [String], clock: any WallClock,
                 connections: HTTPConnectionStats? = nil, extraMetrics: @escaping @Sendable () -> String = { "" }) {
@@ -44,6 +46,7 @@ public struct APIResponder: HTTPResponder {
         case ollamaTags, ollamaPs, ollamaShow, ollamaVersion
         /// Ollama model management meshd does not serve yet (issue 15): what to call it.
         case ollamaNotServed(String)
+        case ollamaPull, ollamaDelete
     }
 
     /// The route table: (method, path) → route; nil with `allowed` methods when the path exists but not the method.
@@ -59,9 +62,9 @@ public struct APIResponder: HTTPResponder {
         case "/api/ps": return get.contains(method) ? (.ollamaPs, get) : (nil, get)
         case "/api/version": return get.contains(method) ? (.ollamaVersion, get) : (nil, get)
         case "/api/show": return method == .POST ? (.ollamaShow, [.POST]) : (nil, [.POST])
-        case "/api/pull": return (.ollamaNotServed("pulling models (/api/pull)"), [])
+        case "/api/pull": return method == .POST ? (.ollamaPull, [.POST]) : (nil, [.POST])
         case "/api/push": return (.ollamaNotServed("pushing models (/api/push)"), [])
-        case "/api/delete": return (.ollamaNotServed("deleting models (/api/delete)"), [])
+        case "/api/delete": return method == .DELETE ? (.ollamaDelete, [.DELETE]) : (nil, [.DELETE])
         case "/api/copy": return (.ollamaNotServed("copying models (/api/copy)"), [])
         case "/api/create": return (.ollamaNotServed("creating models (/api/create)"), [])
         default:
@@ -169,11 +172,21 @@ public struct APIResponder: HTTPResponder {
             return .json(.ok, ["version": .string(Self.ollamaAPIVersion), "meshd_version": .string(Self.version)], headers: nodeHeader)
         case .ollamaShow:
             return await show(request)
+        case .ollamaPull:
+            guard let modelOps else { return error(Self.notServed("pulling models (/api/pull)"), dialect) }
+            return await modelOps.ollamaPull(request)
+        case .ollamaDelete:
+            guard let modelOps else { return error(Self.notServed("deleting models (/api/delete)"), dialect) }
+            return await modelOps.ollamaDelete(request)
         case .ollamaNotServed(let what):
-            // A clear "not here yet", never a 404 that a client reads as "no such model".
-            return error(APIError(status: 501, message: "meshd does not serve \(what) yet; manage models on the engine's own node "
-                                  + "(ollama pull, ollama rm) and meshd sees them at its next poll", code: "not_implemented"), dialect)
+            return error(Self.notServed(what), dialect)
         }
+    }
+
+    /// A clear "not here yet", never a 404 that a client reads as "no such model".
+    static func notServed(_ what: String) -> APIError {
+        APIError(status: 501, message: "meshd does not serve \(what) yet; manage models on the engine's own node "
+                 + "(ollama pull, ollama rm) and meshd sees them at its next poll", code: "not_implemented")
     }
 
     public func serverError(status: HTTPResponseStatus, message: String, code: String, path: String) -> HTTPServerResponse {

@@ -33,6 +33,8 @@ struct AdminResponder: HTTPResponder {
     let splitHead: SplitHead?
     /// This node's managed llama.cpp engines (their split state).
     let managedLlama: [ManagedLlamaCppEngine]
+    /// Model copy and removal across the mesh (`meshctl models copy|rm`).
+    var modelOps: ModelOps?
 
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
          draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, hardware: HardwareMonitor,
@@ -64,6 +66,14 @@ struct AdminResponder: HTTPResponder {
         }
         if request.method == .POST {
             if request.path == "/v1/route" { return routePrompt(request) }
+            if request.path == "/v1/models/copy" {
+                guard let modelOps else { return .json(.notFound, ["error": "this node has no model store"]) }
+                return await modelOps.adminCopy(request)
+            }
+            if request.path == "/v1/models/rm" {
+                guard let modelOps else { return .json(.notFound, ["error": "this node has no model store"]) }
+                return await modelOps.adminRemove(request)
+            }
             return control(request)
         }
         guard request.method == .GET || request.method == .HEAD else {

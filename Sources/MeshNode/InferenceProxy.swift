@@ -32,6 +32,15 @@ public protocol EngineDirectory: Sendable {
     /// After ``engineFailed(engineID:)``, before routing again: waits until the split has ended (or
     /// is found running) and polls it, so routing does not see it unhealthy from its dying llama-server.
     func settle(engineID: String) async
+    /// Unloads the engine's model now where it can (a stored model: its llama-server stops).
+    func unload(engineID: String) async
+    /// A request's own keep-alive for the engine's model (Ollama `keep_alive`, seconds; nil: the default).
+    func keepAlive(engineID: String, seconds: Double?)
+}
+
+extension EngineDirectory {
+    public func unload(engineID: String) async {}
+    public func keepAlive(engineID: String, seconds: Double?) {}
 }
 
 /// Serves inference routes: parse, route, translate, relay. Same-dialect bodies and streams are
@@ -293,6 +302,35 @@ public struct InferenceProxy: Sendable {
     /// Most bytes of a stream held back while waiting for the engine's first output.
     static let holdBackLimit = 64 * 1024
 
+    /// An Ollama generate without a prompt or chat without messages, for an engine that is not
+    /// Ollama: loads the model (a stored model's llama-server starts), or with `keep_alive: 0`
+    /// unloads it, and answers as Ollama does (`done_reason` `load` or `unload`), generating nothing.
+    private func loadOnly(_ req: InferenceRequest, engine: EngineSnapshot, decision: RouteDecision,
+                          started: ContinuousClock.Instant) async -> HTTPServerResponse {
+        let unload = req.keepAliveSeconds == 0
+        var headers = HTTPHeaders()
+        headers.add(name: "X-Meshd-Node", value: nodeName)
+        headers.add(name: "X-Meshd-Engine", value: engine.id)
+        headers.add(name: "X-Meshd-Route", value: decision.reason)
+        if unload {
+            await engines.unload(engineID: engine.id)
+        } else if case .failure(let e) = await engines.prepare(engineID: engine.id) {
+            let err = APIError(status: 503, message: "cannot load '\(req.model)' on \(engine.id): \(e.message)", type: "server_error",
+                               code: "engine_unavailable")
+            metrics.end(api: req.route.dialect.rawValue, route: req.route.rawValue, model: req.model, status: 503, duration: ContinuousClock.now - started)
+            return errorResponse(err, dialect: req.clientDialect, headers: headers)
+        }
+        var body: JSON = ["model": .string(req.model), "created_at": .string(ISO8601.format(nanos: clock.nowNanos())),
+                          "done": true, "done_reason": .string(unload ? "unload" : "load")]
+        if req.route == .ollamaChat {
+            body = body.setting("message", ["role": "assistant", "content": ""])
+        } else {
+            body = body.setting("response", "")
+        }
+        metrics.end(api: req.route.dialect.rawValue, route: req.route.rawValue, model: req.model, status: 200, duration: ContinuousClock.now - started)
+        return .bytes(.ok, body.serialized(), contentType: "application/json", headers: headers)
+    }
+
     /// Client errors that mean the engine, not the request, failed: connection refused or reset,
     /// empty reply, a body cut off. Timeouts are not retried (the engine may still be working).
     static func isRetryable(_ e: HTTPClientError) -> Bool {
@@ -310,6 +348,12 @@ public struct InferenceProxy: Sendable {
             let e = APIError.invalid("input", "token ids cannot be embedded by \(engine.id), an Ollama engine (it takes text): send the text, or serve \(req.model) from an OpenAI-compatible engine")
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
             return .response(errorResponse(e, dialect: req.clientDialect))
+        }
+        if engine.kind.dialect != .ollama {
+            // Ollama's `keep_alive` for engines that do not read it (a stored model's llama-server):
+            // meshd keeps or unloads the model after this request (an Ollama engine reads it itself).
+            engines.keepAlive(engineID: engine.id, seconds: req.keepAliveSeconds)
+            if req.isLoadOnly { return .response(await loadOnly(req, engine: engine, decision: decision, started: started)) }
         }
         var er = EngineRequestBuilder.build(req, engine: engine.kind.dialect, engineModel: decision.engineModel)
         // A llama-server slot (idle) holds the prompt's prefix: pin the request to it, so it is

@@ -29,6 +29,8 @@ extension EngineRegistry: EngineDirectory {
     public func prepare(engineID: String) async -> Result<String, DetailError> { await prepare(engineID) }
     public func engineFailed(engineID: String) { noteFailure(engineID) }
     public func settle(engineID: String) async { await settle(engineID) }
+    public func unload(engineID: String) async { await unload(engineID) }
+    public func keepAlive(engineID: String, seconds: Double?) { setKeepAlive(engineID, seconds: seconds) }
 }
 
 /// One meshd node: engines, the client API, the admin socket, metrics, and systemd integration.
@@ -135,7 +137,6 @@ public final class MeshdNode: Service, Sendable {
             splitHead = nil
         }
         if let mesh {
-            SplitRelayAcceptor.install(on: mesh, worker: splitWorker, logger: logger)
             splitWorker.setOnChange { mesh.broadcastState() }
         }
         if let mesh, config.discovery.mdns {
@@ -154,11 +155,24 @@ public final class MeshdNode: Service, Sendable {
         pumpQueue = { proxy.pumpQueue() }
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger))
         let connectionStats = HTTPConnectionStats()
-        let responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
+        let copier: ModelCopier?
+        if let mesh {
+            copier = modelStore.map { store in
+                ModelCopier(nodeName: config.nodeName, mesh: mesh, store: store, logger: logger,
+                            sendRate: config.models.copyBytesPerSecond, view: { proxy.routingView(localOnly: false) })
+            }
+            mesh.setTunnelAcceptor(TunnelDispatch(split: SplitRelayAcceptor(worker: splitWorker, logger: logger), copier: copier))
+        } else {
+            copier = nil
+        }
+        let modelOps = ModelOps(nodeName: config.nodeName, store: modelStore, copier: copier, engines: engines, client: client,
+                                timeouts: config.timeouts)
+        var responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
                                      apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats,
                                      extraMetrics: { [splitHead, engines, mesh] in
                                          (splitHead.map { SplitMetrics.render($0, engines: engines.snapshot()) } ?? "")
                                              + CacheMetrics.render(cacheShadows, mesh: mesh) + QueueMetrics.render(meshQueue) })
+        responder.modelOps = modelOps
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
                                                                  maxBodyBytes: config.http.maxBodyBytes,
                                                                  headerTimeout: .milliseconds(config.http.headerTimeoutMs),
@@ -172,15 +186,15 @@ public final class MeshdNode: Service, Sendable {
         } else {
             var ac = HTTPServerConfiguration(host: "", port: 0, maxBodyBytes: 64 * 1024)
             ac.unixSocketPath = config.admin.socket
-            admin = HTTPServer(configuration: ac, group: group,
-                               responder: AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
-                                                         mesh: mesh, draining: draining, httpListen: config.http.listen.description,
-                                                         meshConfig: config.mesh, hardware: hardware,
-                                                         discovery: discovery, mdnsEnabled: config.discovery.mdns,
-                                                         gateway: gateway, llama: { [llama] in llama.value },
-                                                         splitWorker: splitWorker, splitHead: splitHead,
-                                                         managedLlama: engines.managedLlamaEngines),
-                               logger: logger)
+            var adminResponder = AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
+                                                mesh: mesh, draining: draining, httpListen: config.http.listen.description,
+                                                meshConfig: config.mesh, hardware: hardware,
+                                                discovery: discovery, mdnsEnabled: config.discovery.mdns,
+                                                gateway: gateway, llama: { [llama] in llama.value },
+                                                splitWorker: splitWorker, splitHead: splitHead,
+                                                managedLlama: engines.managedLlamaEngines)
+            adminResponder.modelOps = modelStore == nil ? nil : modelOps
+            admin = HTTPServer(configuration: ac, group: group, responder: adminResponder, logger: logger)
         }
     }
 

@@ -70,3 +70,24 @@ import Testing
         #expect(ModelStoreSettings().directory(stateDir: "/x/") == "/x/models")
     }
 }
+
+@Suite struct ModelStoreKeepAliveTests {
+    @Test func aRequestsOwnKeepAliveOverridesTheStoresForItsModel() {
+        let s: UInt64 = 1_000_000_000
+        var now0 = StoredModelState(name: "zero", bytes: 1, phase: .loaded, lastUsedNanos: 100 * s)
+        now0.keepAliveSeconds = 0
+        var long = StoredModelState(name: "long", bytes: 1, phase: .loaded, lastUsedNanos: 0)
+        long.keepAliveSeconds = 3600
+        var forever = StoredModelState(name: "forever", bytes: 1, phase: .loaded, lastUsedNanos: 0)
+        forever.keepAliveSeconds = -1
+        let plain = StoredModelState(name: "plain", bytes: 1, phase: .loaded, lastUsedNanos: 0)
+        let models = [now0, long, forever, plain]
+        #expect(ModelStorePlan.expired(models, keepAliveSeconds: 300, now: 100 * s) == ["zero"])
+        #expect(ModelStorePlan.expired(models, keepAliveSeconds: 300, now: 400 * s) == ["plain", "zero"])
+        #expect(ModelStorePlan.expired(models, keepAliveSeconds: 300, now: 3600 * s) == ["long", "plain", "zero"])
+        // Busy: kept whatever its keep-alive.
+        var busy = now0
+        busy.busy = 1
+        #expect(ModelStorePlan.expired([busy], keepAliveSeconds: 0, now: 1000 * s).isEmpty)
+    }
+}

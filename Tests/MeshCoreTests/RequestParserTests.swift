@@ -321,3 +321,42 @@ import Testing
         #expect(InferenceRoute.openaiChat.operation == .chat)
     }
 }
+
+@Suite struct OllamaKeepAliveTests {
+    func parse(_ route: InferenceRoute, _ body: String) throws -> InferenceRequest {
+        try RequestParser.parse(route: route, body: Array(body.utf8))
+    }
+
+    @Test func keepAliveIsReadAsSecondsFromNumbersAndGoDurations() {
+        let cases: [(JSON, Double?)] = [(.integer(300), 300), (.number(1.5), 1.5), (.integer(0), 0), (.integer(-1), -1),
+                                        ("5m", 300), ("1h30m", 5400), ("0s", 0), ("0", 0), ("-1", -1), ("-1m", -60),
+                                        ("250ms", 0.25), ("2.5s", 2.5), (" 10m ", 600),
+                                        ("soon", nil), ("5x", nil), ("m", nil), ("", nil), (.bool(true), nil)]
+        for (value, want) in cases {
+            #expect(RequestParser.keepAlive(value) == want, "\(value)")
+        }
+    }
+
+    @Test func ollamaRequestsCarryTheirKeepAliveAndABadOneNamesTheField() throws {
+        #expect(try parse(.ollamaChat, #"{"model":"m","messages":[{"role":"user","content":"x"}],"keep_alive":"5m"}"#).keepAliveSeconds == 300)
+        #expect(try parse(.ollamaGenerate, #"{"model":"m","prompt":"x"}"#).keepAliveSeconds == nil)
+        #expect(try parse(.ollamaGenerate, #"{"model":"m","prompt":"x","keep_alive":null}"#).keepAliveSeconds == nil)
+        #expect(throws: APIError.self) { try parse(.ollamaGenerate, #"{"model":"m","prompt":"x","keep_alive":"later"}"#) }
+        do {
+            _ = try RequestParser.parse(route: .ollamaGenerate, body: Array(#"{"model":"m","prompt":"x","keep_alive":[1]}"#.utf8))
+            Issue.record("a list as keep_alive was taken")
+        } catch {
+            #expect(error.status == 400 && error.message.contains("keep_alive"))
+        }
+    }
+
+    @Test func anEmptyGenerateOrChatOnlyLoadsOrUnloads() throws {
+        #expect(try parse(.ollamaGenerate, #"{"model":"m"}"#).isLoadOnly)
+        #expect(try parse(.ollamaGenerate, #"{"model":"m","prompt":"","keep_alive":0}"#).isLoadOnly)
+        #expect(try parse(.ollamaChat, #"{"model":"m","messages":[],"keep_alive":0}"#).isLoadOnly)
+        #expect(try parse(.ollamaGenerate, #"{"model":"m","prompt":"hi"}"#).isLoadOnly == false)
+        #expect(try parse(.ollamaGenerate, #"{"model":"m","prompt":"","images":["aGk="]}"#).isLoadOnly == false)
+        #expect(try parse(.ollamaChat, #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).isLoadOnly == false)
+        #expect(try parse(.openaiCompletion, #"{"model":"m","prompt":""}"#).isLoadOnly == false)
+    }
+}

@@ -239,17 +239,18 @@ def test_api_version_is_the_ollama_api_meshd_implements(setup: Setup) -> None:
 
 
 def test_model_management_meshd_does_not_serve_yet_is_a_clear_501_in_ollamas_shape(setup: Setup) -> None:
-    """Open WebUI and the ollama CLI read a 404 on pull or delete as "no such model"; until meshd manages
-    models (issue 15) they get 501 with an Ollama-shaped error that says what to do instead."""
-    for method, path in (("POST", "/api/pull"), ("DELETE", "/api/delete"), ("POST", "/api/copy"), ("POST", "/api/create"),
+    """Clients read a 404 as "no such model"; the model management meshd does not serve yet (copy, create,
+    blobs, push; pull and delete are served: test_e2e_model_store.py, Tests/mesh/test_mesh_models.py) gets
+    501 with an Ollama-shaped error that says what to do instead."""
+    for method, path in (("POST", "/api/push"), ("POST", "/api/copy"), ("POST", "/api/create"),
                          ("POST", "/api/blobs/sha256:" + "0" * 64), ("HEAD", "/api/blobs/sha256:" + "0" * 64)):
         r = setup.meshd.request(method, path, json={"model": "m"})
         assert r.status_code == 501, (method, path, r.status_code, r.text)
         if method != "HEAD":
             assert r.headers["content-type"].startswith("application/json") and "does not serve" in r.json()["error"], r.text
     with pytest.raises(ollama.ResponseError) as e:
-        setup.ol().pull("some-model")
-    assert e.value.status_code == 501 and "pulling models" in str(e.value)
+        setup.ol().copy("some-model", "other")
+    assert e.value.status_code == 501 and "copying models" in str(e.value)
     assert setup.meshd.post("/api/nothing", json={}).status_code == 404
 
 

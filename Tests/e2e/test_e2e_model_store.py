@@ -106,6 +106,22 @@ def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_
     assert time.monotonic() - t0 >= 1.5, "unloaded before its keep-alive ran out"
     assert tags(m) >= {"alpha", "beta"}
 
+    # Open WebUI's load and unload: an empty generate loads the model without generating, an empty chat
+    # with keep_alive 0 unloads it, both answered in Ollama's shape; a request's own keep_alive 0 unloads
+    # the model as soon as its answer is done.
+    r = m.post("/api/generate", json={"model": "beta"})
+    assert r.status_code == 200 and r.json()["done_reason"] == "load" and r.json()["response"] == "", r.text
+    assert set(servers(m)) == {"beta"}
+    r = m.post("/api/chat", json={"model": "beta", "messages": [], "keep_alive": 0})
+    assert r.status_code == 200 and r.json()["done_reason"] == "unload" and r.json()["message"]["content"] == "", r.text
+    assert servers(m) == {} and ps(m) == set()
+    c = ol.generate(model="beta", prompt="hi", options={"num_predict": 2}, keep_alive="0s")
+    assert c.done
+    wait_until(lambda: servers(m) == {}, 5, interval=0.1, what="keep_alive 0 to unload the model after its answer")
+    bad = m.post("/api/generate", json={"model": "beta", "prompt": "x", "keep_alive": "soon"})
+    assert bad.status_code == 400 and "keep_alive" in bad.json()["error"], bad.text
+    assert servers(m) == {}, "a refused request loads nothing"
+
     # Concurrent requests to a cold model share one start.
     errors: list[BaseException] = []
 
@@ -123,8 +139,8 @@ def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_
     assert not errors, errors
     launched = [p for p in m.engine_children() if "alpha.gguf" in " ".join(cmdline(p))]
     assert len(launched) == 1, [cmdline(p) for p in launched]
-    assert "llama-server" in m.proc.log() and m.proc.log().count("started llama-server") == 3, \
-        "alpha once, beta once, alpha once more: one start for the three concurrent requests"
+    assert "llama-server" in m.proc.log() and m.proc.log().count("started llama-server") == 5, \
+        "alpha, beta, beta twice more (load, keep_alive 0), then alpha once: one start for the three concurrent requests"
 
     # A file added while meshd runs is served; one removed is no longer listed (its server stops).
     shutil.copyfile(store / "beta.gguf", store / "gamma.gguf.partial")

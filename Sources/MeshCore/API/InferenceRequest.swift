@@ -79,6 +79,19 @@ public struct InferenceRequest: Sendable {
     public var options: SamplingOptions
     /// The body as the client sent it.
     public var body: JSON
+    /// Ollama `keep_alive` in seconds: how long the model stays loaded after this request (0: unload
+    /// it now, negative: keep it); nil when not given (the engine's or store's default).
+    public var keepAliveSeconds: Double? = nil
+
+    /// An Ollama generate without a prompt or a chat without messages: loads the model (or, with
+    /// `keep_alive: 0`, unloads it) and generates nothing; Open WebUI's "unload" is one.
+    public var isLoadOnly: Bool {
+        switch route {
+        case .ollamaGenerate: return prompt.isEmpty && (body["images"]?.arrayValue?.isEmpty ?? true)
+        case .ollamaChat: return messages.isEmpty
+        default: return false
+        }
+    }
 
     public var clientDialect: Dialect { route.dialect }
     public var operation: APIOperation { route.operation }
@@ -129,6 +142,28 @@ public enum RequestParser {
         case .ollama: try parseOllama(&req, json)
         }
         return req
+    }
+
+    /// Ollama's `keep_alive`: a number of seconds, or a Go duration string (`"5m"`, `"1h30m"`,
+    /// `"0s"`, `"-1"`, `"300"`), in seconds; nil when it is neither.
+    public static func keepAlive(_ value: JSON) -> Double? {
+        if let n = value.doubleValue { return n.isFinite ? n : nil }
+        guard var text = value.stringValue?.trimmingSpaces(), !text.isEmpty else { return nil }
+        if let n = Double(text) { return n.isFinite ? n : nil }
+        var sign = 1.0
+        if text.hasPrefix("-") { sign = -1; text.removeFirst() }
+        let units: [(String, Double)] = [("ms", 0.001), ("h", 3600), ("m", 60), ("s", 1)]
+        var total = 0.0
+        var rest = Substring(text)
+        while !rest.isEmpty {
+            let digits = rest.prefix { $0.isNumber || $0 == "." }
+            guard !digits.isEmpty, let n = Double(digits) else { return nil }
+            rest = rest.dropFirst(digits.count)
+            guard let (unit, scale) = units.first(where: { rest.hasPrefix($0.0) }) else { return nil }
+            rest = rest.dropFirst(unit.count)
+            total += n * scale
+        }
+        return sign * total
     }
 
     // MARK: OpenAI
@@ -227,6 +262,12 @@ public enum RequestParser {
     // MARK: Ollama
 
     static func parseOllama(_ req: inout InferenceRequest, _ json: JSON) throws(APIError) {
+        if let k = json["keep_alive"], !k.isNull {
+            guard let seconds = keepAlive(k) else {
+                throw APIError.invalid("keep_alive", "must be a number of seconds or a duration such as \"5m\", \"1h30m\", \"0\" or \"-1\"")
+            }
+            req.keepAliveSeconds = seconds
+        }
         var o = SamplingOptions()
         if let opts = json["options"], !opts.isNull {
             guard opts.objectValue != nil else { throw APIError.invalid("options", "must be an object") }

@@ -15,6 +15,9 @@ public struct ModelStoreSettings: Sendable, Hashable, Codable {
     public var rescanSeconds = 10
     /// Extra `llama-server` arguments for every stored model.
     public var args: [String] = []
+    /// Most bytes per second this node sends of a model another node copies (0: no limit), so a
+    /// copy does not take the whole link.
+    public var copyBytesPerSecond = 0
     public init() {}
 
     /// The folder, with the default filled in.
@@ -42,6 +45,8 @@ public struct StoredModelState: Sendable, Hashable {
     public var busy: Int
     /// When its last request ended or was seen open (the shared clock's nanoseconds).
     public var lastUsedNanos: UInt64
+    /// Its last request's own keep-alive (Ollama `keep_alive`, seconds; negative: keep), over the store's.
+    public var keepAliveSeconds: Double? = nil
 
     public init(name: String, bytes: Int64, phase: Phase, busy: Int = 0, lastUsedNanos: UInt64 = 0) {
         self.name = name
@@ -77,12 +82,16 @@ public enum ModelStoreRefusal: Error, Sendable, Hashable, CustomStringConvertibl
 /// the keep-alive, and which to unload (least recently used first) to make room for one that is
 /// asked for. Memory is counted in the models' file bytes against the node's offer.
 public enum ModelStorePlan {
-    /// Loaded, idle models whose keep-alive has run out at `now` (oldest first).
+    /// Loaded, idle models whose keep-alive (their last request's, else `keepAliveSeconds`) has run
+    /// out at `now` (oldest first).
     public static func expired(_ models: [StoredModelState], keepAliveSeconds: Int, now: UInt64) -> [String] {
-        guard keepAliveSeconds >= 0 else { return [] }
-        let keep = UInt64(keepAliveSeconds) * 1_000_000_000
+        func runOut(_ m: StoredModelState) -> Bool {
+            let k = m.keepAliveSeconds ?? Double(keepAliveSeconds)
+            guard k >= 0, now >= m.lastUsedNanos else { return false }
+            return Double(now - m.lastUsedNanos) >= k * 1e9
+        }
         return models
-            .filter { $0.phase == .loaded && $0.busy == 0 && now >= $0.lastUsedNanos && now - $0.lastUsedNanos >= keep }
+            .filter { $0.phase == .loaded && $0.busy == 0 && runOut($0) }
             .sorted { ($0.lastUsedNanos, $0.name) < ($1.lastUsedNanos, $1.name) }
             .map(\.name)
     }
