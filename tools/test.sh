@@ -73,6 +73,12 @@ fi
 if [ "$MODE" = all ] || [ "$MODE" = --py ]; then
   log "python venv (openai, ollama, pytest)"
   PY="$(tools/e2e-venv.sh)" || { echo "creating the venv failed" >&2; exit 1; }
+  log "Open WebUI (a real front end for Tests/mesh/test_mesh_open_webui.py; several minutes the first time)"
+  if OWUI_PY="$(tools/owui-venv.sh)"; then
+    export OWUI_BIN="$(dirname "$OWUI_PY")/open-webui"
+  else
+    echo "Open WebUI could not be installed: its tests will be skipped, saying so" >&2
+  fi
   log "pytest: ops, simulated engine, end to end, mesh, multi-host test bed (root only)"
   "$PY" -m pytest -q -p no:cacheprovider Tests/ops Tests/sim Tests/e2e Tests/mesh Tests/testbed
   [ $? -eq 0 ] || status=1

@@ -111,7 +111,8 @@ struct Counters: Sendable {
 
 /// Shared scheduler state. All mutation happens under one mutex; the hot path takes it a couple of times per request.
 final class Engine: Sendable {
-    let models: [ModelInfo]
+    /// The models it has now (Ollama's `/api/pull` adds one, `/api/delete` removes one).
+    var models: [ModelInfo] { state.withLock { $0.models } }
     let slotCount: Int
     let queueLimit: Int
     let embeddingDim: Int
@@ -120,6 +121,7 @@ final class Engine: Sendable {
     let startStamp: String
 
     private struct State {
+        var models: [ModelInfo]
         var settings: Settings
         var counters = Counters()
         var failSeq: UInt64 = 0
@@ -149,14 +151,13 @@ final class Engine: Sendable {
 
     init(models: [ModelInfo], loaded: [String], slots: Int, queue: Int, embeddingDim: Int,
          contextLength: Int, settings: Settings) {
-        self.models = models
         self.slotCount = slots
         self.queueLimit = queue
         self.embeddingDim = embeddingDim
         self.contextLength = contextLength
         self.startUnix = Int(time(nil))
         self.startStamp = rfc3339(epochNanos: UInt64(self.startUnix) * 1_000_000_000)
-        var st = State(settings: settings, slotBusy: Array(repeating: false, count: slots),
+        var st = State(models: models, settings: settings, slotBusy: Array(repeating: false, count: slots),
                        cache: SlotCache(slots: slots, nCtx: contextLength, ramLimit: settings.cacheRamTokens))
         st.loaded = loaded
         self.state = Mutex(st)
@@ -165,6 +166,7 @@ final class Engine: Sendable {
     // MARK: models
 
     func resolve(_ name: String) -> ModelInfo? {
+        let models = self.models
         for m in models where m.name == name { return m }
         func base(_ s: Substring) -> Substring { s.hasSuffix(":latest") ? s.dropLast(7) : s }
         let b = base(Substring(name))
@@ -172,8 +174,26 @@ final class Engine: Sendable {
         return nil
     }
 
+    /// Ollama's pull, as its registry would: the model is added (a no-op when it is there).
+    func pull(_ name: String) -> ModelInfo {
+        if let m = resolve(name) { return m }
+        let m = makeModelInfo(name)
+        state.withLock { $0.models.append(m) }
+        return m
+    }
+
+    /// Ollama's delete: false when it has no such model.
+    func delete(_ name: String) -> Bool {
+        guard let m = resolve(name) else { return false }
+        state.withLock { st in
+            st.models.removeAll { $0.name == m.name }
+            st.loaded.removeAll { $0 == m.name }
+        }
+        return true
+    }
+
     func loadedModels() -> [ModelInfo] {
-        let names = state.withLock { $0.loaded }
+        let (names, models) = state.withLock { ($0.loaded, $0.models) }
         return names.compactMap { n in models.first { $0.name == n } }
     }
 

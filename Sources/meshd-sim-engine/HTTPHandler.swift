@@ -142,7 +142,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case "/api/embed": kind = .olEmbed
         case "/api/embeddings": kind = .olEmbeddingsLegacy
         default:
-            if let (status, text, ct) = metaRoute(path, isGet: isGet, isPost: isPost, body: body) {
+            if let (status, text, ct) = metaRoute(path, isGet: isGet, isPost: isPost, isDelete: h.method == .DELETE, body: body) {
                 reply(status, text, ct)
             } else {
                 reply(.notFound, "{\"error\":\"404 page not found\"}")
@@ -213,7 +213,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: metadata, llama-server / vLLM extras, sim control
 
-    private func metaRoute(_ path: Substring, isGet: Bool, isPost: Bool, body: ByteBuffer)
+    private func metaRoute(_ path: Substring, isGet: Bool, isPost: Bool, isDelete: Bool = false, body: ByteBuffer)
         -> (HTTPResponseStatus, String, String)?
     {
         let json = "application/json"
@@ -287,6 +287,29 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return (.ok, s, json)
         case "/api/version":
             return isGet ? (.ok, "{\"version\":\"0.0.0-sim\"}", json) : notAllowed
+        case "/api/pull":
+            // As Ollama pulling from its registry: progress lines (NDJSON; one line with "stream": false), the model added.
+            guard isPost else { return notAllowed }
+            guard let req = try? JSONParser.parse(body), req.isObject,
+                  let name = req["model"]?.stringValue ?? req["name"]?.stringValue, !name.isEmpty else {
+                return (.badRequest, "{\"error\":\"model is required\"}", json)
+            }
+            let m = engine.pull(name)
+            if req["stream"]?.boolValue == false { return (.ok, "{\"status\":\"success\"}", json) }
+            let digest = m.digest.hasPrefix("sha256:") ? String(m.digest.dropFirst(7)) : m.digest
+            var s = "{\"status\":\"pulling manifest\"}\n"
+            for done in [0, m.size / 2, m.size] {
+                s += "{\"status\":\"pulling \(digest.prefix(12))\",\"digest\":\"sha256:\(digest)\",\"total\":\(m.size),\"completed\":\(done)}\n"
+            }
+            s += "{\"status\":\"verifying sha256 digest\"}\n{\"status\":\"writing manifest\"}\n{\"status\":\"success\"}\n"
+            return (.ok, s, "application/x-ndjson")
+        case "/api/delete":
+            guard isDelete else { return notAllowed }
+            guard let req = try? JSONParser.parse(body), req.isObject,
+                  let name = req["model"]?.stringValue ?? req["name"]?.stringValue, !name.isEmpty else {
+                return (.badRequest, "{\"error\":\"model is required\"}", json)
+            }
+            return engine.delete(name) ? (.ok, "", json) : (.notFound, "{\"error\":\"model '\(name)' not found\"}", json)
         case "/health":
             return isGet ? (.ok, "{\"status\":\"ok\"}", json) : notAllowed
         case "/slots":

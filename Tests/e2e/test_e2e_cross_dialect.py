@@ -282,3 +282,27 @@ def test_keep_alive_zero_unloads_the_model_where_it_is_loaded(setup: Setup) -> N
     assert r.status_code == 200 and r.json()["done_reason"] == "load", r.text
     wait_until(lambda: OL_MODEL in [m["name"] for m in httpx.get(setup.ol_sim.url + "/api/ps", timeout=5).json()["models"]], 5,
                what="the engine to load the model again")
+
+
+def test_a_pull_of_a_model_no_store_has_goes_to_the_ollama_engine_and_delete_reaches_it(setup: Setup) -> None:
+    """No node's model store has the model: meshd's /api/pull hands it to its Ollama engine, which pulls
+    it from its registry (here the sim, as Ollama would), and relays its progress lines as they come;
+    /api/delete deletes it there. The model then shows (and leaves) meshd's list."""
+    ol = setup.ol()
+    lines = list(ol.pull("fresh-model", stream=True))
+    assert lines[0].status == "pulling manifest" and lines[-1].status == "success", lines
+    assert any(x.digest and x.completed == x.total for x in lines), lines
+    assert "fresh-model" in [m["name"] for m in httpx.get(setup.ol_sim.url + "/api/tags", timeout=5).json()["models"]]
+    wait_until(lambda: "fresh-model" in [m.model for m in ol.list().models], 5, what="meshd to list the pulled model")
+    r = setup.meshd.post("/api/pull", json={"model": "fresh-model", "stream": False})
+    assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
+    assert ol.delete("fresh-model").status == "success"
+    wait_until(lambda: "fresh-model" not in [m.model for m in ol.list().models], 5, what="meshd to drop the deleted model")
+    with pytest.raises(ollama.ResponseError) as e:
+        ol.delete("fresh-model")
+    assert e.value.status_code == 404
+    # Bad bodies name the field.
+    r = setup.meshd.post("/api/pull", json={"stream": False})
+    assert r.status_code == 400 and "model" in r.json()["error"], r.text
+    r = setup.meshd.request("DELETE", "/api/delete", content=b"{not json")
+    assert r.status_code == 400, r.text
