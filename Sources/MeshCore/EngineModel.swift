@@ -40,6 +40,9 @@ public struct ModelInfo: Sendable, Hashable, Codable {
     public var split: Bool? = nil
     /// Being loaded now (a stored model whose llama-server is starting): `loaded` is still false.
     public var loading: Bool? = nil
+    /// When a loaded model will be unloaded if nothing uses it (RFC 3339, Ollama's `/api/ps`
+    /// `expires_at`: Ollama's own, or the model store's keep-alive), when known.
+    public var expiresAt: String? = nil
 
     public init(name: String, loaded: Bool, sizeBytes: Int64? = nil, vramBytes: Int64? = nil,
                 contextLength: Int? = nil, family: String? = nil, parameterSize: String? = nil,

@@ -112,6 +112,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var loadStart: Task<String?, Never>?
         /// On demand: the last request's own keep-alive in seconds (nil: the store's).
         var keepAlive: Double?
+        /// On demand: when the store will unload it if it stays idle (wall-clock nanoseconds).
+        var expiresAt: UInt64?
         /// On demand: asked before a start; makes room (unloads others) or says why not.
         var loadGate: (@Sendable (String) async -> String?)?
     }
@@ -215,6 +217,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     /// The last request's own keep-alive (Ollama `keep_alive`), for the store's idle rule.
     public func setKeepAlive(_ seconds: Double?) { state.withLock { $0.keepAlive = seconds } }
     public var keepAliveOverride: Double? { state.withLock { $0.keepAlive } }
+    /// When the store will unload the model if it stays idle (wall-clock nanoseconds), for `/api/ps`.
+    public func setExpiry(_ nanos: UInt64?) { state.withLock { $0.expiresAt = nanos } }
 
     /// On demand: stops the model's llama-server (idle too long, or another model needs the
     /// memory); the next request starts it again. Returns once the process is gone.
@@ -612,6 +616,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
             if snap.models[i].sizeBytes == nil { snap.models[i].sizeBytes = facts.fileBytes }
             if snap.models[i].contextLength == nil { snap.models[i].contextLength = facts.contextLength }
             if split != nil { snap.models[i].split = true }
+            if let e = state.withLock({ $0.expiresAt }) { snap.models[i].expiresAt = ISO8601.format(nanos: e) }
         }
         if !snap.healthy, let d = snap.healthDetail { snap.healthDetail = "llama-server: \(d)" }
         // A process that died after the poll began is reported as such.

@@ -193,6 +193,28 @@ public final class ModelStore: Sendable {
         return true
     }
 
+    /// Stores `source` again as `destination` (Ollama's copy): a hard link to the same file (no
+    /// space used) where the folder allows, else a byte copy. False when the store has no `source`;
+    /// throws when `destination` exists or the file cannot be made.
+    public func copy(_ source: String, to destination: String) async throws -> Bool {
+        guard let entry = state.withLock({ $0.entries[source] }) else { return false }
+        guard entry.path == directory + "/" + source + ".gguf" else {
+            throw DetailError("'\(source)' is a split GGUF; copy its shards by hand")
+        }
+        let target = directory + "/" + destination + ".gguf"
+        if access(target, F_OK) == 0 { throw DetailError("a model '\(destination)' is already in the store") }
+        if link(entry.path, target) != 0 {
+            do {
+                try FileManager.default.copyItem(atPath: entry.path, toPath: target)
+            } catch {
+                throw DetailError("cannot copy \(entry.path) to \(target): \(error)")
+            }
+        }
+        logger.notice("stored model copied", metadata: ["model": "\(source)", "as": "\(destination)"])
+        await rescan()
+        return true
+    }
+
     /// The registry id of a stored model's engine.
     public static func engineID(_ model: String) -> String { "store:\(model)" }
 
@@ -216,6 +238,7 @@ public final class ModelStore: Sendable {
             }
             var m = StoredModelState(name: name, bytes: e.bytes, phase: phase, busy: busy[name] ?? 0, lastUsedNanos: e.lastUsedNanos)
             m.keepAliveSeconds = e.engine.keepAliveOverride
+            e.engine.setExpiry(ModelStorePlan.expiry(m, keepAliveSeconds: settings.keepAliveSeconds))
             return m
         }
     }

@@ -76,6 +76,7 @@ public final class OllamaAdapter: EngineAdapter {
             }
             models[i].loaded = true
             if let v = entry["size_vram"]?.int64Value { models[i].vramBytes = v }
+            if let e = entry["expires_at"]?.stringValue, !e.isEmpty { models[i].expiresAt = e }
             if let c = entry["context_length"]?.intValue, c > 0 { models[i].contextLength = c }
         }
         return models

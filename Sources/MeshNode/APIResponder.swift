@@ -46,7 +46,9 @@ public struct APIResponder: HTTPResponder {
         case ollamaTags, ollamaPs, ollamaShow, ollamaVersion
         /// Ollama model management meshd does not serve yet (issue 15): what to call it.
         case ollamaNotServed(String)
-        case ollamaPull, ollamaDelete
+        case ollamaPull, ollamaDelete, ollamaCopy
+        /// Relayed to an Ollama engine of this node: `/api/create`, `/api/blobs/DIGEST`, `/api/push`.
+        case ollamaToEngine
     }
 
     /// The route table: (method, path) → route; nil with `allowed` methods when the path exists but not the method.
@@ -63,12 +65,14 @@ public struct APIResponder: HTTPResponder {
         case "/api/version": return get.contains(method) ? (.ollamaVersion, get) : (nil, get)
         case "/api/show": return method == .POST ? (.ollamaShow, [.POST]) : (nil, [.POST])
         case "/api/pull": return method == .POST ? (.ollamaPull, [.POST]) : (nil, [.POST])
-        case "/api/push": return (.ollamaNotServed("pushing models (/api/push)"), [])
+        case "/api/push": return method == .POST ? (.ollamaToEngine, [.POST]) : (nil, [.POST])
         case "/api/delete": return method == .DELETE ? (.ollamaDelete, [.DELETE]) : (nil, [.DELETE])
-        case "/api/copy": return (.ollamaNotServed("copying models (/api/copy)"), [])
-        case "/api/create": return (.ollamaNotServed("creating models (/api/create)"), [])
+        case "/api/copy": return method == .POST ? (.ollamaCopy, [.POST]) : (nil, [.POST])
+        case "/api/create": return method == .POST ? (.ollamaToEngine, [.POST]) : (nil, [.POST])
         default:
-            if path.hasPrefix("/api/blobs/") { return (.ollamaNotServed("model blobs (/api/blobs)"), []) }
+            if path.hasPrefix("/api/blobs/") {
+                return [.HEAD, .POST].contains(method) ? (.ollamaToEngine, [.HEAD, .POST]) : (nil, [.HEAD, .POST])
+            }
             if let r = InferenceRoute(rawValue: path) {
                 return method == .POST ? (.inference(r), [.POST]) : (nil, [.POST])
             }
@@ -178,6 +182,12 @@ public struct APIResponder: HTTPResponder {
         case .ollamaDelete:
             guard let modelOps else { return error(Self.notServed("deleting models (/api/delete)"), dialect) }
             return await modelOps.ollamaDelete(request)
+        case .ollamaCopy:
+            guard let modelOps else { return error(Self.notServed("copying models (/api/copy)"), dialect) }
+            return await modelOps.ollamaCopy(request)
+        case .ollamaToEngine:
+            guard let modelOps else { return error(Self.notServed("creating models (/api/create, /api/blobs)"), dialect) }
+            return await modelOps.ollamaToEngine(request, path: path)
         case .ollamaNotServed(let what):
             return error(Self.notServed(what), dialect)
         }
@@ -267,7 +277,7 @@ public struct APIResponder: HTTPResponder {
     func ollamaPs(_ m: ModelInfo) -> JSON {
         [
             "name": .string(m.name), "model": .string(m.name), "size": .int(m.sizeBytes ?? 0), "digest": .string(Self.digest(m.name)),
-            "details": details(m), "expires_at": .string(ISO8601.format(nanos: clock.nowNanos() + 300_000_000_000)),
+            "details": details(m), "expires_at": .string(m.expiresAt ?? ISO8601.format(nanos: clock.nowNanos() + 300_000_000_000)),
             "size_vram": .int(m.vramBytes ?? 0), "context_length": m.contextLength.map { .integer($0) } ?? .null,
         ]
     }

@@ -247,6 +247,7 @@ final class ModelCopier: Sendable {
             case .send(let model): await send(model, on: tunnel, to: node)
             case .pull(let model): await pullForPeer(model, on: tunnel, for: node)
             case .delete(let model): await deleteForPeer(model, on: tunnel, for: node)
+            case .copy(let source, let destination): await copyForPeer(source, as: destination, on: tunnel, for: node)
             }
         }
         return nil
@@ -347,6 +348,18 @@ final class ModelCopier: Sendable {
         tunnel.close()
     }
 
+    /// A peer asks this node to store `source` again as `destination`; one line back: `{"copied": bool}` or `{"error": ...}`.
+    private func copyForPeer(_ source: String, as destination: String, on tunnel: MeshTunnel, for node: String) async {
+        do {
+            _ = try await firstLine(tunnel)
+            let copied = try await store.copy(source, to: destination)
+            try await tunnel.send(JSON.object([("copied", .bool(copied))]).serialized() + [10])
+        } catch {
+            _ = try? await tunnel.send(OllamaPullProgress.error("\(error)").serialized() + [10])
+        }
+        tunnel.close()
+    }
+
     // MARK: asking peers
 
     /// Asks `node` to copy `model` into its store; its progress lines come to `progress`. Throws
@@ -377,7 +390,18 @@ final class ModelCopier: Sendable {
     /// Deletes `model` from `node`'s store (this node's or a peer's); false when it had none.
     func delete(_ model: String, on node: String) async throws -> Bool {
         if node == nodeName { return try await store.delete(model) }
-        let tunnel = try await mesh.openTunnel(to: node, target: ModelCopyPlan.Target.delete(model: model).string, silenceLimit: .seconds(10))
+        return try await ask(node, .delete(model: model), answer: "deleted")
+    }
+
+    /// Stores `source` again as `destination` on `node` (this node or a peer); false when it has no `source`.
+    func copy(_ source: String, as destination: String, on node: String) async throws -> Bool {
+        if node == nodeName { return try await store.copy(source, to: destination) }
+        return try await ask(node, .copy(source: source, destination: destination), answer: "copied")
+    }
+
+    /// Opens `target` on `node`, sends `{}`, and reads the boolean `answer` of its one line back.
+    private func ask(_ node: String, _ target: ModelCopyPlan.Target, answer: String) async throws -> Bool {
+        let tunnel = try await mesh.openTunnel(to: node, target: target.string, silenceLimit: .seconds(10))
         defer { tunnel.close() }
         try await tunnel.send(Array("{}\n".utf8))
         var buffer: [UInt8] = []
@@ -387,7 +411,7 @@ final class ModelCopier: Sendable {
             if case .some(let split?) = ModelCopyPlan.splitLine(buffer, limit: 1 << 16) {
                 let line = try JSONParser.parse(split.line)
                 if let e = line["error"]?.stringValue { throw CopyError("\(node): \(e)") }
-                return line["deleted"]?.boolValue ?? false
+                return line[answer]?.boolValue ?? false
             }
         }
         throw CopyError("\(node) closed without an answer")

@@ -148,33 +148,96 @@ struct ModelOps: Sendable {
                 }
             }
         }
-        for engine in ollamaEngines() where engine.model(named: name) != nil {
-            var req = HTTPClientRequest(method: "DELETE", url: InferenceProxy.join(engine.url, "/api/delete"),
+        await onOllamaEngines(having: name, method: "DELETE", path: "/api/delete", body: JSON.object([("model", .string(name))]).serialized(),
+                              done: &deleted, errors: &errors)
+        return outcome(done: deleted, errors: errors, header: "X-Meshd-Deleted", doing: "deleting", model: name)
+    }
+
+    /// Sends a management request to every Ollama engine of this node that has `model`: who did it, what failed.
+    private func onOllamaEngines(having model: String, method: String, path: String, body: [UInt8],
+                                 done: inout [String], errors: inout [String]) async {
+        for engine in ollamaEngines() where engine.model(named: model) != nil {
+            var req = HTTPClientRequest(method: method, url: InferenceProxy.join(engine.url, path),
                                         headers: [("Content-Type", "application/json")] + engines.requestHeaders(engineID: engine.id),
-                                        body: JSON.object([("model", .string(name))]).serialized())
-            req.firstByteTimeout = .seconds(30)
+                                        body: body)
+            req.firstByteTimeout = .seconds(60)
             do {
-                let (head, body) = try await client.execute(req)
-                if head.status == 200 { deleted.append(engine.id) } else {
-                    errors.append("\(engine.id): status \(head.status) \(String(decoding: body.prefix(200), as: UTF8.self))")
+                let (head, answer) = try await client.execute(req)
+                if head.status == 200 { done.append(engine.id) } else {
+                    errors.append("\(engine.id): status \(head.status) \(String(decoding: answer.prefix(200), as: UTF8.self))")
                 }
             } catch {
                 errors.append("\(engine.id): \(error)")
             }
         }
-        if !deleted.isEmpty {
+    }
+
+    /// Ollama's answer to a delete or copy: 200 (empty, `header` naming where it was done) when done
+    /// somewhere, 502 with the failures when it failed everywhere it was tried, else 404.
+    private func outcome(done: [String], errors: [String], header: String, doing: String, model: String) -> HTTPServerResponse {
+        if !done.isEmpty {
             var h = HTTPHeaders()
-            h.add(name: "X-Meshd-Deleted", value: deleted.joined(separator: ", "))
+            h.add(name: header, value: done.joined(separator: ", "))
             return HTTPServerResponse(status: .ok, headers: h, body: .buffer(.init()))
         }
-        if !errors.isEmpty { return .json(.badGateway, ["error": .string("deleting '\(name)' failed: " + errors.joined(separator: "; "))]) }
-        return .json(.notFound, ["error": .string("model '\(name)' not found")])
+        if !errors.isEmpty { return .json(.badGateway, ["error": .string("\(doing) '\(model)' failed: " + errors.joined(separator: "; "))]) }
+        return .json(.notFound, ["error": .string("model '\(model)' not found")])
     }
 
     private func delete(_ model: String, on node: String) async throws -> Bool {
         if node == nodeName { return try await store?.delete(model) ?? false }
         guard let copier else { return false }
         return try await copier.delete(model, on: node)
+    }
+
+    // MARK: /api/copy, /api/create, /api/blobs
+
+    /// Ollama's copy, for the whole mesh: every node whose store holds `source` stores it again as
+    /// `destination` (a hard link), and this node's Ollama engines that have it copy it. 200 when
+    /// it was copied somewhere, 404 when `source` is nowhere.
+    func ollamaCopy(_ request: HTTPServerRequest) async -> HTTPServerResponse {
+        let json: JSON
+        do { json = try JSONParser.parse(request.bodyBytes) } catch { return Self.ollamaError(.badJSON(error)) }
+        guard let source = json["source"]?.stringValue, !source.isEmpty else { return Self.ollamaError(.missing("source")) }
+        guard let destination = json["destination"]?.stringValue, !destination.isEmpty else { return Self.ollamaError(.missing("destination")) }
+        var copied: [String] = []
+        var errors: [String] = []
+        if let s = Self.storeName(source) {
+            guard let d = Self.storeName(destination) else {
+                return Self.ollamaError(.invalid("destination", "must be a name a model file can have (no '/', no leading '.')"))
+            }
+            var nodes = copier?.holders(s).map(\.node) ?? []
+            if store?.file(s) != nil { nodes.insert(nodeName, at: 0) }
+            for node in nodes {
+                do {
+                    if node == nodeName {
+                        if try await store?.copy(s, to: d) == true { copied.append(node) }
+                    } else if try await copier?.copy(s, as: d, on: node) == true {
+                        copied.append(node)
+                    }
+                } catch {
+                    errors.append("\(node): \(error)")
+                }
+            }
+        }
+        await onOllamaEngines(having: source, method: "POST", path: "/api/copy", body: request.bodyBytes, done: &copied, errors: &errors)
+        return outcome(done: copied, errors: errors, header: "X-Meshd-Copied", doing: "copying", model: source)
+    }
+
+    /// Ollama's create, blob upload and push: made by an Ollama engine of this node (the blobs a
+    /// create names must be on the engine that creates), relayed as they come; without one, a clear 501.
+    func ollamaToEngine(_ request: HTTPServerRequest, path: String) async -> HTTPServerResponse {
+        guard let engine = ollamaEngines().first else {
+            return Self.ollamaError(APIError(status: 501, message: "meshd creates, uploads and pushes models through an Ollama engine, "
+                                             + "and this node has none; put a model's GGUF file in a node's model store (models.dir) instead",
+                                             code: "not_implemented"))
+        }
+        let stream = (try? JSONParser.parse(request.bodyBytes))?["stream"]?.boolValue ?? true
+        return await relay(method: request.method.rawValue, engine: engine, path: path, body: request.bodyBytes, stream: stream)
+    }
+
+    static func ollamaError(_ e: APIError) -> HTTPServerResponse {
+        .json(HTTPResponseStatus(statusCode: e.status), ["error": .string(e.message)])
     }
 
     // MARK: admin: meshctl models copy | rm

@@ -22,6 +22,28 @@ struct ModelsListCommand: AsyncParsableCommand {
         if global.json { global.printJSON(data); return }
         guard let list = try global.decode(data) as? [[String: Any]] else { throw ExitCode(1) }
         print(table(["MODEL", "SIZE", "LOADED ON", "LOADING ON", "ON DISK ON (NOT LOADED)"], Self.rows(list)))
+        let (_, nodeData) = try global.get("/v1/nodes")
+        if let nodes = try? JSONSerialization.jsonObject(with: nodeData) as? [[String: Any]], !nodes.isEmpty {
+            print("")
+            print(table(["NODE", "MEMORY OFFERED", "COULD LOAD NOW (ON DISK, FITS)"], Self.nodeRows(nodes, models: list)))
+        }
+    }
+
+    /// Per node: the memory it offers for models now, and the models on its disk that fit it.
+    static func nodeRows(_ nodes: [[String: Any]], models: [[String: Any]]) -> [[String]] {
+        nodes.compactMap { n -> [String]? in
+            guard let name = n["name"] as? String, (n["state"] as? String) != "down" else { return nil }
+            let vram = n["vram_free_bytes"] as? Int ?? 0
+            let offer = n["offer_bytes"] as? Int ?? (vram > 0 ? vram : n["ram_free_bytes"] as? Int)
+            let fits = models.compactMap { m -> String? in
+                let places = m["where"] as? [[String: Any]] ?? []
+                guard let p = places.first(where: { ($0["node"] as? String) == name && ($0["state"] as? String) == "available" }) else { return nil }
+                let bytes = p["size_bytes"] as? Int ?? m["size_bytes"] as? Int
+                guard let offer, let bytes else { return m["name"] as? String }
+                return bytes <= offer ? m["name"] as? String : nil
+            }
+            return [name, size(offer), fits.isEmpty ? "-" : fits.joined(separator: ",")]
+        }
     }
 
     /// One row per model: its size, and the nodes (engine in brackets where a node has several) by state.

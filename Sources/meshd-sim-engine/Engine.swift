@@ -122,6 +122,7 @@ final class Engine: Sendable {
 
     private struct State {
         var models: [ModelInfo]
+        var blobs: Set<String> = []
         var settings: Settings
         var counters = Counters()
         var failSeq: UInt64 = 0
@@ -181,6 +182,17 @@ final class Engine: Sendable {
         state.withLock { $0.models.append(m) }
         return m
     }
+
+    /// Ollama's copy: false when it has no `source`.
+    func copy(_ source: String, to destination: String) -> Bool {
+        guard resolve(source) != nil else { return false }
+        _ = pull(destination)
+        return true
+    }
+
+    /// Blobs uploaded (Ollama's `/api/blobs/sha256:HEX`), by digest.
+    func hasBlob(_ digest: String) -> Bool { state.withLock { $0.blobs.contains(digest) } }
+    func addBlob(_ digest: String) { state.withLock { _ = $0.blobs.insert(digest) } }
 
     /// Ollama's delete: false when it has no such model.
     func delete(_ name: String) -> Bool {

@@ -1,3 +1,4 @@
+import Crypto
 import MeshCore
 import NIOCore
 import NIOHTTP1
@@ -303,6 +304,33 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             s += "{\"status\":\"verifying sha256 digest\"}\n{\"status\":\"writing manifest\"}\n{\"status\":\"success\"}\n"
             return (.ok, s, "application/x-ndjson")
+        case "/api/copy":
+            guard isPost else { return notAllowed }
+            guard let req = try? JSONParser.parse(body), let source = req["source"]?.stringValue,
+                  let destination = req["destination"]?.stringValue else {
+                return (.badRequest, "{\"error\":\"source and destination are required\"}", json)
+            }
+            return engine.copy(source, to: destination) ? (.ok, "", json) : (.notFound, "{\"error\":\"model '\(source)' not found\"}", json)
+        case "/api/create":
+            // As Ollama: every blob a create names must have been uploaded; status lines, the model added.
+            guard isPost else { return notAllowed }
+            guard let req = try? JSONParser.parse(body), let name = req["model"]?.stringValue, !name.isEmpty else {
+                return (.badRequest, "{\"error\":\"model is required\"}", json)
+            }
+            var s = "{\"status\":\"parsing GGUF\"}\n"
+            for (_, digest) in req["files"]?.objectValue ?? [] {
+                let d = digest.stringValue ?? ""
+                guard engine.hasBlob(d) else { return (.badRequest, "{\"error\":\"blob \(d) not found: upload it first\"}", json) }
+                s += "{\"status\":\"using existing layer \(d)\"}\n"
+            }
+            _ = engine.pull(name)
+            s += "{\"status\":\"writing manifest\"}\n{\"status\":\"success\"}\n"
+            return req["stream"]?.boolValue == false ? (.ok, "{\"status\":\"success\"}", json) : (.ok, s, "application/x-ndjson")
+        case "/api/push":
+            guard isPost else { return notAllowed }
+            guard let req = try? JSONParser.parse(body), let name = req["model"]?.stringValue ?? req["name"]?.stringValue,
+                  engine.resolve(name) != nil else { return (.notFound, "{\"error\":\"model not found\"}", json) }
+            return (.ok, "{\"status\":\"retrieving manifest\"}\n{\"status\":\"pushing manifest\"}\n{\"status\":\"success\"}\n", "application/x-ndjson")
         case "/api/delete":
             guard isDelete else { return notAllowed }
             guard let req = try? JSONParser.parse(body), req.isObject,
@@ -358,6 +386,18 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .failure(let err): return (err.status, err.body, json)
             }
         default:
+            if path.hasPrefix("/api/blobs/") {
+                // As Ollama: HEAD says whether the blob is there; POST takes it when its sha256 is the digest.
+                let digest = String(path.dropFirst("/api/blobs/".count))
+                if isGet { return engine.hasBlob(digest) ? (.ok, "", json) : (.notFound, "", json) }
+                guard isPost else { return notAllowed }
+                var bytes = body
+                let data = bytes.readBytes(length: bytes.readableBytes) ?? []
+                let hex = Crypto.SHA256.hash(data: data).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+                guard digest == "sha256:" + hex else { return (.badRequest, "{\"error\":\"digest mismatch\"}", json) }
+                engine.addBlob(digest)
+                return (.created, "", json)
+            }
             if path.hasPrefix("/sim/cache") {
                 return cacheRoute(path, isGet: isGet, isPost: isPost, body: body)
             }

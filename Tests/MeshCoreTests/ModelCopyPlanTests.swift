@@ -13,11 +13,13 @@ import Testing
     }
 
     @Test func tunnelTargetsRoundTripAndRefuseNamesNoStoreFileCanHave() {
-        for t in [ModelCopyPlan.Target.send(model: "qwen2.5-7b"), .pull(model: "m"), .delete(model: "a.b_c")] {
+        for t in [ModelCopyPlan.Target.send(model: "qwen2.5-7b"), .pull(model: "m"), .delete(model: "a.b_c"),
+                  .copy(source: "m", destination: "m-backup")] {
             #expect(ModelCopyPlan.Target(t.string) == t)
         }
         #expect(ModelCopyPlan.Target.send(model: "m").string == "model/m")
-        for bad in ["model/", "model/../etc/passwd", "pull/.hidden", "delete/a/b", "rpc/split-1", "model/x\u{1}", "other"] {
+        for bad in ["model/", "model/../etc/passwd", "pull/.hidden", "delete/a/b", "rpc/split-1", "model/x\u{1}", "other",
+                    "copy/a", "copy/a/b/c", "copy//b", "copy/a/.b"] {
             #expect(ModelCopyPlan.Target(bad) == nil, "\(bad)")
         }
     }

@@ -91,3 +91,17 @@ import Testing
         #expect(ModelStorePlan.expired([busy], keepAliveSeconds: 0, now: 1000 * s).isEmpty)
     }
 }
+
+@Suite struct ModelStoreExpiryTests {
+    @Test func aLoadedModelExpiresItsKeepAliveAfterItsLastUse() {
+        let s: UInt64 = 1_000_000_000
+        var m = StoredModelState(name: "m", bytes: 1, phase: .loaded, lastUsedNanos: 100 * s)
+        #expect(ModelStorePlan.expiry(m, keepAliveSeconds: 300) == 400 * s)
+        m.keepAliveSeconds = 2.5
+        #expect(ModelStorePlan.expiry(m, keepAliveSeconds: 300) == 100 * s + 2_500_000_000)
+        m.keepAliveSeconds = -1
+        #expect(ModelStorePlan.expiry(m, keepAliveSeconds: 300)! > 100 * s + 99 * 365 * 86400 * s)
+        m.phase = .available
+        #expect(ModelStorePlan.expiry(m, keepAliveSeconds: 300) == nil)
+    }
+}

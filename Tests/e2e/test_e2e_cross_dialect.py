@@ -5,8 +5,11 @@ Exact shapes are checked on the raw wire (httpx) as well as through the official
 The sim engine counts prompt tokens as words and emits `tokN ` per generated token."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import ollama
@@ -238,20 +241,29 @@ def test_api_version_is_the_ollama_api_meshd_implements(setup: Setup) -> None:
     assert body["meshd_version"] and body["meshd_version"] != body["version"], body
 
 
-def test_model_management_meshd_does_not_serve_yet_is_a_clear_501_in_ollamas_shape(setup: Setup) -> None:
-    """Clients read a 404 as "no such model"; the model management meshd does not serve yet (copy, create,
-    blobs, push; pull and delete are served: test_e2e_model_store.py, Tests/mesh/test_mesh_models.py) gets
-    501 with an Ollama-shaped error that says what to do instead."""
-    for method, path in (("POST", "/api/push"), ("POST", "/api/copy"), ("POST", "/api/create"),
-                         ("POST", "/api/blobs/sha256:" + "0" * 64), ("HEAD", "/api/blobs/sha256:" + "0" * 64)):
-        r = setup.meshd.request(method, path, json={"model": "m"})
-        assert r.status_code == 501, (method, path, r.status_code, r.text)
-        if method != "HEAD":
-            assert r.headers["content-type"].startswith("application/json") and "does not serve" in r.json()["error"], r.text
+def test_copy_create_blobs_and_push_reach_the_ollama_engine(setup: Setup, tmp_path: Path) -> None:
+    """Ollama's copy, blob upload, create and push, through meshd with the real ollama client: made by
+    the node's Ollama engine (the blobs a create names must be on the engine that creates), relayed as
+    they come; the models made show in meshd's list. Without an Ollama engine: test_e2e_model_store.py."""
+    ol = setup.ol()
+    assert ol.copy(OL_MODEL, "ol-copy").status == "success"
+    wait_until(lambda: "ol-copy" in [m.model for m in ol.list().models], 5, what="meshd to list the copy")
     with pytest.raises(ollama.ResponseError) as e:
-        setup.ol().copy("some-model", "other")
-    assert e.value.status_code == 501 and "copying models" in str(e.value)
-    assert setup.meshd.post("/api/nothing", json={}).status_code == 404
+        ol.copy("no-such-model", "x")
+    assert e.value.status_code == 404
+    blob = tmp_path / "made.gguf"
+    blob.write_bytes(b"GGUF" + os.urandom(1000))
+    digest = ol.create_blob(blob)
+    assert digest == "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert setup.meshd.request("HEAD", f"/api/blobs/{digest}").status_code == 200
+    assert setup.meshd.request("HEAD", "/api/blobs/sha256:" + "0" * 64).status_code == 404
+    bad = setup.meshd.post("/api/blobs/sha256:" + "0" * 64, content=b"not these bytes")
+    assert bad.status_code == 400, bad.text
+    assert ol.create(model="made", files={"made.gguf": digest}).status == "success"
+    wait_until(lambda: "made" in [m.model for m in ol.list().models], 5, what="meshd to list the created model")
+    assert [x.status for x in ol.push("made", stream=True)][-1] == "success"
+    for name in ("ol-copy", "made"):
+        ol.delete(name)
 
 
 def test_api_show_is_the_ollama_engines_own_answer_when_it_has_one(setup: Setup) -> None:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import ollama
@@ -85,10 +86,19 @@ def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_
     assert set(servers(m)) == {"alpha"} and ps(m) == {"alpha"}
     assert "model loaded" in openai_chat(m, "alpha")
     first = servers(m)["alpha"]
+    # /api/ps says when it will be unloaded: its keep-alive (3 s) after its last use.
+    exp = next(x for x in m.get("/api/ps").json()["models"] if x["name"] == "alpha")["expires_at"]
+    left = datetime.fromisoformat(exp.replace("Z", "+00:00")).timestamp() - time.time()
+    assert 0 < left <= 3.5, (exp, left)
     # meshctl models: where each model is (this node's name), its size.
-    rows = {line.split()[0]: line.split() for line in meshctl(bins, m, "models").splitlines()[1:]}
+    text = meshctl(bins, m, "models")
+    models_table, nodes_table = text.split("\n\n")
+    rows = {line.split()[0]: line.split() for line in models_table.splitlines()[1:]}
     assert rows["alpha"][1:] == ["16", "MiB", "e2e-store", "-", "-"], rows
     assert rows["beta"][1:] == ["16", "MiB", "-", "-", "e2e-store"], rows
+    # What each node could load now: the models on its disk that fit the memory it offers.
+    node_row = nodes_table.splitlines()[1].split()
+    assert node_row[0] == "e2e-store" and node_row[-1] == "beta", nodes_table
     listed = {x["name"]: x for x in json.loads(meshctl(bins, m, "models", "--json"))}
     assert listed["beta"]["where"] == [{"node": "e2e-store", "engine": "store:beta", "kind": "llama.cpp", "state": "available",
                                         "size_bytes": (store / "beta.gguf").stat().st_size, "split": False}], listed
@@ -167,6 +177,17 @@ def test_a_stored_model_larger_than_the_offer_is_refused_with_the_reason(pool: P
     msg = r.json()["error"]["message"]
     assert "needs 16 MiB" in msg and "offers 8 MiB" in msg, msg
     assert servers(m2) == {}
+    # What meshd makes only through an Ollama engine (create, blobs, push) is a clear 501 in Ollama's shape
+    # on a node without one; a copy of a model that is nowhere is a 404.
+    for method, path in (("POST", "/api/create"), ("POST", "/api/push"), ("HEAD", "/api/blobs/sha256:" + "0" * 64),
+                         ("POST", "/api/blobs/sha256:" + "0" * 64)):
+        r = m2.request(method, path, json={"model": "m"})
+        assert r.status_code == 501, (method, path, r.status_code, r.text)
+        if method != "HEAD":
+            assert "through an Ollama engine" in r.json()["error"] and "models.dir" in r.json()["error"], r.text
+    with pytest.raises(ollama.ResponseError) as e:
+        ollama.Client(host=m2.url, timeout=10, trust_env=False).copy("nowhere", "x")
+    assert e.value.status_code == 404
     # Ollama's dialect says the same in its own shape.
     o = m2.post("/api/chat", json={"model": "alpha", "messages": [{"role": "user", "content": "x"}], "stream": False})
     assert o.status_code == 503 and "offers 8 MiB" in o.json()["error"], o.text

@@ -97,6 +97,16 @@ def test_pull_copy_and_delete_a_stored_model_across_the_mesh(mesh: Mesh3) -> Non
     # A second pull of a model the node has: at once, success.
     assert ol.pull("alpha").status == "success"
 
+    # Ollama's copy: every node whose store holds it stores it again under the new name (a hard link).
+    assert ol.copy("alpha", "alpha-2").status == "success"
+    for n in "AB":
+        assert (mesh.dirs[n] / "alpha-2.gguf").stat().st_ino == (mesh.dirs[n] / "alpha.gguf").stat().st_ino
+    assert not (mesh.dirs["C"] / "alpha-2.gguf").exists()
+    wait_until(lambda: where(c, "alpha-2") == {"A": "available", "B": "available"}, 10, what="C to see alpha-2 on A and B")
+    with pytest.raises(ollama.ResponseError) as e:
+        ol.copy("alpha", "alpha-2")
+    assert e.value.status_code == 502 and "already in the store" in str(e.value)
+
     # meshctl models copy --all: C copies it too (from the nearest holder), with progress lines.
     r = a.meshctl("models", "copy", "alpha", "--all")
     assert r.returncode == 0, r.stderr + r.stdout

@@ -37,7 +37,7 @@ def owui_bin() -> Path | None:
 
 
 class OpenWebUI:
-    def __init__(self, pool: ProcessPool, binary: Path, ollama_url: str, openai_url: str) -> None:
+    def __init__(self, pool: ProcessPool, binary: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         data = pool.tmp / f"owui-{self.port}"
@@ -46,14 +46,14 @@ class OpenWebUI:
         env.update({
             "DATA_DIR": str(data), "WEBUI_SECRET_KEY": "meshd-test-secret", "OFFLINE_MODE": "true",
             "ENABLE_VERSION_UPDATE_CHECK": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "ENABLE_OLLAMA_API": "true", "OLLAMA_BASE_URL": ollama_url,
-            "ENABLE_OPENAI_API": "true", "OPENAI_API_BASE_URL": openai_url, "OPENAI_API_KEY": "",
+            # Connections are added through the admin API below; until then they point at a closed loopback port.
+            "ENABLE_OLLAMA_API": "true", "OLLAMA_BASE_URL": "http://127.0.0.1:9",
+            "ENABLE_OPENAI_API": "true", "OPENAI_API_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "",
             "RAG_EMBEDDING_ENGINE": "openai", "RAG_EMBEDDING_MODEL": "text-embedding-3-small",
             "ENABLE_TITLE_GENERATION": "false", "ENABLE_TAGS_GENERATION": "false", "ENABLE_FOLLOW_UP_GENERATION": "false",
             "ENABLE_AUTOCOMPLETE_GENERATION": "false", "ENABLE_RETRIEVAL_QUERY_GENERATION": "false",
             "ANONYMIZED_TELEMETRY": "false", "DO_NOT_TRACK": "true", "SCARF_NO_ANALYTICS": "true",
             "ENABLE_WEBSOCKET_SUPPORT": "false", "AUDIT_LOG_LEVEL": "NONE",
-            "WEBUI_ADMIN_EMAIL": EMAIL, "WEBUI_ADMIN_PASSWORD": PASSWORD, "WEBUI_ADMIN_NAME": "Admin",
         })
         self.proc = pool.start("open-webui", [str(binary), "serve", "--host", "127.0.0.1", "--port", str(self.port)], env=env)
 
@@ -69,8 +69,9 @@ class OpenWebUI:
             wait_until(up, 120, interval=0.5, what="open-webui /health 200")
         except E2EError as e:
             raise self.proc.fail(str(e)) from None
-        r = httpx.post(self.url + "/api/v1/auths/signin", json={"email": EMAIL, "password": PASSWORD}, timeout=30)
-        assert r.status_code == 200, r.text
+        # The first sign-up is the admin.
+        r = httpx.post(self.url + "/api/v1/auths/signup", json={"name": "Admin", "email": EMAIL, "password": PASSWORD}, timeout=30)
+        assert r.status_code == 200 and r.json()["role"] == "admin", r.text
         self.token = r.json()["token"]
 
     def call(self, method: str, path: str, timeout: float = 60, **kw: Any) -> httpx.Response:
@@ -102,8 +103,12 @@ class Setup:
         self.a.wait_sees({"A": "up", "B": "up", "C": "up"}, timeout=15)
         wait_until(lambda: {MODEL, SPARE, "c-only"} <= {m["name"] for m in self.a.get("/api/tags").json()["models"]}, 10,
                    what="A to list every node's models")
-        self.ui = OpenWebUI(pool, owui, self.a.url, self.a.url + "/v1")
-        # The OpenAI connection's models get a prefix, so both connections' copies of a model are listed.
+        self.ui = OpenWebUI(pool, owui)
+        # The admin adds node A as an Ollama connection and as an OpenAI one; the OpenAI connection's
+        # models get a prefix, so both connections' copies of a model are listed.
+        r = self.ui.call("POST", "/ollama/config/update", json={
+            "ENABLE_OLLAMA_API": True, "OLLAMA_BASE_URLS": [self.a.url], "OLLAMA_API_CONFIGS": {"0": {"enable": True}}})
+        assert r.status_code == 200, r.text
         r = self.ui.call("POST", "/openai/config/update", json={
             "ENABLE_OPENAI_API": True, "OPENAI_API_BASE_URLS": [self.a.url + "/v1"], "OPENAI_API_KEYS": [""],
             "OPENAI_API_CONFIGS": {"0": {"enable": True, "prefix_id": "oa"}}})

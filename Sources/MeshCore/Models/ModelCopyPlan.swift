@@ -26,22 +26,31 @@ public enum ModelCopyPlan {
 
     /// Tunnel targets: `model/NAME` sends a stored model's bytes; `pull/NAME` asks a node to copy
     /// the model into its own store (from the nearest holder), with progress lines back;
-    /// `delete/NAME` asks it to delete the model from its store.
+    /// `delete/NAME` asks it to delete the model from its store; `copy/SOURCE/DESTINATION` asks it
+    /// to store its SOURCE again under another name (Ollama's `/api/copy`).
     public enum Target: Sendable, Hashable {
         case send(model: String)
         case pull(model: String)
         case delete(model: String)
+        case copy(source: String, destination: String)
 
         public var string: String {
             switch self {
             case .send(let m): "model/" + m
             case .pull(let m): "pull/" + m
             case .delete(let m): "delete/" + m
+            case .copy(let s, let d): "copy/" + s + "/" + d
             }
         }
 
         /// Parses a tunnel target; nil for other targets and for names a store file could not have.
         public init?(_ target: String) {
+            if target.hasPrefix("copy/") {
+                let parts = target.dropFirst(5).split(separator: "/", omittingEmptySubsequences: false)
+                guard parts.count == 2, ModelCopyPlan.isStoreName(String(parts[0])), ModelCopyPlan.isStoreName(String(parts[1])) else { return nil }
+                self = .copy(source: String(parts[0]), destination: String(parts[1]))
+                return
+            }
             for (prefix, make) in [("model/", Target.send), ("pull/", Target.pull), ("delete/", Target.delete)] {
                 guard target.hasPrefix(prefix) else { continue }
                 let name = String(target.dropFirst(prefix.count))

@@ -96,6 +96,15 @@ public enum ModelStorePlan {
             .map(\.name)
     }
 
+    /// When a loaded model will be unloaded if it stays idle (nanoseconds; a century ahead when it
+    /// is kept until memory is needed); nil while it is not loaded.
+    public static func expiry(_ m: StoredModelState, keepAliveSeconds: Int) -> UInt64? {
+        guard m.phase == .loaded else { return nil }
+        let k = m.keepAliveSeconds ?? Double(keepAliveSeconds)
+        let seconds = k < 0 ? 100 * 365 * 86400 : k
+        return m.lastUsedNanos &+ UInt64(seconds * 1e9)
+    }
+
     /// To load `name`: the loaded models to unload first, least recently used first (empty when it
     /// fits as things are), or why it cannot be loaded now.
     ///
