@@ -250,6 +250,11 @@ public struct APIResponder: HTTPResponder {
         for e in proxy.routingView(localOnly: false).flatMap(\.engines) where e.healthy {
             for m in e.models where seen.insert(m.name).inserted { out.append((m, e)) }
         }
+        // The gateway's cloud models: served too (escalated), never loaded here.
+        for (model, provider) in proxy.cloudModels() where seen.insert(model).inserted {
+            let m = ModelInfo(name: model, loaded: false)
+            out.append((m, EngineSnapshot(id: "cloud:\(provider)", kind: .openai, url: "", healthy: true, models: [m])))
+        }
         return out
     }
 

@@ -88,6 +88,27 @@ extension InferenceProxy {
         return (d, peer)
     }
 
+    /// The cloud models the mesh can serve through its gateway (this node, or the peer that
+    /// advertises providers), with the provider that serves each: what model lists show besides
+    /// the engines' models. Only healthy providers' models, never local-only ones (a gateway does
+    /// not advertise those).
+    func cloudModels() -> [(model: String, provider: String)] {
+        let advert: GatewayAdvert
+        if let gw = cloud.gateway {
+            advert = gw.advert()
+        } else if let mesh, let (_, a) = gatewayPeer(mesh) {
+            advert = a
+        } else {
+            return []
+        }
+        var seen = Set<String>()
+        var out: [(String, String)] = []
+        for p in advert.providers where p.healthy {
+            for m in p.models.sorted() where !cloud.config.localOnlyModels.contains(m) && seen.insert(m).inserted { out.append((m, p.name)) }
+        }
+        return out
+    }
+
     /// A live peer that advertises cloud providers (the first by name).
     func gatewayPeer(_ mesh: MeshService) -> (String, GatewayAdvert)? {
         mesh.peers().compactMap { e in e.state.gateway.map { (e.state.id, $0) } }.sorted { $0.0 < $1.0 }.first

@@ -80,8 +80,15 @@ def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_
     models = {x["name"]: x for x in m.admin("/v1/models").json()}
     assert models["alpha"]["loaded"] is False, models
 
-    # The first request loads the model (routing said so: a cold load), then it serves.
-    route = openai_chat(m, "alpha")
+    # Before any load: /api/show describes it from its GGUF file, meshctl route counts its cold load.
+    shown = m.post("/api/show", json={"model": "alpha:latest"}).json()
+    assert shown["model_info"]["general.architecture"] == "llama" and shown["model_info"]["llama.context_length"] > 0, shown
+    assert shown["details"]["format"] == "gguf" and "completion" in shown["capabilities"], shown
+    plan = json.loads(meshctl(bins, m, "route", "alpha", "--json"))
+    assert plan["engine"] == "store:alpha" and plan["loaded"] is False and "available, not loaded" in plan["reason"], plan
+
+    # The first request loads the model (routing said so: a cold load), then it serves; name:latest is the same model.
+    route = openai_chat(m, "alpha:latest")
     assert "available, not loaded" in route, route
     assert set(servers(m)) == {"alpha"} and ps(m) == {"alpha"}
     assert "model loaded" in openai_chat(m, "alpha")
@@ -163,7 +170,13 @@ def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_
     gone = m.post("/v1/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "x"}]})
     assert gone.status_code == 404 and "alpha" in gone.json()["error"]["message"], gone.text
 
+    # meshctl models rm --all: gone from the store (and the folder).
+    out = meshctl(bins, m, "models", "rm", "gamma", "--all")
+    assert "e2e-store: deleted" in out and not (store / "gamma.gguf").exists(), out
+    wait_until(lambda: "gamma" not in tags(m) and servers(m) == {}, 10, what="the removed model to leave and its server to stop")
+
     # meshd stops the llama-servers it started for the store when it stops.
+    openai_chat(m, "beta")
     assert m.proc.stop() == 0
     assert processes_with_arg(str(store)) == []
 

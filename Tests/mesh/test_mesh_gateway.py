@@ -68,6 +68,13 @@ def test_each_dialect_through_the_gateway(gw: Gatewayed) -> None:
 
 def test_local_models_stay_local_and_local_only_never_leaves(gw: Gatewayed) -> None:
     total = gw.cloud.stats()["total"]
+    # Every node lists the gateway's cloud models with the mesh's own (Open WebUI shows them), never a local-only one.
+    for n in (gw.a, gw.g):
+        tags = {m["name"] for m in n.get("/api/tags").json()["models"]}
+        ids = {m["id"] for m in n.get("/v1/models").json()["data"]}
+        for listed in (tags, ids):
+            assert {"gpt-4o-mini", "claude-haiku", "gemini-flash", "local-m"} <= listed and "private-gpt" not in listed, (n.name, listed)
+        assert not {m["name"] for m in n.get("/api/ps").json()["models"]} & {"gpt-4o-mini", "claude-haiku", "gemini-flash"}
     r = gw.a.post("/v1/chat/completions", json=chat("local-m"))
     assert r.status_code == 200 and r.headers["x-meshd-node"] == "G" and "x-meshd-provider" not in r.headers
     # The gateway does not advertise its local-only models, so A has nowhere to send it.

@@ -1,6 +1,6 @@
 """Open WebUI (the real one, from PyPI: tools/owui-venv.sh) pointed at a node of a 3-node mesh, as an
 Ollama connection and as an OpenAI one, driven through its own HTTP API as its pages drive it:
-verify connection, the model list (every node's models, fast while a node is down), a chat with a
+verify connection, the model list (every node's models and the gateway's cloud models, fast while a node is down), a chat with a
 model that lives on another node (a stored model: its llama-server starts on demand), the model info
 page, pull and delete from the admin page, and unload.
 
@@ -20,10 +20,12 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from cloud_helpers import PRICES, FakeCloud
 from meshd_e2e import Binaries, E2EError, ProcessPool, free_port, wait_until
 from mesh_helpers import MeshBinaries, MeshNode
 
 MODEL = "meshd-tiny"
+CLOUD = "gpt-4o-mini"   # a model of the gateway's (fake) cloud
 SPARE = "spare"
 EMAIL, PASSWORD = "admin@example.com", "meshd-test-pw-1"
 
@@ -93,16 +95,23 @@ class Setup:
         llama_dir = str(Binaries().llama_server_bin().parent)
         os.environ["PATH"] = llama_dir + os.pathsep + os.environ.get("PATH", "")
 
+        # B is also the mesh's gateway to a (fake, TLS) cloud: its cloud models are the mesh's too.
+        self.cloud = FakeCloud(pool, pool.tmp / "tls")
+        gateway = {"cloud": {"providers": self.cloud.providers(pool.tmp / "cloud.key"), "prices": PRICES,
+                             "prices_file": str(pool.tmp / "no-prices.yaml")},
+                   "budget": {"daily_usd": 1.0, "monthly_usd": 10.0}}
+
         def extra(n: str) -> dict[str, Any]:
-            return {"models": {"dir": str(stores[n]), "rescan_seconds": 1, "args": ["-t", "1", "-c", "512"]}}
+            return {"models": {"dir": str(stores[n]), "rescan_seconds": 1, "args": ["-t", "1", "-c", "512"]},
+                    **(gateway if n == "B" else {})}
 
         # A (no engines, no models) is the node Open WebUI talks to; B and C hold the models.
         self.a = MeshNode(pool, bins, "A", secret=secret, extra=extra("A"), heartbeat_ms=500, dead_after_missed=3)
         self.b = MeshNode(pool, bins, "B", secret=secret, extra=extra("B"), peers=[self.a], heartbeat_ms=500, dead_after_missed=3)
         self.c = MeshNode(pool, bins, "C", secret=secret, extra=extra("C"), peers=[self.a], heartbeat_ms=500, dead_after_missed=3)
         self.a.wait_sees({"A": "up", "B": "up", "C": "up"}, timeout=15)
-        wait_until(lambda: {MODEL, SPARE, "c-only"} <= {m["name"] for m in self.a.get("/api/tags").json()["models"]}, 10,
-                   what="A to list every node's models")
+        wait_until(lambda: {MODEL, SPARE, "c-only", CLOUD} <= {m["name"] for m in self.a.get("/api/tags").json()["models"]}, 10,
+                   what="A to list every node's models and the gateway's cloud models")
         self.ui = OpenWebUI(pool, owui)
         # The admin adds node A as an Ollama connection and as an OpenAI one; the OpenAI connection's
         # models get a prefix, so both connections' copies of a model are listed.
@@ -137,7 +146,7 @@ def test_verify_connection_and_the_model_list_show_the_whole_mesh_fast_while_a_n
     assert v.status_code == 200 and {m["id"] for m in v.json()["data"]} >= {MODEL, SPARE, "c-only"}, v.text
 
     listed = models(s)
-    for name in (MODEL, SPARE, "c-only"):
+    for name in (MODEL, SPARE, "c-only", CLOUD):
         assert listed[name]["owned_by"] == "ollama" and listed["oa." + name]["owned_by"] == "openai", sorted(listed)
 
     # C freezes (no reset, no answer: the hard case): the list still comes at once, answered from
@@ -148,7 +157,7 @@ def test_verify_connection_and_the_model_list_show_the_whole_mesh_fast_while_a_n
         during = models(s)
         took = time.monotonic() - t0
         assert took < 3, f"the model list took {took:.1f} s with a node down"
-        assert MODEL in during and "oa." + MODEL in during
+        assert MODEL in during and "oa." + MODEL in during and CLOUD in during
         time.sleep(0.5)
     wait_until(lambda: "c-only" not in models(s), 10, interval=0.5, what="C's model to leave the list")
     s.c.kill9()
