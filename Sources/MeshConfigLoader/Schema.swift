@@ -135,7 +135,10 @@ enum Schema {
         .double(["routing", "decode_weight"], \.routing.decodeWeight, min: 0, max: 1),
         .bool(["models", "enabled"], \.models.enabled),
         .string(["models", "dir"], \.models.dir, check: { $0.isEmpty ? nil : Check.path($0) }),
-        .int(["models", "keep_alive_seconds"], \.models.keepAliveSeconds, min: -1, max: 31_536_000),
+        .text(["models", "keep_alive"], check: { RequestParser.keepAlive(.string($0)) == nil
+                    ? "must be a duration such as \"5m\", \"1h30m\", \"30s\" or a number of seconds (0: unload at once, -1: keep loaded)" : nil },
+              store: { c, text in c.models.keepAliveSeconds = ModelStoreSettings.seconds(keepAlive: RequestParser.keepAlive(.string(text)) ?? 300) },
+              read: { .string(ModelStoreSettings.keepAliveText($0.models.keepAliveSeconds)) }),
         .int(["models", "max_loaded"], \.models.maxLoaded, min: 0, max: 1000),
         .int(["models", "rescan_seconds"], \.models.rescanSeconds, min: 1, max: 86_400),
         .int(["models", "copy_bytes_per_second"], \.models.copyBytesPerSecond, min: 0),

@@ -32,6 +32,8 @@ public protocol EngineAdapter: Sendable {
     func unload() async
     /// A request's own keep-alive (Ollama `keep_alive`, seconds; nil: the default) for the model after it.
     func setKeepAlive(_ seconds: Double?)
+    /// A request meshd sent to the engine ended (a stored model's idle time counts from here).
+    func requestEnded()
 }
 
 extension EngineAdapter {
@@ -43,6 +45,7 @@ extension EngineAdapter {
     public func settle() async {}
     public func unload() async {}
     public func setKeepAlive(_ seconds: Double?) {}
+    public func requestEnded() {}
 }
 
 /// A parsed engine base URL.

@@ -605,6 +605,7 @@ public final class EngineRegistry: Sendable {
         }
         for x in woken { x.continuation.resume(returning: .admitted) }
         w?.yield()
+        adapter(engineID)?.requestEnded()
     }
 
     /// A proxied request could not reach the engine: unhealthy until a poll that starts later

@@ -114,6 +114,8 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         var keepAlive: Double?
         /// On demand: when the store will unload it if it stays idle (wall-clock nanoseconds).
         var expiresAt: UInt64?
+        /// On demand: told when a request starts (prepare) and ends: the store's last use.
+        var onUse: (@Sendable () -> Void)?
         /// On demand: asked before a start; makes room (unloads others) or says why not.
         var loadGate: (@Sendable (String) async -> String?)?
     }
@@ -213,6 +215,11 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     public func setLoadGate(_ gate: @escaping @Sendable (String) async -> String?) {
         state.withLock { $0.loadGate = gate }
     }
+
+    /// On demand: told when a request starts and ends (the store's least-recently-used order and idle time).
+    public func setOnUse(_ f: @escaping @Sendable () -> Void) { state.withLock { $0.onUse = f } }
+
+    public func requestEnded() { if onDemand { state.withLock { $0.onUse }?() } }
 
     /// The last request's own keep-alive (Ollama `keep_alive`), for the store's idle rule.
     public func setKeepAlive(_ seconds: Double?) { state.withLock { $0.keepAlive = seconds } }
@@ -466,7 +473,10 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
     /// Makes the engine ready for a request: a model that is split starts its split on the first
     /// request (later ones wait for the same start). Returns why it cannot serve, nil when it can.
     public func prepare() async -> String? {
-        if onDemand { return await loadOnDemand() }
+        if onDemand {
+            state.withLock { $0.onUse }?()
+            return await loadOnDemand()
+        }
         await settle()
         let step = state.withLock { s -> (task: Task<Void, any Error>?, refusal: String?) in
             if let t = s.splitStart { return (t, nil) }

@@ -12,7 +12,7 @@ import Synchronization
 
 /// The node's model store (`models:`): every GGUF file in its folder is a model this node serves
 /// through a llama-server of its own, started when a request first asks for the model and stopped
-/// when the model has been idle `keep_alive_seconds` or another needs the memory. The decisions are
+/// when the model has been idle `keep_alive` or another needs the memory. The decisions are
 /// ``ModelStorePlan``'s; this is the I/O: the folder, the engines in the registry, the timer.
 public final class ModelStore: Sendable {
     public let directory: String
@@ -155,6 +155,7 @@ public final class ModelStore: Sendable {
             let engine = ManagedLlamaCppEngine(config: config, transport: transport, logger: logger, options: options,
                                                id: Self.engineID(name), onDemand: true)
             engine.setLoadGate { [weak self] model in await self?.makeRoom(for: model) }
+            engine.setOnUse { [weak self] in self?.touch(name) }
             let fresh = state.withLock { s -> Bool in
                 guard !s.stopped, s.entries[name] == nil else { return false }
                 s.entries[name] = Entry(engine: engine, path: file.path, bytes: file.bytes, lastUsedNanos: clock.nowNanos())
@@ -241,6 +242,18 @@ public final class ModelStore: Sendable {
             e.engine.setExpiry(ModelStorePlan.expiry(m, keepAliveSeconds: settings.keepAliveSeconds))
             return m
         }
+    }
+
+    /// A request to `model` started or ended: its last use is now, and it expires its keep-alive from now.
+    func touch(_ model: String) {
+        let now = clock.nowNanos()
+        guard let engine = state.withLock({ s -> ManagedLlamaCppEngine? in
+            s.entries[model]?.lastUsedNanos = now
+            return s.entries[model]?.engine
+        }) else { return }
+        var m = StoredModelState(name: model, bytes: 0, phase: .loaded, lastUsedNanos: now)
+        m.keepAliveSeconds = engine.keepAliveOverride
+        engine.setExpiry(ModelStorePlan.expiry(m, keepAliveSeconds: settings.keepAliveSeconds))
     }
 
     /// Unloads models idle past the keep-alive.

@@ -73,7 +73,7 @@ def openai_chat(m: Meshd, model: str) -> str:
 
 
 def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_folder(pool: ProcessPool, bins: Binaries) -> None:
-    m, store = store_node(pool, bins, ["alpha", "beta"], keep_alive_seconds=3, max_loaded=1)
+    m, store = store_node(pool, bins, ["alpha", "beta"], keep_alive="3s", max_loaded=1)
     # Both are listed at once, neither is loaded, and no llama-server runs yet.
     wait_until(lambda: tags(m) >= {"alpha", "beta"}, 10, what="the stored models in /api/tags")
     assert ps(m) == set() and servers(m) == {}
@@ -117,7 +117,7 @@ def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_
     assert set(servers(m)) == {"beta"} and ps(m) == {"beta"}
     assert first not in m.engine_children()
 
-    # Idle past keep_alive_seconds: unloaded, still listed.
+    # Idle past models.keep_alive: unloaded, still listed.
     t0 = time.monotonic()
     wait_until(lambda: servers(m) == {} and ps(m) == set(), 15, interval=0.2, what="the idle model to be unloaded")
     assert time.monotonic() - t0 >= 1.5, "unloaded before its keep-alive ran out"
@@ -183,7 +183,7 @@ def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_
 
 def test_a_stored_model_larger_than_the_offer_is_refused_with_the_reason(pool: ProcessPool, bins: Binaries) -> None:
     # The tiny model is ~17 MiB; offer 8 MiB.
-    m2, _ = store_node(pool, bins, ["alpha"], hardware={"offer_bytes": 8 << 20}, keep_alive_seconds=60)
+    m2, _ = store_node(pool, bins, ["alpha"], hardware={"offer_bytes": 8 << 20}, keep_alive="1m")
     wait_until(lambda: "alpha" in tags(m2), 10, what="the stored model in /api/tags")
     r = m2.post("/v1/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
     assert r.status_code == 503, r.text
@@ -204,3 +204,18 @@ def test_a_stored_model_larger_than_the_offer_is_refused_with_the_reason(pool: P
     # Ollama's dialect says the same in its own shape.
     o = m2.post("/api/chat", json={"model": "alpha", "messages": [{"role": "user", "content": "x"}], "stream": False})
     assert o.status_code == 503 and "offers 8 MiB" in o.json()["error"], o.text
+
+
+def test_when_memory_is_short_the_least_recently_used_model_makes_room(pool: ProcessPool, bins: Binaries) -> None:
+    """Two of the three stored models fit the memory the node offers (hardware.offer_bytes): loading the
+    third unloads the least recently used one, not the other."""
+    size = bins.tiny_model().stat().st_size
+    m, _ = store_node(pool, bins, ["alpha", "beta", "gamma"], hardware={"offer_bytes": size * 5 // 2}, keep_alive="1h")
+    wait_until(lambda: tags(m) >= {"alpha", "beta", "gamma"}, 10, what="the stored models in /api/tags")
+    openai_chat(m, "alpha")
+    openai_chat(m, "beta")
+    assert set(servers(m)) == {"alpha", "beta"}
+    openai_chat(m, "alpha")          # beta is now the least recently used
+    openai_chat(m, "gamma")
+    assert set(servers(m)) == {"alpha", "gamma"} and ps(m) == {"alpha", "gamma"}
+    assert "unloading a stored model to make room" in m.proc.log() and "model=beta" in m.proc.log()

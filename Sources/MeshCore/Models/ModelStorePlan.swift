@@ -1,14 +1,28 @@
 /// `models:` section: the node's model store, a folder of GGUF files served by llama-servers meshd
-/// starts when a model is first asked for and stops when it has been idle `keep_alive_seconds`, or
+/// starts when a model is first asked for and stops when it has been idle `keep_alive`, or
 /// when another needs the memory (least recently used first), as Ollama does with its own models.
 public struct ModelStoreSettings: Sendable, Hashable, Codable {
     /// Whether the store is used at all.
     public var enabled = true
     /// The folder of GGUF files; empty: `STATE_DIR/models`.
     public var dir = ""
-    /// Seconds a loaded model stays loaded after its last request ends (Ollama's `keep_alive`,
-    /// 5 minutes by default); 0 unloads it as soon as it is idle, -1 keeps it until memory is needed.
+    /// Seconds a loaded model stays loaded after its last request ends (`models.keep_alive`, a
+    /// duration as Ollama's `OLLAMA_KEEP_ALIVE`: 5 minutes by default); 0 unloads it as soon as it
+    /// is idle, -1 keeps it until memory is needed.
     public var keepAliveSeconds = 300
+
+    /// A keep-alive in seconds as stored: whole seconds (at least 1 when positive), any negative one -1.
+    public static func seconds(keepAlive: Double) -> Int {
+        keepAlive < 0 ? -1 : keepAlive == 0 ? 0 : max(1, Int(min(keepAlive, 31_536_000).rounded()))
+    }
+
+    /// How `models.keep_alive` is written back: `5m`, `90s`, `1h`, `0`, `-1`.
+    public static func keepAliveText(_ seconds: Int) -> String {
+        if seconds <= 0 { return String(seconds) }
+        if seconds % 3600 == 0 { return "\(seconds / 3600)h" }
+        if seconds % 60 == 0 { return "\(seconds / 60)m" }
+        return "\(seconds)s"
+    }
     /// Most stored models loaded at once (0: as many as the memory offer holds).
     public var maxLoaded = 0
     /// Seconds between two looks at the folder for models added or removed.
