@@ -119,7 +119,12 @@ final class ModelCopier: Sendable {
         let partial = partialPath(model)
         let fd = open(partial, O_RDWR | O_CREAT, 0o644)
         guard fd >= 0 else { throw CopyError("cannot open \(partial): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
+        defer {
+            // A copy that got nothing (refused, a full disk, a source gone at once) leaves no empty file behind.
+            var end = stat()
+            if fstat(fd, &end) == 0, end.st_size == 0 { unlink(partial) }
+            close(fd)
+        }
         var st = stat()
         fstat(fd, &st)
         let have = Int64(st.st_size)
@@ -146,6 +151,16 @@ final class ModelCopier: Sendable {
         }
         guard let header else { throw CopyError("no header") }
         if let e = header.error { throw CopyError("\(node): \(e)") }
+        // Room for what is left, before anything is written (a full disk fails here, clearly).
+        var vfs = statvfs()
+        if statvfs(store.directory, &vfs) == 0 {
+            let free = Int64(vfs.f_bavail) * Int64(vfs.f_frsize)
+            let need = header.size - min(header.offset, have)
+            if need > free {
+                throw CopyError("not enough free disk for '\(model)' in \(store.directory): it needs \(need >> 20) MiB more, "
+                                + "\(free >> 20) MiB are free")
+            }
+        }
         // The bytes before the offset are taken as they are (a resumed copy): hashed from the disk.
         guard ftruncate(fd, off_t(header.offset)) == 0 else { throw CopyError("cannot truncate \(partial)") }
         var hasher = Crypto.SHA256()

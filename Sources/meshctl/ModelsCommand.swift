@@ -91,6 +91,10 @@ struct ModelsCopyCommand: AsyncParsableCommand {
         let body = try JSONSerialization.data(withJSONObject: ["model": model, "to": all ? ["all"] : to])
         var pending: [UInt8] = []
         var failed: [String] = []
+        // Nodes heard of, and those whose copy ended (success or error): a stream that stops before
+        // a node's end (the node meshctl talks to went away) is a failure, not a success.
+        var seen: [String] = []
+        var ended: Set<String> = []
         var bars = ProgressBars(enabled: !global.json && isatty(1) != 0)
         let status: Int
         do {
@@ -104,7 +108,11 @@ struct ModelsCopyCommand: AsyncParsableCommand {
                         print(String(decoding: line, as: UTF8.self))
                         continue
                     }
-                    if let node = obj["node"] as? String, obj["error"] != nil { failed.append(node) }
+                    if let node = obj["node"] as? String {
+                        if !seen.contains(node) { seen.append(node) }
+                        if obj["error"] != nil { failed.append(node) }
+                        if obj["error"] != nil || (obj["status"] as? String) == "success" { ended.insert(node) }
+                    }
                     bars.show(obj)
                 }
             }
@@ -119,7 +127,13 @@ struct ModelsCopyCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("meshctl: \(message)\n".utf8))
             throw ExitCode(1)
         }
-        if !failed.isEmpty { throw ExitCode(1) }
+        let unfinished = seen.filter { !ended.contains($0) }
+        for node in unfinished { print("\(node): error: the copy's progress stopped before its end (meshd closed the connection)") }
+        if seen.isEmpty {
+            FileHandle.standardError.write(Data("meshctl: meshd ended the copy without a word\n".utf8))
+            throw ExitCode(1)
+        }
+        if !failed.isEmpty || !unfinished.isEmpty { throw ExitCode(1) }
     }
 }
 
