@@ -32,6 +32,9 @@ public final class ModelStore: Sendable {
         var path: String
         var bytes: Int64
         var lastUsedNanos: UInt64
+        /// The file's (newest shard's) modification time when scanned: a file still being written,
+        /// or replaced, is read again while its model is not loaded.
+        var mtime: Int = 0
     }
 
     struct State {
@@ -110,16 +113,17 @@ public final class ModelStore: Sendable {
 
     // MARK: the folder
 
-    /// The store's GGUF files now: model name → (path of the file or first shard, total bytes).
-    func scan() -> [String: (path: String, bytes: Int64)] {
+    /// The store's GGUF files now: model name → (path of the file or first shard, total bytes, newest mtime).
+    func scan() -> [String: (path: String, bytes: Int64, mtime: Int)] {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [:] }
-        var out: [String: (path: String, bytes: Int64)] = [:]
+        var out: [String: (path: String, bytes: Int64, mtime: Int)] = [:]
         for file in names.sorted() {
             guard let model = ModelStorePlan.modelName(fileName: file) else { continue }
             let path = directory + "/" + file
             var st = stat()
             guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
             var bytes = Int64(st.st_size)
+            var mtime = Int(st.st_mtim.tv_sec) * 1000 + Int(st.st_mtim.tv_nsec / 1_000_000)
             let stem = String(file.dropLast(5))
             if model != stem {
                 // The first shard of a split GGUF (`NAME-00001-of-0000N.gguf`): its shards together.
@@ -127,25 +131,39 @@ public final class ModelStore: Sendable {
                 for other in names where other != file && other.hasPrefix(stem + "-") && other.hasSuffix(".gguf")
                     && ModelStorePlan.modelName(fileName: other) == nil {
                     var o = stat()
-                    if stat(directory + "/" + other, &o) == 0 { bytes += Int64(o.st_size) }
+                    if stat(directory + "/" + other, &o) == 0 {
+                        bytes += Int64(o.st_size)
+                        mtime = max(mtime, Int(o.st_mtim.tv_sec) * 1000 + Int(o.st_mtim.tv_nsec / 1_000_000))
+                    }
                 }
             }
-            out[model] = (path, bytes)
+            out[model] = (path, bytes, mtime)
         }
         return out
     }
 
     /// Adds engines for new files and removes those whose file is gone (a loaded one is stopped).
+    /// A file that changed (still being copied in, or replaced) is read again while its model is
+    /// not loaded: its size and GGUF facts are then current.
     public func rescan() async {
         let found = scan()
-        let (added, removed) = state.withLock { s -> ([String], [(String, Entry)]) in
-            guard !s.stopped else { return ([], []) }
+        let (added, removed, changed) = state.withLock { s -> ([String], [(String, Entry)], Set<String>) in
+            guard !s.stopped else { return ([], [], []) }
             let removed = s.entries.filter { found[$0.key] == nil || found[$0.key]!.path != $0.value.path }.map { ($0.key, $0.value) }
+            let changed = s.entries.filter { name, e in
+                guard let f = found[name], f.path == e.path, f.bytes != e.bytes || f.mtime != e.mtime else { return false }
+                return e.engine.status.phase == .available
+            }
             for (name, _) in removed { s.entries[name] = nil }
-            return (found.keys.filter { s.entries[$0] == nil }.sorted(), removed)
+            for (name, _) in changed { s.entries[name] = nil }
+            return (found.keys.filter { s.entries[$0] == nil }.sorted(), removed + changed.map { ($0.key, $0.value) }, Set(changed.keys))
         }
         for (name, entry) in removed {
-            logger.notice("a stored model's file is gone: no longer served", metadata: ["model": "\(name)", "path": "\(entry.path)"])
+            if changed.contains(name) {
+                logger.info("a stored model's file changed: reading it again", metadata: ["model": "\(name)", "path": "\(entry.path)"])
+            } else {
+                logger.notice("a stored model's file is gone: no longer served", metadata: ["model": "\(name)", "path": "\(entry.path)"])
+            }
             await registry.remove(entry.engine.id)
         }
         for name in added {
@@ -158,7 +176,7 @@ public final class ModelStore: Sendable {
             engine.setOnUse { [weak self] in self?.touch(name) }
             let fresh = state.withLock { s -> Bool in
                 guard !s.stopped, s.entries[name] == nil else { return false }
-                s.entries[name] = Entry(engine: engine, path: file.path, bytes: file.bytes, lastUsedNanos: clock.nowNanos())
+                s.entries[name] = Entry(engine: engine, path: file.path, bytes: file.bytes, lastUsedNanos: clock.nowNanos(), mtime: file.mtime)
                 return true
             }
             guard fresh else { continue }

@@ -163,10 +163,20 @@ def test_stored_models_load_on_demand_make_room_unload_when_idle_and_follow_the_
     shutil.copyfile(store / "beta.gguf", store / "gamma.gguf.partial")
     os.rename(store / "gamma.gguf.partial", store / "gamma.gguf")
     wait_until(lambda: "gamma" in tags(m), 10, what="the new file in /api/tags")
+    # A file still being copied in is read again once it changes (its size, then its GGUF facts, current).
+    data = (store / "beta.gguf").read_bytes()
+    with (store / "delta.gguf").open("wb") as f:
+        f.write(data[: len(data) // 2])
+    size_of = lambda: next((x["size"] for x in m.get("/api/tags").json()["models"] if x["name"] == "delta"), None)  # noqa: E731
+    wait_until(lambda: size_of() == len(data) // 2, 10, what="the half-written file in /api/tags")
+    with (store / "delta.gguf").open("ab") as f:
+        f.write(data[len(data) // 2:])
+    wait_until(lambda: size_of() == len(data), 10, what="the finished file's size in /api/tags")
+    openai_chat(m, "delta")
     (store / "alpha.gguf").unlink()
     wait_until(lambda: "alpha" not in tags(m) and "alpha" not in servers(m), 10, what="the removed file to leave /api/tags")
     openai_chat(m, "gamma")
-    assert set(servers(m)) == {"gamma"}
+    assert set(servers(m)) == {"gamma"}, servers(m)
     gone = m.post("/v1/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "x"}]})
     assert gone.status_code == 404 and "alpha" in gone.json()["error"]["message"], gone.text
 
