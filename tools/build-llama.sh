@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's llama-server and ggml-rpc-server (CPU, GGML_RPC=ON) from the llama.cpp tree
-# vendored in the llama-cpp-python sdist on PyPI. Cached: a second run prints the paths at once.
+# vendored in the llama-cpp-python sdist (fetched with pip from its configured index; about a
+# minute, as pip prepares the sdist's metadata). Cached: a second run prints the paths at once.
 #   tools/build-llama.sh            -> prints the directory holding the binaries
 #   tools/build-llama.sh --src-only -> downloads/extracts only (no build), prints the llama.cpp tree
 # Env: MESHD_CACHE (default ~/.cache/meshd), LLAMA_CPP_PY_VERSION (default 0.3.36), JOBS.
@@ -22,21 +23,11 @@ fi
 mkdir -p "$CACHE"
 if [ ! -d "$SRC/vendor/llama.cpp" ]; then
   tmp=$(mktemp -d "$CACHE/dl.XXXXXX")
-  # Fetch the sdist file straight from PyPI's simple index: `pip download` would build its
-  # metadata (and its build dependencies) first, which takes minutes for nothing.
-  python3 - "$VER" "$tmp" <<'PY' >&2
-import re, sys, urllib.request, hashlib
-ver, out = sys.argv[1], sys.argv[2]
-name = f"llama_cpp_python-{ver}.tar.gz"
-idx = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-python/", timeout=60).read().decode()
-m = re.search(r'href="([^"]*/' + re.escape(name) + r')#sha256=([0-9a-f]+)"', idx)
-if not m:
-    sys.exit(f"build-llama: {name} not found on PyPI")
-data = urllib.request.urlopen(m.group(1), timeout=600).read()
-if hashlib.sha256(data).hexdigest() != m.group(2):
-    sys.exit("build-llama: sha256 mismatch for " + name)
-open(f"{out}/{name}", "wb").write(data)
-PY
+  # The sdist through pip, the ordinary client, from whatever index pip is configured with.
+  python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: "llama-cpp-python==$VER" -d "$tmp" >&2 ||
+    { echo "build-llama: pip download llama-cpp-python==$VER failed" >&2; rm -rf "$tmp"; exit 1; }
+  [ -f "$tmp/llama_cpp_python-$VER.tar.gz" ] ||
+    { echo "build-llama: pip gave no llama_cpp_python-$VER.tar.gz" >&2; rm -rf "$tmp"; exit 1; }
   tar -xzf "$tmp"/llama_cpp_python-"$VER".tar.gz -C "$CACHE"
   rm -rf "$tmp"
 fi

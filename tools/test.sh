@@ -25,7 +25,8 @@ done
 # Daemons running in the machine's own network namespace (avahi must never run there because of us).
 root_daemons() {
   local p root; root="$(readlink /proc/self/ns/net)"
-  for p in $(pgrep -x 'avahi-daemon|dbus-daemon'); do
+  # One name per pgrep: it matches process names of at most 15 characters, and refuses a longer pattern.
+  for p in $(pgrep -x avahi-daemon; pgrep -x dbus-daemon); do
     [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$root" ] && echo "$p"
   done
 }

@@ -10,6 +10,32 @@ struct Meshctl: AsyncParsableCommand {
         subcommands: [StatusCommand.self, NodesCommand.self, EnginesCommand.self, ModelsCommand.self, RouteCommand.self,
                       DrainCommand.self, UndrainCommand.self, InitCommand.self, TrustCommand.self, DoctorCommand.self, BudgetCommand.self,
                       SplitsCommand.self])
+
+    /// Options every command takes (`--socket PATH`, `--json`) are accepted before the command too
+    /// (`meshctl --socket PATH status`), as after it.
+    static func main() async {
+        await main(hoistingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+    }
+
+    /// Moves `--socket PATH`, `--socket=PATH` and `--json` given before the first command word to the end.
+    static func hoistingGlobalOptions(_ args: [String]) -> [String] {
+        var leading: [String] = []
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            if a == "--socket", i + 1 < args.count {
+                leading += [a, args[i + 1]]
+                i += 2
+            } else if a.hasPrefix("--socket=") || a == "--json" {
+                leading.append(a)
+                i += 1
+            } else {
+                break
+            }
+        }
+        guard !leading.isEmpty, i < args.count else { return args }
+        return Array(args[i...]) + leading
+    }
 }
 
 /// Options every command shares.

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -302,3 +303,18 @@ def test_admin_socket(start_sim: Callable[..., SimEngine], start_meshd: Callable
     models = m.admin("/v1/models").json()
     assert {x["name"] for x in models} >= {MODEL, "sim-b"}
     assert m.admin("/v1/nothing").status_code == 404
+
+
+def test_meshctl_takes_the_socket_before_or_after_the_command_or_from_the_environment(pool: ProcessPool, bins: Binaries) -> None:
+    """tools/run-node.sh tells a newcomer to run `meshctl --socket PATH status`: that command works as printed,
+    as does the option after the command and MESHD_ADMIN_SOCKET."""
+    m = Meshd(pool, bins.meshd_bin(), [], expect_ready=False, name="e2e-meshctl")
+    exe = os.environ.get("MESHCTL_BIN") or str(bins.meshd_bin().parent / "meshctl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHD_")}
+    sock = str(m.admin_socket)
+    for argv, extra_env in (([exe, "--socket", sock, "status"], {}), ([exe, "status", "--socket", sock], {}),
+                            ([exe, f"--socket={sock}", "--json", "status"], {}), ([exe, "status"], {"MESHD_ADMIN_SOCKET": sock})):
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=15, env={**env, **extra_env}, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0 and "e2e-meshctl" in r.stdout, (argv, r.stdout, r.stderr)
+    printed = (Path(__file__).resolve().parents[2] / "tools" / "run-node.sh").read_text()
+    assert "meshctl --socket $SOCK status" in printed
