@@ -50,7 +50,7 @@ public struct ProviderSettings: Sendable, Equatable {
         }
         while base.last == "/" { base = base.dropLast() }
         var p = Substring(path)
-        if (kind == .openai || kind == .azure) && p.hasPrefix("/v1/") { p = p.dropFirst(3) }
+        if (kind == .openai || kind == .azure || kind == .groq) && p.hasPrefix("/v1/") { p = p.dropFirst(3) }
         if !p.hasPrefix("/") && !p.isEmpty { p = "/" + p }
         var queries: [Substring] = []
         if let q = p.firstIndex(of: "?") {
@@ -69,7 +69,7 @@ public struct ProviderSettings: Sendable, Equatable {
         let key = secret.value
         var h: [(String, String)] = [("Content-Type", "application/json"), ("Accept", stream ? "text/event-stream" : "application/json")]
         switch kind {
-        case .openai: h.append(("Authorization", "Bearer " + key))
+        case .openai, .groq: h.append(("Authorization", "Bearer " + key))
         case .azure: h.append(("api-key", key))
         case .anthropic: h += [("x-api-key", key), ("anthropic-version", ProviderKind.anthropicVersion)]
         case .gemini: h.append(("x-goog-api-key", key))

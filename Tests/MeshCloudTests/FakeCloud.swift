@@ -125,6 +125,7 @@ final class FakeCloud: Sendable {
         case .azure: base = baseURL + "/openai/deployments/" + model
         case .anthropic: base = baseURL + "/v1"
         case .gemini: base = baseURL + "/v1beta"
+        case .groq: base = baseURL + "/openai/v1"
         }
         return ProviderSettings(name: kind.rawValue, kind: kind, baseURL: base, secret: ProviderSecret(key: key), caFile: caFile)
     }

@@ -22,6 +22,11 @@ import Testing
         let g = groq.httpRequest(for: try engineRequest(.openai, model: "llama", stream: true))
         #expect(g.url == "https://api.groq.com/openai/v1/chat/completions" && g.caFile == "/ca.pem")
         #expect(header(g, "accept") == "text/event-stream")
+        // kind groq: the OpenAI dialect at Groq's base URL, by default.
+        let preset = ProviderSettings(name: "groq", kind: .groq, secret: key)
+        let p = preset.httpRequest(for: try engineRequest(.groq, model: "llama-3.3-70b-versatile", stream: false))
+        #expect(p.url == "https://api.groq.com/openai/v1/chat/completions" && header(p, "authorization") == "Bearer sk-unit-KEY-1234")
+        #expect(try JSONParser.parse(p.body)["model"] == "llama-3.3-70b-versatile")
 
         let azure = ProviderSettings(name: "az", kind: .azure, baseURL: "https://res.openai.azure.com/openai/deployments/dep", secret: key)
         let a = azure.httpRequest(for: try engineRequest(.azure, model: "gpt", stream: false))

@@ -107,6 +107,12 @@ import Testing
         #expect(EscalationPolicy.serves(ge, "gemini-2.0-flash", prices: prices) && !EscalationPolicy.serves(ge, "claude-haiku", prices: prices))
         #expect(EscalationPolicy.serves(lab, "qwen", prices: prices) && !EscalationPolicy.serves(oa, "qwen", prices: prices))
         #expect(!EscalationPolicy.serves(oa, "unpriced", prices: prices))
+        // Groq hosts its own catalogue: only what is priced (or listed) for it, never the OpenAI-family models.
+        let groq = CloudProviderConfig(name: "groq", kind: .groq)
+        let withGroq = PriceTable(models: prices.models.merging(["groq/llama-3.3-70b-versatile": ModelPrice(input: 1, output: 1)]) { a, _ in a })
+        #expect(EscalationPolicy.serves(groq, "llama-3.3-70b-versatile", prices: withGroq) && !EscalationPolicy.serves(groq, "gpt-4o-mini", prices: withGroq))
+        #expect(!EscalationPolicy.serves(oa, "llama-3.3-70b-versatile", prices: withGroq))
+        #expect(CloudProviderConfig(name: "g", kind: .groq).effectiveBaseURL == "https://api.groq.com/openai/v1")
         var listed = oa
         listed.models = ["only-this"]
         #expect(EscalationPolicy.serves(listed, "only-this", prices: prices) && !EscalationPolicy.serves(listed, "gpt-4o-mini", prices: prices))

@@ -3,6 +3,7 @@
 
 Speaks four dialects, each with its own authentication and error shapes:
   OpenAI     POST /v1/chat/completions                       Authorization: Bearer KEY
+             (also at /openai/v1/chat/completions: Groq's base URL)
   Azure      POST /openai/deployments/{d}/chat/completions?api-version=...   api-key: KEY
   Anthropic  POST /v1/messages                               x-api-key: KEY, anthropic-version
   Gemini     POST /v1beta/models/{m}:generateContent         x-goog-api-key: KEY (or ?key=)
@@ -139,7 +140,7 @@ class Handler(BaseHTTPRequestHandler):
         if body is None or not isinstance(body, dict):
             self.send_json(400, {"error": {"message": "body is not a JSON object", "type": "invalid_request_error"}})
             return
-        if path == "/v1/chat/completions":
+        if path in ("/v1/chat/completions", "/openai/v1/chat/completions"):  # OpenAI; Groq's base URL ends in /openai/v1
             self.openai(path, body, body.get("model", ""), self.bearer())
         elif path.startswith("/openai/deployments/") and path.endswith("/chat/completions"):
             deployment = path[len("/openai/deployments/"):-len("/chat/completions")]

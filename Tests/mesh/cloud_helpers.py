@@ -51,6 +51,7 @@ class FakeCloud:
             {"name": "gemini", "kind": "gemini", "base_url": f"{self.url}/v1beta", **common},
             {"name": "azure", "kind": "azure", "base_url": f"{self.url}/openai/deployments/azure-gpt", "api_version": "2024-10-21",
              **common},
+            {"name": "groq", "kind": "groq", "base_url": f"{self.url}/openai/v1", **common},
         ]
 
 
@@ -58,6 +59,7 @@ PRICES = {
     "gpt-4o-mini": {"input": 0.15, "output": 0.60, "max_output_tokens": 64},
     "claude-haiku": {"input": 0.80, "output": 4.00, "max_output_tokens": 64},
     "gemini-flash": {"input": 0.10, "output": 0.40, "max_output_tokens": 64},
+    "groq/llama-3.3-70b-versatile": {"input": 0.59, "output": 0.79, "max_output_tokens": 64},  # Groq only
     "slow-gpt": {"input": 1.0, "output": 2.0, "max_output_tokens": 64},
     "openai/fail-429-gpt": {"input": 0.15, "output": 0.60},  # openai only: no fallback
     "private-gpt": {"input": 0.15, "output": 0.60},

@@ -47,6 +47,7 @@ def gw(module_mpool: ProcessPool, mbins: MeshBinaries, module_secret: Path, tmp_
 def test_each_dialect_through_the_gateway(gw: Gatewayed) -> None:
     before = gw.budget()["daily"]["spent_usd"]
     for model, provider, path in (("gpt-4o-mini", "openai", "/v1/chat/completions"), ("claude-haiku", "claude", "/v1/messages"),
+                                  ("llama-3.3-70b-versatile", "groq", "/openai/v1/chat/completions"),
                                   ("gemini-flash", "gemini", "/v1beta/models/gemini-flash:generateContent")):
         r = gw.g.post("/v1/chat/completions", json=chat(model, max_tokens=3))
         assert r.status_code == 200, (model, r.text)

@@ -29,6 +29,7 @@ public struct CloudProviderConfig: Sendable, Hashable, Codable {
         case .openai: return "https://api.openai.com/v1"
         case .anthropic: return "https://api.anthropic.com/v1"
         case .gemini: return "https://generativelanguage.googleapis.com/v1beta"
+        case .groq: return "https://api.groq.com/openai/v1"
         case .azure: return nil
         }
     }

@@ -8,6 +8,8 @@ public enum ProviderKind: String, Sendable, Codable, CaseIterable {
     case anthropic
     /// Google Gemini `generateContent` / `streamGenerateContent?alt=sse`.
     case gemini
+    /// Groq: the OpenAI dialect at Groq's base URL; asked only for the models priced (or listed) for it.
+    case groq
 }
 
 /// Builds provider requests from client requests. Provider answers are turned into OpenAI
@@ -22,7 +24,7 @@ public enum ProviderRequestBuilder {
     /// OpenAI-compatible providers only.
     public static func build(_ req: InferenceRequest, kind: ProviderKind, model: String) throws(APIError) -> EngineRequest {
         switch kind {
-        case .openai, .azure:
+        case .openai, .azure, .groq:
             var r = EngineRequestBuilder.build(req, engine: .openai, engineModel: model)
             if kind == .azure { r.body = r.body.removing("model") }  // the deployment names the model
             return r
@@ -103,7 +105,7 @@ public enum ProviderResponse {
     public static func toOpenAI(_ body: JSON, kind: ProviderKind, model: String, id: String, created: Int64) -> Result<JSON, APIError> {
         if let err = errorMessage(body) { return .failure(APIError.engineFailed("\(kind.rawValue) provider: \(err)")) }
         switch kind {
-        case .openai, .azure:
+        case .openai, .azure, .groq:
             return .success(body)
         case .anthropic:
             guard body["type"]?.stringValue == "message" || body["content"] != nil else {
@@ -197,7 +199,7 @@ public struct ProviderStreamAdapter: Sendable {
 
     /// Consumes provider bytes; returns OpenAI SSE bytes (possibly none).
     public mutating func feed(_ bytes: [UInt8]) throws(APIError) -> [UInt8] {
-        if kind == .openai || kind == .azure { return bytes }
+        if kind == .openai || kind == .azure || kind == .groq { return bytes }
         buffer += bytes
         guard buffer.count <= StreamTranslator.maxLineBytes else {
             throw APIError.engineFailed("\(kind.rawValue) provider sent an event longer than \(StreamTranslator.maxLineBytes) bytes")
@@ -240,7 +242,7 @@ public struct ProviderStreamAdapter: Sendable {
         switch kind {
         case .anthropic: anthropic(event, &out)
         case .gemini: gemini(event, &out)
-        case .openai, .azure: break
+        case .openai, .azure, .groq: break
         }
     }
 

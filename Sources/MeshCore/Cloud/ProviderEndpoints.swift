@@ -7,6 +7,7 @@ extension ProviderKind {
         case .azure: return nil
         case .anthropic: return "https://api.anthropic.com/v1"
         case .gemini: return "https://generativelanguage.googleapis.com/v1beta"
+        case .groq: return "https://api.groq.com/openai/v1"
         }
     }
 
