@@ -130,6 +130,9 @@ public struct APIResponder: HTTPResponder {
                 # HELP meshd_mesh_peers Live mesh peers.
                 # TYPE meshd_mesh_peers gauge
                 meshd_mesh_peers \(mesh.peers().count)
+                # HELP meshd_mesh_nodes_down Nodes of the mesh seen lately and now down (lost: no heartbeat, connection closed).
+                # TYPE meshd_mesh_nodes_down gauge
+                meshd_mesh_nodes_down \(mesh.recentlyDown().count)
                 # HELP meshd_mesh_rejected_frames_total Mesh messages rejected as malformed, oversized or of an unknown version.
                 # TYPE meshd_mesh_rejected_frames_total counter
                 meshd_mesh_rejected_frames_total \(mesh.rejectedFrames)

@@ -199,6 +199,7 @@ extension InferenceProxy {
                 if let alerts = try? gw.ledger.settle(id: rid, model: c.model, promptTokens: prompt, completionTokens: completion, cost: cost) {
                     gw.alert(alerts)
                 }
+                gw.spentByProvider.withLock { $0[c.provider, default: 0] += Int64(cost) }
                 return TokenUsage(promptTokens: prompt, completionTokens: completion)
             }
             if !req.stream {
@@ -213,6 +214,7 @@ extension InferenceProxy {
                 } catch let e as CloudError {
                     release()
                     lastError = Self.apiError(e, provider: c.provider)
+                    metrics.failover()
                     logger.warning("cloud provider failed; trying the next", metadata: ["provider": "\(c.provider)", "error": "\(e)"])
                     continue
                 } catch {
@@ -227,6 +229,7 @@ extension InferenceProxy {
             } catch {
                 release()
                 lastError = Self.apiError(error, provider: c.provider)
+                metrics.failover()
                 logger.warning("cloud provider failed; trying the next", metadata: ["provider": "\(c.provider)", "error": "\(error)"])
                 continue
             }

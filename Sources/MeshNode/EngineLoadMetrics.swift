@@ -24,6 +24,12 @@ enum EngineLoadMetrics {
         for e in snaps {
             if let l = e.load.limit { out += "meshd_engine_concurrency_limit{engine=\"\(label(e.id))\"} \(l)\n" }
         }
+        out += """
+        # HELP meshd_engine_healthy Whether the engine answered its last poll (1) or not (0).
+        # TYPE meshd_engine_healthy gauge
+
+        """
+        for e in snaps { out += "meshd_engine_healthy{engine=\"\(label(e.id))\"} \(e.healthy ? 1 : 0)\n" }
         return out
     }
 
@@ -45,8 +51,10 @@ enum EngineLoadMetrics {
 
 /// Split counters and speeds for `/metrics` (issue 13), read at scrape time.
 enum SplitMetrics {
-    static func render(_ head: SplitHead, engines: [EngineSnapshot]) -> String {
-        let (started, failed) = head.counts
+    /// The split counters; a node that heads no splits (no managed model, or splitting off) says 0,
+    /// so rules and dashboards find the series on every node.
+    static func render(_ head: SplitHead?, engines: [EngineSnapshot]) -> String {
+        let (started, failed) = head?.counts ?? (0, 0)
         var out = """
         # HELP meshd_splits_started_total Splits this node headed that came to serve.
         # TYPE meshd_splits_started_total counter
@@ -59,7 +67,7 @@ enum SplitMetrics {
 
         """
         let speeds = Dictionary(engines.map { ($0.id, $0.speeds.decodeTokensPerSecond) }, uniquingKeysWith: { a, _ in a })
-        for (split, model, engine) in head.runningSplits {
+        for (split, model, engine) in head?.runningSplits ?? [] {
             guard let tps = speeds[engine] ?? nil else { continue }
             out += "meshd_split_tokens_per_second{split=\"\(EngineLoadMetrics.label(split))\",model=\"\(EngineLoadMetrics.label(model))\"} \(tps)\n"
         }

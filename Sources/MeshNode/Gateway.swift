@@ -25,6 +25,9 @@ final class Gateway: Sendable {
     let providerModels: [String: [String]]
     /// Budget alerts fired since start (also a metric).
     let alertCount = Mutex(0)
+    /// Cloud spend settled since start, by provider (micro-USD): `meshd_cloud_spend_usd_total`,
+    /// which alert rules compare hour by hour (a cost spike).
+    let spentByProvider = Mutex<[String: Int64]>([:])
 
     init(config: MeshdConfig, http: CurlHTTPClient, clock: any WallClock, logger: Logger,
          environment: [String: String] = ProcessInfo.processInfo.environment) throws {
@@ -163,6 +166,12 @@ extension Gateway {
         let now = clock.nowNanos()
         for p in cloud.providers {
             out += "meshd_cloud_provider_available{provider=\"\(p.name)\"} \(client.health.isAvailable(p.name, nowNanos: now) ? 1 : 0)\n"
+        }
+        out += "# HELP meshd_cloud_spend_usd_total Cloud spend settled since meshd started, USD.\n"
+            + "# TYPE meshd_cloud_spend_usd_total counter\n"
+        let spent = spentByProvider.withLock { $0 }
+        for p in cloud.providers {
+            out += "meshd_cloud_spend_usd_total{provider=\"\(p.name)\"} \(Double(spent[p.name] ?? 0) / 1_000_000)\n"
         }
         return out
     }

@@ -189,6 +189,7 @@ public struct InferenceProxy: Sendable {
                 case .response(let r):
                     return r
                 case .retry(let status, let reason):
+                    metrics.failover()
                     excludedNodes.insert(node)
                     failures.add(node, status: status, reason: reason)
                     logger.warning("peer failed before answering, trying another", metadata: ["peer": "\(node)", "reason": "\(reason)"])
@@ -202,6 +203,7 @@ public struct InferenceProxy: Sendable {
             case .response(let r):
                 return r
             case .retry(let status, let reason):
+                metrics.failover()
                 failures.add("\(nodeName)/\(engine.id)", status: status, reason: reason)
                 if status == 502, engine.models.contains(where: { $0.split == true }), replanned.insert(engine.id).inserted {
                     logger.warning("split failed before answering, planning it again", metadata: ["engine": "\(engine.id)", "reason": "\(reason)"])

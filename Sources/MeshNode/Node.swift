@@ -170,7 +170,7 @@ public final class MeshdNode: Service, Sendable {
         var responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
                                      apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats,
                                      extraMetrics: { [splitHead, engines, mesh] in
-                                         (splitHead.map { SplitMetrics.render($0, engines: engines.snapshot()) } ?? "")
+                                         SplitMetrics.render(splitHead, engines: engines.snapshot())
                                              + CacheMetrics.render(cacheShadows, mesh: mesh) + QueueMetrics.render(meshQueue) })
         responder.modelOps = modelOps
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,

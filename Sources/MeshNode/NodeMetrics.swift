@@ -89,13 +89,20 @@ public final class NodeMetrics: Sendable {
         return v
     }
 
-    /// Engine health as a gauge (1 healthy, 0 not).
-    public func engineHealthy(_ id: String, _ healthy: Bool) {
-        CoreMetrics.Gauge(label: "meshd_engine_healthy", dimensions: [("engine", id)], factory: factory).record(healthy ? 1 : 0)
+    /// Prometheus text exposition.
+    public func render() -> [UInt8] {
+        registry.emitToBuffer() + Array("""
+        # HELP meshd_failovers_total Requests that went on to another engine, node or provider after one failed before answering.
+        # TYPE meshd_failovers_total counter
+        meshd_failovers_total \(failoverCount.withLock { $0 })
+
+        """.utf8)
     }
 
-    /// Prometheus text exposition.
-    public func render() -> [UInt8] { registry.emitToBuffer() }
+    private let failoverCount = Mutex(0)
+
+    /// A request's engine, node or provider failed before it answered, and it goes on to the next.
+    public func failover() { failoverCount.withLock { $0 += 1 } }
 }
 
 extension Duration {
