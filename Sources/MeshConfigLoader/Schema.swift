@@ -155,6 +155,9 @@ enum Schema {
         .double(["budget", "alert_at"], \.budget.alertAt, min: 0, max: 1),
         .string(["budget", "time_zone"], \.budget.timeZone, check: Check.timeZone),
         .optionalString(["budget", "webhook"], \.budget.webhook, check: Check.url),
+        .optionalString(["alerts", "webhook"], \.alerts.webhook, check: Check.url),
+        .double(["alerts", "interval_seconds"], \.alerts.intervalSeconds, min: 0.1, max: 3600),
+        .double(["alerts", "provider_degraded_seconds"], \.alerts.providerDegradedSeconds, min: 0, max: 86_400),
     ]
 
     /// Sections holding records (file only).

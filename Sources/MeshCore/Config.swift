@@ -219,6 +219,8 @@ public struct MeshdConfig: Sendable, Hashable, Codable {
     public var routing = RoutingSettings()
     /// The node's model store: GGUF files served by llama-servers meshd starts on demand.
     public var models = ModelStoreSettings()
+    /// Alerts meshd raises itself (provider degraded, cost spike, failovers, node lost, split failed).
+    public var alerts = AlertSettings()
     public var cloud = CloudConfig()
     public var budget = BudgetConfig()
 

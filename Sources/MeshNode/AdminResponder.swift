@@ -35,6 +35,8 @@ struct AdminResponder: HTTPResponder {
     let managedLlama: [ManagedLlamaCppEngine]
     /// Model copy and removal across the mesh (`meshctl models copy|rm`).
     var modelOps: ModelOps?
+    /// The node's open alerts (`meshctl status`).
+    var alerts: AlertCenter?
 
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
          draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, hardware: HardwareMonitor,
@@ -98,6 +100,7 @@ struct AdminResponder: HTTPResponder {
                 "models": .array(Router.availableModels(snap).map(JSON.string)),
                 "discovery": discovery?.statusJSON() ?? ["enabled": .bool(false)],
                 "hardware": Self.hardwareJSON(hardware.latest),
+                "alerts": alerts?.json() ?? .array([]),
             ])
         case "/v1/budget":
             guard let gateway else {

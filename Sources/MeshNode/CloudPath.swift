@@ -293,19 +293,13 @@ extension Gateway {
                 "scope": "\(a.scope)", "period": "\(a.period.rawValue)", "limit_usd": "\(a.limit.usd)", "used_usd": "\(a.used.usd)",
                 "alert_at": "\(budget.alertAt)"])
             alertCount.withLock { $0 += 1 }
+            onAlert.withLock { $0 }?(Alert(kind: .budgetThreshold, subject: "\(a.scope) \(a.period.rawValue)",
+                                           message: "budget \(a.scope) (\(a.period.rawValue)) at \(a.used.usd) of \(a.limit.usd) USD",
+                                           sinceNanos: clock.nowNanos()))
             guard let url = budget.webhook else { continue }
             let body: JSON = ["event": "budget_alert", "scope": .string("\(a.scope)"), "period": .string(a.period.rawValue),
                               "limit_usd": .number(a.limit.usd), "used_usd": .number(a.used.usd), "alert_at": .number(budget.alertAt)]
-            let http = client.http
-            let logger = self.logger
-            Task {
-                do {
-                    _ = try await http.execute(HTTPClientRequest(method: "POST", url: url, headers: [("Content-Type", "application/json")],
-                                                                 body: body.serialized()))
-                } catch {
-                    logger.warning("budget alert webhook failed", metadata: ["error": "\(error)"])
-                }
-            }
+            postWebhook(client.http, url: url, body: body, logger: logger, what: "budget alert")
         }
     }
 }

@@ -28,6 +28,8 @@ final class Gateway: Sendable {
     /// Cloud spend settled since start, by provider (micro-USD): `meshd_cloud_spend_usd_total`,
     /// which alert rules compare hour by hour (a cost spike).
     let spentByProvider = Mutex<[String: Int64]>([:])
+    /// Told of every budget alert (the node's alert center shows and counts it).
+    let onAlert = Mutex<(@Sendable (Alert) -> Void)?>(nil)
 
     init(config: MeshdConfig, http: CurlHTTPClient, clock: any WallClock, logger: Logger,
          environment: [String: String] = ProcessInfo.processInfo.environment) throws {

@@ -59,6 +59,8 @@ public final class MeshdNode: Service, Sendable {
     let gateway: Gateway?
     /// The model store (`models:`): GGUF files served by llama-servers started on demand.
     public let modelStore: ModelStore?
+    /// Alerts this node raises (`alerts:`).
+    let alerts: AlertCenter
     /// This machine's llama.cpp build, read once at start (for splits).
     let llama: LlamaInfo
     /// Leases this node grants heads of splits, with their rpc-servers.
@@ -165,12 +167,28 @@ public final class MeshdNode: Service, Sendable {
         } else {
             copier = nil
         }
+        let metricsRef = metrics
+        let alerts = AlertCenter(nodeName: config.nodeName, settings: config.alerts, budgetWebhook: config.budget.webhook, clock: clock,
+                                 http: client, logger: logger) { [gateway, mesh, splitHead] now in
+            var r = AlertReadings(now: now)
+            if let gw = gateway {
+                r.providersUnavailable = Set(gw.cloud.providers.map(\.name).filter { !gw.client.health.isAvailable($0, nowNanos: now) })
+                r.spendUSD = gw.spentByProvider.withLock { $0 }.mapValues { Double($0) / 1e6 }
+            }
+            r.requests = metricsRef.requestsEnded
+            r.failovers = metricsRef.failovers
+            r.nodesDown = Set(mesh?.recentlyDown().map(\.id) ?? [])
+            r.splitsFailed = splitHead?.counts.failed ?? 0
+            return r
+        }
+        self.alerts = alerts
+        gateway?.onAlert.withLock { $0 = { [alerts] a in alerts.fire(a) } }
         let modelOps = ModelOps(nodeName: config.nodeName, store: modelStore, copier: copier, engines: engines, client: client,
                                 timeouts: config.timeouts)
         var responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
                                      apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats,
                                      extraMetrics: { [splitHead, engines, mesh] in
-                                         SplitMetrics.render(splitHead, engines: engines.snapshot())
+                                         SplitMetrics.render(splitHead, engines: engines.snapshot()) + alerts.metricsText()
                                              + CacheMetrics.render(cacheShadows, mesh: mesh) + QueueMetrics.render(meshQueue) })
         responder.modelOps = modelOps
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
@@ -194,6 +212,7 @@ public final class MeshdNode: Service, Sendable {
                                                 splitWorker: splitWorker, splitHead: splitHead,
                                                 managedLlama: engines.managedLlamaEngines)
             adminResponder.modelOps = modelStore == nil ? nil : modelOps
+            adminResponder.alerts = alerts
             admin = HTTPServer(configuration: ac, group: group, responder: adminResponder, logger: logger)
         }
     }
@@ -273,6 +292,7 @@ public final class MeshdNode: Service, Sendable {
         if splitHead != nil { _ = await hardware.refresh() }
         await engines.start()
         await modelStore?.start()
+        alerts.start()
         // Which llama.cpp this node could head or serve a split with: advertised in its state once
         // known (in the background: a slow or hanging binary must not delay serving).
         let configured = config.llamaServerBinary
@@ -393,6 +413,7 @@ public final class MeshdNode: Service, Sendable {
         }
         await secureRelay.close()
         await modelStore?.stop()
+        await alerts.stop()
         await engines.shutdown()
         client.shutdown()
         if ownsGroup { try? await group.shutdownGracefully() }

@@ -37,6 +37,7 @@ public final class NodeMetrics: Sendable {
 
     /// A request finished: counts it by API, model and status, and records its latency.
     public func end(api: String, route: String, model: String, status: Int, duration: Duration) {
+        endedCount.withLock { $0 += 1 }
         let n = inFlightCount.withLock { $0 -= 1; return $0 }
         inFlight.record(n)
         let (counter, timer) = handles(api: api, route: route, model: model, status: status)
@@ -100,6 +101,11 @@ public final class NodeMetrics: Sendable {
     }
 
     private let failoverCount = Mutex(0)
+    private let endedCount = Mutex(0)
+
+    /// Requests ended since start, and of all requests the failovers (for the alerts).
+    public var requestsEnded: Int { endedCount.withLock { $0 } }
+    public var failovers: Int { failoverCount.withLock { $0 } }
 
     /// A request's engine, node or provider failed before it answered, and it goes on to the next.
     public func failover() { failoverCount.withLock { $0 += 1 } }

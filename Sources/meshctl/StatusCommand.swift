@@ -24,6 +24,9 @@ struct StatusCommand: AsyncParsableCommand {
         for e in (s["engines"] as? [[String: Any]]) ?? [] {
             print(Self.engineLine(e))
         }
+        for a in (s["alerts"] as? [[String: Any]]) ?? [] {
+            print("ALERT:    \(a["alert"] as? String ?? "?") since \(a["since"] as? String ?? "?"): \(a["message"] as? String ?? "")")
+        }
     }
 
     /// `engine ID: open 3 of 4 (limit), 2 waiting` for one engine of the status.
