@@ -264,3 +264,22 @@ def metric(node: "MeshNode", name: str) -> float:
 
 def count_lines(text: str, *needles: str) -> int:
     return sum(1 for line in text.splitlines() if any(n in line for n in needles))
+
+
+def sha256(p: Path) -> str:
+    """The hex sha256 of a file, read a MiB at a time."""
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def random_file(p: Path, size: int) -> None:
+    """A file of `size` random bytes (a stand-in model file for copies)."""
+    with p.open("wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 << 20)
+            f.write(os.urandom(n))
+            left -= n

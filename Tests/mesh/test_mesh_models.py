@@ -4,38 +4,19 @@ to other nodes over the mesh's encrypted channel (meshctl models copy, Ollama's 
 killed, and deleted from one node or all (meshctl models rm, Ollama's /api/delete)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import ollama
 import pytest
 
 from meshd_e2e import ProcessPool, wait_until
-from mesh_helpers import MeshBinaries, MeshNode
+from mesh_helpers import MeshBinaries, MeshNode, random_file, sha256
 
 BIG = 96 << 20
-
-
-def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def random_file(p: Path, size: int) -> None:
-    with p.open("wb") as f:
-        left = size
-        while left:
-            n = min(left, 4 << 20)
-            f.write(os.urandom(n))
-            left -= n
 
 
 class Mesh3:

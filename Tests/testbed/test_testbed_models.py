@@ -6,9 +6,7 @@ namespace), and a host with another mesh secret (h5) gets nothing. Copies are pa
 (`models.copy_bytes_per_second`) so that the kills land mid-copy."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -16,21 +14,13 @@ from typing import Iterator
 import pytest
 
 from meshd_e2e import wait_until
-from mesh_helpers import MeshBinaries, make_secret
+from mesh_helpers import MeshBinaries, make_secret, random_file, sha256
 from testbed_helpers import Bed, BedNode
 
 HOSTS = 5
 BIG = 48 << 20
 SMALL = 3 << 20
 MEMBERS = ["h1", "h2", "h3", "h4"]
-
-
-def sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ModelsBed:
@@ -44,12 +34,7 @@ class ModelsBed:
         # h4's store is a 16 MiB tmpfs, mounted in h4's own mount namespace (meshd there sees it; nothing else does).
         bed.exec("h4", "mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(self.stores["h4"]))
         for name, size in (("big", BIG), ("small", SMALL)):
-            with (self.stores["h1"] / f"{name}.gguf").open("wb") as f:
-                left = size
-                while left:
-                    n = min(left, 4 << 20)
-                    f.write(os.urandom(n))
-                    left -= n
+            random_file(self.stores["h1"] / f"{name}.gguf", size)
         self.want = {n: sha256(self.stores["h1"] / f"{n}.gguf") for n in ("big", "small")}
         self.nodes: dict[str, BedNode] = {}
         for h in bed.hosts:
