@@ -257,7 +257,9 @@ public final class ModelStore: Sendable {
             }
             var m = StoredModelState(name: name, bytes: e.bytes, phase: phase, busy: busy[name] ?? 0, lastUsedNanos: e.lastUsedNanos)
             m.keepAliveSeconds = e.engine.keepAliveOverride
-            e.engine.setExpiry(ModelStorePlan.expiry(m, keepAliveSeconds: settings.keepAliveSeconds))
+            // Only a loaded model's expiry is updated here: while it loads (and when a load asks for
+            // room), the one its request's start set stays, so the poll right after the load carries it.
+            if phase == .loaded { e.engine.setExpiry(ModelStorePlan.expiry(m, keepAliveSeconds: settings.keepAliveSeconds)) }
             return m
         }
     }
