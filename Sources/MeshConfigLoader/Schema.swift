@@ -158,6 +158,12 @@ enum Schema {
         .optionalString(["alerts", "webhook"], \.alerts.webhook, check: Check.url),
         .double(["alerts", "interval_seconds"], \.alerts.intervalSeconds, min: 0.1, max: 3600),
         .double(["alerts", "provider_degraded_seconds"], \.alerts.providerDegradedSeconds, min: 0, max: 86_400),
+        .bool(["audit", "enabled"], \.audit.enabled),
+        .int(["audit", "retention_days"], \.audit.retentionDays, min: 1, max: 36_500),
+        .bool(["cache", "enabled"], \.responseCache.enabled),
+        .int(["cache", "max_bytes"], \.responseCache.maxBytes, min: 0),
+        .int(["cache", "ttl_seconds"], \.responseCache.ttlSeconds, min: 1, max: 31_536_000),
+        .int(["cache", "max_entry_bytes"], \.responseCache.maxEntryBytes, min: 1),
     ]
 
     /// Sections holding records (file only).

@@ -199,6 +199,28 @@ public struct HardwareConfig: Sendable, Hashable, Codable {
     public init() {}
 }
 
+/// `audit:` section: the usage and audit log (`STATE_DIR/usage.sqlite`).
+public struct AuditSettings: Sendable, Hashable, Codable {
+    /// Record every answered request (who, what, where, tokens, cost).
+    public var enabled: Bool = true
+    /// Records older than this many days are deleted (at start and every hour).
+    public var retentionDays: Int = 90
+    public init() {}
+}
+
+/// `cache:` section: answers to deterministic requests (temperature 0 or a fixed seed) kept and
+/// served again for the same request to the same model.
+public struct ResponseCacheSettings: Sendable, Hashable, Codable {
+    public var enabled: Bool = false
+    /// Most bytes of answers kept (least recently used out first).
+    public var maxBytes: Int = 64 << 20
+    /// Seconds an answer stays valid.
+    public var ttlSeconds: Int = 3600
+    /// Largest single answer kept.
+    public var maxEntryBytes: Int = 1 << 20
+    public init() {}
+}
+
 /// The whole effective configuration of a node.
 public struct MeshdConfig: Sendable, Hashable, Codable {
     public var nodeName: String
@@ -221,6 +243,10 @@ public struct MeshdConfig: Sendable, Hashable, Codable {
     public var models = ModelStoreSettings()
     /// Alerts meshd raises itself (provider degraded, cost spike, failovers, node lost, split failed).
     public var alerts = AlertSettings()
+    /// The usage and audit log: every answered request, kept `retention_days`.
+    public var audit = AuditSettings()
+    /// The exact-match response cache of deterministic requests (opt-in).
+    public var responseCache = ResponseCacheSettings()
     public var cloud = CloudConfig()
     public var budget = BudgetConfig()
 

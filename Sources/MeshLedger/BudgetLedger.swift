@@ -51,7 +51,7 @@ public enum LedgerError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .open(let p, let r): return "cannot open the budget ledger \(p): \(r)"
+        case .open(let p, let r): return "cannot open \((p as NSString).lastPathComponent == "usage.sqlite" ? "the usage log" : "the budget ledger") \(p): \(r)"
         case .write(let r): return "cannot write the budget ledger: \(r)"
         }
     }
@@ -74,21 +74,7 @@ public final class BudgetLedger: Sendable {
         self.path = path
         self.clock = clock
         self.node = node
-        do {
-            try Self.createPrivate(path)
-            var config = Configuration()
-            config.prepareDatabase { db in
-                // WAL: a commit is one append; after kill -9 the log is replayed by the next open.
-                try db.execute(sql: "PRAGMA journal_mode = WAL")
-                try db.execute(sql: "PRAGMA synchronous = FULL")
-            }
-            db = try DatabaseQueue(path: path, configuration: config)
-            try Self.migrator.migrate(db)
-        } catch let e as LedgerError {
-            throw e
-        } catch {
-            throw LedgerError.open(path: path, reason: "\(error)")
-        }
+        db = try Self.openDatabase(path, migrator: Self.migrator)
         var b = BudgetBook(caps: caps, calendar: calendar)
         let rows: [LedgerEntry]
         do {
@@ -146,6 +132,26 @@ public final class BudgetLedger: Sendable {
             try db.create(index: "ledger_request", on: LedgerEntry.databaseTableName, columns: ["request_id"])
         }
         return m
+    }
+
+    /// Opens (creating it private) the SQLite file at `path` in WAL mode with full syncs (a commit
+    /// is one append; after kill -9 the log is replayed by the next open), and migrates it.
+    static func openDatabase(_ path: String, migrator: DatabaseMigrator) throws -> DatabaseQueue {
+        do {
+            try createPrivate(path)
+            var config = Configuration()
+            config.prepareDatabase { db in
+                try db.execute(sql: "PRAGMA journal_mode = WAL")
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+            }
+            let db = try DatabaseQueue(path: path, configuration: config)
+            try migrator.migrate(db)
+            return db
+        } catch let e as LedgerError {
+            throw e
+        } catch {
+            throw LedgerError.open(path: path, reason: "\(error)")
+        }
     }
 
     /// Creates the database file with mode 0600 if absent (SQLite gives its -wal and -shm files

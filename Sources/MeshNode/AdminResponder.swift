@@ -37,6 +37,8 @@ struct AdminResponder: HTTPResponder {
     var modelOps: ModelOps?
     /// The node's open alerts (`meshctl status`).
     var alerts: AlertCenter?
+    /// The usage report (`meshctl usage`).
+    var usage: UsageReporter?
 
     init(nodeName: String, engines: any EngineDirectory, clock: any WallClock, proxy: InferenceProxy, mesh: MeshService?,
          draining: DrainFlag, httpListen: String, meshConfig: MeshConfig, hardware: HardwareMonitor,
@@ -108,6 +110,8 @@ struct AdminResponder: HTTPResponder {
                     "\(nodeName) is not a gateway: it lists no cloud.providers, so it keeps no budget (ask the gateway node)")])
             }
             return .json(.ok, gateway.budgetJSON())
+        case "/v1/usage":
+            return await usageReport(request)
         case "/v1/doctor":
             return .json(.ok, await doctor(snap))
         case "/v1/engines":
@@ -360,6 +364,27 @@ struct AdminResponder: HTTPResponder {
                 ["name": .string(m.name), "loaded": .bool(m.loaded), "size_bytes": m.sizeBytes.map { .int($0) } ?? .null]
             }),
         ]
+    }
+
+    /// `GET /v1/usage?by=key&since=7d[&scope=node]`: the mesh's usage report (this node's alone with `scope=node`).
+    func usageReport(_ request: HTTPServerRequest) async -> HTTPServerResponse {
+        guard let usage else { return .json(.notFound, ["error": "this node keeps no usage log (audit.enabled is false)"]) }
+        let byText = Self.queryValue(request.query, "by") ?? "key"
+        guard let by = UsageDimension(rawValue: byText) else {
+            return .json(.badRequest, ["error": .string("by: '\(byText.prefix(40))' is not one of \(UsageDimension.allCases.map(\.rawValue).joined(separator: ", "))"),
+                                       "field": "by"])
+        }
+        let nowMs = Int64(clock.nowNanos() / 1_000_000)
+        let sinceMs: Int64
+        switch UsageReport.since(Self.queryValue(request.query, "since") ?? "30d", nowMs: nowMs) {
+        case .success(let ms): sinceMs = ms
+        case .failure(let e): return .json(.badRequest, ["error": .string(e.description), "field": "since"])
+        }
+        let scope = Self.queryValue(request.query, "scope") ?? "mesh"
+        guard scope == "mesh" || scope == "node" else {
+            return .json(.badRequest, ["error": .string("scope: '\(scope.prefix(40))' is not mesh or node"), "field": "scope"])
+        }
+        return .json(.ok, await usage.report(by: by, sinceMs: sinceMs, meshWide: scope == "mesh"))
     }
 
     static func queryValue(_ query: String?, _ key: String) -> String? {

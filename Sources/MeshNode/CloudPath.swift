@@ -119,6 +119,7 @@ extension InferenceProxy {
         let label = e.status == 404 ? "(unknown)" : req.model
         metrics.end(api: req.route.dialect.rawValue, route: req.route.rawValue, model: label, status: e.status,
                     duration: ContinuousClock.now - started)
+        recordError(req.model, status: e.status, message: e.message)
         return errorResponse(e, dialect: req.clientDialect, headers: headers)
     }
 
@@ -192,6 +193,7 @@ extension InferenceProxy {
             headers.add(name: "X-Meshd-Route", value: c.provider == candidates.first?.provider ? why : "\(why); fell back to \(c.provider)")
             let ctx = ResponseContext(clientRoute: req.route, engineRoute: er.engineRoute, clientModel: req.model,
                                       includeUsage: req.includeUsage, id: id, startNanos: startNanos)
+            let tag = Self.auditTag
             let settle: @Sendable (CloudUsage?, Int) -> TokenUsage = { usage, seenChunks in
                 let prompt = usage?.promptTokens ?? est
                 let completion = max(usage?.completionTokens ?? 0, seenChunks)
@@ -200,13 +202,22 @@ extension InferenceProxy {
                     gw.alert(alerts)
                 }
                 gw.spentByProvider.withLock { $0[c.provider, default: 0] += Int64(cost) }
-                return TokenUsage(promptTokens: prompt, completionTokens: completion)
+                return TokenUsage(promptTokens: prompt, completionTokens: completion, cachedTokens: usage?.cachedPromptTokens)
+            }
+            // The answer's record, with what it cost.
+            let recordCloud: @Sendable (Int, TokenUsage, UInt64?) -> Void = { status, usage, firstToken in
+                let cost = price.cost(promptTokens: usage.promptTokens, cachedPromptTokens: usage.cachedTokens ?? 0,
+                                      completionTokens: usage.completionTokens)
+                record(tag, model: req.model, status: status, engine: c.provider, provider: c.provider,
+                       route: c.provider == candidates.first?.provider ? why : "\(why); fell back to \(c.provider)", usage: usage,
+                       firstTokenNanos: firstToken, costMicros: Int64(cost))
             }
             if !req.stream {
                 do {
                     let r = try await gw.client.send(er, to: settings, model: c.model, id: id)
                     let (out, _) = try ResponseTranslator.translate(engineBody: r.body, context: ctx, endNanos: clock.nowNanos())
                     let usage = settle(r.usage, 0)
+                    recordCloud(200, usage, nil)
                     metrics.end(api: req.route.dialect.rawValue, route: req.route.rawValue, model: req.model, status: 200,
                                 duration: ContinuousClock.now - started)
                     metrics.tokens(model: req.model, prompt: usage.promptTokens, completion: usage.completionTokens)
@@ -243,6 +254,7 @@ extension InferenceProxy {
                 defer {
                     // Billed for what was generated, also when the stream was cut or the client left.
                     let usage = settle(stream.usage, translator.contentChunks)
+                    recordCloud(status, usage, translator.firstTokenNanos)
                     metrics.end(api: req.route.dialect.rawValue, route: req.route.rawValue, model: req.model, status: status,
                                 duration: ContinuousClock.now - started)
                     metrics.tokens(model: req.model, prompt: usage.promptTokens, completion: usage.completionTokens)

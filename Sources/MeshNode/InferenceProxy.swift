@@ -63,6 +63,8 @@ public struct InferenceProxy: Sendable {
     let turns = RoundRobinTurns()
     /// Late binding: requests no engine could start soon wait here (nil: they go to the best engine's own queue).
     let queue: MeshQueue?
+    /// The usage and audit log (nil: not kept).
+    public var usage: UsageRecorder?
 
     public init(nodeName: String, engines: any EngineDirectory, client: CurlHTTPClient, metrics: NodeMetrics,
                 clock: any WallClock, timeouts: TimeoutConfig, logger: Logger, mesh: MeshService? = nil,
@@ -96,8 +98,26 @@ public struct InferenceProxy: Sendable {
             req = try RequestParser.parse(route: route, body: bodyBytes)
         } catch {
             metrics.end(api: api, route: route.rawValue, model: "", status: error.status, duration: ContinuousClock.now - started)
+            if !localOnly {
+                let tag = auditTag(route: route, request: request, bodyUser: nil, localOnly: localOnly, startNanos: startNanos, started: started)
+                record(tag, model: "", status: error.status, route: error.message)
+            }
             return errorResponse(error, dialect: route.dialect)
         }
+        let tag = auditTag(route: route, request: request, bodyUser: req.body["user"]?.stringValue, localOnly: localOnly,
+                           startNanos: startNanos, started: started)
+        return await Self.$auditTag.withValue(tag) {
+            await serve(req, request: request, localOnly: localOnly, started: started, startNanos: startNanos)
+        }
+    }
+
+    /// Routes a parsed request: cloud or mesh, this node's engines or a peer, retrying elsewhere
+    /// while nothing was sent to the client.
+    private func serve(_ req: InferenceRequest, request: HTTPServerRequest, localOnly: Bool, started: ContinuousClock.Instant,
+                       startNanos: UInt64) async -> HTTPServerResponse {
+        let route = req.route
+        let api = route.dialect.rawValue
+        let bodyBytes = request.bodyBytes
         if localOnly && request.header(Self.escalateHeader) == "1" {
             return await serveEscalated(req, request: request, started: started, startNanos: startNanos)
         }
@@ -113,6 +133,7 @@ public struct InferenceProxy: Sendable {
             guard let parsed = RequestPriority(header: p) else {
                 let e = APIError.invalid(Self.priorityHeader, "must be high, normal or low (got '\(p.prefix(40))')")
                 metrics.end(api: api, route: route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
+                recordError(req.model, status: e.status, message: e.message)
                 return errorResponse(e, dialect: route.dialect)
             }
             priority = parsed
@@ -154,6 +175,7 @@ public struct InferenceProxy: Sendable {
                 // A client can name any model: unknown ones share one label, so metrics stay bounded.
                 let label = e.status == 404 ? "(unknown)" : req.model
                 metrics.end(api: api, route: route.rawValue, model: label, status: e.status, duration: ContinuousClock.now - started)
+                recordError(req.model, status: e.status, message: e.message, localOnly: localOnly)
                 // Asked by a peer: it may try another node, since nothing was served here.
                 return errorResponse(e, dialect: route.dialect, headers: localOnly ? Self.retryElsewhereHeaders : HTTPHeaders())
             }
@@ -171,14 +193,17 @@ public struct InferenceProxy: Sendable {
                     let retry = max(1, Int(decision.startDelaySeconds.rounded(.up)))
                     let e = APIError(status: 429, message: "\(why); retry in \(retry) s", type: "server_error", code: "queue_full")
                     metrics.end(api: api, route: route.rawValue, model: req.model, status: 429, duration: ContinuousClock.now - started)
+                    recordError(req.model, status: 429, message: e.message)
                     return errorResponse(e, dialect: route.dialect, headers: ["Retry-After": "\(retry)"])
                 case .timedOut:
                     let e = APIError(status: 503, message: "no engine serving '\(req.model)' freed up within \(queue.maxWait) in the mesh queue",
                                      type: "server_error", code: "queue_timeout")
                     metrics.end(api: api, route: route.rawValue, model: req.model, status: 503, duration: ContinuousClock.now - started)
+                    recordError(req.model, status: 503, message: e.message)
                     return errorResponse(e, dialect: route.dialect, headers: ["Retry-After": "5"])
                 case .cancelled:
                     metrics.end(api: api, route: route.rawValue, model: req.model, status: 499, duration: ContinuousClock.now - started)
+                    recordError(req.model, status: 499, message: "client closed the request while it waited in the mesh queue")
                     return errorResponse(APIError(status: 499, message: "client closed the request", type: "server_error", code: "cancelled"),
                                          dialect: route.dialect)
                 }
@@ -228,7 +253,9 @@ public struct InferenceProxy: Sendable {
         if let engine { mesh.noteForward(node: node, engine: engine, started: true) }
         let noted = ForwardNote(mesh: engine == nil ? nil : mesh, node: node, engine: engine ?? "")
         do {
-            response = try await mesh.forward(to: node, path: req.route.rawValue, headers: [("X-Meshd-Via", nodeName)] + extra, body: body)
+            var headers = [("X-Meshd-Via", nodeName)] + extra
+            for h in Self.auditHeaders(Self.auditTag) where !headers.contains(where: { $0.0 == h.0 }) { headers.append(h) }
+            response = try await mesh.forward(to: node, path: req.route.rawValue, headers: headers, body: body)
         } catch let e as MeshForwardError {
             noted.finish()
             switch e {
@@ -236,12 +263,14 @@ public struct InferenceProxy: Sendable {
                 return .retry(status: 502, reason: m)
             case .remote(let status, let message):
                 metrics.end(api: api, route: req.route.rawValue, model: req.model, status: status, duration: ContinuousClock.now - started)
+                recordError(req.model, status: status, message: "\(node): \(message)")
                 return .response(errorResponse(APIError(status: status, message: message, type: "server_error", code: "peer_error"),
                                                dialect: req.clientDialect))
             }
         } catch {
             noted.finish()
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: 499, duration: ContinuousClock.now - started)
+            recordError(req.model, status: 499, message: "client closed the request while \(node) served it")
             return .response(errorResponse(APIError(status: 499, message: "client closed the request", type: "server_error", code: "cancelled"),
                                            dialect: req.clientDialect))
         }
@@ -320,6 +349,7 @@ public struct InferenceProxy: Sendable {
             let err = APIError(status: 503, message: "cannot load '\(req.model)' on \(engine.id): \(e.message)", type: "server_error",
                                code: "engine_unavailable")
             metrics.end(api: req.route.dialect.rawValue, route: req.route.rawValue, model: req.model, status: 503, duration: ContinuousClock.now - started)
+            record(Self.auditTag, model: req.model, status: 503, engine: engine.id, route: err.message)
             return errorResponse(err, dialect: req.clientDialect, headers: headers)
         }
         var body: JSON = ["model": .string(req.model), "created_at": .string(ISO8601.format(nanos: clock.nowNanos())),
@@ -330,6 +360,7 @@ public struct InferenceProxy: Sendable {
             body = body.setting("response", "")
         }
         metrics.end(api: req.route.dialect.rawValue, route: req.route.rawValue, model: req.model, status: 200, duration: ContinuousClock.now - started)
+        record(Self.auditTag, model: req.model, status: 200, engine: engine.id, route: unload ? "unload" : "load")
         return .bytes(.ok, body.serialized(), contentType: "application/json", headers: headers)
     }
 
@@ -349,6 +380,7 @@ public struct InferenceProxy: Sendable {
         if !req.tokenInputs.isEmpty && engine.kind.dialect == .ollama {
             let e = APIError.invalid("input", "token ids cannot be embedded by \(engine.id), an Ollama engine (it takes text): send the text, or serve \(req.model) from an OpenAI-compatible engine")
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
+            record(Self.auditTag, model: req.model, status: e.status, engine: engine.id, route: e.message)
             return .response(errorResponse(e, dialect: req.clientDialect))
         }
         if engine.kind.dialect != .ollama {
@@ -378,8 +410,10 @@ public struct InferenceProxy: Sendable {
         // The request's place in the engine's cache shadow, from when it is sent until it ends.
         let shadow = ShadowPlace()
         // `answer`: the generated text's UTF-8 bytes, for the shadow (empty when it has no ticket).
+        let tag = Self.auditTag
         let finishMetrics: @Sendable (Int, TokenUsage?, UInt64?, [UInt8]) -> Void = { [engines, metrics] status, usage, firstToken, answer in
             shadow.end(ok: status < 400, usage: usage, answer: answer)
+            record(tag, model: req.model, status: status, engine: engine.id, route: decision.reason, usage: usage, firstTokenNanos: firstToken)
             let total = ContinuousClock.now - started
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: status, duration: total)
             if let u = usage { metrics.tokens(model: req.model, prompt: u.promptTokens, completion: u.completionTokens) }
@@ -426,6 +460,7 @@ public struct InferenceProxy: Sendable {
             break
         case .cancelled:
             metrics.end(api: api, route: req.route.rawValue, model: req.model, status: 499, duration: ContinuousClock.now - started)
+            record(Self.auditTag, model: req.model, status: 499, engine: engine.id, route: "client closed the request while it waited for \(engine.id)")
             return .response(errorResponse(APIError(status: 499, message: "client closed the request", type: "server_error", code: "cancelled"),
                                            dialect: req.clientDialect))
         case .unavailable(let why):

@@ -3,6 +3,7 @@ import Logging
 import MeshCore
 import MeshEngines
 import MeshHardware
+import MeshLedger
 import MeshHTTPClient
 import MeshHTTPServer
 import MeshNet
@@ -61,6 +62,8 @@ public final class MeshdNode: Service, Sendable {
     public let modelStore: ModelStore?
     /// Alerts this node raises (`alerts:`).
     let alerts: AlertCenter
+    /// The usage and audit log, and the last requests.
+    public let usage: UsageRecorder
     /// This machine's llama.cpp build, read once at start (for splits).
     let llama: LlamaInfo
     /// Leases this node grants heads of splits, with their rpc-servers.
@@ -150,12 +153,22 @@ public final class MeshdNode: Service, Sendable {
         let meshQueue = MeshQueue(settings: config.routing, clock: clock)
         self.meshQueue = meshQueue
         if config.routing.cacheDeltas { mesh?.setCacheHooks(cacheShadows.meshHooks(node: config.nodeName)) }
-        let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
+        let usageLog = config.audit.enabled
+            ? try UsageLog(path: (config.stateDir as NSString).appendingPathComponent("usage.sqlite"), retentionDays: config.audit.retentionDays,
+                           clock: clock)
+            : nil
+        let usage = UsageRecorder(log: usageLog)
+        self.usage = usage
+        let usageReporter = UsageReporter(nodeName: config.nodeName, recorder: usage, mesh: mesh, clock: clock)
+        var built = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
                                    timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
                                    cloud: CloudSetup(config: config.cloud, gateway: gateway),
                                    routing: config.routing, cache: cacheShadows, queue: meshQueue)
+        built.usage = usage
+        let proxy = built
         pumpQueue = { proxy.pumpQueue() }
-        mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger))
+        mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger,
+                                     usage: usageLog == nil ? nil : usageReporter))
         let connectionStats = HTTPConnectionStats()
         let copier: ModelCopier?
         if let mesh {
@@ -213,6 +226,7 @@ public final class MeshdNode: Service, Sendable {
                                                 managedLlama: engines.managedLlamaEngines)
             adminResponder.modelOps = modelStore == nil ? nil : modelOps
             adminResponder.alerts = alerts
+            adminResponder.usage = usageReporter
             admin = HTTPServer(configuration: ac, group: group, responder: adminResponder, logger: logger)
         }
     }
@@ -316,6 +330,7 @@ public final class MeshdNode: Service, Sendable {
         let discovery = self.discovery
         let hardware = self.hardware
         let splitWorker = self.splitWorker
+        let usage = self.usage
         // The mesh port first: the secure relay's ephemeral port must not take it (seen in tests,
         // where the configured mesh port is itself an ephemeral one). A failure is logged by `run`.
         if let mesh { try? await mesh.bind() }
@@ -342,6 +357,15 @@ public final class MeshdNode: Service, Sendable {
                 group.addTask { await meshQueue.run(pump: pumpQueue) }
                 // Expires split leases; stops their rpc-servers when the node stops.
                 group.addTask { await splitWorker.run() }
+                // The audit log's retention: records older than audit.retention_days go, every hour.
+                if let log = usage.log {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: .seconds(3600))
+                            do { try log.expire() } catch { logger.warning("usage log retention failed", metadata: ["error": "\(error)"]) }
+                        }
+                    }
+                }
                 if let admin {
                     group.addTask {
                         do {
@@ -450,6 +474,7 @@ struct MeshHandler: MeshRequestHandler {
     let draining: DrainFlag
     let splitWorker: SplitWorker
     let logger: Logger
+    var usage: UsageReporter?
 
     func handle(_ request: ForwardedRequest, responder: MeshResponder) async {
         switch request.path {
@@ -462,6 +487,11 @@ struct MeshHandler: MeshRequestHandler {
             draining.set(false)
             logger.notice("undrained at a peer's request", metadata: ["peer": "\(request.fromNode)"])
             responder.end()
+            return
+        case UsageReporter.peerPath:
+            let (status, body) = await usage?.answerPeer(request.body)
+                ?? (404, ["error": "this node keeps no usage log (audit.enabled is false)"])
+            try? await responder.respond(status: status, headers: [("Content-Type", "application/json")], body: body.serialized())
             return
         case "/_mesh/split/lease", "/_mesh/split/renew", "/_mesh/split/release":
             let (status, body) = await splitRequest(request.path, request.body)

@@ -9,7 +9,7 @@ struct Meshctl: AsyncParsableCommand {
         abstract: "See and steer the meshd mesh through the local node's admin socket.",
         subcommands: [StatusCommand.self, NodesCommand.self, EnginesCommand.self, ModelsCommand.self, RouteCommand.self,
                       DrainCommand.self, UndrainCommand.self, InitCommand.self, TrustCommand.self, DoctorCommand.self, BudgetCommand.self,
-                      SplitsCommand.self])
+                      SplitsCommand.self, UsageCommand.self])
 
     /// Options every command takes (`--socket PATH`, `--json`) are accepted before the command too
     /// (`meshctl --socket PATH status`), as after it.
