@@ -65,6 +65,8 @@ public struct InferenceProxy: Sendable {
     let queue: MeshQueue?
     /// The usage and audit log (nil: not kept).
     public var usage: UsageRecorder?
+    /// The response cache (`cache.enabled`; nil: off).
+    public var responseCache: ResponseCacheService?
 
     public init(nodeName: String, engines: any EngineDirectory, client: CurlHTTPClient, metrics: NodeMetrics,
                 clock: any WallClock, timeouts: TimeoutConfig, logger: Logger, mesh: MeshService? = nil,
@@ -107,7 +109,11 @@ public struct InferenceProxy: Sendable {
         let tag = auditTag(route: route, request: request, bodyUser: req.body["user"]?.stringValue, localOnly: localOnly,
                            startNanos: startNanos, started: started)
         return await Self.$auditTag.withValue(tag) {
-            await serve(req, request: request, localOnly: localOnly, started: started, startNanos: startNanos)
+            // The response cache answers this node's own clients (a peer's request was looked up there).
+            let key = localOnly ? nil : responseCacheKey(req)
+            if let key, let hit = cachedResponse(req, key: key) { return hit }
+            let response = await serve(req, request: request, localOnly: localOnly, started: started, startNanos: startNanos)
+            return key.map { capturing(response, req, key: $0) } ?? response
         }
     }
 

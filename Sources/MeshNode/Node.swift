@@ -165,6 +165,8 @@ public final class MeshdNode: Service, Sendable {
                                    cloud: CloudSetup(config: config.cloud, gateway: gateway),
                                    routing: config.routing, cache: cacheShadows, queue: meshQueue)
         built.usage = usage
+        let responseCache = config.responseCache.enabled ? ResponseCacheService(settings: config.responseCache, clock: clock) : nil
+        built.responseCache = responseCache
         let proxy = built
         pumpQueue = { proxy.pumpQueue() }
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger,
@@ -202,7 +204,8 @@ public final class MeshdNode: Service, Sendable {
                                      apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats,
                                      extraMetrics: { [splitHead, engines, mesh] in
                                          SplitMetrics.render(splitHead, engines: engines.snapshot()) + alerts.metricsText()
-                                             + CacheMetrics.render(cacheShadows, mesh: mesh) + QueueMetrics.render(meshQueue) })
+                                             + CacheMetrics.render(cacheShadows, mesh: mesh) + QueueMetrics.render(meshQueue)
+                                             + (responseCache?.metricsText() ?? "") })
         responder.modelOps = modelOps
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
                                                                  maxBodyBytes: config.http.maxBodyBytes,

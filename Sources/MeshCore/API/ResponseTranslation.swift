@@ -268,6 +268,14 @@ public struct StreamTranslator: Sendable {
     public private(set) var startedOutput = false
     /// Output other than text arrived (tool calls, reasoning, a finish reason).
     private var sawOtherOutput = false
+    /// Tool calls or reasoning arrived (an answer the response cache does not keep).
+    public private(set) var sawToolsOrReasoning = false
+    /// The stream ended with an error (the engine's, or ``fail(message:nowNanos:)``).
+    public private(set) var failed = false
+    /// Whether ``usage`` is what the engine reported (not a count of the pieces relayed).
+    public private(set) var usageReported = false
+    /// The finish reason the engine gave, once it did.
+    public var finishReason: String? { result.finishReason }
     /// Whether the engine has produced some of the answer (text, tool calls, reasoning) or ended:
     /// until then a relay can hold the client's head back and retry a failed engine elsewhere.
     public var answerStarted: Bool { firstTokenNanos != nil || finished || sawOtherOutput }
@@ -339,6 +347,7 @@ public struct StreamTranslator: Sendable {
     /// `{"error":"…"}` for Ollama.
     public mutating func fail(message: String, nowNanos: UInt64) -> [UInt8] {
         finished = true
+        failed = true
         startedOutput = true
         return Self.errorEvent(dialect: context.clientRoute.dialect, message: message)
     }
@@ -414,7 +423,9 @@ public struct StreamTranslator: Sendable {
               let scan = OpenAIChunkScan.scan(payload) else { return false }
         // Before the answer starts, a chunk without text may carry tool calls or reasoning: the full
         // path reads them (so `answerStarted` sees them).
-        if !scan.hasContent && !answerStarted { return false }
+        // (Collecting the answer, every chunk without text takes the full path: tool calls after
+        // text must be seen.)
+        if !scan.hasContent && (!answerStarted || collectsAnswer) { return false }
         if scan.hasContent {
             countContent(nowNanos: nowNanos)
             if collectsAnswer && answer.count < Self.answerCap, let content = scan.content {
@@ -449,6 +460,7 @@ public struct StreamTranslator: Sendable {
             if u.promptSeconds == nil { u.promptSeconds = usage?.promptSeconds }
             usage = u
             result.usage = u
+            usageReported = true
         }
         if let t = json["timings"] {
             result.promptNanos = t["prompt_ms"]?.doubleValue.map(ResponseTranslator.nanos(milliseconds:))
@@ -459,7 +471,10 @@ public struct StreamTranslator: Sendable {
         let content = delta?["content"]?.stringValue ?? choice?["text"]?.stringValue ?? ""
         noteContent(content, nowNanos: nowNanos)
         if let fr = choice?["finish_reason"]?.stringValue { result.finishReason = fr; sawOtherOutput = true }
-        if delta?["tool_calls"] != nil || !(delta?["reasoning_content"]?.stringValue ?? "").isEmpty { sawOtherOutput = true }
+        if delta?["tool_calls"] != nil || !(delta?["reasoning_content"]?.stringValue ?? "").isEmpty {
+            sawOtherOutput = true
+            sawToolsOrReasoning = true
+        }
         let usageOnly = (json["choices"]?.arrayValue?.isEmpty ?? true) && json["usage"] != nil
 
         if context.clientRoute.dialect == .openai {
@@ -506,11 +521,13 @@ public struct StreamTranslator: Sendable {
         noteContent(content, nowNanos: nowNanos)
         if json["message"]?["tool_calls"] != nil || !(json["message"]?["thinking"]?.stringValue ?? json["thinking"]?.stringValue ?? "").isEmpty {
             sawOtherOutput = true
+            sawToolsOrReasoning = true
         }
         let done = json["done"]?.boolValue ?? false
         if done {
             let r = ResponseTranslator.extract(json, route: context.engineRoute)
             result.finishReason = r.finishReason
+            usageReported = r.usage != nil
             result.usage = r.usage ?? TokenUsage(promptTokens: 0, completionTokens: contentChunks)
             usage = result.usage
             finished = true
