@@ -41,6 +41,7 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "MeshCloud", dependencies: [
             "MeshCore", "MeshHTTPClient", .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),  // SigV4 (Bedrock): SHA-256, HMAC
         ], swiftSettings: strict),
         .target(name: "MeshEngines", dependencies: [
             "MeshCore", "MeshHTTPClient",

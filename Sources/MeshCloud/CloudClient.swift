@@ -89,7 +89,7 @@ public final class CloudClient: Sendable {
         let head: HTTPClientResponseHead
         let bytes: [UInt8]
         do {
-            (head, bytes) = try await http.execute(provider.httpRequest(for: request))
+            (head, bytes) = try await http.execute(provider.httpRequest(for: request, nowNanos: clock.nowNanos()))
         } catch {
             throw failed(provider, transportError(error))
         }
@@ -114,7 +114,7 @@ public final class CloudClient: Sendable {
     public func stream(_ request: EngineRequest, to provider: ProviderSettings, model: String, id: String) async throws(CloudError) -> CloudStream {
         let response: HTTPClientStreamingResponse
         do {
-            response = try await http.stream(provider.httpRequest(for: request))
+            response = try await http.stream(provider.httpRequest(for: request, nowNanos: clock.nowNanos()))
         } catch {
             throw failed(provider, transportError(error))
         }
@@ -160,9 +160,11 @@ public final class CloudClient: Sendable {
             return .rateLimited(retryAfter: retryAfter)
         }
         let parsed = try? JSONParser.parse(bytes)
-        var message = parsed.flatMap(ProviderResponse.errorMessage)
+        var message = parsed.flatMap { ProviderResponse.errorMessage($0, kind: provider.kind) }
             ?? String(decoding: bytes.prefix(300), as: UTF8.self).trimmedWhitespace
         if message.isEmpty { message = "HTTP \(head.status)" }
+        // AWS names the error in a header (`x-amzn-ErrorType: InvalidSignatureException:http://...`).
+        if let type = head.header("x-amzn-errortype")?.split(separator: ":").first, !type.isEmpty { message = "\(type): \(message)" }
         return .http(status: head.status, message: provider.secret.redact(message))
     }
 

@@ -1,16 +1,35 @@
 import MeshCore
 import MeshHTTPClient
 
+/// What a Bedrock provider signs its requests with besides its key (the secret access key).
+public struct AWSAccount: Sendable, Equatable {
+    /// The region (`us-east-1`): the endpoint's and the signature's.
+    public var region: String
+    public var accessKeyID: String
+    /// The session token of temporary credentials.
+    public var sessionToken: ProviderSecret?
+
+    public init(region: String, accessKeyID: String, sessionToken: ProviderSecret? = nil) {
+        self.region = region
+        self.accessKeyID = accessKeyID
+        self.sessionToken = sessionToken
+    }
+}
+
 /// One configured cloud provider: where it is, which dialect it speaks, and its key.
 public struct ProviderSettings: Sendable, Equatable {
     /// Name used in logs, budgets, health and route explanations.
     public var name: String
     public var kind: ProviderKind
     /// API root: `https://api.openai.com/v1`, `https://api.anthropic.com/v1`,
-    /// `https://generativelanguage.googleapis.com/v1beta`, or for Azure the deployment URL
-    /// (`https://RESOURCE.openai.azure.com/openai/deployments/DEPLOYMENT`).
+    /// `https://generativelanguage.googleapis.com/v1beta`, for Azure the deployment URL
+    /// (`https://RESOURCE.openai.azure.com/openai/deployments/DEPLOYMENT`), for Bedrock
+    /// `https://bedrock-runtime.REGION.amazonaws.com`.
     public var baseURL: String
+    /// The API key; for Bedrock, the secret access key.
     public var secret: ProviderSecret
+    /// Bedrock: region, access key ID and session token (requests are SigV4-signed).
+    public var aws: AWSAccount?
     /// PEM bundle of CA certificates trusted for this provider only (a lab server with its own CA).
     public var caFile: String?
     /// Azure `api-version` (``ProviderKind/defaultAzureAPIVersion`` when nil).
@@ -20,13 +39,15 @@ public struct ProviderSettings: Sendable, Equatable {
     /// Overrides the HTTP client's wait for the response head.
     public var firstByteTimeout: Duration?
 
-    /// Creates settings; `baseURL` nil takes the kind's public API (required for Azure).
-    public init(name: String, kind: ProviderKind, baseURL: String? = nil, secret: ProviderSecret, caFile: String? = nil,
+    /// Creates settings; `baseURL` nil takes the kind's public API (required for Azure; Bedrock's
+    /// is in `aws`'s region).
+    public init(name: String, kind: ProviderKind, baseURL: String? = nil, secret: ProviderSecret, aws: AWSAccount? = nil, caFile: String? = nil,
                 apiVersion: String? = nil, extraHeaders: [(String, String)] = [], firstByteTimeout: Duration? = nil) {
         self.name = name
         self.kind = kind
-        self.baseURL = baseURL ?? kind.defaultBaseURL ?? ""
+        self.baseURL = baseURL ?? (kind == .bedrock ? aws.map { BedrockDialect.baseURL(region: $0.region) } : kind.defaultBaseURL) ?? ""
         self.secret = secret
+        self.aws = aws
         self.caFile = caFile
         self.apiVersion = apiVersion
         self.extraHeaders = extraHeaders
@@ -34,7 +55,7 @@ public struct ProviderSettings: Sendable, Equatable {
     }
 
     public static func == (a: ProviderSettings, b: ProviderSettings) -> Bool {
-        a.name == b.name && a.kind == b.kind && a.baseURL == b.baseURL && a.secret == b.secret && a.caFile == b.caFile
+        a.name == b.name && a.kind == b.kind && a.baseURL == b.baseURL && a.secret == b.secret && a.aws == b.aws && a.caFile == b.caFile
             && a.apiVersion == b.apiVersion && a.extraHeaders.elementsEqual(b.extraHeaders, by: ==) && a.firstByteTimeout == b.firstByteTimeout
     }
 
@@ -65,14 +86,17 @@ public struct ProviderSettings: Sendable, Equatable {
     }
 
     /// Headers of every request: the key in the kind's header, JSON content type, extra headers.
+    /// (Bedrock's key signs the request instead: see ``httpRequest(for:nowNanos:)``.)
     public func headers(stream: Bool) -> [(String, String)] {
         let key = secret.value
-        var h: [(String, String)] = [("Content-Type", "application/json"), ("Accept", stream ? "text/event-stream" : "application/json")]
+        let streamType = kind == .bedrock ? BedrockDialect.streamContentType : "text/event-stream"
+        var h: [(String, String)] = [("Content-Type", "application/json"), ("Accept", stream ? streamType : "application/json")]
         switch kind {
         case .openai, .groq: h.append(("Authorization", "Bearer " + key))
         case .azure: h.append(("api-key", key))
         case .anthropic: h += [("x-api-key", key), ("anthropic-version", ProviderKind.anthropicVersion)]
         case .gemini: h.append(("x-goog-api-key", key))
+        case .bedrock: break
         }
         for (name, value) in extraHeaders {
             h.removeAll { $0.0.lowercased() == name.lowercased() }
@@ -81,9 +105,20 @@ public struct ProviderSettings: Sendable, Equatable {
         return h
     }
 
-    /// The HTTP request that carries `request` to this provider.
-    public func httpRequest(for request: EngineRequest) -> HTTPClientRequest {
-        HTTPClientRequest(method: "POST", url: url(path: request.path), headers: headers(stream: request.stream),
-                          body: request.body.serialized(), firstByteTimeout: firstByteTimeout, caFile: caFile)
+    /// The SigV4 signer of a Bedrock provider (nil for the other kinds, or without an account).
+    public var signer: SigV4Signer? {
+        guard kind == .bedrock, let aws else { return nil }
+        return SigV4Signer(accessKeyID: aws.accessKeyID, secretAccessKey: secret, sessionToken: aws.sessionToken, region: aws.region,
+                           service: BedrockDialect.signingService)
+    }
+
+    /// The HTTP request that carries `request` to this provider; a Bedrock request is signed for
+    /// the time `nowNanos` (AWS refuses a signature more than 5 minutes off its clock).
+    public func httpRequest(for request: EngineRequest, nowNanos: UInt64) -> HTTPClientRequest {
+        let url = url(path: request.path)
+        let body = request.body.serialized()
+        var headers = headers(stream: request.stream)
+        if let signer { headers = signer.sign(method: "POST", url: url, headers: headers, body: body, nowNanos: nowNanos) }
+        return HTTPClientRequest(method: "POST", url: url, headers: headers, body: body, firstByteTimeout: firstByteTimeout, caFile: caFile)
     }
 }

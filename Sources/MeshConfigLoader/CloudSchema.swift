@@ -8,6 +8,8 @@ enum CloudSchema {
         RecordKey("name", .string, required: true), RecordKey("kind", .string, required: true), RecordKey("base_url", .string),
         RecordKey("key_file", .string), RecordKey("key_env", .string), RecordKey("ca_file", .string),
         RecordKey("api_version", .string), RecordKey("models", .stringList),
+        RecordKey("region", .string), RecordKey("access_key_id", .string), RecordKey("session_token_file", .string),
+        RecordKey("session_token_env", .string),
     ]
 
     /// `cloud.providers`: `- { name: openai, kind: openai, key_file: /etc/meshd/openai.key }`.
@@ -41,12 +43,21 @@ enum CloudSchema {
                 }
                 p.keyFile = r.string("key_file")
                 p.keyEnv = r.string("key_env")
-                switch (p.keyFile, p.keyEnv) {
-                case (nil, nil): bad(nil, "needs key_file (a file with the API key, mode 0600) or key_env (an environment variable); keys are never written in the YAML")
-                case (.some, .some): bad("key_env", "set key_file or key_env, not both")
-                case (let f?, nil): if let why = Check.path(f) { bad("key_file", why) }
-                case (nil, let e?):
-                    if e.isEmpty || !e.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) { bad("key_env", "must be an environment variable name, got \"\(e)\"") }
+                if p.keyFile == nil && p.keyEnv == nil {
+                    let what = kind == .bedrock ? "the AWS secret access key" : "the API key"
+                    bad(nil, "needs key_file (a file with \(what), mode 0600) or key_env (an environment variable); keys are never written in the YAML")
+                }
+                checkSecretSource(file: ("key_file", p.keyFile), env: ("key_env", p.keyEnv), bad)
+                p.region = r.string("region")
+                p.accessKeyID = r.string("access_key_id")
+                p.sessionTokenFile = r.string("session_token_file")
+                p.sessionTokenEnv = r.string("session_token_env")
+                if kind == .bedrock {
+                    checkAWS(p, bad)
+                } else {
+                    for key in ["region", "access_key_id", "session_token_file", "session_token_env"] where r.values[key] != nil {
+                        bad(key, "only for kind bedrock")
+                    }
                 }
                 p.caFile = r.string("ca_file")
                 if let f = p.caFile, let why = Check.path(f) { bad("ca_file", why) }
@@ -66,10 +77,43 @@ enum CloudSchema {
                 if let x = p.keyEnv { v["key_env"] = .string(x) }
                 if let x = p.caFile { v["ca_file"] = .string(x) }
                 if let x = p.apiVersion { v["api_version"] = .string(x) }
+                if let x = p.region { v["region"] = .string(x) }
+                if let x = p.accessKeyID { v["access_key_id"] = .string(x) }
+                if let x = p.sessionTokenFile { v["session_token_file"] = .string(x) }
+                if let x = p.sessionTokenEnv { v["session_token_env"] = .string(x) }
                 if !p.models.isEmpty { v["models"] = .list(p.models) }
                 return ParsedRecord(name: nil, values: v)
             }
         })
+
+    /// A secret read from a file or an environment variable: not both, a usable path or name.
+    static func checkSecretSource(file: (key: String, value: String?), env: (key: String, value: String?), _ bad: (String?, String) -> Void) {
+        switch (file.value, env.value) {
+        case (nil, nil): break
+        case (.some, .some): bad(env.key, "set \(file.key) or \(env.key), not both")
+        case (let f?, nil): if let why = Check.path(f) { bad(file.key, why) }
+        case (nil, let e?):
+            if e.isEmpty || !e.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) { bad(env.key, "must be an environment variable name, got \"\(e)\"") }
+        }
+    }
+
+    /// Bedrock's region (required: it names the endpoint and signs every request), access key ID
+    /// (required) and optional session token.
+    static func checkAWS(_ p: CloudProviderConfig, _ bad: (String?, String) -> Void) {
+        if let region = p.region {
+            if !Check.awsRegion(region) { bad("region", "must be an AWS region such as us-east-1 or eu-central-1, got \"\(region)\"") }
+        } else {
+            bad("region", "required for kind bedrock: the AWS region, e.g. us-east-1")
+        }
+        if let id = p.accessKeyID {
+            if !(16...128).contains(id.count) || !id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) {
+                bad("access_key_id", "must be an AWS access key ID (16 to 128 letters and digits, e.g. AKIAIOSFODNN7EXAMPLE)")
+            }
+        } else {
+            bad("access_key_id", "required for kind bedrock: the AWS access key ID (its secret access key goes in key_file or key_env)")
+        }
+        checkSecretSource(file: ("session_token_file", p.sessionTokenFile), env: ("session_token_env", p.sessionTokenEnv), bad)
+    }
 
     static let priceKeys: [RecordKey] = [
         RecordKey("input", .double, required: true), RecordKey("output", .double, required: true),
@@ -175,6 +219,13 @@ enum CloudSchema {
 }
 
 extension Check {
+    /// An AWS region name: lower-case words and a number joined by dashes (`us-east-1`, `us-gov-west-1`).
+    static func awsRegion(_ text: String) -> Bool {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count >= 3, let last = parts.last, !last.isEmpty, last.allSatisfy(\.isASCII), last.allSatisfy(\.isNumber) else { return false }
+        return parts.dropLast().allSatisfy { !$0.isEmpty && $0.allSatisfy { $0.isASCII && $0.isLowercase } }
+    }
+
     /// An IANA time zone name the system knows (`UTC`, `Europe/Berlin`).
     static func timeZone(_ text: String) -> String? {
         TimeZone(identifier: text) == nil ? "unknown time zone \"\(text)\"; use an IANA name such as UTC or Europe/Berlin" : nil

@@ -40,19 +40,24 @@ final class Gateway: Sendable {
         var settings: [String: ProviderSettings] = [:]
         var issues: [ConfigIssue] = []
         for (i, p) in config.cloud.providers.enumerated() {
-            do throws(ProviderSecretError) {
-                let secret: ProviderSecret
-                if let f = p.keyFile {
-                    secret = try ProviderSecret.fromFile(f)
-                } else {
-                    secret = try ProviderSecret.fromEnvironment(p.keyEnv ?? "", environment: environment)
+            // The secret at `file` or in `env` (nil when neither is set and it is optional); a failure
+            // is an issue naming the key it came from.
+            func load(_ file: (String, String?), _ env: (String, String?), required: Bool) -> ProviderSecret? {
+                do throws(ProviderSecretError) {
+                    if let f = file.1 { return try ProviderSecret.fromFile(f) }
+                    if env.1 != nil || required { return try ProviderSecret.fromEnvironment(env.1 ?? "", environment: environment) }
+                } catch {
+                    issues.append(ConfigIssue(source: "cloud.providers", key: "cloud.providers[\(i)].\(file.1 != nil ? file.0 : env.0)",
+                                              reason: "provider '\(p.name)': \(error)"))
                 }
-                settings[p.name] = ProviderSettings(name: p.name, kind: p.kind, baseURL: p.baseURL, secret: secret, caFile: p.caFile,
-                                                    apiVersion: p.apiVersion)
-            } catch {
-                issues.append(ConfigIssue(source: "cloud.providers", key: "cloud.providers[\(i)].\(p.keyFile != nil ? "key_file" : "key_env")",
-                                          reason: "provider '\(p.name)': \(error)"))
+                return nil
             }
+            let secret = load(("key_file", p.keyFile), ("key_env", p.keyEnv), required: true)
+            let token = load(("session_token_file", p.sessionTokenFile), ("session_token_env", p.sessionTokenEnv), required: false)
+            guard let secret, token != nil || (p.sessionTokenFile == nil && p.sessionTokenEnv == nil) else { continue }
+            let aws = p.kind == .bedrock ? AWSAccount(region: p.region ?? "", accessKeyID: p.accessKeyID ?? "", sessionToken: token) : nil
+            settings[p.name] = ProviderSettings(name: p.name, kind: p.kind, baseURL: p.baseURL, secret: secret, aws: aws, caFile: p.caFile,
+                                                apiVersion: p.apiVersion)
         }
         if !issues.isEmpty { throw ConfigLoadError(issues: issues) }
         self.settings = settings

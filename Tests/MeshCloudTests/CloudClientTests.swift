@@ -68,6 +68,8 @@ struct FakeCloudDialectTests {
         }
     }
 
+    /// Bedrock's answer is 403: the fake recomputes the SigV4 signature, which the wrong secret
+    /// access key does not match.
     @Test(arguments: ProviderKind.allCases)
     func wrongKeyIs401WithoutTheKey(kind: ProviderKind) async throws {
         try await withCloud { cloud, client, log, _ in
@@ -77,15 +79,21 @@ struct FakeCloudDialectTests {
                 let error = await cloudError {
                     if stream { _ = try await client.stream(req, to: provider, model: "m", id: "i") } else { _ = try await client.send(req, to: provider, model: "m", id: "i") }
                 }
-                guard case .http(401, let message) = error else {
-                    Issue.record("expected HTTP 401, got \(String(describing: error))")
+                let status = kind == .bedrock ? 403 : 401
+                guard case .http(status, let message) = error else {
+                    Issue.record("expected HTTP \(status), got \(String(describing: error))")
                     continue
                 }
                 // The fake quotes the key it got; the message keeps the text and drops the key.
-                #expect(message.contains("Incorrect API key provided") && !message.contains(wrongKey))
+                if kind == .bedrock {
+                    #expect(message.hasPrefix("InvalidSignatureException: The request signature we calculated does not match"), "\(message)")
+                } else {
+                    #expect(message.contains("Incorrect API key provided"))
+                }
+                #expect(!message.contains(wrongKey))
             }
             #expect(try await cloud.stats(client.http)["unauthorized"]?.intValue == 2)
-            #expect(log.text.contains("provider") && log.text.contains("401") && !log.text.contains(wrongKey))
+            #expect(log.text.contains("provider") && log.text.contains("\(kind == .bedrock ? 403 : 401)") && !log.text.contains(wrongKey))
         }
     }
 }
@@ -315,7 +323,8 @@ struct FakeCloudFailureTests {
 
     @Test func keyNeverLogged() async throws {
         try await withCloud { cloud, client, log, _ in
-            for (kind, model) in [(ProviderKind.openai, "m"), (.azure, "m-fail-500"), (.anthropic, "m-fail-429"), (.gemini, "m-cut-stream")] {
+            for (kind, model) in [(ProviderKind.openai, "m"), (.azure, "m-fail-500"), (.anthropic, "m-fail-429"), (.gemini, "m-cut-stream"),
+                                  (.bedrock, "m-stream-error")] {
                 for key in [goodKey, wrongKey] {
                     let provider = cloud.provider(kind, key: key, model: model)
                     _ = try? await client.send(try engineRequest(kind, model: model, stream: false), to: provider, model: model, id: "i")

@@ -10,9 +10,12 @@ import Testing
 /// The repository root (three levels above this file).
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
-/// The key the fake cloud expects, and one it rejects.
+/// The key the fake cloud expects, and one it rejects (for Bedrock: the secret access key).
 let goodKey = "sk-fake-GOOD-4f1c9e"
 let wrongKey = "sk-fake-WRONG-77ab02"
+/// The AWS access key ID and region the fake cloud's Bedrock expects (its defaults).
+let fakeAccessKeyID = "AKIDFAKECLOUD0000001"
+let fakeRegion = "us-east-1"
 
 /// A test setup failure.
 struct SetupError: Error, CustomStringConvertible {
@@ -68,15 +71,15 @@ final class FakeCloud: Sendable {
         self.port = port
     }
 
-    /// Starts the server and waits (bounded) for its `LISTENING` line.
-    static func start(slowDelay: Double = 0.2) async throws -> FakeCloud {
+    /// Starts the server (with `arguments` added) and waits (bounded) for its `LISTENING` line.
+    static func start(slowDelay: Double = 0.2, arguments: [String] = []) async throws -> FakeCloud {
         let dir = try await TestCA.make()
         let (lines, continuation) = AsyncStream.makeStream(of: String.self)
         let stderr = Mutex<[String]>([])
         let child = try await ChildProcess.spawn(
             executable: "/usr/bin/env",
             arguments: ["python3", repoRoot + "/Tests/cloud/fake_cloud.py", "--cert", dir + "/server.pem", "--key", dir + "/server.key",
-                        "--port", "0", "--api-key", goodKey, "--slow-delay", "\(slowDelay)"],
+                        "--port", "0", "--api-key", goodKey, "--slow-delay", "\(slowDelay)"] + arguments,
             onLine: { line, isStderr in
                 if isStderr { stderr.withLock { $0.append(line) } } else { continuation.yield(line) }
             },
@@ -117,8 +120,9 @@ final class FakeCloud: Sendable {
     }
 
     /// Provider settings for this server; `model` names the Azure deployment (the fake's failure
-    /// injection reads it there).
-    func provider(_ kind: ProviderKind, key: String = goodKey, caFile: String? = TestCA.caFile, model: String = "m") -> ProviderSettings {
+    /// injection reads it there); `aws` signs Bedrock requests.
+    func provider(_ kind: ProviderKind, key: String = goodKey, caFile: String? = TestCA.caFile, model: String = "m",
+                  aws: AWSAccount = AWSAccount(region: fakeRegion, accessKeyID: fakeAccessKeyID)) -> ProviderSettings {
         let base: String
         switch kind {
         case .openai: base = baseURL + "/v1"
@@ -126,8 +130,10 @@ final class FakeCloud: Sendable {
         case .anthropic: base = baseURL + "/v1"
         case .gemini: base = baseURL + "/v1beta"
         case .groq: base = baseURL + "/openai/v1"
+        case .bedrock: base = baseURL
         }
-        return ProviderSettings(name: kind.rawValue, kind: kind, baseURL: base, secret: ProviderSecret(key: key), caFile: caFile)
+        return ProviderSettings(name: kind.rawValue, kind: kind, baseURL: base, secret: ProviderSecret(key: key), aws: kind == .bedrock ? aws : nil,
+                                caFile: caFile)
     }
 }
 
@@ -173,9 +179,10 @@ final class TestClock: WallClock {
     func advance(seconds: Double) { offset.withLock { $0 += UInt64(seconds * 1e9) } }
 }
 
-/// One fake cloud, one HTTP client and one cloud client for `body`; everything is stopped after.
-func withCloud(slowDelay: Double = 0.2, _ body: (FakeCloud, CloudClient, CapturedLog, TestClock) async throws -> Void) async throws {
-    let cloud = try await FakeCloud.start(slowDelay: slowDelay)
+/// One fake cloud (started with `arguments` added), one HTTP client and one cloud client for
+/// `body`; everything is stopped after.
+func withCloud(slowDelay: Double = 0.2, arguments: [String] = [], _ body: (FakeCloud, CloudClient, CapturedLog, TestClock) async throws -> Void) async throws {
+    let cloud = try await FakeCloud.start(slowDelay: slowDelay, arguments: arguments)
     let log = CapturedLog()
     let clock = TestClock()
     let http: CurlHTTPClient

@@ -13,23 +13,23 @@ import Testing
 
     @Test func urlsAndAuthPerKind() throws {
         let openai = ProviderSettings(name: "oa", kind: .openai, secret: key)
-        let r = openai.httpRequest(for: try engineRequest(.openai, model: "gpt-4o-mini", stream: false))
+        let r = openai.httpRequest(for: try engineRequest(.openai, model: "gpt-4o-mini", stream: false), nowNanos: 0)
         #expect(r.method == "POST" && r.url == "https://api.openai.com/v1/chat/completions")
         #expect(header(r, "authorization") == "Bearer sk-unit-KEY-1234" && header(r, "content-type") == "application/json")
         #expect(try JSONParser.parse(r.body)["model"] == "gpt-4o-mini")
 
         let groq = ProviderSettings(name: "groq", kind: .openai, baseURL: "https://api.groq.com/openai/v1/", secret: key, caFile: "/ca.pem")
-        let g = groq.httpRequest(for: try engineRequest(.openai, model: "llama", stream: true))
+        let g = groq.httpRequest(for: try engineRequest(.openai, model: "llama", stream: true), nowNanos: 0)
         #expect(g.url == "https://api.groq.com/openai/v1/chat/completions" && g.caFile == "/ca.pem")
         #expect(header(g, "accept") == "text/event-stream")
         // kind groq: the OpenAI dialect at Groq's base URL, by default.
         let preset = ProviderSettings(name: "groq", kind: .groq, secret: key)
-        let p = preset.httpRequest(for: try engineRequest(.groq, model: "llama-3.3-70b-versatile", stream: false))
+        let p = preset.httpRequest(for: try engineRequest(.groq, model: "llama-3.3-70b-versatile", stream: false), nowNanos: 0)
         #expect(p.url == "https://api.groq.com/openai/v1/chat/completions" && header(p, "authorization") == "Bearer sk-unit-KEY-1234")
         #expect(try JSONParser.parse(p.body)["model"] == "llama-3.3-70b-versatile")
 
         let azure = ProviderSettings(name: "az", kind: .azure, baseURL: "https://res.openai.azure.com/openai/deployments/dep", secret: key)
-        let a = azure.httpRequest(for: try engineRequest(.azure, model: "gpt", stream: false))
+        let a = azure.httpRequest(for: try engineRequest(.azure, model: "gpt", stream: false), nowNanos: 0)
         #expect(a.url == "https://res.openai.azure.com/openai/deployments/dep/chat/completions?api-version=\(ProviderKind.defaultAzureAPIVersion)")
         #expect(header(a, "api-key") == "sk-unit-KEY-1234" && header(a, "authorization") == nil)
         var pinned = azure
@@ -39,12 +39,12 @@ import Testing
         #expect(pinned.url(path: "/v1/chat/completions") == "https://res.openai.azure.com/openai/deployments/dep/chat/completions?api-version=2024-06-01")
 
         let claude = ProviderSettings(name: "claude", kind: .anthropic, secret: key)
-        let c = claude.httpRequest(for: try engineRequest(.anthropic, model: "claude-haiku", stream: true))
+        let c = claude.httpRequest(for: try engineRequest(.anthropic, model: "claude-haiku", stream: true), nowNanos: 0)
         #expect(c.url == "https://api.anthropic.com/v1/messages")
         #expect(header(c, "x-api-key") == "sk-unit-KEY-1234" && header(c, "anthropic-version") == "2023-06-01")
 
         let gemini = ProviderSettings(name: "gem", kind: .gemini, secret: key, extraHeaders: [("X-Goog-Api-Key", "other"), ("x-extra", "1")])
-        let s = gemini.httpRequest(for: try engineRequest(.gemini, model: "gemini-2.0-flash", stream: true))
+        let s = gemini.httpRequest(for: try engineRequest(.gemini, model: "gemini-2.0-flash", stream: true), nowNanos: 0)
         #expect(s.url == "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse")
         // An extra header replaces the default of the same name instead of doubling it.
         #expect(s.headers.filter { $0.0.lowercased() == "x-goog-api-key" }.map(\.1) == ["other"] && header(s, "x-extra") == "1")

@@ -18,6 +18,13 @@ import Testing
           base_url: "https://x.openai.azure.com/openai/deployments/gpt4o"
           api_version: "2024-10-21"
           key_file: /etc/meshd/azure.key
+        - name: bedrock
+          kind: bedrock
+          region: eu-central-1
+          access_key_id: AKIAIOSFODNN7EXAMPLE
+          key_env: AWS_SECRET_ACCESS_KEY
+          session_token_env: AWS_SESSION_TOKEN
+          models: ["amazon.nova-lite-v1:0"]
       prices:
         gpt-4o-mini: { input: 0.15, output: 0.60, cached_input: 0.075 }
         lab/qwen: { input: 0, output: 0.01, max_output_tokens: 2048 }
@@ -36,12 +43,16 @@ import Testing
     @Test func fullSectionsLoad() throws {
         let c = try mustLoad(full).config
         #expect(c.cloud.escalateAfterMs == 1500)
-        #expect(c.cloud.providers.map(\.name) == ["openai", "lab", "claude", "az"])
+        #expect(c.cloud.providers.map(\.name) == ["openai", "lab", "claude", "az", "bedrock"])
         #expect(c.cloud.providers[0].models == ["gpt-4o-mini"])
         #expect(c.cloud.providers[0].effectiveBaseURL == "https://api.openai.com/v1")
         #expect(c.cloud.providers[1].caFile == "/etc/meshd/lab-ca.pem")
         #expect(c.cloud.providers[2].keyEnv == "ANTHROPIC_API_KEY" && c.cloud.providers[2].keyFile == nil)
         #expect(c.cloud.providers[3].kind == .azure && c.cloud.providers[3].apiVersion == "2024-10-21")
+        let b = c.cloud.providers[4]
+        #expect(b.kind == .bedrock && b.region == "eu-central-1" && b.accessKeyID == "AKIAIOSFODNN7EXAMPLE" && b.keyEnv == "AWS_SECRET_ACCESS_KEY")
+        #expect(b.sessionTokenEnv == "AWS_SESSION_TOKEN" && b.sessionTokenFile == nil && b.models == ["amazon.nova-lite-v1:0"])
+        #expect(b.effectiveBaseURL == "https://bedrock-runtime.eu-central-1.amazonaws.com")
         #expect(c.cloud.prices["lab/qwen"] == ModelPrice(input: 0, output: 0.01, maxOutputTokens: 2048))
         #expect(c.cloud.aliases == ["gpt-4o-mini": "llama3.1:8b"])
         #expect(c.cloud.localOnlyModels == ["private-llm"] && c.cloud.localOnlyKeys == ["ci"])
@@ -91,6 +102,27 @@ import Testing
         expectSingleError("cloud: { providers: { name: x } }", key: "cloud.providers", reasonContains: "expected a list")
     }
 
+    @Test func bedrockMistakesNameTheField() {
+        let ok = "name: b, kind: bedrock, key_file: /k, access_key_id: AKIAIOSFODNN7EXAMPLE"
+        let missing = mustFail("cloud: { providers: [ { name: b, kind: bedrock, key_env: K } ] }")
+        #expect(Set(missing.map(\.key)) == ["cloud.providers[0].region", "cloud.providers[0].access_key_id"], "\(missing)")
+        #expect(missing.first { $0.key.hasSuffix("region") }?.reason.contains("required for kind bedrock") == true)
+        expectSingleError("cloud: { providers: [ { \(ok), region: US-East } ] }", key: "cloud.providers[0].region", reasonContains: "AWS region such as us-east-1")
+        expectSingleError("cloud: { providers: [ { name: b, kind: bedrock, key_file: /k, region: us-east-1, access_key_id: \"AKIA short\" } ] }",
+                          key: "cloud.providers[0].access_key_id", reasonContains: "AWS access key ID")
+        expectSingleError("cloud: { providers: [ { \(ok), region: us-east-1, session_token_file: /t, session_token_env: T } ] }",
+                          key: "cloud.providers[0].session_token_env", reasonContains: "set session_token_file or session_token_env, not both")
+        expectSingleError("cloud: { providers: [ { \(ok), region: us-east-1, session_token_env: \"a b\" } ] }",
+                          key: "cloud.providers[0].session_token_env", reasonContains: "environment variable name")
+        expectSingleError("cloud: { providers: [ { name: b, kind: bedrock, region: us-east-1, access_key_id: AKIAIOSFODNN7EXAMPLE } ] }",
+                          key: "cloud.providers[0]", reasonContains: "the AWS secret access key")
+        expectSingleError("cloud: { providers: [ { name: o, kind: openai, key_env: K, region: us-east-1 } ] }",
+                          key: "cloud.providers[0].region", reasonContains: "only for kind bedrock")
+        // Keys never go in the YAML: a secret_access_key field is unknown.
+        expectSingleError("cloud: { providers: [ { \(ok), region: us-east-1, secret_access_key: x } ] }",
+                          key: "cloud.providers[0].secret_access_key", reasonContains: "unknown key")
+    }
+
     @Test func pricesCapsAliasesAndZone() {
         expectSingleError("cloud: { prices: { m: { input: -1, output: 1 } } }", key: "cloud.prices.m.input", reasonContains: "0 or more")
         expectSingleError("cloud: { prices: { m: { input: 1 } } }", key: "cloud.prices.m.output", reasonContains: "missing")
@@ -125,6 +157,8 @@ import Testing
         let repo = URL(fileURLWithPath: documentedConfigPath).deletingLastPathComponent().appendingPathComponent("prices.yaml").path
         let shipped = try PricesLoader.load(path: repo)
         #expect(shipped.price(provider: "openai", model: "gpt-4o-mini") == ModelPrice(input: 0.15, output: 0.60, cachedInput: 0.075, maxOutputTokens: 16384))
+        #expect(shipped.price(provider: "bedrock", model: "amazon.nova-lite-v1:0")?.output == 0.24)
+        #expect(shipped.price(provider: "openai", model: "amazon.nova-lite-v1:0") == nil)
     }
 }
 

@@ -113,6 +113,14 @@ import Testing
         #expect(EscalationPolicy.serves(groq, "llama-3.3-70b-versatile", prices: withGroq) && !EscalationPolicy.serves(groq, "gpt-4o-mini", prices: withGroq))
         #expect(!EscalationPolicy.serves(oa, "llama-3.3-70b-versatile", prices: withGroq))
         #expect(CloudProviderConfig(name: "g", kind: .groq).effectiveBaseURL == "https://api.groq.com/openai/v1")
+        // So does Bedrock, at its region's endpoint.
+        var bedrock = CloudProviderConfig(name: "bedrock", kind: .bedrock)
+        let withBedrock = PriceTable(models: prices.models.merging(["bedrock/amazon.nova-lite-v1:0": ModelPrice(input: 1, output: 1)]) { a, _ in a })
+        #expect(EscalationPolicy.serves(bedrock, "amazon.nova-lite-v1:0", prices: withBedrock) && !EscalationPolicy.serves(bedrock, "gpt-4o-mini", prices: withBedrock))
+        #expect(!EscalationPolicy.serves(oa, "amazon.nova-lite-v1:0", prices: withBedrock))
+        #expect(bedrock.effectiveBaseURL == nil)
+        bedrock.region = "ap-southeast-2"
+        #expect(bedrock.effectiveBaseURL == "https://bedrock-runtime.ap-southeast-2.amazonaws.com")
         var listed = oa
         listed.models = ["only-this"]
         #expect(EscalationPolicy.serves(listed, "only-this", prices: prices) && !EscalationPolicy.serves(listed, "gpt-4o-mini", prices: prices))

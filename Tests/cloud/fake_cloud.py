@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
 """A fake cloud LLM provider over real TLS, for meshd's tests (Python 3 standard library only).
 
-Speaks four dialects, each with its own authentication and error shapes:
+Speaks five dialects, each with its own authentication and error shapes:
   OpenAI     POST /v1/chat/completions                       Authorization: Bearer KEY
              (also at /openai/v1/chat/completions: Groq's base URL)
   Azure      POST /openai/deployments/{d}/chat/completions?api-version=...   api-key: KEY
   Anthropic  POST /v1/messages                               x-api-key: KEY, anthropic-version
   Gemini     POST /v1beta/models/{m}:generateContent         x-goog-api-key: KEY (or ?key=)
              POST /v1beta/models/{m}:streamGenerateContent?alt=sse
+  Bedrock    POST /model/{modelId}/converse                  AWS SigV4 (AWS4-HMAC-SHA256), recomputed
+             POST /model/{modelId}/converse-stream           here: access key --aws-access-key-id, secret
+                                                             key --api-key, region --aws-region, service
+                                                             bedrock, x-amz-date within 5 minutes, and the
+                                                             --aws-session-token if one is given; the
+                                                             stream in event-stream framing (CRC32s)
 
 Answers are deterministic: N tokens "tok0 tok1 ..." (N from max_tokens / maxOutputTokens, else
 --default-tokens), usage = prompt words + N. Failures are injected by model (or deployment) name:
 a name containing `fail-429` answers 429 with `retry-after: 2`, `fail-529` answers 529 (overloaded)
-with `retry-after: 3`, `fail-500` answers 500,
-`cut-stream` stops a stream mid-way without its end marker (a whole answer is cut short of its
-Content-Length), `stream-error` sends the dialect's error event mid-stream and ends it, `slow` waits --slow-delay seconds before each chunk.
+with `retry-after: 3`, `fail-500` answers 500 (Bedrock: 429 ThrottlingException and 503
+ServiceUnavailableException without retry-after, 500 InternalServerException),
+`cut-stream` stops a stream mid-way without its end marker (Bedrock: in the middle of a message; a
+whole answer is cut short of its Content-Length), `stream-error` sends the dialect's error event
+(Bedrock: an exception message) mid-stream and ends it, `slow` waits --slow-delay seconds before each chunk.
 
 GET /_stats returns request counts per path and model. Binds 127.0.0.1 only and prints
 `LISTENING 127.0.0.1:PORT` on stdout once it accepts connections (--port 0 picks a free port).
@@ -29,6 +37,8 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from fake_bedrock import BedrockMixin
 
 HOST = "127.0.0.1"
 
@@ -76,7 +86,7 @@ def tokens(n):
     return [("" if i == 0 else " ") + f"tok{i}" for i in range(n)]
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(BedrockMixin, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-cloud/1"
 
@@ -120,6 +130,7 @@ class Handler(BaseHTTPRequestHandler):
     def read_body(self):
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n) if n > 0 else b""
+        self.raw_body = raw  # Bedrock's signature covers the bytes
         try:
             return json.loads(raw or b"{}")
         except ValueError:
@@ -161,6 +172,9 @@ class Handler(BaseHTTPRequestHandler):
                 return
             key = self.headers.get("x-goog-api-key") or (query.get("key") or [None])[0]
             self.gemini(path, body, model, method == "streamGenerateContent", key)
+        elif path.startswith("/model/") and path.endswith(("/converse", "/converse-stream")):
+            model, _, method = path[len("/model/"):].rpartition("/")
+            self.bedrock(path, url.query, body, urllib.parse.unquote(model), method == "converse-stream")
         else:
             self.send_json(404, {"error": {"message": f"unknown path {path}", "type": "invalid_request_error"}})
 
@@ -391,7 +405,10 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cert", help="server certificate (PEM); without --cert/--key the server speaks plain HTTP")
     p.add_argument("--key", help="server private key (PEM)")
-    p.add_argument("--api-key", default="test-key", help="the key every dialect expects")
+    p.add_argument("--api-key", default="test-key", help="the key every dialect expects (Bedrock: the secret access key)")
+    p.add_argument("--aws-access-key-id", default="AKIDFAKECLOUD0000001")
+    p.add_argument("--aws-region", default="us-east-1")
+    p.add_argument("--aws-session-token", help="Bedrock: the session token requests must carry (default: none allowed)")
     p.add_argument("--default-tokens", type=int, default=8)
     p.add_argument("--slow-delay", type=float, default=0.2)
     p.add_argument("--verbose", action="store_true")

@@ -13,6 +13,9 @@ from meshd_e2e import ProcessPool, wait_until
 
 CLOUD_DIR = Path(__file__).resolve().parents[1] / "cloud"
 API_KEY = "sk-test-fake-cloud-key-0123456789"
+# The fake's Bedrock: this access key ID and region (its defaults); API_KEY is the secret access key.
+AWS_ACCESS_KEY_ID = "AKIDFAKECLOUD0000001"
+AWS_REGION = "us-east-1"
 
 
 class FakeCloud:
@@ -53,6 +56,13 @@ class FakeCloud:
              **common},
             {"name": "groq", "kind": "groq", "base_url": f"{self.url}/openai/v1", **common},
         ]
+
+    def bedrock_provider(self, name: str, key_file: Path, secret: str = API_KEY, **extra: Any) -> dict[str, Any]:
+        """A Bedrock provider on this fake cloud signing with `secret` as its secret access key."""
+        key_file.write_text(secret + "\n")
+        key_file.chmod(0o600)
+        return {"name": name, "kind": "bedrock", "base_url": self.url, "region": AWS_REGION, "access_key_id": AWS_ACCESS_KEY_ID,
+                "key_file": str(key_file), "ca_file": str(self.ca), **extra}
 
 
 PRICES = {

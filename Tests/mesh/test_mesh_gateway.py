@@ -1,6 +1,6 @@
 """Cloud escalation through a gateway (issue 5), against a fake cloud over real TLS (a test CA that
-libcurl is told to trust through ca_file): the OpenAI, Anthropic and Gemini dialects, streamed and
-not, through the gateway itself and through a node without providers (the real openai and ollama
+libcurl is told to trust through ca_file): the OpenAI, Anthropic, Gemini and Bedrock (SigV4-checked)
+dialects, streamed and not, through the gateway itself and through a node without providers (the real openai and ollama
 clients); escalation only when the mesh cannot serve; local-only models; the budget cap with a 429
 that names it; a provider that rate-limits; 200 concurrent requests against a small cap."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ollama
 import openai
 import pytest
 
-from cloud_helpers import PRICES, FakeCloud
+from cloud_helpers import API_KEY, PRICES, FakeCloud
 from meshd_e2e import ProcessPool
 from mesh_helpers import MeshBinaries, MeshNode, chat, sim_entry, start_sim
 
@@ -327,3 +327,73 @@ def test_busy_mesh_escalates_and_per_key_caps_and_alert_webhook(module_mpool: Pr
         wait_until(lambda: any(a.get("scope") == "API key 'ci'" for a in alerts), 5, what="a budget alert on the webhook")
     finally:
         hook.shutdown()
+
+
+def test_bedrock_through_the_gateway(module_mpool: ProcessPool, mbins: MeshBinaries, module_secret: Path,
+                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Bedrock (Converse, ConverseStream in event-stream framing) through a gateway, the fake cloud
+    checking every SigV4 signature; the ledger is charged from Bedrock's usage; a wrong secret key
+    gets the fake's signature error, costs nothing, and no key reaches the log."""
+    tmp = tmp_path_factory.mktemp("gw-bedrock")
+    cloud = FakeCloud(module_mpool, tmp / "tls")
+    model = "amazon.nova-lite-v1:0"
+    # Prices high enough that the charge shows which token counts it came from ($0.001 per prompt
+    # token, $0.002 per completion token).
+    prices = {f"bedrock/{model}": {"input": 1000.0, "output": 2000.0, "max_output_tokens": 64},
+              "bedrock-wrong/nova-wrong": {"input": 1000.0, "output": 2000.0, "max_output_tokens": 64}}
+    wrong_secret = "wrong-SECRET-access-key-42"
+    providers = [cloud.bedrock_provider("bedrock", tmp / "aws.key"),
+                 cloud.bedrock_provider("bedrock-wrong", tmp / "wrong.key", secret=wrong_secret)]
+    node = MeshNode(module_mpool, mbins, "B", secret=module_secret,
+                    extra={"cloud": {"providers": providers, "prices": prices, "prices_file": str(tmp / "none.yaml")},
+                           "budget": {"daily_usd": 100.0}})
+
+    def spent() -> float:
+        b = json.loads(node.meshctl("budget", "--json").stdout)
+        assert b["daily"]["reserved_usd"] == 0 and b["in_flight"] == 0, b
+        return float(b["daily"]["spent_usd"])
+
+    def charged(before: float, prompt: int, completion: int) -> None:
+        assert spent() - before == pytest.approx(prompt * 0.001 + completion * 0.002, abs=1e-6)
+
+    # Not streamed, OpenAI dialect: Converse. The fake counts "hello" as 1 prompt token.
+    before = spent()
+    r = node.post("/v1/chat/completions", json=chat(model, max_tokens=3))
+    assert r.status_code == 200 and r.headers["x-meshd-provider"] == "bedrock", r.text
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == "tok0 tok1 tok2" and body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["prompt_tokens"] == 1 and body["usage"]["completion_tokens"] == 3
+    charged(before, 1, 3)
+    # Streamed, OpenAI dialect with usage: ConverseStream.
+    before = spent()
+    with node.client() as c, c.stream("POST", "/v1/chat/completions",
+                                      json={**chat(model, stream=True, max_tokens=5), "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200 and r.headers["x-meshd-provider"] == "bedrock"
+        events = [x[len("data: "):] for x in r.iter_lines() if x.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch["choices"]) == "tok0 tok1 tok2 tok3 tok4"
+    assert chunks[-1]["usage"]["completion_tokens"] == 5 and chunks[-1]["usage"]["prompt_tokens"] == 1
+    charged(before, 1, 5)
+    # Streamed to the Ollama dialect.
+    before = spent()
+    with node.client() as c, c.stream("POST", "/api/chat", json={"model": model, "messages": [{"role": "user", "content": "hello there"}],
+                                                                 "options": {"num_predict": 2}}) as r:
+        lines = [json.loads(x) for x in r.iter_lines() if x]
+    assert "".join(x["message"]["content"] for x in lines) == "tok0 tok1"
+    assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 2 and lines[-1]["prompt_eval_count"] == 2
+    charged(before, 2, 2)
+    stats = cloud.stats()
+    assert stats["by_path"].get("/model/amazon.nova-lite-v1%3A0/converse") == 1
+    assert stats["by_path"].get("/model/amazon.nova-lite-v1%3A0/converse-stream") == 2 and stats["unauthorized"] == 0
+    # A wrong secret access key: the fake's signature differs; the client is told why, nothing is spent.
+    before = spent()
+    for stream in (False, True):
+        r = node.post("/v1/chat/completions", json=chat("nova-wrong", stream=stream, max_tokens=3))
+        assert r.status_code == 502, r.text
+        message = r.json()["error"]["message"]
+        assert "bedrock-wrong answered 403: InvalidSignatureException: The request signature we calculated does not match" in message
+    assert cloud.stats()["unauthorized"] == 2
+    assert spent() == before
+    log = node.log()
+    assert "InvalidSignatureException" in log and API_KEY not in log and wrong_secret not in log

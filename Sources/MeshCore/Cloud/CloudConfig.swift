@@ -13,6 +13,14 @@ public struct CloudProviderConfig: Sendable, Hashable, Codable {
     public var caFile: String?
     /// Azure `api-version`.
     public var apiVersion: String?
+    /// Bedrock: the AWS region (`us-east-1`), which names the endpoint and signs the requests.
+    public var region: String?
+    /// Bedrock: the AWS access key ID; the secret access key is the provider's key (`key_file` or `key_env`).
+    public var accessKeyID: String?
+    /// Bedrock: a file holding the session token of temporary credentials (mode 0600), or
+    public var sessionTokenFile: String?
+    /// the environment variable holding it.
+    public var sessionTokenEnv: String?
     /// Models this provider serves; empty means the models priced for it (`name/model`) and the
     /// priced models of its family (`claude-*`, `gemini-*`, any other for OpenAI-compatible).
     public var models: [String] = []
@@ -22,16 +30,9 @@ public struct CloudProviderConfig: Sendable, Hashable, Codable {
         self.kind = kind
     }
 
-    /// Public endpoints when `base_url` is not set.
+    /// Public endpoints when `base_url` is not set (Bedrock's, in its region).
     public var effectiveBaseURL: String? {
-        if let baseURL { return baseURL }
-        switch kind {
-        case .openai: return "https://api.openai.com/v1"
-        case .anthropic: return "https://api.anthropic.com/v1"
-        case .gemini: return "https://generativelanguage.googleapis.com/v1beta"
-        case .groq: return "https://api.groq.com/openai/v1"
-        case .azure: return nil
-        }
+        baseURL ?? (kind == .bedrock ? region.map(BedrockDialect.baseURL(region:)) : kind.defaultBaseURL)
     }
 }
 

@@ -71,8 +71,9 @@ public struct EscalationPolicy: Sendable {
 
     /// Whether provider `p` is asked for model `m`: the models it lists, or, when it lists none,
     /// models priced for it by name (`name/model`) and priced models of its family (`claude-*` at
-    /// Anthropic, `gemini-*` at Gemini, any other at OpenAI-compatible and Azure providers; Groq,
-    /// which hosts only its own catalogue, only the models priced or listed for it).
+    /// Anthropic, `gemini-*` at Gemini, any other at OpenAI-compatible and Azure providers; Groq and
+    /// Bedrock, which host their own catalogues under their own model IDs, only the models priced
+    /// or listed for them).
     public static func serves(_ p: CloudProviderConfig, _ m: String, prices: PriceTable) -> Bool {
         if !p.models.isEmpty { return p.models.contains(m) }
         if prices.models["\(p.name)/\(m)"] != nil { return true }
@@ -81,7 +82,7 @@ public struct EscalationPolicy: Sendable {
         switch p.kind {
         case .anthropic, .gemini: return family == p.kind
         case .openai, .azure: return family == nil
-        case .groq: return false
+        case .groq, .bedrock: return false
         }
     }
 

@@ -10,6 +10,9 @@ public enum ProviderKind: String, Sendable, Codable, CaseIterable {
     case gemini
     /// Groq: the OpenAI dialect at Groq's base URL; asked only for the models priced (or listed) for it.
     case groq
+    /// AWS Bedrock Runtime `Converse` / `ConverseStream` (SigV4-signed, its event-stream framing);
+    /// asked only for the models priced (or listed) for it.
+    case bedrock
 }
 
 /// Builds provider requests from client requests. Provider answers are turned into OpenAI
@@ -20,22 +23,25 @@ public enum ProviderRequestBuilder {
     public static let anthropicDefaultMaxTokens = 4096
 
     /// The request for `model` at a provider of `kind`. The path is relative to the provider's
-    /// base URL (for Azure, the deployment URL; for Gemini, `.../v1beta`). Embeddings go to
-    /// OpenAI-compatible providers only.
+    /// base URL (for Azure, the deployment URL; for Gemini, `.../v1beta`; for Bedrock, the regional
+    /// Bedrock Runtime endpoint). Embeddings go to OpenAI-compatible providers only.
     public static func build(_ req: InferenceRequest, kind: ProviderKind, model: String) throws(APIError) -> EngineRequest {
         switch kind {
         case .openai, .azure, .groq:
             var r = EngineRequestBuilder.build(req, engine: .openai, engineModel: model)
             if kind == .azure { r.body = r.body.removing("model") }  // the deployment names the model
             return r
-        case .anthropic, .gemini:
+        case .anthropic, .gemini, .bedrock:
             guard req.operation != .embedding else {
                 throw APIError(status: 400, message: "model '\(req.model)' is served by a \(kind.rawValue) provider, which has no embeddings API",
                                param: "model", code: "unsupported_operation")
             }
             let (system, turns) = conversation(req)
-            return kind == .anthropic ? anthropic(req, model: model, system: system, turns: turns)
-                : gemini(req, model: model, system: system, turns: turns)
+            switch kind {
+            case .anthropic: return anthropic(req, model: model, system: system, turns: turns)
+            case .gemini: return gemini(req, model: model, system: system, turns: turns)
+            default: return BedrockDialect.request(req, model: model, system: system, turns: turns)  // .bedrock
+            }
         }
     }
 
@@ -126,6 +132,8 @@ public enum ProviderResponse {
             let text = (cand["content"]?["parts"]?.arrayValue ?? []).compactMap { $0["text"]?.stringValue }.joined()
             return .success(completion(id: id, created: created, model: model, text: text,
                                        finish: geminiFinish(cand["finishReason"]?.stringValue), usage: geminiUsage(body["usageMetadata"])))
+        case .bedrock:
+            return BedrockDialect.completion(body, model: model, id: id, created: created)
         }
     }
 
@@ -135,6 +143,11 @@ public enum ProviderResponse {
         guard let e = body["error"] else { return nil }
         if let s = e.stringValue { return s }
         return e["message"]?.stringValue ?? "error"
+    }
+
+    /// The message of an error body of a provider of `kind` (Bedrock's is `{"message": ...}`).
+    public static func errorMessage(_ body: JSON, kind: ProviderKind) -> String? {
+        kind == .bedrock ? BedrockDialect.errorMessage(body) ?? errorMessage(body) : errorMessage(body)
     }
 
     static func completion(id: String, created: Int64, model: String, text: String, finish: String, usage: JSON) -> JSON {
@@ -187,6 +200,8 @@ public struct ProviderStreamAdapter: Sendable {
     var cachedTokens = 0
     var sawUsage = false
     var finishReason: String?
+    /// Bedrock's event-stream messages.
+    var frames = EventStreamDecoder()
     /// The provider ended its stream properly.
     public private(set) var done = false
 
@@ -200,6 +215,7 @@ public struct ProviderStreamAdapter: Sendable {
     /// Consumes provider bytes; returns OpenAI SSE bytes (possibly none).
     public mutating func feed(_ bytes: [UInt8]) throws(APIError) -> [UInt8] {
         if kind == .openai || kind == .azure || kind == .groq { return bytes }
+        if kind == .bedrock { return try feedBedrock(bytes) }
         buffer += bytes
         guard buffer.count <= StreamTranslator.maxLineBytes else {
             throw APIError.engineFailed("\(kind.rawValue) provider sent an event longer than \(StreamTranslator.maxLineBytes) bytes")
@@ -216,12 +232,13 @@ public struct ProviderStreamAdapter: Sendable {
     }
 
     /// Call when the provider's body ended: the closing events (Gemini has no end marker: its
-    /// stream is done when a candidate carried a finish reason).
+    /// stream is done when a candidate carried a finish reason; a Bedrock stream that passed
+    /// `messageStop` but not its `metadata` is done too, without usage).
     public mutating func finish() -> [UInt8] {
         var out: [UInt8] = []
         if !buffer.isEmpty, let data = Self.dataField(buffer[...]) { handle(data, out: &out) }
         buffer.removeAll()
-        if kind == .gemini && finishReason != nil && !done { close(&out) }
+        if (kind == .gemini || kind == .bedrock) && finishReason != nil && !done { close(&out) }
         return out
     }
 
@@ -235,15 +252,28 @@ public struct ProviderStreamAdapter: Sendable {
     mutating func handle(_ data: ArraySlice<UInt8>, out: inout [UInt8]) {
         guard !done, let event = try? JSONParser.parse(data) else { return }
         if let err = ProviderResponse.errorMessage(event) {
-            emit(["error": ["message": .string("\(kind.rawValue) provider: \(err)"), "type": "server_error"]], &out)
-            done = true
+            fail(err, &out)
             return
         }
         switch kind {
         case .anthropic: anthropic(event, &out)
         case .gemini: gemini(event, &out)
-        case .openai, .azure, .groq: break
+        case .openai, .azure, .groq, .bedrock: break
         }
+    }
+
+    /// Ends the stream with the provider's error, as an OpenAI error event.
+    mutating func fail(_ message: String, _ out: inout [UInt8]) {
+        emit(["error": ["message": .string("\(kind.rawValue) provider: \(message)"), "type": "server_error"]], &out)
+        done = true
+    }
+
+    /// Takes the token counts of an OpenAI `usage` object.
+    mutating func take(usage u: JSON) {
+        promptTokens = u["prompt_tokens"]?.intValue ?? 0
+        completionTokens = u["completion_tokens"]?.intValue ?? 0
+        cachedTokens = u["prompt_tokens_details"]?["cached_tokens"]?.intValue ?? 0
+        sawUsage = true
     }
 
     mutating func anthropic(_ e: JSON, _ out: inout [UInt8]) {
@@ -266,13 +296,7 @@ public struct ProviderStreamAdapter: Sendable {
     }
 
     mutating func gemini(_ e: JSON, _ out: inout [UInt8]) {
-        if let m = e["usageMetadata"] {
-            let u = ProviderResponse.geminiUsage(m)
-            promptTokens = u["prompt_tokens"]?.intValue ?? 0
-            completionTokens = u["completion_tokens"]?.intValue ?? 0
-            cachedTokens = u["prompt_tokens_details"]?["cached_tokens"]?.intValue ?? 0
-            sawUsage = true
-        }
+        if let m = e["usageMetadata"] { take(usage: ProviderResponse.geminiUsage(m)) }
         guard let cand = e["candidates"]?[0] else { return }
         let text = (cand["content"]?["parts"]?.arrayValue ?? []).compactMap { $0["text"]?.stringValue }.joined()
         if !text.isEmpty { content(text, &out) }
