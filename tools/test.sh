@@ -17,10 +17,12 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 log "system packages"
 # iproute2 ... curl: the multi-host test bed (tools/testbed.sh, Tests/testbed); openssl: the fake cloud's test CA (Tests/cloud);
-# prometheus: promtool, which checks the alert rules in Config/prometheus (no Prometheus server is started).
+# prometheus: promtool, which checks the alert rules in Config/prometheus (no Prometheus server is started);
+# dpkg-dev ... lintian: tools/package-deb.sh and its test (Tests/ops/test_package_deb.py).
 need=()
 for p in libzmq3-dev libavahi-client-dev libcurl4-openssl-dev libsqlite3-dev cmake systemd pkg-config \
-         iproute2 util-linux dbus avahi-daemon avahi-utils curl openssl prometheus; do
+         iproute2 util-linux dbus avahi-daemon avahi-utils curl openssl prometheus \
+         dpkg-dev help2man patchelf lintian; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # Daemons running in the machine's own network namespace (avahi must never run there because of us).
