@@ -18,11 +18,12 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 log "system packages"
 # iproute2 ... curl: the multi-host test bed (tools/testbed.sh, Tests/testbed); openssl: the fake cloud's test CA (Tests/cloud);
 # prometheus: promtool, which checks the alert rules in Config/prometheus (no Prometheus server is started);
-# dpkg-dev ... lintian: tools/package-deb.sh and its test (Tests/ops/test_package_deb.py).
+# dpkg-dev ... lintian: tools/package-deb.sh and its test (Tests/ops/test_package_deb.py);
+# chromium: the dashboard in a real headless browser (Tests/mesh/test_mesh_dashboard.py).
 need=()
 for p in libzmq3-dev libavahi-client-dev libcurl4-openssl-dev libsqlite3-dev cmake systemd pkg-config \
          iproute2 util-linux dbus avahi-daemon avahi-utils curl openssl prometheus \
-         dpkg-dev help2man patchelf lintian; do
+         dpkg-dev help2man patchelf lintian chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # Daemons running in the machine's own network namespace (avahi must never run there because of us).
@@ -83,6 +84,10 @@ if [ "$MODE" = all ] || [ "$MODE" = --py ]; then
   else
     echo "Open WebUI could not be installed: its tests will be skipped, saying so" >&2
   fi
+  # Screenshots the tests take (the dashboard) stay here for people to look at.
+  export MESHD_SCREENSHOT_DIR="${MESHD_SCREENSHOT_DIR:-$ROOT/.build/test-screenshots}"
+  mkdir -p "$MESHD_SCREENSHOT_DIR"
+  echo "screenshots: $MESHD_SCREENSHOT_DIR"
   log "pytest: ops, simulated engine, end to end, mesh, multi-host test bed (root only)"
   "$PY" -m pytest -q -p no:cacheprovider Tests/ops Tests/sim Tests/e2e Tests/mesh Tests/testbed
   [ $? -eq 0 ] || status=1

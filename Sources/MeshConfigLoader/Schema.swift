@@ -87,6 +87,7 @@ enum Schema {
 
         .hostPort(["http", "listen"], \.http.listen),
         .stringList(["http", "api_keys"], \.http.apiKeys, secret: true, check: Check.apiKey),
+        .stringList(["http", "admin_keys"], \.http.adminKeys, secret: true, check: Check.apiKey),
         .oneOf(["http", "auth"], \.http.auth),
         .int(["http", "max_body_bytes"], \.http.maxBodyBytes, min: 1024),
         .int(["http", "threads"], \.http.threads, min: 1, max: 64),

@@ -54,6 +54,8 @@ public struct HTTPConfig: Sendable, Hashable, Codable {
     public var listen: HostPort = HostPort(host: "127.0.0.1", port: 11435)
     /// Client API keys accepted as `Authorization: Bearer KEY`. Never logged.
     public var apiKeys: [String] = []
+    /// Keys that open the dashboard (`/ui`) to clients off loopback (`NAME:KEY` or `KEY`). Never logged.
+    public var adminKeys: [String] = []
     public var auth: HTTPAuthMode = .keys
     /// Largest request body accepted, in bytes (413 beyond).
     public var maxBodyBytes: Int = 8 * 1024 * 1024
@@ -292,14 +294,14 @@ public struct ConfigIssue: Sendable, Hashable, CustomStringConvertible {
 extension HTTPConfig: CustomStringConvertible, CustomReflectable {
     /// Printing a config never shows client API keys.
     public var description: String {
-        "HTTPConfig(listen: \(listen), apiKeys: \(apiKeys.count) redacted, auth: \(auth.rawValue), maxBodyBytes: \(maxBodyBytes), "
+        "HTTPConfig(listen: \(listen), apiKeys: \(apiKeys.count) redacted, adminKeys: \(adminKeys.count) redacted, auth: \(auth.rawValue), maxBodyBytes: \(maxBodyBytes), "
             + "threads: \(threads), shutdownGraceSeconds: \(shutdownGraceSeconds), headerTimeoutMs: \(headerTimeoutMs), "
             + "bodyTimeoutMs: \(bodyTimeoutMs), idleTimeoutMs: \(idleTimeoutMs), maxConnections: \(maxConnections))"
     }
 
     public var customMirror: Mirror {
         Mirror(self, children: [
-            "listen": listen, "apiKeys": "\(apiKeys.count) redacted", "auth": auth, "maxBodyBytes": maxBodyBytes,
+            "listen": listen, "apiKeys": "\(apiKeys.count) redacted", "adminKeys": "\(adminKeys.count) redacted", "auth": auth, "maxBodyBytes": maxBodyBytes,
             "threads": threads, "shutdownGraceSeconds": shutdownGraceSeconds, "headerTimeoutMs": headerTimeoutMs,
             "bodyTimeoutMs": bodyTimeoutMs, "idleTimeoutMs": idleTimeoutMs, "maxConnections": maxConnections,
         ])

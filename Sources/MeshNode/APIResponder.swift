@@ -26,6 +26,10 @@ public struct APIResponder: HTTPResponder {
     let extraMetrics: @Sendable () -> String
     /// `/api/pull` and `/api/delete` for the whole mesh (nil: answered 501 as not served).
     var modelOps: ModelOps?
+    /// The dashboard's data (`/ui/state`); nil: no dashboard.
+    var dashboard: Dashboard?
+    /// Keys that open the dashboard to clients off loopback (`http.admin_keys`).
+    var adminKeys: [[UInt8]] = []
 
     public init(nodeName: String, proxy: InferenceProxy, engines: any EngineDirectory, metrics: NodeMetrics, apiKeys: [String], clock: any WallClock,
                 connections: HTTPConnectionStats? = nil, extraMetrics: @escaping @Sendable () -> String = { "" }) {
@@ -41,6 +45,8 @@ public struct APIResponder: HTTPResponder {
 
     enum Route {
         case root, healthz, readyz, metrics
+        /// The dashboard page and its data.
+        case ui, uiState
         case inference(InferenceRoute)
         case openaiModels, openaiModel(String)
         case ollamaTags, ollamaPs, ollamaShow, ollamaVersion
@@ -56,6 +62,8 @@ public struct APIResponder: HTTPResponder {
         let get: [HTTPMethod] = [.GET, .HEAD]
         switch path {
         case "/", "": return get.contains(method) ? (.root, get) : (nil, get)
+        case "/ui", "/ui/": return get.contains(method) ? (.ui, get) : (nil, get)
+        case "/ui/state": return get.contains(method) ? (.uiState, get) : (nil, get)
         case "/healthz": return get.contains(method) ? (.healthz, get) : (nil, get)
         case "/readyz": return get.contains(method) ? (.readyz, get) : (nil, get)
         case "/metrics": return get.contains(method) ? (.metrics, get) : (nil, get)
@@ -102,6 +110,15 @@ public struct APIResponder: HTTPResponder {
         }
         switch route {
         case .healthz, .readyz, .root: break
+        case .ui, .uiState:
+            // Admin keys or loopback, never client keys.
+            let ip = request.remoteAddress?.ipAddress
+            if case .unauthorized(let why) = DashboardAccess.decide(remoteIP: ip, authorization: request.header("authorization"),
+                                                                     adminKeys: adminKeys) {
+                var h = HTTPHeaders()
+                h.add(name: "WWW-Authenticate", value: "Basic realm=\"meshd \(nodeName)\", charset=\"UTF-8\"")
+                return error(APIError(status: 401, message: why, type: "invalid_request_error", code: "admin_key_required"), .openai, headers: h)
+            }
         default:
             guard let key = authorizedKey(request) else {
                 var h = HTTPHeaders()
@@ -115,6 +132,19 @@ public struct APIResponder: HTTPResponder {
         }
         switch route {
         case .root: return .text(.ok, "meshd is running")
+        case .ui:
+            var h = HTTPHeaders()
+            h.add(name: "Cache-Control", value: "no-store")
+            // The page loads nothing from anywhere else, and runs only its own script.
+            h.add(name: "Content-Security-Policy",
+                  value: "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+            h.add(name: "X-Content-Type-Options", value: "nosniff")
+            return .bytes(.ok, DashboardPage.html, contentType: "text/html; charset=utf-8", headers: h)
+        case .uiState:
+            guard let dashboard else { return .json(.notFound, ["error": "no dashboard on this node"]) }
+            var h = HTTPHeaders()
+            h.add(name: "Cache-Control", value: "no-store")
+            return .json(.ok, await dashboard.snapshot(), headers: h)
         case .healthz: return .json(.ok, ["status": "ok", "node": .string(nodeName)])
         case .readyz:
             let healthy = proxy.routingView(localOnly: false).flatMap(\.engines).filter(\.healthy).map(\.id)
@@ -236,14 +266,7 @@ public struct APIResponder: HTTPResponder {
         return found
     }
 
-    /// Compares without an early exit, so timing does not reveal how much of a key matched.
-    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        var diff = UInt8(a.count == b.count ? 0 : 1)
-        for i in 0..<max(a.count, b.count) {
-            diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
-        }
-        return diff == 0
-    }
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool { DashboardAccess.constantTimeEqual(a, b) }
 
     /// Models of healthy engines on this node and its live peers, deduplicated by name (local
     /// first), with the engine.

@@ -64,6 +64,8 @@ public final class MeshdNode: Service, Sendable {
     let alerts: AlertCenter
     /// The usage and audit log, and the last requests.
     public let usage: UsageRecorder
+    /// The dashboard's data (`/ui`).
+    let dashboard: Dashboard
     /// This machine's llama.cpp build, read once at start (for splits).
     let llama: LlamaInfo
     /// Leases this node grants heads of splits, with their rpc-servers.
@@ -169,8 +171,6 @@ public final class MeshdNode: Service, Sendable {
         built.responseCache = responseCache
         let proxy = built
         pumpQueue = { proxy.pumpQueue() }
-        mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger,
-                                     usage: usageLog == nil ? nil : usageReporter))
         let connectionStats = HTTPConnectionStats()
         let copier: ModelCopier?
         if let mesh {
@@ -207,6 +207,22 @@ public final class MeshdNode: Service, Sendable {
                                              + CacheMetrics.render(cacheShadows, mesh: mesh) + QueueMetrics.render(meshQueue)
                                              + (responseCache?.metricsText() ?? "") })
         responder.modelOps = modelOps
+        var adminResponder = AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
+                                            mesh: mesh, draining: draining, httpListen: config.http.listen.description,
+                                            meshConfig: config.mesh, hardware: hardware,
+                                            discovery: discovery, mdnsEnabled: config.discovery.mdns,
+                                            gateway: gateway, llama: { [llama] in llama.value },
+                                            splitWorker: splitWorker, splitHead: splitHead,
+                                            managedLlama: engines.managedLlamaEngines)
+        adminResponder.modelOps = modelStore == nil ? nil : modelOps
+        adminResponder.alerts = alerts
+        adminResponder.usage = usageReporter
+        let dashboard = Dashboard(admin: adminResponder, usage: usage, mesh: mesh, clock: clock)
+        self.dashboard = dashboard
+        responder.dashboard = dashboard
+        responder.adminKeys = ClientKey.parse(config.http.adminKeys).map { Array($0.secret.utf8) }
+        mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger,
+                                     usage: usageLog == nil ? nil : usageReporter, dashboard: dashboard))
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
                                                                  maxBodyBytes: config.http.maxBodyBytes,
                                                                  headerTimeout: .milliseconds(config.http.headerTimeoutMs),
@@ -220,16 +236,6 @@ public final class MeshdNode: Service, Sendable {
         } else {
             var ac = HTTPServerConfiguration(host: "", port: 0, maxBodyBytes: 64 * 1024)
             ac.unixSocketPath = config.admin.socket
-            var adminResponder = AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
-                                                mesh: mesh, draining: draining, httpListen: config.http.listen.description,
-                                                meshConfig: config.mesh, hardware: hardware,
-                                                discovery: discovery, mdnsEnabled: config.discovery.mdns,
-                                                gateway: gateway, llama: { [llama] in llama.value },
-                                                splitWorker: splitWorker, splitHead: splitHead,
-                                                managedLlama: engines.managedLlamaEngines)
-            adminResponder.modelOps = modelStore == nil ? nil : modelOps
-            adminResponder.alerts = alerts
-            adminResponder.usage = usageReporter
             admin = HTTPServer(configuration: ac, group: group, responder: adminResponder, logger: logger)
         }
     }
@@ -360,6 +366,9 @@ public final class MeshdNode: Service, Sendable {
                 group.addTask { await meshQueue.run(pump: pumpQueue) }
                 // Expires split leases; stops their rpc-servers when the node stops.
                 group.addTask { await splitWorker.run() }
+                // Hop times for the dashboard, measured while someone watches it.
+                let dashboard = self.dashboard
+                group.addTask { await dashboard.runHopProbe() }
                 // The audit log's retention: records older than audit.retention_days go, every hour.
                 if let log = usage.log {
                     group.addTask {
@@ -478,6 +487,7 @@ struct MeshHandler: MeshRequestHandler {
     let splitWorker: SplitWorker
     let logger: Logger
     var usage: UsageReporter?
+    var dashboard: Dashboard?
 
     func handle(_ request: ForwardedRequest, responder: MeshResponder) async {
         switch request.path {
@@ -490,6 +500,13 @@ struct MeshHandler: MeshRequestHandler {
             draining.set(false)
             logger.notice("undrained at a peer's request", metadata: ["peer": "\(request.fromNode)"])
             responder.end()
+            return
+        case Dashboard.pingPath:
+            try? await responder.respond(status: 200, headers: [("Content-Type", "application/json")], body: Array("{}".utf8))
+            return
+        case Dashboard.peerPath:
+            let part = dashboard?.ownPart() ?? ["error": "no dashboard"]
+            try? await responder.respond(status: dashboard == nil ? 404 : 200, headers: [("Content-Type", "application/json")], body: part.serialized())
             return
         case UsageReporter.peerPath:
             let (status, body) = await usage?.answerPeer(request.body)

@@ -5,11 +5,12 @@ revived; a cut link separates a host and heals; h4 never joins nor gets work. Me
 printed as `[testbed]` lines (pytest -s)."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from meshd_e2e import E2EError
+from meshd_e2e import E2EError, render_config, wait_until
 from mesh_helpers import MeshBinaries, count_lines
 from testbed_helpers import Bed, BedMesh
 
@@ -52,3 +53,35 @@ def test_killed_host_leaves_and_revived_comes_back(mesh: BedMesh) -> None:
 def test_cut_link_heals(mesh: BedMesh) -> None:
     mesh.cut_and_heal("h2", "static peers")
     mesh.request_served_by_h3("h2")
+
+
+def test_dashboard_off_loopback_needs_an_admin_key(mesh: BedMesh, bed: Bed, tbins: MeshBinaries) -> None:
+    """A second meshd on h2 serving its API on h2's bed address (api_keys and admin_keys set): from h1,
+    the dashboard needs an admin key (HTTP Basic password or Bearer), never a client key."""
+    d = bed.dir("h2") / "dash"
+    d.mkdir(exist_ok=True)
+    url = f"http://{bed.ip('h2')}:11445"
+    cfg = {"node": {"name": "h2-dash"}, "state_dir": str(d / "state"), "admin": {"socket": str(d / "admin.sock")},
+           "http": {"listen": f"{bed.ip('h2')}:11445", "api_keys": ["ci:client-key-0001"], "admin_keys": ["ops:admin-key-0001"]},
+           "mesh": {"secret_file": str(d / "no-secret")}, "discovery": {"mdns": False}, "engines": []}
+    (d / "meshd.yaml").write_text(render_config(cfg))
+    bed.spawn("h2", "meshd-dash", str(tbins.meshd), "--config", str(d / "meshd.yaml"))
+    try:
+        def status(*args: str, path: str = "/ui") -> tuple[str, str]:
+            r = bed.exec("h1", "curl", "-sS", "-m", "5", "-o", "/dev/stdout", "-w", "\n%{http_code}", *args, url + path, check=False)
+            body, _, code = r.stdout.rpartition("\n")
+            return code, body
+        wait_until(lambda: status(path="/healthz")[0] == "200", 15, interval=0.2, what="the second meshd on h2")
+        code, body = status()
+        assert code == "401" and "admin key" in body, body
+        assert status("-H", "Authorization: Bearer client-key-0001")[0] == "401"
+        assert status("-u", "x:wrong-key")[0] == "401"
+        code, page = status("-u", "anyone:admin-key-0001")
+        assert code == "200" and "<title>meshd</title>" in page, page[:200]
+        code, state = status("-H", "Authorization: Bearer admin-key-0001", path="/ui/state")
+        assert code == "200" and json.loads(state)["node"] == "h2-dash", state[:300]
+        # The client key still works on the API, and the admin key does not.
+        assert status("-H", "Authorization: Bearer client-key-0001", path="/v1/models")[0] == "200"
+        assert status("-H", "Authorization: Bearer admin-key-0001", path="/v1/models")[0] == "401"
+    finally:
+        bed.sh("stop", "h2", "meshd-dash", check=False)
