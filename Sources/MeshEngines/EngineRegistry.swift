@@ -158,14 +158,10 @@ public final class EngineRegistry: Sendable {
         self.state = Mutex(s)
     }
 
-    /// One adapter per engine entry; duplicate ids get a `#2`, `#3`... suffix.
-    public static func makeAdapters(engines: [EngineConfig], transport: any EngineHTTPTransport, logger: Logger,
-                                    pollInterval: Duration = .seconds(1),
-                                    managedOptions: ManagedEngineOptions = .init()) -> [any EngineAdapter] {
-        let timeout = min(max(pollInterval * 3, .seconds(2)), .seconds(5))
+    /// The id of each engine entry, in order; duplicate ids get a `#2`, `#3`... suffix.
+    public static func ids(_ engines: [EngineConfig]) -> [String] {
         var seen: [String: Int] = [:]
-        var out: [any EngineAdapter] = []
-        for e in engines {
+        return engines.map { e in
             let base: String
             switch e.kind {
             case .llamaCpp: base = "llama.cpp:\(e.managedModelName ?? "llama.cpp")"
@@ -173,7 +169,17 @@ public final class EngineRegistry: Sendable {
             }
             let n = (seen[base] ?? 0) + 1
             seen[base] = n
-            let id = n == 1 ? base : "\(base)#\(n)"
+            return n == 1 ? base : "\(base)#\(n)"
+        }
+    }
+
+    /// One adapter per engine entry, with the ids of ``ids(_:)``.
+    public static func makeAdapters(engines: [EngineConfig], transport: any EngineHTTPTransport, logger: Logger,
+                                    pollInterval: Duration = .seconds(1),
+                                    managedOptions: ManagedEngineOptions = .init()) -> [any EngineAdapter] {
+        let timeout = min(max(pollInterval * 3, .seconds(2)), .seconds(5))
+        var out: [any EngineAdapter] = []
+        for (e, id) in zip(engines, ids(engines)) {
             switch e.kind {
             case .ollama:
                 out.append(OllamaAdapter(url: e.url ?? "", transport: transport, id: id, timeout: timeout))
@@ -434,12 +440,13 @@ public final class EngineRegistry: Sendable {
     /// Adds an engine while the node runs (a model put in the store): started and polled at once
     /// when the registry runs. False when its id is taken or the registry has shut down.
     @discardableResult
-    public func add(_ adapter: any EngineAdapter) async -> Bool {
+    public func add(_ adapter: any EngineAdapter, maxConcurrency: Int? = nil) async -> Bool {
         let running = state.withLock { s -> Bool? in
             guard !s.shutDown, s.engines[adapter.id] == nil else { return nil }
             s.adapters.append(adapter)
             s.engines[adapter.id] = EngineState(snapshot: EngineSnapshot(id: adapter.id, kind: adapter.kind, url: adapter.baseURL,
-                                                                         healthy: false, healthDetail: "not polled yet"))
+                                                                         healthy: false, healthDetail: "not polled yet"),
+                                                configuredLimit: maxConcurrency)
             return s.started
         }
         guard let running else { return false }
@@ -454,6 +461,27 @@ public final class EngineRegistry: Sendable {
         }
         if !kept { task.cancel() }
         return true
+    }
+
+    /// Takes a reloaded engine list (`engines:` was `old`, is `new`): entries no longer listed
+    /// are removed, new ones added, changed ones replaced (a managed llama-server restarts);
+    /// unchanged ones are left alone, with their measured speeds and open requests. Engines the
+    /// model store added are not entries and are never touched. Requests open on a removed
+    /// engine run to their end. Returns the ids added, removed and replaced.
+    public func reconfigure(from old: [EngineConfig], to new: [EngineConfig], transport: any EngineHTTPTransport,
+                            managedOptions: ManagedEngineOptions = .init()) async -> (added: [String], removed: [String], replaced: [String]) {
+        let oldByID = Dictionary(zip(Self.ids(old), old), uniquingKeysWith: { a, _ in a })
+        let newIDs = Self.ids(new)
+        let newByID = Dictionary(zip(newIDs, new), uniquingKeysWith: { a, _ in a })
+        let removed = Self.ids(old).filter { newByID[$0] == nil }
+        let added = newIDs.filter { oldByID[$0] == nil }
+        let replaced = newIDs.filter { id in oldByID[id].map { $0 != newByID[id] } ?? false }
+        for id in removed + replaced { await remove(id) }
+        let adapters = Self.makeAdapters(engines: new, transport: transport, logger: logger, pollInterval: pollInterval,
+                                         managedOptions: managedOptions)
+        let wanted = Set(added + replaced)
+        for a in adapters where wanted.contains(a.id) { await add(a, maxConcurrency: newByID[a.id]?.maxConcurrency) }
+        return (added, removed, replaced)
     }
 
     /// Removes an engine while the node runs (a stored model's file was deleted): stops its poll

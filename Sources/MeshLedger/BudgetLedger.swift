@@ -232,6 +232,12 @@ public final class BudgetLedger: Sendable {
         }
     }
 
+    /// Replaces the caps (a configuration reload): what was reserved and spent stays counted; a
+    /// cap already crossed refuses from now on, and its alert fires again only in a new period.
+    public func setCaps(_ caps: BudgetCaps) {
+        book.withLock { $0.caps = caps }
+    }
+
     /// Open reservations (requests in flight to the cloud).
     public var openReservations: Int { book.withLock { $0.open.count } }
 }

@@ -89,6 +89,8 @@ public final class MeshService: Sendable {
         var abortedHandshakes = 0
         var nextID: UInt64 = 0
         var redialAttempts: [String: Int] = [:]
+        /// The configured peers (`mesh.peers`, `host:port`): dialed at start, replaced by a reload.
+        var staticPeers: [String] = []
         /// Our own forwards to each peer's engines since its last state: (started, completed).
         /// Routing adds started − completed to the reported load, so a stale state does not
         /// herd requests onto a node that has just been given work (or keep one marked busy
@@ -167,7 +169,9 @@ public final class MeshService: Sendable {
         }
         loop = try MeshSocketLoop(configuration: sc, logger: logger)
         relayAdmission = Mutex(CurveKeyAdmission(meshKey: sc.meshPublicKey, allowedKeys: sc.allowedKeys, revokedKeys: sc.revokedKeys))
-        state = Mutex(State(peers: PeerTable(heartbeatMs: configuration.heartbeatMs, deadAfterMissed: configuration.deadAfterMissed)))
+        var st = State(peers: PeerTable(heartbeatMs: configuration.heartbeatMs, deadAfterMissed: configuration.deadAfterMissed))
+        st.staticPeers = configuration.staticPeers.map { Self.normalize($0.description) }
+        state = Mutex(st)
     }
 
     /// Sets who serves forwarded requests.
@@ -295,7 +299,7 @@ public final class MeshService: Sendable {
         let ep = Self.normalize(endpoint)
         let drop = state.withLock { s -> Bool in
             let live = s.peers.peers.contains { Self.normalize($0.state.meshEndpoint) == ep }
-            guard !live, s.dialed.contains(ep), !configuration.staticPeers.contains(where: { $0.description == ep }) else { return false }
+            guard !live, s.dialed.contains(ep), !s.staticPeers.contains(ep) else { return false }
             s.dialed.remove(ep)
             s.redialAttempts[ep] = nil
             return true
@@ -323,8 +327,9 @@ public final class MeshService: Sendable {
     public func run() async throws {
         try await bind()
         let bound = boundEndpoint
-        logger.info("mesh listening", metadata: ["endpoint": "\(bound)", "peers": "\(configuration.staticPeers.map(\.description))"])
-        for p in configuration.staticPeers { await dial(p.description) }
+        let peers = state.withLock { $0.staticPeers }
+        logger.info("mesh listening", metadata: ["endpoint": "\(bound)", "peers": "\(peers)"])
+        for p in peers { await dial(p) }
         await withTaskGroup(of: Void.self) { group in
             // On the socket thread: a message is handled (and a reply to it queued) where it arrived,
             // without waking another thread in between.

@@ -7,6 +7,33 @@ import Synchronization
 
 /// The node's client API: a small route table over the OpenAI and Ollama endpoints, health,
 /// readiness and metrics, with bearer-key checks when keys are configured.
+/// The client keys (`http.api_keys`) and admin keys (`http.admin_keys`) a node accepts now.
+public final class KeyRing: Sendable {
+    public struct Keys: Sendable {
+        /// Name and secret bytes.
+        var api: [(name: String, secret: [UInt8])]
+        var admin: [[UInt8]]
+    }
+
+    private let keys: Mutex<Keys>
+
+    public init(apiKeys: [String], adminKeys: [String]) {
+        keys = Mutex(Self.parse(apiKeys, adminKeys))
+    }
+
+    static func parse(_ api: [String], _ admin: [String]) -> Keys {
+        Keys(api: ClientKey.parse(api).map { ($0.name, Array($0.secret.utf8)) }, admin: ClientKey.parse(admin).map { Array($0.secret.utf8) })
+    }
+
+    var current: Keys { keys.withLock { $0 } }
+
+    /// Takes reloaded keys: the next request is checked against them.
+    public func set(apiKeys: [String], adminKeys: [String]) {
+        let k = Self.parse(apiKeys, adminKeys)
+        keys.withLock { $0 = k }
+    }
+}
+
 public struct APIResponder: HTTPResponder {
     public static let version = "0.1.0"
     /// The Ollama API version meshd serves at `/api/version`: the one whose endpoints and fields it
@@ -16,8 +43,8 @@ public struct APIResponder: HTTPResponder {
     let proxy: InferenceProxy
     let engines: any EngineDirectory
     let metrics: NodeMetrics
-    /// Client keys: name and secret bytes.
-    let apiKeys: [(name: String, secret: [UInt8])]
+    /// Client keys and admin keys (a reload replaces them).
+    let keys: KeyRing
     let clock: any WallClock
     let nodeName: String
     /// The client HTTP server's connection counters, once it exists.
@@ -28,8 +55,6 @@ public struct APIResponder: HTTPResponder {
     var modelOps: ModelOps?
     /// The dashboard's data (`/ui/state`); nil: no dashboard.
     var dashboard: Dashboard?
-    /// Keys that open the dashboard to clients off loopback (`http.admin_keys`).
-    var adminKeys: [[UInt8]] = []
 
     public init(nodeName: String, proxy: InferenceProxy, engines: any EngineDirectory, metrics: NodeMetrics, apiKeys: [String], clock: any WallClock,
                 connections: HTTPConnectionStats? = nil, extraMetrics: @escaping @Sendable () -> String = { "" }) {
@@ -38,7 +63,7 @@ public struct APIResponder: HTTPResponder {
         self.proxy = proxy
         self.engines = engines
         self.metrics = metrics
-        self.apiKeys = ClientKey.parse(apiKeys).map { ($0.name, Array($0.secret.utf8)) }
+        self.keys = KeyRing(apiKeys: apiKeys, adminKeys: [])
         self.clock = clock
         self.connections = connections
     }
@@ -114,7 +139,7 @@ public struct APIResponder: HTTPResponder {
             // Admin keys or loopback, never client keys.
             let ip = request.remoteAddress?.ipAddress
             if case .unauthorized(let why) = DashboardAccess.decide(remoteIP: ip, authorization: request.header("authorization"),
-                                                                     adminKeys: adminKeys) {
+                                                                     adminKeys: keys.current.admin) {
                 var h = HTTPHeaders()
                 h.add(name: "WWW-Authenticate", value: "Basic realm=\"meshd \(nodeName)\", charset=\"UTF-8\"")
                 return error(APIError(status: 401, message: why, type: "invalid_request_error", code: "admin_key_required"), .openai, headers: h)
@@ -256,6 +281,7 @@ public struct APIResponder: HTTPResponder {
 
     /// The name of the key the request presents ("" when no keys are configured), or nil.
     func authorizedKey(_ request: HTTPServerRequest) -> String? {
+        let apiKeys = keys.current.api
         if apiKeys.isEmpty { return "" }
         guard let auth = request.header("authorization") else { return nil }
         let parts = auth.split(separator: " ", maxSplits: 1)

@@ -1,6 +1,7 @@
 import Foundation
 import MeshCloud
 import MeshCore
+import Synchronization
 import MeshHTTPClient
 import MeshHTTPServer
 import MeshLedger
@@ -11,18 +12,31 @@ import NIOHTTP1
 /// What the proxy knows of the cloud: this node's `cloud:` section, and the gateway role if this
 /// node has providers.
 public struct CloudSetup: Sendable {
-    let config: CloudConfig
+    private let live: Live<CloudConfig>
+    /// The `cloud:` section now (a reload replaces it).
+    var config: CloudConfig { live.value }
     let gateway: Gateway?
 
     public init(config: CloudConfig) {
-        self.config = config
+        live = Live(config)
         gateway = nil
     }
 
     init(config: CloudConfig, gateway: Gateway?) {
-        self.config = config
+        live = Live(config)
         self.gateway = gateway
     }
+
+    /// Takes a reloaded `cloud:` section (escalation delay, local-only models and keys).
+    func set(_ config: CloudConfig) { live.set(config) }
+}
+
+/// A value a configuration reload replaces; readers take what it holds now.
+final class Live<T: Sendable>: Sendable {
+    private let v: Mutex<T>
+    init(_ value: T) { v = Mutex(value) }
+    var value: T { v.withLock { $0 } }
+    func set(_ value: T) { v.withLock { $0 = value } }
 }
 
 extension InferenceProxy {

@@ -11,18 +11,29 @@ import Synchronization
 /// ledger (`state_dir/ledger.sqlite`), and what it advertises to the mesh. (Sending requests to the
 /// providers is being wired up; see issue 5.)
 final class Gateway: Sendable {
-    let cloud: CloudConfig
-    let budget: BudgetConfig
-    let prices: PriceTable
+    /// What the configuration decides (providers with their keys, prices, caps): replaced whole
+    /// by ``reload(_:environment:)`` (SIGHUP); requests in flight keep what they read.
+    struct Rules: Sendable {
+        var cloud: CloudConfig
+        var budget: BudgetConfig
+        var prices: PriceTable
+        /// Provider endpoints with their keys, by name.
+        var settings: [String: ProviderSettings]
+        /// What ``advert()`` lists per provider.
+        var providerModels: [String: [String]]
+    }
+
+    private let rules: Mutex<Rules>
+    var cloud: CloudConfig { rules.withLock { $0.cloud } }
+    var budget: BudgetConfig { rules.withLock { $0.budget } }
+    var prices: PriceTable { rules.withLock { $0.prices } }
+    var settings: [String: ProviderSettings] { rules.withLock { $0.settings } }
+    var providerModels: [String: [String]] { rules.withLock { $0.providerModels } }
     let ledger: BudgetLedger
     let calendar: BudgetCalendar
     let clock: any WallClock
-    /// Provider endpoints with their keys (loaded once at start), by name.
-    let settings: [String: ProviderSettings]
     let client: CloudClient
     let logger: Logger
-    /// What ``advert()`` lists per provider (computed once: config and prices do not change).
-    let providerModels: [String: [String]]
     /// Budget alerts fired since start (also a metric).
     let alertCount = Mutex(0)
     /// Cloud spend settled since start, by provider (micro-USD): `meshd_cloud_spend_usd_total`,
@@ -33,10 +44,26 @@ final class Gateway: Sendable {
 
     init(config: MeshdConfig, http: CurlHTTPClient, clock: any WallClock, logger: Logger,
          environment: [String: String] = ProcessInfo.processInfo.environment) throws {
-        cloud = config.cloud
-        budget = config.budget
         self.clock = clock
         self.logger = logger
+        let r = try Self.rules(config, environment: environment)
+        rules = Mutex(r)
+        client = CloudClient(http: http, clock: clock, logger: logger)
+        calendar = Self.calendar(config.budget.timeZone)
+        let path = (config.stateDir as NSString).appendingPathComponent("ledger.sqlite")
+        ledger = try BudgetLedger(path: path, caps: config.budget.caps, calendar: calendar, clock: clock, node: config.nodeName)
+        for o in ledger.reconciledAtStart {
+            logger.warning("budget: a cloud request was in flight when meshd stopped; counted as spent at its reservation", metadata: [
+                "request": "\(o.request.id)", "provider": "\(o.request.provider)", "usd": "\(o.request.amount.usd)"])
+        }
+        logger.info("gateway: cloud providers configured", metadata: [
+            "providers": "\(config.cloud.providers.map(\.name))", "priced_models": "\(r.prices.models.count)", "ledger": "\(path)",
+            "daily_usd": "\(config.budget.dailyUSD.map { "\($0)" } ?? "no cap")", "monthly_usd": "\(config.budget.monthlyUSD.map { "\($0)" } ?? "no cap")"])
+    }
+
+    /// The rules `config` sets: every provider's secret read (a failure names the key it came
+    /// from) and the prices file loaded; throws ``ConfigLoadError`` as `--check-config` would show.
+    static func rules(_ config: MeshdConfig, environment: [String: String]) throws -> Rules {
         var settings: [String: ProviderSettings] = [:]
         var issues: [ConfigIssue] = []
         for (i, p) in config.cloud.providers.enumerated() {
@@ -60,20 +87,20 @@ final class Gateway: Sendable {
                                                 apiVersion: p.apiVersion)
         }
         if !issues.isEmpty { throw ConfigLoadError(issues: issues) }
-        self.settings = settings
-        client = CloudClient(http: http, clock: clock, logger: logger)
         let prices = try PricesLoader.load(path: config.cloud.pricesFile, overrides: config.cloud.prices)
-        self.prices = prices
-        providerModels = Self.servedModels(config.cloud, prices)
-        calendar = Self.calendar(config.budget.timeZone)
-        let path = (config.stateDir as NSString).appendingPathComponent("ledger.sqlite")
-        ledger = try BudgetLedger(path: path, caps: config.budget.caps, calendar: calendar, clock: clock, node: config.nodeName)
-        for o in ledger.reconciledAtStart {
-            logger.warning("budget: a cloud request was in flight when meshd stopped; counted as spent at its reservation", metadata: [
-                "request": "\(o.request.id)", "provider": "\(o.request.provider)", "usd": "\(o.request.amount.usd)"])
-        }
-        logger.info("gateway: cloud providers configured", metadata: [
-            "providers": "\(config.cloud.providers.map(\.name))", "priced_models": "\(prices.models.count)", "ledger": "\(path)",
+        return Rules(cloud: config.cloud, budget: config.budget, prices: prices, settings: settings,
+                     providerModels: servedModels(config.cloud, prices))
+    }
+
+    /// Takes `config`'s providers, prices and caps (SIGHUP). Nothing changes when a secret or the
+    /// prices file cannot be read (the error says which). Requests in flight finish as they began;
+    /// money already reserved or spent stays counted under the new caps.
+    func reload(_ config: MeshdConfig, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
+        let r = try Self.rules(config, environment: environment)
+        ledger.setCaps(config.budget.caps)
+        rules.withLock { $0 = r }
+        logger.info("gateway: configuration reloaded", metadata: [
+            "providers": "\(config.cloud.providers.map(\.name))", "priced_models": "\(r.prices.models.count)",
             "daily_usd": "\(config.budget.dailyUSD.map { "\($0)" } ?? "no cap")", "monthly_usd": "\(config.budget.monthlyUSD.map { "\($0)" } ?? "no cap")"])
     }
 
@@ -97,8 +124,8 @@ final class Gateway: Sendable {
     }
 
     /// What the mesh sees of this gateway.
-    /// Sent with every state (heartbeats and load changes): only health and budget are computed
-    /// here; the models each provider may be asked for are fixed at start (``providerModels``).
+    /// Sent with every state (heartbeats and load changes): the models each provider may be asked
+    /// for are computed when the rules are (``providerModels``).
     func advert() -> GatewayAdvert {
         let now = clock.nowNanos()
         let providers = cloud.providers.map { p in

@@ -47,7 +47,7 @@ public final class MeshdNode: Service, Sendable {
     let admin: HTTPServer?
     let group: any EventLoopGroup
     let ownsGroup: Bool
-    let notifier: SystemdNotifier
+    public let notifier: SystemdNotifier
     let clock: any WallClock
     /// The ZeroMQ mesh, when a mesh secret is configured.
     public let mesh: MeshService?
@@ -66,6 +66,12 @@ public final class MeshdNode: Service, Sendable {
     public let usage: UsageRecorder
     /// The dashboard's data (`/ui`).
     let dashboard: Dashboard
+    /// The client and admin keys the HTTP API checks (replaced by a reload).
+    let keys: KeyRing
+    /// The `cloud:` section the proxy escalates by (replaced by a reload).
+    let cloudSetup: CloudSetup
+    /// The configuration in force (the one at start, then each one reloaded).
+    let current: Mutex<MeshdConfig>
     /// This machine's llama.cpp build, read once at start (for splits).
     let llama: LlamaInfo
     /// Leases this node grants heads of splits, with their rpc-servers.
@@ -162,9 +168,12 @@ public final class MeshdNode: Service, Sendable {
         let usage = UsageRecorder(log: usageLog)
         self.usage = usage
         let usageReporter = UsageReporter(nodeName: config.nodeName, recorder: usage, mesh: mesh, clock: clock)
+        let cloudSetup = CloudSetup(config: config.cloud, gateway: gateway)
+        self.cloudSetup = cloudSetup
+        current = Mutex(config)
         var built = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
                                    timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
-                                   cloud: CloudSetup(config: config.cloud, gateway: gateway),
+                                   cloud: cloudSetup,
                                    routing: config.routing, cache: cacheShadows, queue: meshQueue)
         built.usage = usage
         let responseCache = config.responseCache.enabled ? ResponseCacheService(settings: config.responseCache, clock: clock) : nil
@@ -220,7 +229,8 @@ public final class MeshdNode: Service, Sendable {
         let dashboard = Dashboard(admin: adminResponder, usage: usage, mesh: mesh, clock: clock)
         self.dashboard = dashboard
         responder.dashboard = dashboard
-        responder.adminKeys = ClientKey.parse(config.http.adminKeys).map { Array($0.secret.utf8) }
+        responder.keys.set(apiKeys: config.http.apiKeys, adminKeys: config.http.adminKeys)
+        self.keys = responder.keys
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger,
                                      usage: usageLog == nil ? nil : usageReporter, dashboard: dashboard))
         http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,

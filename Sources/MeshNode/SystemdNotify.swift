@@ -46,6 +46,13 @@ public struct SystemdNotifier: Sendable {
     /// `STOPPING=1`: shutdown (draining) has begun.
     @discardableResult public func stopping() -> Bool { notify("STOPPING=1") }
 
+    /// Tells systemd a reload began (`ready()` tells it ended); `MONOTONIC_USEC` as systemd asks.
+    @discardableResult public func reloading() -> Bool {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return notify("RELOADING=1\nMONOTONIC_USEC=\(UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000)")
+    }
+
     /// `WATCHDOG=1`: keep-alive ping.
     @discardableResult public func watchdog() -> Bool { notify("WATCHDOG=1") }
 

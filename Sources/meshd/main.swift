@@ -7,6 +7,7 @@ import MeshNode
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -83,11 +84,50 @@ struct Meshd: AsyncParsableCommand {
             services: [.init(service: node)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
+        // `systemctl reload meshd` (SIGHUP): read the configuration again and take what can change
+        // while serving; a broken file is refused with --check-config's errors, and nothing changes.
+        let path = config
+        let reloads = Task {
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                await Self.reload(node, path: path, logger: logger)
+            }
+        }
+        defer { reloads.cancel() }
         do {
             try await group.run()
         } catch {
             logger.critical("stopped with an error", metadata: ["error": "\(error)"])
             throw ExitCode(1)
+        }
+    }
+}
+
+extension Meshd {
+    /// One reload: load and check the file as at start, then hand it to the node.
+    static func reload(_ node: MeshdNode, path: String?, logger: Logger) async {
+        node.notifier.reloading()
+        defer { node.notifier.ready() }
+        let loaded: LoadedConfig
+        do {
+            loaded = try ConfigLoader.load(path: path, environment: ProcessInfo.processInfo.environment,
+                                           hostName: ProcessInfo.processInfo.hostName)
+        } catch {
+            logger.error("reload refused: the configuration has errors; the running configuration stays",
+                         metadata: ["errors": "\(error.description)"])
+            return
+        }
+        for w in loaded.warnings { logger.warning("reload: \(w.description)") }
+        do {
+            let report = try await node.reload(loaded.config)
+            logger.notice("configuration reloaded", metadata: [
+                "config": "\(loaded.sourceFile ?? "built-in defaults")",
+                "applied": "\(report.applied.isEmpty ? "nothing changed" : report.applied.joined(separator: "; "))"])
+            if !report.needsRestart.isEmpty {
+                logger.warning("reload: changed, but only a restart applies it (the running values stay)",
+                               metadata: ["sections": "\(report.needsRestart.joined(separator: ", "))"])
+            }
+        } catch {
+            logger.error("reload refused; the running configuration stays", metadata: ["errors": "\(error)"])
         }
     }
 }

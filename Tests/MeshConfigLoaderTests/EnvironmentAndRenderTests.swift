@@ -207,6 +207,14 @@ import Testing
         #expect(try mustLoad(stripped).config == withoutKeys)
     }
 
+    @Test func adminKeysAreRedactedLikeClientKeys() throws {
+        let loaded = try mustLoad("http: { admin_keys: [\"ops:admin-secret-9\"] }", env: ["MESHD_HTTP_API_KEYS": "env-secret-1"])
+        #expect(loaded.config.http.adminKeys == ["ops:admin-secret-9"])
+        let text = ConfigLoader.render(loaded.config)
+        #expect(!text.contains("admin-secret-9") && text.contains("admin_keys: [\"***\"]"))
+        #expect(!"\(loaded.config.http)".contains("admin-secret-9"))
+    }
+
     @Test func apiKeysFromEnvironmentAreRedactedToo() throws {
         let loaded = try mustLoad("", env: ["MESHD_HTTP_API_KEYS": "env-secret-1"])
         #expect(loaded.config.http.apiKeys == ["env-secret-1"])
@@ -215,10 +223,10 @@ import Testing
 
     @Test func renderLooksLikeTheDocumentedLayout() {
         let text = ConfigLoader.render(defaults)
-        #expect(text.contains("http:\n  listen: \"127.0.0.1:11435\"\n  api_keys: []\n  auth: \"keys\"\n"))
+        #expect(text.contains("http:\n  listen: \"127.0.0.1:11435\"\n  api_keys: []\n  admin_keys: []\n  auth: \"keys\"\n"))
         #expect(text.contains("mesh:\n  listen: \"0.0.0.0:11436\"\n  peers: []\n"))
         #expect(text.contains("discovery:\n  mdns: true\n"))
-        #expect(text.contains("http:\n  listen: \"127.0.0.1:11435\"\n  api_keys: []\n  auth: \"keys\"\n  max_body_bytes: 8388608\n  threads: 1\n  shutdown_grace_seconds: 30\n"
+        #expect(text.contains("http:\n  listen: \"127.0.0.1:11435\"\n  api_keys: []\n  admin_keys: []\n  auth: \"keys\"\n  max_body_bytes: 8388608\n  threads: 1\n  shutdown_grace_seconds: 30\n"
                               + "  header_timeout_ms: 10000\n  body_timeout_ms: 10000\n  idle_timeout_ms: 75000\n  max_connections: 4096\n"))
     }
 }

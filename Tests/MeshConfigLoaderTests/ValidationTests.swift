@@ -236,7 +236,7 @@ import Testing
 
     @Test func unknownKeyWithoutCloseMatchListsKnownKeys() {
         expectSingleError("http: { frobnicate: 1 }", key: "http.frobnicate",
-                          reasonContains: "known keys in http: listen, api_keys, auth, max_body_bytes, threads, shutdown_grace_seconds, header_timeout_ms, "
+                          reasonContains: "known keys in http: listen, api_keys, admin_keys, auth, max_body_bytes, threads, shutdown_grace_seconds, header_timeout_ms, "
                           + "body_timeout_ms, idle_timeout_ms, max_connections")
     }
 

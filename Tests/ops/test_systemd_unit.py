@@ -81,6 +81,8 @@ def test_notify_and_restart_settings() -> None:
     assert values("WatchdogSec") and values("WatchdogSec")[-1] not in ("", "0", "infinity")
     assert values("Restart") == ["on-failure"]
     assert values("ExecStart") == ["/usr/local/bin/meshd --config /etc/meshd/meshd.yaml"]
+    # `systemctl reload meshd` sends meshd (the main process only) SIGHUP: it re-reads its file.
+    assert values("ExecReload") == ["/bin/kill -HUP $MAINPID"]
     for key in ("StateDirectory", "ConfigurationDirectory", "RuntimeDirectory"):
         assert values(key) == ["meshd"], key
 
