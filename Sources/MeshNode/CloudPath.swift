@@ -174,22 +174,38 @@ extension InferenceProxy {
         for c in candidates {
             guard let settings = gw.settings[c.provider], let price = gw.prices.price(provider: c.provider, model: c.model) else { continue }
             let rid = "\(id)-\(c.provider)"
+            // The prompt as the provider will bill it: the estimate grown by the overshoot its
+            // answers taught (issue 17); the first request to a model nothing is known of goes
+            // alone, and the others wait for its answer.
+            guard let (reservePrompt, isProbe) = await overshootAdmission(gw, c, estimated: est) else {
+                lastError = lastError ?? APIError(status: 503, message: "the first request to \(c.provider) (\(c.model)) is still running: its answer decides how much to reserve; retry shortly",
+                                                  type: "server_error", code: "cloud_probe_pending")
+                continue
+            }
+            let endProbe = { if isProbe { gw.overshoot.finishProbe(provider: c.provider, model: c.model) } }
+            let worstCase = gw.prices.worstCase(provider: c.provider, model: c.model, estimatedPromptTokens: reservePrompt,
+                                                maxTokens: req.options.maxTokens) ?? c.worstCase
             do {
-                switch try gw.ledger.reserve(BudgetRequest(id: rid, provider: c.provider, apiKey: keyName, amount: c.worstCase),
+                switch try gw.ledger.reserve(BudgetRequest(id: rid, provider: c.provider, apiKey: keyName, amount: worstCase),
                                              model: c.model, estimatedPromptTokens: est) {
                 case .failure(let d):
+                    endProbe()
                     denial = denial ?? d
                     continue
                 case .success(let alerts):
                     gw.alert(alerts)
                 }
             } catch {
+                endProbe()
                 // The ledger cannot record the reservation: spend nothing (fail closed).
                 gw.logger.error("budget ledger write failed; not sending to the cloud", metadata: ["error": "\(error)"])
                 lastError = .engineFailed("budget ledger unavailable")
                 break
             }
-            let release = { _ = try? gw.ledger.release(id: rid) }
+            let release = {
+                _ = try? gw.ledger.release(id: rid)
+                endProbe()
+            }
             guard gw.client.admit(settings) else {
                 release()
                 continue
@@ -209,6 +225,8 @@ extension InferenceProxy {
                                       includeUsage: req.includeUsage, id: id, startNanos: startNanos)
             let tag = Self.auditTag
             let settle: @Sendable (CloudUsage?, Int) -> TokenUsage = { usage, seenChunks in
+                if let billed = usage?.promptTokens { gw.overshoot.learn(provider: c.provider, model: c.model, estimated: est, billed: billed) }
+                if isProbe { gw.overshoot.finishProbe(provider: c.provider, model: c.model) }
                 let prompt = usage?.promptTokens ?? est
                 let completion = max(usage?.completionTokens ?? 0, seenChunks)
                 let cost = price.cost(promptTokens: prompt, cachedPromptTokens: usage?.cachedPromptTokens ?? 0, completionTokens: completion)
@@ -296,6 +314,21 @@ extension InferenceProxy {
                                              type: "insufficient_quota", code: "budget_exceeded"), started: started, headers: h)
         }
         return finishError(req, lastError ?? .noHealthyEngine("no cloud provider could serve '\(req.model)'"), started: started)
+    }
+
+    /// The prompt tokens to reserve for candidate `c` and whether this request is its probe; nil
+    /// when another request's probe is still running after `timeouts.first_byte_ms`.
+    func overshootAdmission(_ gw: Gateway, _ c: CloudCandidate, estimated: Int) async -> (Int, Bool)? {
+        let deadline = ContinuousClock.now + .milliseconds(timeouts.firstByteMs)
+        while true {
+            switch gw.overshoot.admission(provider: c.provider, model: c.model, estimated: estimated) {
+            case .reserve(let n): return (n, false)
+            case .probe: return (estimated, true)
+            case .wait:
+                guard ContinuousClock.now < deadline, !Task.isCancelled else { return nil }
+                await gw.overshoot.waitForProbe(provider: c.provider, model: c.model, timeout: deadline - ContinuousClock.now)
+            }
+        }
     }
 
     static func apiError(_ error: any Error, provider: String) -> APIError {

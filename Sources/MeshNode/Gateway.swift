@@ -41,6 +41,8 @@ final class Gateway: Sendable {
     let spentByProvider = Mutex<[String: Int64]>([:])
     /// Told of every budget alert (the node's alert center shows and counts it).
     let onAlert = Mutex<(@Sendable (Alert) -> Void)?>(nil)
+    /// How far each provider's model bills more prompt tokens than estimated (learned).
+    let overshoot = OvershootBook()
 
     init(config: MeshdConfig, http: CurlHTTPClient, clock: any WallClock, logger: Logger,
          environment: [String: String] = ProcessInfo.processInfo.environment) throws {
@@ -52,6 +54,8 @@ final class Gateway: Sendable {
         calendar = Self.calendar(config.budget.timeZone)
         let path = (config.stateDir as NSString).appendingPathComponent("ledger.sqlite")
         ledger = try BudgetLedger(path: path, caps: config.budget.caps, calendar: calendar, clock: clock, node: config.nodeName)
+        // What the ledger's settled requests teach about over-billing survives a restart.
+        if let rows = try? ledger.entries() { overshoot.learn(from: rows) }
         for o in ledger.reconciledAtStart {
             logger.warning("budget: a cloud request was in flight when meshd stopped; counted as spent at its reservation", metadata: [
                 "request": "\(o.request.id)", "provider": "\(o.request.provider)", "usd": "\(o.request.amount.usd)"])
@@ -160,6 +164,7 @@ final class Gateway: Sendable {
                 "providers": scoped { if case .provider(let p) = $0 { return p } else { return nil } },
                 "keys": scoped { if case .key(let k) = $0 { return k } else { return nil } },
                 "in_flight": .integer(ledger.openReservations),
+                "prompt_overshoot": overshoot.json(),
                 "provider_health": .array(client.health.snapshots(cloud.providers.map(\.name), nowNanos: clock.nowNanos()).map(\.json))]
     }
 }

@@ -22,7 +22,8 @@ with `retry-after: 3`, `fail-500` answers 500 (Bedrock: 429 ThrottlingException 
 ServiceUnavailableException without retry-after, 500 InternalServerException),
 `cut-stream` stops a stream mid-way without its end marker (Bedrock: in the middle of a message; a
 whole answer is cut short of its Content-Length), `stream-error` sends the dialect's error event
-(Bedrock: an exception message) mid-stream and ends it, `slow` waits --slow-delay seconds before each chunk.
+(Bedrock: an exception message) mid-stream and ends it, `slow` waits --slow-delay seconds before each chunk,
+`overbill` (OpenAI dialect) bills 1,000 prompt tokens more than the prompt has.
 
 GET /_stats returns request counts per path and model. Binds 127.0.0.1 only and prints
 `LISTENING 127.0.0.1:PORT` on stdout once it accepts connections (--port 0 picks a free port).
@@ -245,6 +246,9 @@ class Handler(BedrockMixin, BaseHTTPRequestHandler):
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         n = self.count_tokens(limit)
         prompt = sum(content_words(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict))
+        if "overbill" in model:
+            # As real providers bill image URLs, tool definitions or their own system prompt.
+            prompt += 1000
         usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
         finish = "length" if limit else "stop"
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": model}

@@ -79,8 +79,10 @@ class Chromium:
 
     def wait(self, expression: str, timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout
+        # (The page may still be loading: a missing element is a no, not an error.)
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return false; }} }})()"
         while True:
-            v = self.eval(expression)
+            v = self.eval(guarded)
             if v:
                 return v
             if time.monotonic() > deadline:
