@@ -118,6 +118,11 @@ public enum ConfigLoader {
                         "\(http.listen) is not a loopback address: refusing to serve off loopback without api keys; set http.api_keys or http.auth: none",
                         line: at.line)
         }
+        if (http.tls.certFile == nil) != (http.tls.keyFile == nil) {
+            let missing = http.tls.certFile == nil ? "http.tls.cert_file" : "http.tls.key_file"
+            let at = origin(http.tls.certFile == nil ? "http.tls.key_file" : "http.tls.cert_file")
+            state.error(at.source, at.key, "TLS needs both http.tls.cert_file and http.tls.key_file; set \(missing) too", line: at.line)
+        }
         if http.auth == .none && !http.apiKeys.isEmpty {
             let at = origin("http.api_keys")
             state.warning(at.source, at.key, "ignored because http.auth is none", line: at.line)

@@ -96,6 +96,8 @@ enum Schema {
         .int(["http", "body_timeout_ms"], \.http.bodyTimeoutMs, min: 100),
         .int(["http", "idle_timeout_ms"], \.http.idleTimeoutMs, min: 100),
         .int(["http", "max_connections"], \.http.maxConnections, min: 0),
+        .optionalString(["http", "tls", "cert_file"], \.http.tls.certFile, check: Check.path),
+        .optionalString(["http", "tls", "key_file"], \.http.tls.keyFile, check: Check.path),
 
         .string(["admin", "socket"], \.admin.socket, check: Check.path),
 

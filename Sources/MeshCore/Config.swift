@@ -71,6 +71,16 @@ public struct HTTPConfig: Sendable, Hashable, Codable {
     public var idleTimeoutMs: Int = 75_000
     /// Most HTTP connections open at once (more are refused with 503); 0: no cap.
     public var maxConnections: Int = 4096
+    /// Serve HTTPS (both set) instead of HTTP.
+    public var tls = TLSFiles()
+    public init() {}
+}
+
+/// `http.tls`: PEM files of the certificate chain and its private key (re-read on reload).
+public struct TLSFiles: Sendable, Hashable, Codable {
+    public var certFile: String? = nil
+    public var keyFile: String? = nil
+    public var enabled: Bool { certFile != nil && keyFile != nil }
     public init() {}
 }
 
@@ -296,7 +306,7 @@ extension HTTPConfig: CustomStringConvertible, CustomReflectable {
     public var description: String {
         "HTTPConfig(listen: \(listen), apiKeys: \(apiKeys.count) redacted, adminKeys: \(adminKeys.count) redacted, auth: \(auth.rawValue), maxBodyBytes: \(maxBodyBytes), "
             + "threads: \(threads), shutdownGraceSeconds: \(shutdownGraceSeconds), headerTimeoutMs: \(headerTimeoutMs), "
-            + "bodyTimeoutMs: \(bodyTimeoutMs), idleTimeoutMs: \(idleTimeoutMs), maxConnections: \(maxConnections))"
+            + "bodyTimeoutMs: \(bodyTimeoutMs), idleTimeoutMs: \(idleTimeoutMs), maxConnections: \(maxConnections), tls: \(tls.enabled))"
     }
 
     public var customMirror: Mirror {

@@ -121,6 +121,9 @@ public struct HTTPServerConfiguration: Sendable {
     public var idleTimeout: Duration
     /// Most connections served at once; connections over it get a 503 and are closed. 0: no cap.
     public var maxConnections: Int
+    /// Serve HTTPS with this identity (nil: plain HTTP). The head timeout runs from the accept,
+    /// so a client that stalls in the handshake is cut off like one that stalls in its head.
+    public var tls: HTTPServerTLS?
 
     public init(host: String, port: Int, maxBodyBytes: Int = 8 << 20, extraHeaders: [(String, String)] = [],
                 headerTimeout: Duration = .seconds(10), bodyTimeout: Duration = .seconds(10),
@@ -256,6 +259,7 @@ public final class HTTPServer: Sendable {
             refusedCount.wrappingAdd(1, ordering: .relaxed)
             // Refused rather than accepted and starved: a 503 the client can read, then close.
             do {
+                if let tls = configuration.tls { try channel.pipeline.syncOperations.addHandler(tls.handler()) }
                 try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler(response: Self.tooManyConnections(cap: cap)))
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {
@@ -264,7 +268,8 @@ public final class HTTPServer: Sendable {
         }
         channel.closeFuture.whenComplete { _ in self.connectionClosed(key) }
         do {
-            // Sees raw bytes before the HTTP decoder: the first byte of a request ends the idle phase.
+            if let tls = configuration.tls { try channel.pipeline.syncOperations.addHandler(tls.handler()) }
+            // Sees (decrypted) bytes before the HTTP decoder: the first byte of a request ends the idle phase.
             try channel.pipeline.syncOperations.addHandler(RequestBytesWatcher(connection: handler))
             // Pipelined requests are queued by the connection handler itself (NIO's pipelining helper stops and
             // restarts reading around every request: two epoll_ctl calls per request, ~15 µs here).

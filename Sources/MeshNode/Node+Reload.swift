@@ -1,6 +1,8 @@
 import Foundation
 import MeshCore
+import MeshConfigLoader
 import MeshEngines
+import MeshHTTPServer
 
 extension MeshdNode {
     /// What a configuration reload did: what changed now, and what changed but waits for a restart.
@@ -21,7 +23,16 @@ extension MeshdNode {
         var report = ReloadReport()
         var now = old  // what runs once this reload is done
 
-        // The gateway first: an unreadable secret or prices file refuses the whole reload.
+        // TLS files and the gateway first: an unreadable certificate, secret or prices file
+        // refuses the whole reload.
+        var tlsReady: HTTPServerTLS.Prepared?
+        if tls != nil, let cert = new.http.tls.certFile, let key = new.http.tls.keyFile {
+            do {
+                tlsReady = try HTTPServerTLS.prepare(certFile: cert, keyFile: key)
+            } catch let e as HTTPServerTLSError {
+                throw ConfigLoadError(issues: [ConfigIssue(source: e.file, key: e.key, reason: e.reason)])
+            }
+        }
         let wasGateway = gateway != nil, isGateway = !new.cloud.providers.isEmpty
         if let gateway, isGateway, new.cloud != old.cloud || new.budget != old.budget {
             var next = new
@@ -41,6 +52,15 @@ extension MeshdNode {
                 cloudSetup.set(new.cloud)
                 if !wasGateway { report.applied.append("cloud (escalation, local-only models and keys)") }
             }
+        }
+
+        if let tlsReady, let tls {
+            // Re-read on every reload: a renewed certificate usually replaces the same files.
+            tls.apply(tlsReady)
+            now.http.tls = new.http.tls
+            report.applied.append("http.tls (certificate and key read again; open connections keep theirs)")
+        } else if new.http.tls.enabled != old.http.tls.enabled {
+            report.needsRestart.append(new.http.tls.enabled ? "http.tls (turning HTTPS on)" : "http.tls (turning HTTPS off)")
         }
 
         if new.http.apiKeys != old.http.apiKeys || new.http.adminKeys != old.http.adminKeys {
@@ -70,6 +90,7 @@ extension MeshdNode {
         var rest = new
         rest.http.apiKeys = now.http.apiKeys
         rest.http.adminKeys = now.http.adminKeys
+        rest.http.tls = now.http.tls
         rest.cloud = now.cloud
         rest.budget = now.budget
         rest.mesh.peers = now.mesh.peers

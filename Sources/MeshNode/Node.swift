@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MeshCore
+import MeshConfigLoader
 import MeshEngines
 import MeshHardware
 import MeshLedger
@@ -72,6 +73,8 @@ public final class MeshdNode: Service, Sendable {
     let cloudSetup: CloudSetup
     /// The configuration in force (the one at start, then each one reloaded).
     let current: Mutex<MeshdConfig>
+    /// The HTTPS identity (`http.tls`), re-read by a reload.
+    let tls: HTTPServerTLS?
     /// This machine's llama.cpp build, read once at start (for splits).
     let llama: LlamaInfo
     /// Leases this node grants heads of splits, with their rpc-servers.
@@ -233,13 +236,22 @@ public final class MeshdNode: Service, Sendable {
         self.keys = responder.keys
         mesh?.setHandler(MeshHandler(proxy: proxy, draining: draining, splitWorker: splitWorker, logger: logger,
                                      usage: usageLog == nil ? nil : usageReporter, dashboard: dashboard))
-        http = HTTPServer(configuration: HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
-                                                                 maxBodyBytes: config.http.maxBodyBytes,
-                                                                 headerTimeout: .milliseconds(config.http.headerTimeoutMs),
-                                                                 bodyTimeout: .milliseconds(config.http.bodyTimeoutMs),
-                                                                 idleTimeout: .milliseconds(config.http.idleTimeoutMs),
-                                                                 maxConnections: config.http.maxConnections),
-                          group: group, responder: responder, logger: logger)
+        var hc = HTTPServerConfiguration(host: config.http.listen.host, port: config.http.listen.port,
+                                         maxBodyBytes: config.http.maxBodyBytes,
+                                         headerTimeout: .milliseconds(config.http.headerTimeoutMs),
+                                         bodyTimeout: .milliseconds(config.http.bodyTimeoutMs),
+                                         idleTimeout: .milliseconds(config.http.idleTimeoutMs),
+                                         maxConnections: config.http.maxConnections)
+        if let cert = config.http.tls.certFile, let key = config.http.tls.keyFile {
+            do {
+                hc.tls = try HTTPServerTLS(certFile: cert, keyFile: key)
+            } catch let e as HTTPServerTLSError {
+                // The files are configuration too: same message shape and exit status.
+                throw ConfigLoadError(issues: [ConfigIssue(source: e.file, key: e.key, reason: e.reason)])
+            }
+        }
+        tls = hc.tls
+        http = HTTPServer(configuration: hc, group: group, responder: responder, logger: logger)
         connectionStats.server = http
         if config.admin.socket.isEmpty {
             admin = nil
