@@ -175,7 +175,7 @@ public struct MeshConfig: Sendable, Hashable, Codable {
     public var nodeKeyFile: String = "/var/lib/meshd/node.key"
     /// Public keys of the nodes admitted when `trust` is `keys` (one hex key a line, then an
     /// optional name), kept by `meshctl trust`.
-    public var trustedKeysFile: String = "/etc/meshd/trusted-keys"
+    public var trustedKeysFile: String = "/var/lib/meshd/trusted-keys"
     public init() {}
 }
 

@@ -334,6 +334,12 @@ struct ProxyRig {
     @Test func openRequestsFollowTheEngineSlotsAndTheRestWaitInMeshd() async throws {
         let engine = try await FakeEngine(mode: .held, slots: 2)
         let rig = try await ProxyRig([engine.url])
+        // Its slots come from a poll; under the parallel suite on 2 cores the first one can time out
+        // (a CI run saw it), and the next one tells them.
+        let polled = ContinuousClock.now + .seconds(20)
+        while rig.registry.snapshot(engine.id)?.load.limit != 2 && ContinuousClock.now < polled {
+            try await Task.sleep(for: .milliseconds(20))
+        }
         #expect(rig.registry.snapshot(engine.id)?.load.limit == 2)
         var results: [Int] = []
         try await withThrowingTaskGroup(of: Int.self) { g in

@@ -105,7 +105,7 @@ class MeshNode:
             "dead_after_missed": dead_after_missed,
             # A path that does not exist runs the node standalone.
             "secret_file": str(secret) if secret else str(self.dir / "no-such.secret"),
-            # Not the default /etc/meshd/trusted-keys: `meshctl trust add` writes this file.
+            # Not the default /var/lib/meshd/trusted-keys: `meshctl trust add` writes this file.
             "trusted_keys_file": str(self.dir / "trusted-keys"),
         }
         self.config: dict[str, Any] = {

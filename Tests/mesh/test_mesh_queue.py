@@ -16,9 +16,10 @@ MODEL = "sim-small"
 
 
 def mesh(pool: ProcessPool, bins: MeshBinaries, secret: Path, max_queue: int) -> tuple[MeshNode, MeshNode, MeshNode]:
-    # One slot each, 20 tokens at 20 tokens/s: a request holds its engine ~1 s, far longer than a
-    # burst takes to send even on a loaded machine.
-    sims = [start_sim(pool, bins, "--models", MODEL, "--slots", 1, "--gen-tps", 20) for _ in range(2)]
+    # One slot each, 20 tokens at 10 tokens/s: a request holds its engine ~2 s, far longer than a
+    # burst takes to send even on a loaded machine (at 1 s, one CI run saw a seventh request served:
+    # a burst of 10 fresh clients took longer there).
+    sims = [start_sim(pool, bins, "--models", MODEL, "--slots", 1, "--gen-tps", 10) for _ in range(2)]
     b = MeshNode(pool, bins, "B", secret=secret, engines=[sim_entry(sims[0])])
     c = MeshNode(pool, bins, "C", secret=secret, engines=[sim_entry(sims[1])], peers=[b])
     a = MeshNode(pool, bins, "A", secret=secret, peers=[b, c],
