@@ -107,21 +107,8 @@ final class Dashboard: Sendable {
 
     /// A peer's answer on `path`, or nil within ``peerTimeout``.
     static func ask(_ mesh: MeshService, _ peer: String, path: String) async -> JSON? {
-        await withTaskGroup(of: JSON??.self) { group in
-            group.addTask {
-                guard let r = try? await mesh.forward(to: peer, path: path, headers: [], body: []), r.status == 200 else { return .some(nil) }
-                var bytes: [UInt8] = []
-                do { for try await chunk in r.body { bytes += chunk } } catch { return .some(nil) }
-                return .some(try? JSONParser.parse(bytes))
-            }
-            group.addTask {
-                try? await Task.sleep(for: peerTimeout)
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first ?? nil
-        }
+        guard case .success(let (status, json)) = await PeerQuery.ask(mesh, peer, path: path, timeout: peerTimeout), status == 200 else { return nil }
+        return json
     }
 
     /// While watched, measures the round trip of a mesh request to every peer every 2 s.

@@ -106,6 +106,10 @@ public struct InferenceProxy: Sendable {
             }
             return errorResponse(error, dialect: route.dialect)
         }
+        // Without a usage log or a response cache there is nothing to tag.
+        if usage == nil && responseCache == nil {
+            return await serve(req, request: request, localOnly: localOnly, started: started, startNanos: startNanos)
+        }
         let tag = auditTag(route: route, request: request, bodyUser: req.body["user"]?.stringValue, localOnly: localOnly,
                            startNanos: startNanos, started: started)
         return await Self.$auditTag.withValue(tag) {

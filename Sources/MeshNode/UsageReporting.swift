@@ -88,28 +88,12 @@ struct UsageReporter: Sendable {
 
     /// One peer's groups, or why not (within ``peerTimeout``).
     static func ask(_ mesh: MeshService, _ peer: String, _ body: [UInt8]) async -> Result<[UsageGroup], UsageError> {
-        await withTaskGroup(of: Result<[UsageGroup], UsageError>?.self) { group in
-            group.addTask {
-                do {
-                    let r = try await mesh.forward(to: peer, path: peerPath, headers: [("Content-Type", "application/json")], body: body)
-                    var bytes: [UInt8] = []
-                    for try await chunk in r.body { bytes += chunk }
-                    let json = try JSONParser.parse(bytes)
-                    guard r.status == 200, let g = json["groups"] else {
-                        return .failure(UsageError(json["error"]?.stringValue ?? "status \(r.status)"))
-                    }
-                    return .success(try JSONValueCoding.decode([UsageGroup].self, from: g))
-                } catch {
-                    return .failure(UsageError("\(error)"))
-                }
-            }
-            group.addTask {
-                try? await Task.sleep(for: peerTimeout)
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first ?? .failure(UsageError("no answer within \(peerTimeout)"))
+        switch await PeerQuery.ask(mesh, peer, path: peerPath, body: body, timeout: peerTimeout) {
+        case .failure(let e):
+            return .failure(e)
+        case .success(let (status, json)):
+            guard status == 200, let g = json["groups"] else { return .failure(UsageError(json["error"]?.stringValue ?? "status \(status)")) }
+            do { return .success(try JSONValueCoding.decode([UsageGroup].self, from: g)) } catch { return .failure(UsageError("\(error)")) }
         }
     }
 }
