@@ -141,6 +141,14 @@ public enum ConfigLoader {
             let at = origin("budget.per_key")
             state.warning(at.source, "\(at.key).\(k)", "no api key is named '\(k)' (http.api_keys entries are NAME:KEY, or key1, key2... by position)", line: at.line)
         }
+        for k in state.config.limits.perKey.keys.sorted() where !names.contains(k) {
+            let at = origin("limits.per_key")
+            state.warning(at.source, "\(at.key).\(k)", "no api key is named '\(k)' (http.api_keys entries are NAME:KEY, or key1, key2... by position)", line: at.line)
+        }
+        if state.config.limits.enabled && (names.isEmpty || http.auth == .none) {
+            let at = origin("limits.default")
+            state.warning(at.source, at.key, "with no client keys every client counts as one anonymous key: limits.default applies to all of them together", line: at.line)
+        }
         for p in state.config.budget.perProvider.keys.sorted() where !cloud.providers.contains(where: { $0.name == p }) {
             let at = origin("budget.per_provider")
             state.warning(at.source, "\(at.key).\(p)", "no cloud provider is named '\(p)'", line: at.line)

@@ -167,12 +167,16 @@ enum Schema {
         .int(["cache", "max_bytes"], \.responseCache.maxBytes, min: 0),
         .int(["cache", "ttl_seconds"], \.responseCache.ttlSeconds, min: 1, max: 31_536_000),
         .int(["cache", "max_entry_bytes"], \.responseCache.maxEntryBytes, min: 1),
+        .optionalInt(["limits", "default", "rpm"], \.limits.defaultLimits.rpm, min: 1),
+        .optionalInt(["limits", "default", "tpm"], \.limits.defaultLimits.tpm, min: 1),
+        .optionalInt(["limits", "default", "concurrency"], \.limits.defaultLimits.concurrency, min: 1),
+        .stringList(["limits", "default", "models"], \.limits.defaultLimits.models, secret: false, check: Check.name),
     ]
 
     /// Sections holding records (file only).
     static let structured: [StructuredKey] = [CloudSchema.providers, CloudSchema.prices, CloudSchema.aliases,
                                               CloudSchema.caps(["budget", "per_provider"], \.budget.perProvider),
-                                              CloudSchema.caps(["budget", "per_key"], \.budget.perKey)]
+                                              CloudSchema.caps(["budget", "per_key"], \.budget.perKey), LimitsSchema.perKey]
 
     static func structured(at path: [String]) -> StructuredKey? { structured.first { $0.path == path } }
 

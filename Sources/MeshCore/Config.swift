@@ -261,6 +261,8 @@ public struct MeshdConfig: Sendable, Hashable, Codable {
     public var responseCache = ResponseCacheSettings()
     public var cloud = CloudConfig()
     public var budget = BudgetConfig()
+    /// Per client key: requests and tokens per minute, concurrency and models, mesh-wide.
+    public var limits = LimitsConfig()
 
     public init(nodeName: String) {
         self.nodeName = nodeName

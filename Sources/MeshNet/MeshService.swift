@@ -49,6 +49,7 @@ public final class MeshService: Sendable {
     /// Byte tunnels to and from peers (MeshTunnels.swift).
     let tunnelTable = MeshTunnelTable()
     let cacheSharing = MeshCacheSharing()
+    let keyUsage = MeshKeyUsageSharing()
     /// The ZAP policy mirrored for secure relays (MeshRelayKeys.swift).
     let relayAdmission: Mutex<CurveKeyAdmission>
 
@@ -432,6 +433,7 @@ public final class MeshService: Sendable {
         s.meshEndpoint = advertisedEndpoint
         s.instance = instance
         s.acceptsLoad = true
+        if keyUsage.hooks.withLock({ $0 }) != nil { s.acceptsKeyUsage = true }
         s.knownPeers = state.withLock { st in st.peers.peers.map(\.state.meshEndpoint) }
         guard let header = Self.encodeState(s) else { return }
         for l in links { send(WireMessage(type: .state, header: header), to: l) }
@@ -473,6 +475,7 @@ public final class MeshService: Sendable {
                 sinceBeat = .zero
                 let links = state.withLock { s in s.dialed.map { MeshLink.outbound(MeshPeerID($0)) } }
                 sendState(to: links)
+                broadcastKeyUsage(keys: nil)
             }
             expirePeers()
             try? await Task.sleep(for: tick)
@@ -497,6 +500,7 @@ public final class MeshService: Sendable {
     func peerLost(_ id: String, reason: String) {
         let now = clock.nowNanos()
         cacheSharing.hooks.withLock { $0 }?.forget(id)
+        keyUsage.hooks.withLock { $0 }?.peerLost(id)
         let (pending, served) = state.withLock { s -> ([(String, Pending)], [Served]) in
             if let e = s.peers.entries[id] { s.recentlyDown[id] = (e.state, now) }
             s.peers.remove(id)
@@ -657,6 +661,8 @@ public final class MeshService: Sendable {
             handleTunnelMessage(msg, m)
         case .cacheDelta, .cacheSnapshotRequest:
             handleCacheMessage(msg, m)
+        case .keyUsage:
+            handleKeyUsageMessage(msg, m)
         }
     }
 

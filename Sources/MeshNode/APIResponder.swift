@@ -201,6 +201,7 @@ public struct APIResponder: HTTPResponder {
                 """.utf8)
             }
             if let gw = proxy.cloud.gateway { body += Array(gw.metricsText().utf8) }
+            if let limiter = proxy.limiter, limiter.limits.enabled { body += Array(limiter.metricsText().utf8) }
             if let server = connections?.server {
                 body += Array("""
                 # HELP meshd_http_connections Client HTTP connections open now.

@@ -103,6 +103,7 @@ struct AdminResponder: HTTPResponder {
                 "discovery": discovery?.statusJSON() ?? ["enabled": .bool(false)],
                 "hardware": Self.hardwareJSON(hardware.latest),
                 "alerts": alerts?.json() ?? .array([]),
+                "limits": proxy.limiter?.json() ?? .array([]),
             ])
         case "/v1/budget":
             guard let gateway else {
@@ -384,7 +385,10 @@ struct AdminResponder: HTTPResponder {
         guard scope == "mesh" || scope == "node" else {
             return .json(.badRequest, ["error": .string("scope: '\(scope.prefix(40))' is not mesh or node"), "field": "scope"])
         }
-        return .json(.ok, await usage.report(by: by, sinceMs: sinceMs, meshWide: scope == "mesh"))
+        var out = await usage.report(by: by, sinceMs: sinceMs, meshWide: scope == "mesh")
+        // The keys' limits and their use over the last minute, as this node sees the mesh.
+        if let limiter = proxy.limiter { out = out.setting("limits", limiter.json()) }
+        return .json(.ok, out)
     }
 
     static func queryValue(_ query: String?, _ key: String) -> String? {

@@ -50,6 +50,8 @@ extension InferenceProxy {
     ///   - firstTokenNanos: when the first token went out (node clock), if known.
     func record(_ tag: AuditTag?, model: String, status: Int, engine: String = "", provider: String = "", route: String = "",
                 usage: TokenUsage? = nil, firstTokenNanos: UInt64? = nil, costMicros: Int64 = 0, cacheHit: Bool = false) {
+        // The key's tokens count against its limits where the answer was made (a cached one used no engine).
+        if let limiter, let tag, let usage, !cacheHit { limiter.settle(key: tag.key, tokens: usage.promptTokens + usage.completionTokens) }
         guard let recorder = self.usage, let tag else { return }
         var ttft: Double?
         if let f = firstTokenNanos, f >= tag.startNanos { ttft = Double(f - tag.startNanos) / 1e6 }

@@ -67,6 +67,8 @@ public struct InferenceProxy: Sendable {
     public var usage: UsageRecorder?
     /// The response cache (`cache.enabled`; nil: off).
     public var responseCache: ResponseCacheService?
+    /// Per-key limits (`limits`; nil: none configured).
+    public var limiter: KeyLimiter?
 
     public init(nodeName: String, engines: any EngineDirectory, client: CurlHTTPClient, metrics: NodeMetrics,
                 clock: any WallClock, timeouts: TimeoutConfig, logger: Logger, mesh: MeshService? = nil,
@@ -106,19 +108,44 @@ public struct InferenceProxy: Sendable {
             }
             return errorResponse(error, dialect: route.dialect)
         }
-        // Without a usage log or a response cache there is nothing to tag.
-        if usage == nil && responseCache == nil {
+        // Without a usage log, a response cache or limits there is nothing to tag.
+        if usage == nil && responseCache == nil && limiter == nil {
             return await serve(req, request: request, localOnly: localOnly, started: started, startNanos: startNanos)
         }
         let tag = auditTag(route: route, request: request, bodyUser: req.body["user"]?.stringValue, localOnly: localOnly,
                            startNanos: startNanos, started: started)
-        return await Self.$auditTag.withValue(tag) {
-            // The response cache answers this node's own clients (a peer's request was looked up there).
-            let key = localOnly ? nil : responseCacheKey(req)
-            if let key, let hit = cachedResponse(req, key: key) { return hit }
-            let response = await serve(req, request: request, localOnly: localOnly, started: started, startNanos: startNanos)
-            return key.map { capturing(response, req, key: $0) } ?? response
+        // The key's limits, judged by the node the client asked (a peer serves what it admitted).
+        if !localOnly, let limiter {
+            let est = req.estimatedPromptTokens
+            switch limiter.admit(key: tag.key, model: req.model, estimatedTokens: est) {
+            case nil:
+                break
+            case .refused(let r)?:
+                let e = r.error
+                metrics.end(api: api, route: route.rawValue, model: req.model, status: e.status, duration: ContinuousClock.now - started)
+                record(tag, model: req.model, status: e.status, route: "limit: \(r.kind.rawValue)")
+                var h = HTTPHeaders()
+                for (n, v) in r.headers { h.add(name: n, value: v) }
+                return errorResponse(e, dialect: route.dialect, headers: h)
+            case .admitted(let status)?:
+                let lease = LimitLease(limiter: limiter, key: tag.key, estimatedTokens: est)
+                let response = await Self.$auditTag.withValue(tag) { await answer(req, request: request, tag: tag, started: started, startNanos: startNanos) }
+                return lease.holding(response, status: status)
+            }
         }
+        return await Self.$auditTag.withValue(tag) {
+            await answer(req, request: request, tag: tag, started: started, startNanos: startNanos, localOnly: localOnly)
+        }
+    }
+
+    /// A tagged request: from the response cache, or served (and kept there when it may be).
+    private func answer(_ req: InferenceRequest, request: HTTPServerRequest, tag: AuditTag, started: ContinuousClock.Instant,
+                        startNanos: UInt64, localOnly: Bool = false) async -> HTTPServerResponse {
+        // The response cache answers this node's own clients (a peer's request was looked up there).
+        let key = localOnly ? nil : responseCacheKey(req)
+        if let key, let hit = cachedResponse(req, key: key) { return hit }
+        let response = await serve(req, request: request, localOnly: localOnly, started: started, startNanos: startNanos)
+        return key.map { capturing(response, req, key: $0) } ?? response
     }
 
     /// Routes a parsed request: cloud or mesh, this node's engines or a peer, retrying elsewhere

@@ -70,6 +70,12 @@ extension MeshdNode {
             report.applied.append("http.api_keys and http.admin_keys (\(ClientKey.parse(new.http.apiKeys).count) and \(ClientKey.parse(new.http.adminKeys).count) keys)")
         }
 
+        if new.limits != old.limits {
+            limiter.set(new.limits)
+            now.limits = new.limits
+            report.applied.append("limits (\(new.limits.perKey.count) per-key entries; counts kept)")
+        }
+
         if new.mesh.peers != old.mesh.peers {
             if let mesh {
                 let (added, removed) = await mesh.setStaticPeers(new.mesh.peers)
@@ -95,6 +101,7 @@ extension MeshdNode {
         rest.budget = now.budget
         rest.mesh.peers = now.mesh.peers
         rest.engines = now.engines
+        rest.limits = now.limits
         let sections: [(String, Bool)] = [
             ("node.name", rest.nodeName != now.nodeName), ("state_dir", rest.stateDir != now.stateDir), ("http", rest.http != now.http),
             ("admin", rest.admin != now.admin), ("timeouts", rest.timeouts != now.timeouts), ("engine_poll", rest.enginePoll != now.enginePoll),

@@ -65,6 +65,8 @@ public final class MeshdNode: Service, Sendable {
     let alerts: AlertCenter
     /// The usage and audit log, and the last requests.
     public let usage: UsageRecorder
+    /// Per-key limits (`limits`), counted mesh-wide.
+    public let limiter: KeyLimiter
     /// The dashboard's data (`/ui`).
     let dashboard: Dashboard
     /// The client and admin keys the HTTP API checks (replaced by a reload).
@@ -181,6 +183,10 @@ public final class MeshdNode: Service, Sendable {
         built.usage = usage
         let responseCache = config.responseCache.enabled ? ResponseCacheService(settings: config.responseCache, clock: clock) : nil
         built.responseCache = responseCache
+        let limiter = KeyLimiter(node: config.nodeName, config: config.limits, clock: clock)
+        if let mesh { limiter.attach(to: mesh) }
+        self.limiter = limiter
+        built.limiter = limiter
         let proxy = built
         pumpQueue = { proxy.pumpQueue() }
         let connectionStats = HTTPConnectionStats()

@@ -24,9 +24,25 @@ struct StatusCommand: AsyncParsableCommand {
         for e in (s["engines"] as? [[String: Any]]) ?? [] {
             print(Self.engineLine(e))
         }
+        for l in (s["limits"] as? [[String: Any]]) ?? [] { print("limit:    \(Self.limitLine(l))") }
         for a in (s["alerts"] as? [[String: Any]]) ?? [] {
             print("ALERT:    \(a["alert"] as? String ?? "?") since \(a["since"] as? String ?? "?"): \(a["message"] as? String ?? "")")
         }
+    }
+
+    /// `key alice: 12/60 requests, 3400/10000 tokens over the last minute, 1/2 in flight (mesh-wide); refused 3`
+    /// for one key of the status's or usage report's `limits`.
+    static func limitLine(_ l: [String: Any]) -> String {
+        func of(_ used: String, _ limit: String, _ what: String) -> String {
+            "\(l[used] as? Int ?? 0)\((l[limit] as? Int).map { "/\($0)" } ?? "") \(what)"
+        }
+        let key = (l["key"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "(anonymous)"
+        var line = "key \(key): \(of("requests", "rpm", "requests")), \(of("tokens", "tpm", "tokens")) over the last minute, "
+            + "\(of("in_flight", "concurrency", "in flight")) (mesh-wide)"
+        if let models = l["models"] as? [String], !models.isEmpty { line += "; models \(models.joined(separator: ", "))" }
+        let refused = (l["refused"] as? [String: Int] ?? [:]).filter { $0.value > 0 }.sorted { $0.key < $1.key }
+        if !refused.isEmpty { line += "; refused here: " + refused.map { "\($0.value) (\($0.key))" }.joined(separator: ", ") }
+        return line
     }
 
     /// `engine ID: open 3 of 4 (limit), 2 waiting` for one engine of the status.

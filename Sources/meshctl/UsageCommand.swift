@@ -54,5 +54,10 @@ struct UsageCommand: AsyncParsableCommand {
         }
         print(table(UsageReport.columns(dimension), UsageReport.rows(groups, by: dimension)))
         print("\nsince \(body["since"] as? String ?? since), \(nodes.count - missing.count) of \(nodes.count) node(s) counted")
+        let limits = body["limits"] as? [[String: Any]] ?? []
+        if !limits.isEmpty {
+            print("\nlimits now (limits.default / limits.per_key):")
+            for l in limits { print("  \(StatusCommand.limitLine(l))") }
+        }
     }
 }

@@ -8,6 +8,7 @@ import Testing
             if t == .state { header = ["id": "a"] }
             if t.rawValue >= 0x20 && t.rawValue < 0x30 { header = ["tun": "a-t1", "target": "rpc/s1", "window": 1024, "bytes": 5, "msgs": 1] }
             if t == .cacheDelta { header = ["node": "a", "n": 3, "engines": []] }
+            if t == .keyUsage { header = ["node": "a", "seq": 2, "keys": []] }
             let m = WireMessage(type: t, header: header, payload: t == .chunk || t == .response || t == .tunnelData ? [1, 2, 3] : [])
             let back = try MeshWireCodec.decode(MeshWireCodec.encode(m))
             #expect(back == m)

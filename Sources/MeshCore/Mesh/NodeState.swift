@@ -62,6 +62,10 @@ public struct NodeState: Sendable, Equatable, Codable {
     /// 1): only such a peer is sent them; an older one gets a full state instead.
     public var acceptsLoad: Bool? = nil
 
+    /// The sender counts client keys' use for per-key limits and reads `keyUsage` messages
+    /// (optional on the wire, added after protocol 1).
+    public var acceptsKeyUsage: Bool? = nil
+
     /// This state's engine load and speeds as a `load` message.
     public var load: NodeLoad {
         NodeLoad(node: id, seq: seq, instance: instance, engines: engines.map { NodeLoad.Engine(id: $0.id, load: $0.load, speeds: $0.speeds) })

@@ -36,6 +36,9 @@ public enum WireMessageType: UInt8, Sendable, CaseIterable {
     case cacheDelta = 0x30
     /// Asks the receiver for a snapshot of its engine caches (a delta was missing): `node`.
     case cacheSnapshotRequest = 0x31
+    /// The sender's counts per client key over the last minute (``KeyUsageReport``): header
+    /// `node`, `instance`, `seq`, `full`, `keys`; to peers whose state sets `limits`.
+    case keyUsage = 0x32
 }
 
 /// One decoded mesh message: a type, a JSON header and an optional binary payload.
@@ -123,6 +126,9 @@ public enum MeshWireCodec {
         case .cacheDelta:
             if header["node"]?.stringValue == nil { throw .missingField("node") }
             guard let n = header["n"]?.intValue, n >= 0 else { throw .missingField("n") }
+        case .keyUsage:
+            if header["node"]?.stringValue == nil { throw .missingField("node") }
+            guard let n = header["seq"]?.intValue, n >= 0 else { throw .missingField("seq") }
         case .request, .responseHead, .chunk, .end, .error, .cancel, .credit, .response:
             if header["req"]?.stringValue == nil { throw .missingField("req") }
         case .tunnelOpen, .tunnelOpened, .tunnelData, .tunnelCredit, .tunnelClose, .tunnelPing, .tunnelPong:
