@@ -30,7 +30,8 @@ enum FakeMode: Sendable {
     case held
 }
 
-/// A fake llama-server: `/v1/models` (model `m`), `/props` (`total_slots` when given), chat completions.
+/// A fake llama-server: `/v1/models` (`models`, default `m`), `/props` (`total_slots` when given), chat
+/// completions. Under a base URL ending `/v1` it is also a fake OpenAI-compatible cloud provider.
 final class FakeEngine: Sendable {
     struct State {
         var mode: FakeMode = .ok
@@ -45,14 +46,17 @@ final class FakeEngine: Sendable {
         var pieces: [String]?
         /// Whether a non-streamed answer carries llama-server's `timings` (read by the full parser).
         var timings = false
+        /// The `model` and `Authorization` of the last chat request (a fake cloud provider checks both).
+        var lastModel: String?
+        var lastAuthorization: String?
     }
     let responder: Responder
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let server: HTTPServer
     let port: Int
 
-    init(mode: FakeMode = .ok, slots: Int? = nil) async throws {
-        responder = Responder(slots: slots)
+    init(mode: FakeMode = .ok, slots: Int? = nil, models: [String] = ["m"]) async throws {
+        responder = Responder(slots: slots, models: models)
         responder.state.withLock { $0.mode = mode }
         let server = HTTPServer(configuration: HTTPServerConfiguration(host: "127.0.0.1", port: 0), group: group,
                                 responder: responder, logger: nodeTestLogger)
@@ -70,6 +74,8 @@ final class FakeEngine: Sendable {
     var peakOpen: Int { responder.state.withLock { $0.peakOpen } }
     var open: Int { responder.state.withLock { $0.open } }
     var lastSlot: Int? { responder.state.withLock { $0.lastSlot } }
+    var lastModel: String? { responder.state.withLock { $0.lastModel } }
+    var lastAuthorization: String? { responder.state.withLock { $0.lastAuthorization } }
     func set(_ mode: FakeMode) { responder.state.withLock { $0.mode = mode } }
     func release(_ n: Int) { responder.state.withLock { $0.released += n } }
     /// Answers with `pieces` (raw JSON string contents), non-streamed answers with `timings` or without.
@@ -95,12 +101,16 @@ final class FakeEngine: Sendable {
     final class Responder: HTTPResponder, Sendable {
         let state = Mutex(State())
         let slots: Int?
-        init(slots: Int?) { self.slots = slots }
+        let models: [String]
+        init(slots: Int?, models: [String]) {
+            self.slots = slots
+            self.models = models
+        }
 
         func respond(to request: HTTPServerRequest) async -> HTTPServerResponse {
             switch request.path {
             case "/v1/models":
-                return .json(.ok, ["object": "list", "data": [["id": "m", "object": "model"]]])
+                return .json(.ok, ["object": "list", "data": .array(models.map { ["id": .string($0), "object": "model"] })])
             case "/props":
                 guard let slots else { return .text(.notFound, "no") }
                 return .json(.ok, ["total_slots": .integer(slots)])
@@ -113,6 +123,8 @@ final class FakeEngine: Sendable {
             let stream = parsed?["stream"]?.boolValue ?? false
             let (mode, ticket, pieces, timings) = state.withLock { s -> (FakeMode, Int, [String], Bool) in
                 s.lastSlot = parsed?["id_slot"]?.intValue
+                s.lastModel = parsed?["model"]?.stringValue
+                s.lastAuthorization = request.header("authorization")
                 s.requests += 1
                 s.open += 1
                 s.peakOpen = max(s.peakOpen, s.open)
@@ -225,16 +237,8 @@ struct ProxyRig {
         var headers: HTTPHeaders = ["Content-Type": "application/json"]
         headers.add(contentsOf: extra)
         let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/chat/completions", headers: headers)
-        let r = await proxy.handle(route: .openaiChat, request: HTTPServerRequest(head: head, body: ByteBuffer(string: body)))
-        switch r.body {
-        case .buffer(let b):
-            return (Int(r.status.code), r.headers, String(buffer: b))
-        case .stream(let produce):
-            final class Sink: Sendable { let bytes = Mutex<[UInt8]>([]) }
-            let sink = Sink()
-            try? await produce(ResponseBodyWriter { b in sink.bytes.withLock { $0 += b } })
-            return (Int(r.status.code), r.headers, String(decoding: sink.bytes.withLock { $0 }, as: UTF8.self))
-        }
+        let r = await Reply.read(await proxy.handle(route: .openaiChat, request: HTTPServerRequest(head: head, body: ByteBuffer(string: body))))
+        return (r.status, r.headers, r.text)
     }
 
     func stop() async {
