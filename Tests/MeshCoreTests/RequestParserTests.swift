@@ -47,8 +47,7 @@ import Testing
         Case(.openaiChat, #"{"model":"m","messages":[{"role":"user","content":[5]}]}"#, "messages[0].content[0].type"),
         Case(.openaiChat, #"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":1}]}]}"#, "messages[0].content[0].text"),
         Case(.openaiChat, #"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{}}]}]}"#, "messages[0].content[1].image_url"),
-        Case(.ollamaChat, #"{"model":"m"}"#, "messages", code: "missing_field"),
-        Case(.ollamaChat, #"{"model":"m","messages":null}"#, "messages"),
+        Case(.ollamaChat, #"{"model":"m","messages":{}}"#, "messages"),
         Case(.ollamaChat, #"{"model":"m","messages":[{"role":"user","content":"a"},[]]}"#, "messages[1]"),
         Case(.ollamaChat, #"{"model":"m","messages":[{"role":"developer","content":"a"}]}"#, "messages[0].role"),
         Case(.ollamaChat, #"{"model":"m","messages":[{"content":"a"}]}"#, "messages[0].role"),
@@ -358,5 +357,13 @@ import Testing
         #expect(try parse(.ollamaGenerate, #"{"model":"m","prompt":"","images":["aGk="]}"#).isLoadOnly == false)
         #expect(try parse(.ollamaChat, #"{"model":"m","messages":[{"role":"user","content":"x"}]}"#).isLoadOnly == false)
         #expect(try parse(.openaiCompletion, #"{"model":"m","prompt":""}"#).isLoadOnly == false)
+    }
+
+    /// As Ollama: a chat with no `messages` (absent or null) is an empty one, which loads the model.
+    @Test func ollamaChatWithoutMessagesLoadsTheModel() throws {
+        for body in [#"{"model":"m"}"#, #"{"model":"m","messages":null}"#, #"{"model":"m","messages":[]}"#] {
+            let r = try RequestParser.parse(route: .ollamaChat, body: Array(body.utf8))
+            #expect(r.isLoadOnly && r.messages.isEmpty, "\(body)")
+        }
     }
 }

@@ -224,9 +224,9 @@ def test_ollama_embed_list_show_via_openai_engine(setup: Setup) -> None:
 
 
 def test_cross_dialect_error_is_in_client_dialect(setup: Setup) -> None:
-    # The sim answers 400 for a chat without messages in its own dialect; meshd validates first and
-    # answers in the client's dialect whichever engine would have served.
-    r = setup.meshd.post("/api/chat", json={"model": OA_MODEL})
+    # The sim answers 400 for a chat whose messages are not a list in its own dialect; meshd validates
+    # first and answers in the client's dialect whichever engine would have served.
+    r = setup.meshd.post("/api/chat", json={"model": OA_MODEL, "messages": "hi"})
     assert r.status_code == 400 and isinstance(r.json()["error"], str)
     r = setup.meshd.post("/v1/chat/completions", json={"model": OL_MODEL})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"

@@ -80,7 +80,7 @@ def test_missing_and_invalid_fields(setup: Setup) -> None:
     assert err["param"] == "model"
     err = openai_error(m.post("/v1/chat/completions", json=chat_body(MODEL, False, temperature=9)), 400)
     assert err["param"] == "temperature"
-    assert "messages" in ollama_error(m.post("/api/chat", json={"model": MODEL}), 400)
+    assert "messages" in ollama_error(m.post("/api/chat", json={"model": MODEL, "messages": "hi"}), 400)
     # Through the official client: a BadRequestError carrying the parsed body.
     oa = openai.OpenAI(base_url=m.url + "/v1", api_key="unused", timeout=10, max_retries=0)
     with pytest.raises(openai.BadRequestError) as e:

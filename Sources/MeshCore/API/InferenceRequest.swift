@@ -295,8 +295,9 @@ public enum RequestParser {
 
         switch req.route {
         case .ollamaChat:
-            guard let msgs = json["messages"] else { throw APIError.missing("messages") }
-            guard let arr = msgs.arrayValue else { throw APIError.invalid("messages", "must be an array") }
+            // As Ollama: no `messages` (or null) is an empty chat, which loads the model.
+            let msgs = json["messages"] ?? .array([])
+            guard let arr = msgs == .null ? [] : msgs.arrayValue else { throw APIError.invalid("messages", "must be an array") }
             for (i, m) in arr.enumerated() {
                 guard m.objectValue != nil else { throw APIError.invalid("messages[\(i)]", "must be an object") }
                 guard let role = m["role"]?.stringValue else { throw APIError.invalid("messages[\(i)].role", "must be a string") }
