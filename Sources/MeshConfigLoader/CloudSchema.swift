@@ -264,7 +264,7 @@ extension FileSource {
     func applyPrices(yaml text: String, to state: inout LoadState) {
         let root: Node?
         do {
-            root = try Yams.compose(yaml: text)
+            root = try Yams.compose(yaml: text, .basic)
         } catch {
             state.error(source, "(syntax)", "cannot parse YAML: \(error)")
             return

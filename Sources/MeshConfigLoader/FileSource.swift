@@ -86,7 +86,7 @@ struct FileSource {
     func apply(yaml text: String, to state: inout LoadState) {
         let root: Node?
         do {
-            root = try Yams.compose(yaml: text)
+            root = try Yams.compose(yaml: text, .basic)
         } catch let error as YamlError {
             report(error, text: text, into: &state)
             return
@@ -268,7 +268,7 @@ struct FileSource {
             guard tag == .int || tag == .float, let number = node.float else { return .failure(mismatch(node)) }
             return .success(.double(number))
         case .bool:
-            guard tagName(node) == .bool, let flag = node.bool else { return .failure(mismatch(node)) }
+            guard tagName(node) == .bool, let flag = node.scalar.flatMap({ ScalarTags.bool($0.string) }) else { return .failure(mismatch(node)) }
             return .success(.bool(flag))
         case .stringList:
             if isNull(node) { return .success(.list([])) }
@@ -289,7 +289,13 @@ struct FileSource {
         return sequence[index].mark?.line
     }
 
-    func tagName(_ node: Node) -> Tag.Name { Tag.Name(rawValue: node.tag.rawValue) }
+    /// A node's tag; plain scalars are resolved here (files are composed with Yams' basic resolver,
+    /// see ``ScalarTags``).
+    func tagName(_ node: Node) -> Tag.Name {
+        let name = Tag.Name(rawValue: node.tag.rawValue)
+        if case .scalar(let s) = node, s.style == .plain || s.style == .any, name == .str { return ScalarTags.resolve(s.string) }
+        return name
+    }
 
     func isNull(_ node: Node) -> Bool {
         guard case .scalar = node else { return false }
