@@ -67,6 +67,7 @@ public final class MeshdNode: Service, Sendable {
     public let usage: UsageRecorder
     /// Per-key limits (`limits`), counted mesh-wide.
     public let limiter: KeyLimiter
+    let heapTrim: HeapTrimmer
     /// The dashboard's data (`/ui`).
     let dashboard: Dashboard
     /// The client and admin keys the HTTP API checks (replaced by a reload).
@@ -190,6 +191,9 @@ public final class MeshdNode: Service, Sendable {
         let proxy = built
         pumpQueue = { proxy.pumpQueue() }
         let connectionStats = HTTPConnectionStats()
+        // Load for the heap trimmer: the client connections open and the requests they have in flight.
+        let heapTrim = HeapTrimmer(clock: clock, load: { connectionStats.server.map { $0.openConnections + $0.inFlight } ?? 0 })
+        self.heapTrim = heapTrim
         let copier: ModelCopier?
         if let mesh {
             copier = modelStore.map { store in
@@ -223,7 +227,7 @@ public final class MeshdNode: Service, Sendable {
                                      extraMetrics: { [splitHead, engines, mesh] in
                                          SplitMetrics.render(splitHead, engines: engines.snapshot()) + alerts.metricsText()
                                              + CacheMetrics.render(cacheShadows, mesh: mesh) + QueueMetrics.render(meshQueue)
-                                             + (responseCache?.metricsText() ?? "") })
+                                             + (responseCache?.metricsText() ?? "") + heapTrim.metricsText() })
         responder.modelOps = modelOps
         var adminResponder = AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
                                             mesh: mesh, draining: draining, httpListen: config.http.listen.description,
@@ -397,6 +401,9 @@ public final class MeshdNode: Service, Sendable {
                 // Hop times for the dashboard, measured while someone watches it.
                 let dashboard = self.dashboard
                 group.addTask { await dashboard.runHopProbe() }
+                // Heap a burst of connections or streams freed goes back to the system.
+                let heapTrim = self.heapTrim
+                group.addTask { await heapTrim.run(logger: logger) }
                 // The audit log's retention: records older than audit.retention_days go, every hour.
                 if let log = usage.log {
                     group.addTask {
