@@ -2,7 +2,8 @@
 # Sets up everything the test suite needs on a fresh Debian 12 machine with the Swift toolchain
 # (apt packages, llama.cpp built from source, the tiny model, a Python venv with the real
 # openai/ollama clients), then runs every test: Swift unit/integration tests and the pytest
-# suites (ops, simulated engine, end to end, mesh, and the multi-host test bed, which needs root).
+# suites (ops, simulated engine, end to end, mesh, and the multi-host test bed and a short chaos run on
+# it, which need root).
 # Exits non-zero if anything fails.
 #   tools/test.sh            # everything
 #   tools/test.sh --swift    # Swift tests only
@@ -88,8 +89,8 @@ if [ "$MODE" = all ] || [ "$MODE" = --py ]; then
   export MESHD_SCREENSHOT_DIR="${MESHD_SCREENSHOT_DIR:-$ROOT/.build/test-screenshots}"
   mkdir -p "$MESHD_SCREENSHOT_DIR"
   echo "screenshots: $MESHD_SCREENSHOT_DIR"
-  log "pytest: ops, simulated engine, end to end, mesh, multi-host test bed (root only)"
-  "$PY" -m pytest -q -p no:cacheprovider Tests/ops Tests/sim Tests/e2e Tests/mesh Tests/testbed
+  log "pytest: ops, simulated engine, end to end, mesh, multi-host test bed and a short chaos run (root only)"
+  "$PY" -m pytest -q -p no:cacheprovider Tests/ops Tests/sim Tests/e2e Tests/mesh Tests/testbed Tests/chaos
   [ $? -eq 0 ] || status=1
 fi
 

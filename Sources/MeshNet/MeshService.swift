@@ -128,6 +128,15 @@ public final class MeshService: Sendable {
         state.withLock { $0.nameConflicts.values.sorted { $0.sinceNanos > $1.sinceNanos } }
     }
 
+    /// `ZMQ_RECONNECT_IVL_MAX` of our DEALERs: one heartbeat (100 ms ... 5 s). A node learns a peer's
+    /// state only over the peer's own connection to it, so a node that comes back (restarted, or a
+    /// link healed after the connection dropped) sees each peer only once that peer's DEALER has
+    /// reconnected; libzmq's back-off (doubling up to 5 s) kept a restarted node's view of the mesh
+    /// empty for up to 5 s while the mesh already saw it up.
+    static func reconnectBackoffCapMs(heartbeatMs: Int) -> Int32 {
+        Int32(clamping: max(100, min(heartbeatMs, 5000)))
+    }
+
     /// Whether a node claiming `id` from `endpoint` with `instance` is another machine than the one
     /// that holds that name (us, or a live peer at another endpoint); records and logs it once.
     /// An older peer sends no instance: only its endpoint can tell, so it is never judged here.
@@ -161,6 +170,7 @@ public final class MeshService: Sendable {
         self.localState = localState
         var sc = try MeshSocketConfiguration(secret: configuration.secret)
         sc.maxMessageSize = configuration.maxPayloadBytes + (1 << 20)
+        sc.reconnectIntervalMaxMilliseconds = Self.reconnectBackoffCapMs(heartbeatMs: configuration.heartbeatMs)
         if configuration.trust == .keys {
             // The secret-derived key still serves (encryption, server authentication), but no
             // longer admits clients: each node dials with its own key, admitted only if trusted.

@@ -25,7 +25,9 @@ whole answer is cut short of its Content-Length), `stream-error` sends the diale
 (Bedrock: an exception message) mid-stream and ends it, `slow` waits --slow-delay seconds before each chunk,
 `overbill` (OpenAI dialect) bills 1,000 prompt tokens more than the prompt has.
 
-GET /_stats returns request counts per path and model. Binds 127.0.0.1 only and prints
+GET /_stats returns request counts per path and model. With --billing-log FILE every OpenAI-dialect
+answer sent whole is appended to FILE as a JSON line (model, prompt_tokens, completion_tokens) once
+its last byte is written: what this provider billed, kept across restarts of the fake. Binds 127.0.0.1 only and prints
 `LISTENING 127.0.0.1:PORT` on stdout once it accepts connections (--port 0 picks a free port).
 
   fake_cloud.py --cert server.pem --key server.key [--port 0] [--api-key test-key]
@@ -256,7 +258,11 @@ class Handler(BedrockMixin, BaseHTTPRequestHandler):
         if not body.get("stream"):
             answer = dict(base, object="chat.completion", usage=usage, choices=[
                 {"index": 0, "message": {"role": "assistant", "content": "".join(pieces)}, "finish_reason": finish}])
-            self.cut_whole(answer) if "cut-stream" in model else self.send_json(200, answer)
+            if "cut-stream" in model:
+                self.cut_whole(answer)
+            else:
+                self.send_json(200, answer)
+                self.bill(model, usage)
             return
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -275,6 +281,15 @@ class Handler(BedrockMixin, BaseHTTPRequestHandler):
             self.event(dict(base, object="chat.completion.chunk", choices=[], usage=usage))
         self.chunk(b"data: [DONE]\n\n")
         self.end_chunks()
+        self.bill(model, usage)
+
+    def bill(self, model, usage):
+        path = self.server.options.billing_log
+        if path:
+            line = json.dumps({"model": model, "prompt_tokens": usage["prompt_tokens"],
+                               "completion_tokens": usage["completion_tokens"]})
+            with self.server.stats.lock, open(path, "a") as f:
+                f.write(line + "\n")
 
     # ---- Anthropic
 
@@ -304,7 +319,11 @@ class Handler(BedrockMixin, BaseHTTPRequestHandler):
         if not body.get("stream"):
             answer = dict(message, content=[{"type": "text", "text": "".join(pieces)}], stop_reason=stop,
                           usage={"input_tokens": prompt, "output_tokens": n})
-            self.cut_whole(answer) if "cut-stream" in model else self.send_json(200, answer)
+            if "cut-stream" in model:
+                self.cut_whole(answer)
+            else:
+                self.send_json(200, answer)
+                self.bill(model, usage)
             return
         self.start_sse()
         self.event({"type": "message_start", "message": dict(message, content=[], stop_reason=None,
@@ -352,7 +371,11 @@ class Handler(BedrockMixin, BaseHTTPRequestHandler):
 
         if not stream:
             answer = {"candidates": [candidate("".join(pieces), finish)], "usageMetadata": usage, "modelVersion": model}
-            self.cut_whole(answer) if "cut-stream" in model else self.send_json(200, answer)
+            if "cut-stream" in model:
+                self.cut_whole(answer)
+            else:
+                self.send_json(200, answer)
+                self.bill(model, usage)
             return
         self.start_sse()
         for i, piece in enumerate(pieces):
@@ -415,6 +438,7 @@ def main():
     p.add_argument("--aws-session-token", help="Bedrock: the session token requests must carry (default: none allowed)")
     p.add_argument("--default-tokens", type=int, default=8)
     p.add_argument("--slow-delay", type=float, default=0.2)
+    p.add_argument("--billing-log", help="append every whole OpenAI-dialect answer's usage to this file (JSON lines)")
     p.add_argument("--verbose", action="store_true")
     options = p.parse_args()
     context = None

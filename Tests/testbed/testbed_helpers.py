@@ -223,13 +223,17 @@ class BedNode:
         except OSError:
             return ""
 
-    def nodes(self) -> dict[str, dict[str, Any]]:
-        """GET /v1/nodes on the admin socket (what `meshctl nodes --json` prints), by node name."""
+    def admin_get(self, path: str, timeout: float = 5) -> Any:
+        """GET `path` on the admin socket; the decoded JSON answer."""
         transport = httpx.HTTPTransport(uds=str(self.admin_socket))
-        with httpx.Client(transport=transport, base_url="http://meshd", timeout=5, trust_env=False) as c:
-            r = c.get("/v1/nodes")
+        with httpx.Client(transport=transport, base_url="http://meshd", timeout=timeout, trust_env=False) as c:
+            r = c.get(path)
             r.raise_for_status()
-            return {n["name"]: n for n in r.json()}
+            return r.json()
+
+    def nodes(self, timeout: float = 5) -> dict[str, dict[str, Any]]:
+        """GET /v1/nodes on the admin socket (what `meshctl nodes --json` prints), by node name."""
+        return {n["name"]: n for n in self.admin_get("/v1/nodes", timeout)}
 
     def meshctl_nodes(self) -> dict[str, dict[str, Any]]:
         res = meshctl(self.bins, self.admin_socket, "nodes", "--json")
