@@ -55,12 +55,43 @@ extension MeshService {
         }
     }
 
+    /// The body's reader waits for the next chunk of forward `id`.
+    func awaiting(_ id: String) {
+        guard configuration.forwardIdleMs != nil else { return }
+        let now = clock.nowNanos()
+        state.withLock { s in
+            if s.pending[id] != nil { s.pending[id]!.waitingSince = now }
+        }
+    }
+
+    /// Fails forwards whose serving node sent nothing for `forwardIdleMs` while their reader waited,
+    /// and tells the node to stop (the client gets an error event, or the next candidate is tried).
+    func expireStalledForwards() {
+        guard let idleMs = configuration.forwardIdleMs else { return }
+        let now = clock.nowNanos()
+        let limit = UInt64(idleMs) * 1_000_000
+        let stalled = state.withLock { s -> [(String, Pending, String?)] in
+            let ids = s.pending.filter { _, p in
+                guard p.head == nil, p.body != nil, let w = p.waitingSince else { return false }
+                let since = max(w, p.lastChunkNanos)
+                return now > since && now - since > limit
+            }.map(\.key)
+            return ids.compactMap { id in s.pending.removeValue(forKey: id).map { p in (id, p, s.endpoints[p.node]) } }
+        }
+        for (id, p, ep) in stalled {
+            logger.warning("forwarded response stalled", metadata: ["peer": "\(p.node)", "request": "\(id)", "idle_ms": "\(idleMs)"])
+            p.body?.finish(throwing: MeshForwardError.lost("\(p.node) sent nothing for \(idleMs) ms"))
+            if let ep { send(WireMessage(type: .cancel, header: ["req": .string(id)]), to: .outbound(MeshPeerID(ep))) }
+        }
+    }
+
     /// The client consumed `bytes` of a forwarded response: credit them back to the serving node,
     /// batched to half its window when it announced one (it never sends a piece over half, so it
     /// cannot wait on credit we hold back), else one credit per chunk.
     func consumed(_ id: String, bytes: Int) {
         let grant = state.withLock { s -> (Int, String)? in
             guard var p = s.pending[id], let ep = s.endpoints[p.node] else { return nil }
+            p.waitingSince = nil
             p.ungranted += bytes
             guard p.ungranted >= max(1, (p.window ?? 0) / 2) else {
                 s.pending[id] = p
@@ -96,6 +127,7 @@ extension MeshService {
             let taken = state.withLock { s -> CheckedContinuation<ForwardedResponse, any Error>? in
                 guard let c = s.pending[id]?.head else { return nil }
                 s.pending[id]!.head = nil
+                s.pending[id]!.lastChunkNanos = clock.nowNanos()
                 s.pending[id]!.window = window
                 s.pending[id]!.body = cont
                 return c
@@ -120,7 +152,12 @@ extension MeshService {
             head.resume(returning: ForwardedResponse(status: status, headers: Self.decodeHeaders(msg.header["headers"]),
                                                      body: ForwardedBody(whole: msg.payload)))
         case .chunk:
-            let c = state.withLock { $0.pending[id]?.body ?? nil }
+            let now = clock.nowNanos()
+            let c = state.withLock { s -> AsyncThrowingStream<[UInt8], any Error>.Continuation? in
+                guard s.pending[id] != nil else { return nil }
+                s.pending[id]!.lastChunkNanos = now
+                return s.pending[id]!.body
+            }
             c?.yield(msg.payload)
         case .end:
             let p = state.withLock { $0.pending.removeValue(forKey: id) }

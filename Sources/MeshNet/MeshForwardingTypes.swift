@@ -125,6 +125,7 @@ public struct ForwardedBody: AsyncSequence, Sendable {
 
         public mutating func next() async throws -> [UInt8]? {
             if base != nil {
+                service?.awaiting(requestID)
                 guard let chunk = try await base!.next() else { return nil }
                 service?.consumed(requestID, bytes: chunk.count)
                 return chunk

@@ -21,6 +21,9 @@ public struct MeshServiceConfiguration: Sendable {
     /// Node public keys admitted with `trust: keys`.
     public var trustedKeys: Set<[UInt8]> = []
     public var maxPayloadBytes: Int = 8 << 20
+    /// A forwarded response whose serving node sends nothing for this long while its reader waits
+    /// fails (`timeouts.between_chunks_ms`); nil: it waits until the peer is lost.
+    public var forwardIdleMs: Int?
 
     public init(nodeID: String, listen: HostPort, staticPeers: [HostPort], heartbeatMs: Int, deadAfterMissed: Int, secret: MeshSecret) {
         self.nodeID = nodeID
@@ -62,6 +65,11 @@ public final class MeshService: Sendable {
         var window: Int?
         /// Bytes the client consumed that were not yet credited back.
         var ungranted = 0
+        /// Since when the body's reader has been waiting for the next chunk (nil: it is not), and
+        /// when the last chunk came: a peer that sends nothing for `forwardIdleMs` while we wait
+        /// has stalled (a lost credit, a peer stuck short of being declared lost).
+        var waitingSince: UInt64?
+        var lastChunkNanos: UInt64 = 0
     }
 
     struct Served {
@@ -478,7 +486,11 @@ public final class MeshService: Sendable {
             lastTick = now
             if late > interval {
                 let wall = clock.nowNanos()
-                state.withLock { s in s.peers.touchAll(nowNanos: wall) }
+                state.withLock { s in
+                    s.peers.touchAll(nowNanos: wall)
+                    // Chunks that came meanwhile wait in the socket: not the serving nodes' silence.
+                    for k in s.pending.keys { s.pending[k]!.lastChunkNanos = wall }
+                }
                 logger.notice("mesh heartbeat loop was stalled; not expiring peers for it", metadata: ["late": "\(late)"])
             }
             if sinceBeat >= interval || sinceBeat == .zero {
@@ -488,6 +500,7 @@ public final class MeshService: Sendable {
                 broadcastKeyUsage(keys: nil)
             }
             expirePeers()
+            expireStalledForwards()
             try? await Task.sleep(for: tick)
             sinceBeat += tick
         }

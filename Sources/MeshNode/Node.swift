@@ -309,6 +309,7 @@ public final class MeshdNode: Service, Sendable {
                                           heartbeatMs: config.mesh.heartbeatMs, deadAfterMissed: config.mesh.deadAfterMissed,
                                           secret: secret)
         sc.trust = config.mesh.trust
+        sc.forwardIdleMs = config.timeouts.betweenChunksMs
         if config.mesh.trust == .keys {
             let pair = try TrustStore.loadOrCreateNodeKey(path: config.mesh.nodeKeyFile)
             sc.nodeKeyPair = pair
