@@ -10,7 +10,7 @@
 #                                          # Swift runtime they link dynamically goes to /usr/lib/meshd
 #   tools/package-deb.sh --out DIR         # write the .deb to DIR (default: the repository root)
 #   tools/package-deb.sh --fast            # gzip -1 instead of xz: a bigger .deb, built in seconds
-# Then: apt install ./meshd_*.deb   (VERSION is APIResponder.version, ARCH dpkg's architecture)
+# Then: apt install ./meshd_*.deb   (VERSION is MeshdVersion.version, ARCH dpkg's architecture)
 # Prints the path of the .deb. Installs what it needs (dpkg-dev, binutils, help2man, patchelf) if missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,8 +41,8 @@ if [ ${#need[@]} -gt 0 ]; then
     die "apt-get install ${need[*]} failed"
 fi
 
-VERSION="$(sed -n 's/^ *public static let version = "\([^"]*\)".*/\1/p' Sources/MeshNode/APIResponder.swift)"
-[ -n "$VERSION" ] || die "no 'static let version' in Sources/MeshNode/APIResponder.swift"
+VERSION="$(sed -n 's/^ *public static let version = "\([^"]*\)".*/\1/p' Sources/MeshCore/Version.swift)"
+[ -n "$VERSION" ] || die "no 'static let version' in Sources/MeshCore/Version.swift"
 ARCH="$(dpkg --print-architecture)"
 MAINTAINER="meshd maintainers <maintainers@users.noreply.b-seed-1e7350dc.example>"
 # Dates in the changelog and man pages: the last commit's, so that a rebuild gives the same files.

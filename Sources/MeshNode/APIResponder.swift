@@ -35,7 +35,7 @@ public final class KeyRing: Sendable {
 }
 
 public struct APIResponder: HTTPResponder {
-    public static let version = "0.1.0"
+    public static let version = MeshdVersion.version
     /// The Ollama API version meshd serves at `/api/version`: the one whose endpoints and fields it
     /// implements, not meshd's own (clients gate on it: VS Code's Ollama mode needs at least 0.6.4).
     public static let ollamaAPIVersion = "0.6.4"
@@ -172,10 +172,13 @@ public struct APIResponder: HTTPResponder {
             return .json(.ok, await dashboard.snapshot(), headers: h)
         case .healthz: return .json(.ok, ["status": "ok", "node": .string(nodeName)])
         case .readyz:
-            let healthy = proxy.routingView(localOnly: false).flatMap(\.engines).filter(\.healthy).map(\.id)
-            return healthy.isEmpty
-                ? .json(.serviceUnavailable, ["status": "not ready", "reason": "no healthy engine"])
-                : .json(.ok, ["status": "ready", "engines": .array(healthy.map(JSON.string))])
+            // Engines that would take a request now: a drained node's own do not (it forwards only).
+            let healthy = proxy.routingView(localOnly: false).filter { !$0.draining }.flatMap(\.engines).filter(\.healthy).map(\.id)
+            if healthy.isEmpty {
+                let why = proxy.localDraining() ? "draining (meshctl drain) and no peer engine is healthy" : "no healthy engine"
+                return .json(.serviceUnavailable, ["status": "not ready", "reason": .string(why)])
+            }
+            return .json(.ok, ["status": "ready", "engines": .array(healthy.map(JSON.string))])
         case .metrics:
             var body = metrics.render()
             body += Array(EngineLoadMetrics.render(engines.snapshot()).utf8)

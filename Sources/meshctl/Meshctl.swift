@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MeshCore
 
 /// `meshctl`: see and steer a meshd node through its admin socket.
 @main
@@ -7,6 +8,7 @@ struct Meshctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshctl",
         abstract: "See and steer the meshd mesh through the local node's admin socket.",
+        version: MeshdVersion.version,
         subcommands: [StatusCommand.self, NodesCommand.self, EnginesCommand.self, ModelsCommand.self, RouteCommand.self,
                       DrainCommand.self, UndrainCommand.self, InitCommand.self, TrustCommand.self, DoctorCommand.self, BudgetCommand.self,
                       SplitsCommand.self, UsageCommand.self])

@@ -94,6 +94,9 @@ import Testing
             #expect(refused.status == 503 && refused.errorMessage?.contains("draining (d1)") == true)
         }
         #expect(engine.requests == 1)
+        // A load balancer in front of a lone drained node stops sending it work.
+        let ready = await n.api(.GET, "/readyz")
+        #expect(ready.status == 503 && ready.json?["reason"]?.stringValue?.contains("draining") == true)
         // The request it had finishes whole.
         engine.release(1)
         let done = await inFlight.value
@@ -102,6 +105,7 @@ import Testing
         #expect(undrained.json?["draining"]?.boolValue == false)
         engine.set(.ok)
         #expect(await n.chat(.openai).status == 200)
+        #expect(await n.api(.GET, "/readyz").status == 200)
         #expect(await n.admin(.POST, "/v1/drain?node=nobody").status == 404)
         await n.stop()
         await engine.close()

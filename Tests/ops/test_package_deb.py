@@ -56,9 +56,9 @@ def accounts() -> tuple[str, str]:
 
 
 def source_version() -> str:
-    text = (ROOT / "Sources" / "MeshNode" / "APIResponder.swift").read_text()
+    text = (ROOT / "Sources" / "MeshCore" / "Version.swift").read_text()
     m = re.search(r'static let version = "([^"]+)"', text)
-    assert m, "no version in APIResponder.swift"
+    assert m, "no version in MeshCore/Version.swift"
     return m.group(1)
 
 
@@ -141,6 +141,8 @@ def test_install_check_purge(deb: Path, clean_machine: list[str] | None) -> None
 
     # The programs run from /usr/bin with what the package brought (no Swift toolchain from the build).
     res = run("/usr/bin/meshd", "--version")
+    assert res.returncode == 0 and res.stdout.strip() == source_version(), res.stdout + res.stderr
+    res = run("/usr/bin/meshctl", "--version")
     assert res.returncode == 0 and res.stdout.strip() == source_version(), res.stdout + res.stderr
     res = run("/usr/bin/meshctl", "--help")
     assert res.returncode == 0 and "USAGE: meshctl" in res.stdout, res.stdout + res.stderr
