@@ -65,7 +65,10 @@ enum Seeds {
             + "1a\r\n{\"model\":\"m\",\"messages\":[\r\n3\r\n]}\n\r\n0\r\n\r\n"),
         ("pipelined", "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\nGET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n"
             + request("POST", "/api/generate", #"{"model":"m","prompt":"p"}"#, extra: "Connection: close\r\n")),
-        ("too-large", "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"model\":"),
+        ("too-large-declared", "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"model\":"),
+        ("too-large", request("POST", "/v1/completions", #"{"model":"m","prompt":""# + String(repeating: "x", count: 5000) + #""}"#)),
+        ("too-large-chunked", "POST /api/generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + "1000\r\n" + String(repeating: "y", count: 4096) + "\r\n10\r\n" + String(repeating: "z", count: 16) + "\r\n0\r\n\r\n"),
         ("expect-continue", request("POST", "/v1/embeddings", #"{"model":"e","input":"x"}"#, extra: "Expect: 100-continue\r\n")),
         ("bad-key-http10", "GET /api/tags HTTP/1.0\r\nAuthorization: Bearer nope\r\n\r\n"),
         ("head", "HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"),
