@@ -111,6 +111,17 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),
 
+        // MARK: fuzzing (Tests/Fuzz: tools/fuzz.sh builds meshd-fuzz with -sanitize=fuzzer,address; an
+        // ordinary build of it replays inputs, and MeshFuzzingTests replays the committed corpus)
+        .target(name: "MeshFuzzing", dependencies: [
+            "MeshCore", "MeshConfigLoader", "MeshHTTPServer",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], path: "Tests/Fuzz/MeshFuzzing", swiftSettings: strict),
+        .executableTarget(name: "meshd-fuzz", dependencies: ["MeshFuzzing"], path: "Tests/Fuzz/meshd-fuzz", swiftSettings: strict),
+
         // MARK: tests
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"]),
         .testTarget(name: "MeshHTTPClientTests", dependencies: [
@@ -142,6 +153,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .testTarget(name: "MeshFuzzingTests", dependencies: ["MeshFuzzing"]),
         .testTarget(name: "MeshNodeTests", dependencies: ["MeshNode", "MeshCore", "CZeroMQ", "CAvahi", "CCurl"]),
     ]
 )

@@ -8,6 +8,7 @@
 #   tools/test.sh            # everything
 #   tools/test.sh --swift    # Swift tests only
 #   tools/test.sh --py       # pytest suites only (builds what they need)
+#   tools/test.sh --fuzz     # the short libFuzzer run only (tools/fuzz.sh; MESHD_FUZZ_SECONDS per target, 0: skip)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -74,6 +75,14 @@ if [ "$MODE" = all ] || [ "$MODE" = --swift ]; then
   log "swift test"
   swift test --skip-build 2>&1 | grep -vE '^warning: prohibited flag'
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if { [ "$MODE" = all ] || [ "$MODE" = --swift ] || [ "$MODE" = --fuzz ]; } && [ "${MESHD_FUZZ_SECONDS:-5}" != 0 ]; then
+  # A sanitizer build in its own scratch path (.build/fuzz), then a few seconds of each target
+  # from the committed corpus: a crash, hang or unbounded allocation fails the suite.
+  # MESHD_FUZZ_SECONDS=0 skips it (the corpus is still replayed by swift test).
+  log "fuzz: a short libFuzzer run of each target (tools/fuzz.sh)"
+  tools/fuzz.sh --seconds "${MESHD_FUZZ_SECONDS:-5}" || status=1
 fi
 
 if [ "$MODE" = all ] || [ "$MODE" = --py ]; then
