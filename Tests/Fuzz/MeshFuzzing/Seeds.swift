@@ -108,6 +108,10 @@ enum Seeds {
             ("tunnel-opened-refused", WireMessage(type: .tunnelOpened, header: ["tun": "t1", "refused": "no"])),
             ("tunnel-credit", WireMessage(type: .tunnelCredit, header: ["tun": "t1", "bytes": 4096, "msgs": 2])),
             ("cache-delta", delta.wire),
+            ("key-usage", KeyUsageReport(node: "n1", instance: "i1", seq: 4, full: false, entries: [
+                .init(key: "alice", inFlight: 1, pendingTokens: 12, seconds: [.init(age: 0, requests: 2, tokens: 40), .init(age: 59, requests: 1, tokens: 0)]),
+                .init(key: "", inFlight: 0, pendingTokens: 0, seconds: []),
+            ]).wire),
             ("cache-snapshot-request", WireMessage(type: .cacheSnapshotRequest, header: ["node": "n1"])),
         ]
         return messages.map { ($0.0, WireFuzz.layout(MeshWireCodec.encode($0.1))) }

@@ -59,6 +59,15 @@ enum WireFuzz {
                 let again = CacheDeltaMessage(d.wire)
                 invariant(again == d, "a cache delta does not survive its own encoding")
             }
+        case .keyUsage:
+            if let r = KeyUsageReport(message) {
+                invariant(KeyUsageReport(r.wire) == r, "a key usage report does not survive its own encoding")
+                // What a receiver does with it: sums over the window, then its own report.
+                var limiter = RateLimiter(node: "fuzz", instance: "i")
+                limiter.receive(r, nowNanos: 1_800_000_000_000_000_000)
+                for e in r.entries.prefix(4) { _ = limiter.used(key: e.key, nowNanos: 1_800_000_000_000_000_000) }
+                _ = limiter.report(nowNanos: 1_800_000_001_000_000_000)
+            }
         default:
             break
         }
