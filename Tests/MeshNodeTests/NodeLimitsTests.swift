@@ -16,6 +16,9 @@ import Testing
             c.limits = LimitsConfig(defaultLimits: KeyLimits(rpm: 100), perKey: ["alice": KeyLimits(rpm: 2, tpm: 12, models: ["m"])])
         }
         let alice = [("Authorization", "Bearer alice-key")]
+        // The engine polled healthy first (a CI run of the whole suite saw the node start before
+        // its first poll got through, and every request then failed with 503).
+        #expect(await eventually { n.node.engines.snapshot().allSatisfy(\.healthy) })
         let first = await n.chat(.openai, headers: alice)
         #expect(first.status == 200)
         #expect(first.header("x-ratelimit-limit-requests") == "2" && first.header("x-ratelimit-remaining-requests") == "1")
