@@ -13,7 +13,9 @@ extension InferenceProxy {
         var free = 0
         for n in routingView(localOnly: false) where !n.draining {
             for e in n.engines where e.healthy && e.model(named: model) != nil {
-                free += max(0, max(1, e.load.limit ?? e.load.slots ?? 1) - e.load.inFlight)
+                // No limit and no slots: the engine batches whatever it is sent (no place to wait for).
+                guard let places = e.load.limit ?? e.load.slots else { return Int.max / 2 }
+                free += max(0, max(1, places) - e.load.inFlight)
             }
         }
         return free

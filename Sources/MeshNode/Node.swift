@@ -488,6 +488,8 @@ public final class MeshdNode: Service, Sendable {
         await alerts.stop()
         await engines.shutdown()
         client.shutdown()
+        // The usage log's last batch (it waits up to its batch delay for more records).
+        usage.log?.flushNow()
         if ownsGroup { try? await group.shutdownGracefully() }
         logger.info("stopped")
     }

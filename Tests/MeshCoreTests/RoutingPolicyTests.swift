@@ -84,6 +84,23 @@ import Testing
         #expect(full.decision.startDelaySeconds == 2 && full.candidates.map(\.startDelay) == [2, 8])
     }
 
+    /// An engine with neither a limit nor slots (vLLM, SGLang, a plain OpenAI-compatible server)
+    /// batches what it is sent: a request never waits for a place there, however many are busy, so
+    /// the mesh queue (which hands out places) never holds requests back from it. Its outstanding
+    /// work still counts for expected completion and the bounded-load rule.
+    @Test func anEngineWithoutLimitOrSlotsStartsEveryRequestAtOnce() throws {
+        let unlimited = [RoutingNode(id: "n0", isLocal: true, engines: [snapshot("e", [m], busy: 8, slots: nil, speeds: speeds)])]
+        for policy in [RoutingPolicy.cacheAware, .expectedCompletion] {
+            let r = try #require(rank(unlimited, RoutingContext(policy: policy)))
+            #expect(r.decision.startDelaySeconds == 0 && r.candidates.map(\.startDelay) == [0])
+            #expect(r.candidates[0].work == 8 * 4, "eight requests of 4 s outstanding")
+        }
+        // With a limit (learned or configured) it waits for a place like a slotted engine.
+        var limited = unlimited
+        limited[0].engines[0].load.limit = 4
+        #expect(rank(limited, RoutingContext(policy: .cacheAware))?.decision.startDelaySeconds == 5, "(8 - 4 + 1) / 4 places × 4 s")
+    }
+
     @Test func aNewPrefixGoesToTheEmptierCacheAmongCandidatesAboutAsGood() throws {
         let held: (RoutingNode, EngineSnapshot) -> Int = { n, _ in ["n0": 500, "n1": 20, "n2": 300][n.id]! }
         let r = try #require(rank(nodes([0, 0, 0]), RoutingContext(policy: .cacheAware, held: held)))

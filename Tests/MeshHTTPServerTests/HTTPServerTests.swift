@@ -269,6 +269,46 @@ struct HTTPServerTests {
         }
     }
 
+    /// Streamed chunks are framed by the connection itself (below the HTTP encoder): sizes across
+    /// hex-digit boundaries, an empty write that must not end the body, then HTTP/1.0 (no chunked
+    /// framing: the body ends with the connection) and HEAD (no body at all) on the same route.
+    @Test func streamedChunkFramingAtEverySize() async throws {
+        let sizes = [1, 15, 16, 255, 256, 4095, 4096, 70_000]
+        let handler: Handler = { req in
+            HTTPServerResponse(status: .ok, headers: HTTPHeaders([("Content-Type", "text/event-stream")]), body: .stream { w in
+                for (i, n) in sizes.enumerated() {
+                    try await w.write(Array(repeating: UInt8(ascii: "a") + UInt8(i), count: n))
+                    if i == 2 { try await w.write([]) }
+                }
+            })
+        }
+        try await withServer(handler) { server in
+            let c = try server.connect()
+            try await c.send("GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+            let r = try await c.readResponse()
+            #expect(r.header("transfer-encoding")?.lowercased() == "chunked")
+            #expect(r.chunks?.map(\.count) == sizes)
+            #expect(r.body == sizes.enumerated().flatMap { Array(repeating: UInt8(ascii: "a") + UInt8($0.offset), count: $0.element) })
+            // Still in step: the next response on the connection parses.
+            try await c.send("HEAD /s HTTP/1.1\r\nHost: t\r\n\r\n")
+            let h = try await c.readResponse(forHEAD: true)
+            #expect(h.status == 200 && h.body.isEmpty)
+            try await c.send("GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try await c.readResponse().chunks?.map(\.count) == sizes)
+
+            let old = try server.connect()
+            try await old.send("GET /s HTTP/1.0\r\n\r\n")
+            let raw = try await old.readToEOF()
+            guard let split = firstIndex(of: Array("\r\n\r\n".utf8), in: raw[...]) else {
+                Issue.record("no head in \(describe(raw))")
+                return
+            }
+            let head = String(decoding: raw[..<split], as: UTF8.self).lowercased()
+            #expect(!head.contains("transfer-encoding"))
+            #expect(raw.count - split - 4 == sizes.reduce(0, +), "HTTP/1.0: the body as written, unframed")
+        }
+    }
+
     @Test func clientDisconnectCancelsSleepingProducer() async throws {
         let probe = ProducerProbe()
         let handler: Handler = { _ in

@@ -44,6 +44,22 @@ import Testing
         #expect(mode == 0o600)
     }
 
+    /// A burst of appends is one transaction, written a batch delay after its first record; a
+    /// flush (shutdown) writes what is queued at once.
+    @Test func appendsAreWrittenInBatches() async throws {
+        let log = try UsageLog(path: dir + "/usage.sqlite", retentionDays: 30, clock: clock, batchDelay: .seconds(1))
+        for i in 0..<500 { log.append(record("burst", ts: nowMs - Int64(i))) }
+        #expect(log.batchesWritten == 0, "written before the batch delay")
+        let deadline = ContinuousClock.now + .seconds(10)
+        while log.batchesWritten == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(log.batchesWritten == 1, "500 appends in one batch")
+        for i in 0..<10 { log.append(record("late", ts: nowMs - Int64(i))) }
+        log.flushNow()
+        #expect(log.batchesWritten == 2)
+        let reopened = try UsageLog(path: dir + "/usage.sqlite", retentionDays: 30, clock: clock)
+        #expect(try await reopened.report(by: .key, sinceMs: 0).map { "\($0.name)=\($0.requests)" } == ["burst=500", "late=10"])
+    }
+
     @Test func retentionDeletesOnlyOlderRecords() async throws {
         let log = try UsageLog(path: dir + "/usage.sqlite", retentionDays: 7, clock: clock)
         let day: Int64 = 86_400_000

@@ -13,8 +13,8 @@ import Testing
         var all: [String] { done.withLock { $0 } }
     }
 
-    func rig(maxQueue: Int) async throws -> (FakeEngine, ProxyRig, MeshQueue, Task<Void, Never>) {
-        let engine = try await FakeEngine(mode: .held, slots: 1)
+    func rig(maxQueue: Int, slots: Int? = 1) async throws -> (FakeEngine, ProxyRig, MeshQueue, Task<Void, Never>) {
+        let engine = try await FakeEngine(mode: .held, slots: slots)
         var routing = RoutingSettings()
         routing.maxQueue = maxQueue
         routing.queueAfterMs = 250
@@ -70,6 +70,25 @@ import Testing
         #expect(await vip.value == 200)
         #expect(order.all == ["first", "boss", "flood0", "small2"], "\(order.all)")
         #expect(queue.stats().served == 3 && queue.stats().rejected == 2)
+        pump.cancel()
+        await rig.stop()
+        await engine.close()
+    }
+
+    /// An engine without slots or a limit (vLLM, SGLang, a plain OpenAI-compatible server) batches
+    /// what it is sent: concurrent requests all go to it at once, none waits in the mesh queue
+    /// (it used to hand such an engine one request at a time, 100 a second at most).
+    @Test func anEngineWithoutSlotsGetsEveryRequestAtOnce() async throws {
+        let (engine, rig, queue, pump) = try await rig(maxQueue: 16, slots: nil)
+        var tasks: [Task<Int, Never>] = []
+        for _ in 0..<6 {
+            tasks.append(Task { await rig.chat(stream: false).0 })
+        }
+        try await waitFor(engine.open == 6)
+        #expect(queue.count == 0 && queue.stats().served == 0)
+        engine.release(6)
+        for t in tasks { #expect(await t.value == 200) }
+        #expect(engine.peakOpen == 6)
         pump.cancel()
         await rig.stop()
         await engine.close()

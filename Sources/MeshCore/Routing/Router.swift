@@ -216,10 +216,14 @@ public enum Router {
         for c in candidates {
             let e = c.engine
             // Requests that run at once: meshd's limit for the engine when set (the rest queue), else its slots.
-            let slots = Double(max(1, e.load.limit ?? e.load.slots ?? 1))
+            let places = e.load.limit ?? e.load.slots
+            let slots = Double(max(1, places ?? 1))
             let service = e.speeds.meanServiceSeconds ?? priorService
             // Places free now start at once; beyond them, one request must end per request ahead.
-            let ahead = Double(e.load.busy) - slots + 1
+            // An engine with neither a limit nor slots (vLLM, SGLang, any OpenAI-compatible server
+            // that batches) starts every request at once: it never waits for a place, so it never
+            // sends requests to the mesh queue (which would hand it one at a time).
+            let ahead = places == nil ? 0 : Double(e.load.busy) - slots + 1
             let startDelay = ahead <= 0 ? 0 : ahead / slots * service
             // Outstanding work in seconds of the engine's own speed (the bounded-load measure, and
             // expected-completion's smooth guess at the wait); cache-aware waits only for a place.
