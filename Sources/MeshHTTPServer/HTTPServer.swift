@@ -539,7 +539,9 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
                 remoteAddress = context.channel.remoteAddress
             }
             if let cl = h.headers.first(name: "content-length"), let len = Int(cl), len > maxBodyBytes {
-                tooLarge = true
+                // Refused by its announced length: answered now, not after reading it all.
+                head = nil
+                respondTooLarge(h, early: true, context: context)
             } else if let expect = h.headers.first(name: "expect"), expect.lowercased() == "100-continue" {
                 let interim = HTTPResponseHead(version: h.version, status: .continue)
                 context.writeAndFlush(wrapOutboundOut(.head(interim)), promise: nil)
@@ -585,7 +587,11 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         }
     }
 
-    private func respondTooLarge(_ h: HTTPRequestHead, context: ChannelHandlerContext) {
+    /// Answers 413 and ends the connection. `early`: refused by its head's Content-Length, before
+    /// its body arrived; the answer goes out at once and the connection lingers: meshd stops
+    /// sending (half-close) and drops what the client still sends until it closes or
+    /// `bodyTimeout` passes, so the client reads the 413 instead of a reset.
+    private func respondTooLarge(_ h: HTTPRequestHead, early: Bool = false, context: ChannelHandlerContext) {
         let path = String(h.uri.split(separator: "?", maxSplits: 1).first ?? "")
         let resp = server.responder.serverError(
             status: .payloadTooLarge,
@@ -598,7 +604,21 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             context.close(promise: nil)
             return
         }
-        writeWhole(status: resp.status, headers: resp.headers, body: buf, for: h, keepAlive: false, context: context)
+        guard early else {
+            writeWhole(status: resp.status, headers: resp.headers, body: buf, for: h, keepAlive: false, context: context)
+            return
+        }
+        closing = true
+        deadline = nil
+        var head = responseHead(status: resp.status, headers: resp.headers, for: h, keepAlive: false)
+        head.headers.replaceOrAdd(name: "Content-Length", value: String(buf.readableBytes))
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+        }
+        eventLoop.scheduleTask(in: bodyTimeout) { channel.close(promise: nil) }
     }
 
     /// Finishes the bookkeeping of the request being answered (once per request).
