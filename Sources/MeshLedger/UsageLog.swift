@@ -7,9 +7,11 @@ import Synchronization
 /// The usage and audit log: one row per answered request, in SQLite (GRDB, WAL, mode 0600),
 /// append-only but for the retention. Appends never block the caller: they are queued and
 /// written in batches on the log's own queue (one transaction, one fsync per batch), at most
-/// `batchDelay` after the first record of a batch arrived, so a busy node writes a few batches a
-/// second instead of one per request (one per request took more CPU than the whole proxying of a
-/// small request). Reports are grouped by SQLite itself and see every record appended before
+/// `batchDelay` after the first record of a batch arrived, so a busy node writes one batch a
+/// second instead of one per request: one per request took more CPU than the whole proxying of a
+/// small request, and each commit stalls the requests in flight for about 2 ms on a 2-core VM
+/// (at 10 batches a second the p99 of small requests was 2.4 ms against 0.5 without the log; at
+/// one a second 0.6-0.8). A crash loses at most the last second's records. Reports are grouped by SQLite itself and see every record appended before
 /// they were asked; `flushNow()` writes what is queued (at shutdown).
 public final class UsageLog: Sendable {
     let db: DatabaseQueue
@@ -28,7 +30,7 @@ public final class UsageLog: Sendable {
     /// Batches written so far (tests: appends are grouped).
     private let batches = Atomic<Int>(0)
 
-    public init(path: String, retentionDays: Int, clock: any WallClock, batchDelay: Duration = .milliseconds(100)) throws {
+    public init(path: String, retentionDays: Int, clock: any WallClock, batchDelay: Duration = .seconds(1)) throws {
         self.path = path
         self.clock = clock
         self.batchDelay = batchDelay
