@@ -80,7 +80,7 @@ YAML
 
 log "1/4 floor: C relay, 1 thread and 2 threads, 2000 chunks at 2.5 ms, 3 rounds"
 for r in 1 2 3; do
-  for mode in 1 2; do "$WORK/relay_floor" "$mode" 2000 2500 | sed 's/^/FLOORJSON /' >>"$RAW"; done
+  for mode in 1 2; do timeout 60 "$WORK/relay_floor" "$mode" 2000 2500 | sed 's/^/FLOORJSON /' >>"$RAW"; done
 done
 
 log "2/4 paced streams: sim engine at $TPS tokens/s, $ROUNDS rounds of $TOKENS tokens"

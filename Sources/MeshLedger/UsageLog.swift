@@ -11,8 +11,9 @@ import Synchronization
 /// second instead of one per request: one per request took more CPU than the whole proxying of a
 /// small request, and each commit stalls the requests in flight for about 2 ms on a 2-core VM
 /// (at 10 batches a second the p99 of small requests was 2.4 ms against 0.5 without the log; at
-/// one a second 0.6-0.8). A crash loses at most the last second's records. Reports are grouped by SQLite itself and see every record appended before
-/// they were asked; `flushNow()` writes what is queued (at shutdown).
+/// one a second 0.6-0.8). A crash loses at most the last second's records. Reports are grouped
+/// by SQLite itself and see every record appended before they were asked; `flushNow()` writes
+/// what is queued (at shutdown).
 public final class UsageLog: Sendable {
     let db: DatabaseQueue
     public let path: String

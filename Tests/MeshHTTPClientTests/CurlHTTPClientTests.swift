@@ -106,8 +106,9 @@ struct CurlHTTPClientTests {
             #expect(postHead.header("x-echo-content-type") == "application/octet-stream")
             #expect(postHead.header("x-saw-expect") == nil)
             #expect(postBody == payload)
-            // curl's Expect wait is 1 s; a generous bound still catches it while tolerating a loaded machine.
-            #expect(elapsed < .seconds(3))
+            // No `Expect` reached the server (checked above); the bound only catches a stall. It is
+            // wide: a CI run with every suite in parallel on 2 cores once took 3.5 s here.
+            #expect(elapsed < .seconds(10))
 
             let (putHead, putBody) = try await client.execute(
                 HTTPClientRequest(method: "PUT", url: server.baseURL + "/echo", body: Array("put-body".utf8)))
