@@ -772,11 +772,11 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
 
     /// `SIZE-IN-HEX CRLF`, the head of one chunk of a chunked body.
     static func writeChunkSize(_ size: Int, into buf: inout ByteBuffer) {
-        let digits: [UInt8] = Array("0123456789abcdef".utf8)
         var shift = (Int.bitWidth - size.leadingZeroBitCount + 3) / 4 * 4 - 4
         if shift < 0 { shift = 0 }
         while shift >= 0 {
-            buf.writeInteger(digits[(size >> shift) & 0xF])
+            let d = UInt8((size >> shift) & 0xF)
+            buf.writeInteger(d < 10 ? UInt8(ascii: "0") + d : UInt8(ascii: "a") + d - 10)
             shift -= 4
         }
         buf.writeInteger(UInt16(0x0D0A))

@@ -103,6 +103,12 @@ final class TestNode: Sendable {
             await stop()
             throw TestNodeError("\(name) did not start listening")
         }
+        // And its engines answered a poll: on a loaded machine the first poll can time out, and
+        // the node listens anyway (CI runs saw a first request get 503). Not asserted: a test may
+        // start a node over an engine that is down on purpose.
+        if !(config.engines ?? []).isEmpty {
+            _ = await eventually(timeout: .seconds(10)) { node.engines.snapshot().allSatisfy(\.healthy) }
+        }
     }
 
     /// A request to the client API (`http.listen`), as its HTTP server would hand it over.
