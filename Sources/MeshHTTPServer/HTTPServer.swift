@@ -342,11 +342,6 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private var writable: EventLoopPromise<Void>?
     /// Whether the streamed response now being written keeps the connection open.
     private var streamKeepAlive = false
-    /// The streamed response now being written uses chunked framing, which `writeChunkOnLoop`
-    /// adds itself and writes below the HTTP handlers (see ``RequestBytesWatcher/rawContext``).
-    private var streamChunked = false
-    /// Set by the connection's ``RequestBytesWatcher`` once it is in the pipeline.
-    var rawContext: ChannelHandlerContext?
     /// A complete request is being answered: parts arriving now belong to pipelined requests.
     private var answering = false
     /// Parts of pipelined requests, served in order once the current response has ended.
@@ -724,14 +719,6 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         streamKeepAlive = keepAlive && !quiescing
         var head = responseHead(status: status, headers: headers, for: request, keepAlive: streamKeepAlive)
         head.headers.remove(name: "Content-Length")
-        // HTTP/1.1: chunked, said explicitly so the encoder frames the end the way the body
-        // chunks are framed here. HTTP/1.0 (and HEAD) keep the encoder's own framing.
-        streamChunked = request.version.major == 1 && request.version.minor >= 1 && request.method != .HEAD
-            && rawContext != nil && status.mayHaveResponseBody
-        if streamChunked {
-            head.headers.remove(name: "Transfer-Encoding")
-            head.headers.add(name: "Transfer-Encoding", value: "chunked")
-        }
         context.writeAndFlush(wrapOutboundOut(.head(head)), promise: nil)
         return true
     }
@@ -748,38 +735,14 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     /// Writes one chunk; returns a future to wait on when the channel is not writable (backpressure).
     private func writeChunkOnLoop(_ bytes: [UInt8]) throws -> EventLoopFuture<Void>? {
         guard !closed, let context else { throw ChannelError.ioOnClosedChannel }
-        if streamChunked, let raw = rawContext {
-            // The chunk framed here and written below the HTTP handlers: one buffer, no trip
-            // through the encoder, the header validator and the protocol error handler per chunk
-            // (their state only needs the head and the end, which still go through them).
-            guard !bytes.isEmpty else { return nil }
-            var buf = context.channel.allocator.buffer(capacity: bytes.count + 12)
-            Self.writeChunkSize(bytes.count, into: &buf)
-            buf.writeBytes(bytes)
-            buf.writeInteger(UInt16(0x0D0A))  // CRLF
-            raw.writeAndFlush(NIOAny(buf), promise: nil)
-        } else {
-            var buf = context.channel.allocator.buffer(capacity: bytes.count)
-            buf.writeBytes(bytes)
-            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
-        }
+        var buf = context.channel.allocator.buffer(capacity: bytes.count)
+        buf.writeBytes(bytes)
+        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
         if context.channel.isWritable { return nil }
         if let w = writable { return w.futureResult }
         let p = context.eventLoop.makePromise(of: Void.self)
         writable = p
         return p.futureResult
-    }
-
-    /// `SIZE-IN-HEX CRLF`, the head of one chunk of a chunked body.
-    static func writeChunkSize(_ size: Int, into buf: inout ByteBuffer) {
-        var shift = (Int.bitWidth - size.leadingZeroBitCount + 3) / 4 * 4 - 4
-        if shift < 0 { shift = 0 }
-        while shift >= 0 {
-            let d = UInt8((size >> shift) & 0xF)
-            buf.writeInteger(d < 10 ? UInt8(ascii: "0") + d : UInt8(ascii: "a") + d - 10)
-            shift -= 4
-        }
-        buf.writeInteger(UInt16(0x0D0A))
     }
 
     private func endStream(ok: Bool) {
@@ -805,16 +768,6 @@ final class RequestBytesWatcher: ChannelInboundHandler, RemovableChannelHandler,
 
     init(connection: HTTPConnectionHandler) {
         self.connection = connection
-    }
-
-    /// Streamed body chunks, framed by the connection, are written from this handler's context:
-    /// below the HTTP handlers, above TLS.
-    func handlerAdded(context: ChannelHandlerContext) {
-        connection.rawContext = context
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        connection.rawContext = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
