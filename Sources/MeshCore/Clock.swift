@@ -1,21 +1,39 @@
 import Synchronization
 
-/// Wall-clock time, injected so the core and its tests never read the system clock or sleep.
+/// Time, injected so the core and its tests never read the system clock or sleep: the wall clock
+/// (timestamps, days, what people read) and a monotonic count for measuring durations.
 public protocol WallClock: Sendable {
-    /// Nanoseconds since the Unix epoch.
+    /// Nanoseconds since the Unix epoch. It can step (NTP setting it, a machine without an RTC
+    /// booting in 1970, a VM resumed): never measure a timeout with it.
     func nowNanos() -> UInt64
+    /// Nanoseconds from an arbitrary start that only move forward, at a steady rate: for timeouts
+    /// and liveness (a peer unheard for 3 s), which a step of the wall clock must not decide.
+    /// The default is `nowNanos()`, for test clocks that only ever move forward.
+    func monotonicNanos() -> UInt64
 }
 
-/// A clock tests move by hand.
+extension WallClock {
+    public func monotonicNanos() -> UInt64 { nowNanos() }
+}
+
+/// A clock tests move by hand. `advance` moves both of its times; `step` moves only the wall
+/// clock, as NTP setting the time does.
 public final class ManualClock: WallClock {
-    private let value: Mutex<UInt64>
+    private struct Value {
+        var monotonic: UInt64
+        var wallOffset: Int64 = 0
+    }
+    private let value: Mutex<Value>
 
-    public init(nanos: UInt64 = 1_700_000_000_000_000_000) { value = Mutex(nanos) }
+    public init(nanos: UInt64 = 1_700_000_000_000_000_000) { value = Mutex(Value(monotonic: nanos)) }
 
-    public func nowNanos() -> UInt64 { value.withLock { $0 } }
+    public func nowNanos() -> UInt64 { value.withLock { UInt64(Int64(bitPattern: $0.monotonic) &+ $0.wallOffset) } }
+    public func monotonicNanos() -> UInt64 { value.withLock { $0.monotonic } }
 
     /// Moves the clock forward.
-    public func advance(nanos: UInt64) { value.withLock { $0 += nanos } }
+    public func advance(nanos: UInt64) { value.withLock { $0.monotonic += nanos } }
     /// Moves the clock forward by seconds.
     public func advance(seconds: Double) { advance(nanos: UInt64(seconds * 1e9)) }
+    /// Sets the wall clock `seconds` forward (negative: back); the monotonic count does not move.
+    public func step(seconds: Double) { value.withLock { $0.wallOffset &+= Int64(seconds * 1e9) } }
 }

@@ -7,12 +7,16 @@ import Darwin
 #endif
 import MeshCore
 
-/// The system clock as the core's ``WallClock``.
+/// The system clock as the core's ``WallClock``: `CLOCK_REALTIME` for the wall clock,
+/// `CLOCK_MONOTONIC` for durations (it does not step when the time is set).
 public struct SystemWallClock: WallClock {
     public init() {}
-    public func nowNanos() -> UInt64 {
+    public func nowNanos() -> UInt64 { Self.read(CLOCK_REALTIME) }
+    public func monotonicNanos() -> UInt64 { Self.read(CLOCK_MONOTONIC) }
+
+    static func read(_ id: clockid_t) -> UInt64 {
         var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
+        clock_gettime(id, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }

@@ -58,7 +58,7 @@ extension MeshService {
     /// The body's reader waits for the next chunk of forward `id`.
     func awaiting(_ id: String) {
         guard configuration.forwardIdleMs != nil else { return }
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         state.withLock { s in
             if s.pending[id] != nil { s.pending[id]!.waitingSince = now }
         }
@@ -68,7 +68,7 @@ extension MeshService {
     /// and tells the node to stop (the client gets an error event, or the next candidate is tried).
     func expireStalledForwards() {
         guard let idleMs = configuration.forwardIdleMs else { return }
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         let limit = UInt64(idleMs) * 1_000_000
         let stalled = state.withLock { s -> [(String, Pending, String?)] in
             let ids = s.pending.filter { _, p in
@@ -127,7 +127,7 @@ extension MeshService {
             let taken = state.withLock { s -> CheckedContinuation<ForwardedResponse, any Error>? in
                 guard let c = s.pending[id]?.head else { return nil }
                 s.pending[id]!.head = nil
-                s.pending[id]!.lastChunkNanos = clock.nowNanos()
+                s.pending[id]!.lastChunkNanos = clock.monotonicNanos()
                 s.pending[id]!.window = window
                 s.pending[id]!.body = cont
                 return c
@@ -152,7 +152,7 @@ extension MeshService {
             head.resume(returning: ForwardedResponse(status: status, headers: Self.decodeHeaders(msg.header["headers"]),
                                                      body: ForwardedBody(whole: msg.payload)))
         case .chunk:
-            let now = clock.nowNanos()
+            let now = clock.monotonicNanos()
             let c = state.withLock { s -> AsyncThrowingStream<[UInt8], any Error>.Continuation? in
                 guard s.pending[id] != nil else { return nil }
                 s.pending[id]!.lastChunkNanos = now

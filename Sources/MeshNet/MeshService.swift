@@ -114,6 +114,8 @@ public final class MeshService: Sendable {
         /// Other machines found using a node name that is taken (by us or by a live peer), by
         /// "name@endpoint": the first holder keeps the name, the other is ignored.
         var nameConflicts: [String: NameConflict] = [:]
+        /// The `seq` of the last state or load sent (see `stamped`).
+        var lastSeq: UInt64 = 0
     }
 
     /// Another machine uses a node name already in use in this mesh.
@@ -263,7 +265,7 @@ public final class MeshService: Sendable {
             return s.dialed.map { (MeshLink.outbound(MeshPeerID($0)), accepting.contains($0)) }
         }
         guard !links.isEmpty else { return }
-        var current = localState()
+        var current = stamped(localState())
         current.instance = instance
         let accepting = links.filter(\.1).map(\.0)
         if !accepting.isEmpty, let header = try? JSONValueCoding.encode(current.load) {
@@ -447,7 +449,7 @@ public final class MeshService: Sendable {
     /// Sends this node's state to `links`, built and encoded once (from `built` when the caller has it).
     func sendState(to links: [MeshLink], built: NodeState? = nil) {
         guard !links.isEmpty else { return }
-        var s = built ?? localState()
+        var s = built ?? stamped(localState())
         s.meshEndpoint = advertisedEndpoint
         s.instance = instance
         s.acceptsLoad = true
@@ -455,6 +457,18 @@ public final class MeshService: Sendable {
         s.knownPeers = state.withLock { st in st.peers.peers.map(\.state.meshEndpoint) }
         guard let header = Self.encodeState(s) else { return }
         for l in links { send(WireMessage(type: .state, header: header), to: l) }
+    }
+
+    /// `s` with a `seq` above every one sent before. The state's builder stamps the wall clock,
+    /// which can be set back (NTP, an RTC that ran ahead); peers take from this instance only a
+    /// newer `seq`, so a state stamped after such a step would be ignored until the clock caught up.
+    func stamped(_ s: NodeState) -> NodeState {
+        var s = s
+        s.seq = state.withLock { st in
+            st.lastSeq = max(s.seq, st.lastSeq &+ 1)
+            return st.lastSeq
+        }
+        return s
     }
 
     static func encodeState(_ s: NodeState) -> JSON? {
@@ -485,11 +499,11 @@ public final class MeshService: Sendable {
             let late = now - lastTick - tick
             lastTick = now
             if late > interval {
-                let wall = clock.nowNanos()
+                let heard = clock.monotonicNanos()
                 state.withLock { s in
-                    s.peers.touchAll(nowNanos: wall)
+                    s.peers.touchAll(nowNanos: heard)
                     // Chunks that came meanwhile wait in the socket: not the serving nodes' silence.
-                    for k in s.pending.keys { s.pending[k]!.lastChunkNanos = wall }
+                    for k in s.pending.keys { s.pending[k]!.lastChunkNanos = heard }
                 }
                 logger.notice("mesh heartbeat loop was stalled; not expiring peers for it", metadata: ["late": "\(late)"])
             }
@@ -506,11 +520,13 @@ public final class MeshService: Sendable {
         }
     }
 
+    /// Peers unheard for `heartbeatMs × deadAfterMissed` by the monotonic clock (a step of the
+    /// wall clock, NTP setting the time, must not expire every peer at once).
     func expirePeers() {
         let now = clock.nowNanos()
         let dead = state.withLock { s -> [String] in
             let before = s.peers.entries
-            let ids = s.peers.expire(nowNanos: now)
+            let ids = s.peers.expire(nowNanos: clock.monotonicNanos())
             // `expire` already dropped them, so `peerLost` cannot find their state: keep it here so
             // `meshctl nodes` shows them `down`, as it does for a closed connection.
             for id in ids { if let e = before[id] { s.recentlyDown[id] = (e.state, now) } }
@@ -531,7 +547,8 @@ public final class MeshService: Sendable {
             for k in p.keys { s.pending[k] = nil }
             let sv = s.served.filter { $0.value.node == id }
             for k in sv.keys { s.served[k] = nil }
-            s.recentlyDown = s.recentlyDown.filter { now - $0.value.1 < 300_000_000_000 }
+            // Wall times: one a step of the clock put ahead of now is kept, not subtracted from.
+            s.recentlyDown = s.recentlyDown.filter { $0.value.1 > now || now - $0.value.1 < 300_000_000_000 }
             return (Array(p), Array(sv.values))
         }
         logger.warning("peer lost", metadata: ["peer": "\(id)", "reason": "\(reason)"])
@@ -595,6 +612,8 @@ public final class MeshService: Sendable {
             return
         }
         let now = clock.nowNanos()
+        // When it was heard, for liveness: monotonic.
+        let heard = clock.monotonicNanos()
         if case .outbound(let peer) = m.link, state.withLock({ $0.revokedEndpoints.contains(peer.rawValue) }) {
             return  // a revoked node answering over a connection we made before revoking it
         }
@@ -642,7 +661,7 @@ public final class MeshService: Sendable {
                 guard st.revokedNodes[s.id] == nil else { return nil }
                 st.endpoints[s.id] = s.meshEndpoint
                 let new = st.peers.entries[s.id] == nil
-                st.peers.update(s, nowNanos: now)
+                st.peers.update(s, nowNanos: heard)
                 st.recentlyDown[s.id] = nil
                 st.redialAttempts[s.meshEndpoint] = nil
                 st.forwardDelta[s.id] = nil
@@ -670,7 +689,7 @@ public final class MeshService: Sendable {
                 guard st.revokedNodes[l.node] == nil, l.node != configuration.nodeID else { return }
                 if let key = m.peerKey, let bound = st.nodeKeys[l.node], bound != key { return }
                 // Fresh counts from the peer itself: our own forwards since its last report are in them.
-                if st.peers.apply(l, nowNanos: now) { st.forwardDelta[l.node] = nil }
+                if st.peers.apply(l, nowNanos: heard) { st.forwardDelta[l.node] = nil }
             }
         case .request:
             startServing(msg, link: m.link)

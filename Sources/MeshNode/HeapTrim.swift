@@ -33,7 +33,7 @@ final class HeapTrimmer: Sendable {
     @discardableResult
     func check() -> Bool {
         let l = load()
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         guard state.withLock({ policy.sample(load: l, nowNanos: now, state: &$0.policy) }), let trim = Self.mallocTrim else { return false }
         _ = trim(0)
         state.withLock { $0.trims += 1 }

@@ -88,7 +88,7 @@ public final class MeshQueue: Sendable {
         defer { timeout.cancel() }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Wake, Never>) in
-                let now = clock.nowNanos()
+                let now = clock.monotonicNanos()
                 let (outcome, victim, ticket) = state.withLock { s -> (Wake?, Entry?, UInt64?) in
                     switch s.queue.enqueue(Entry(model: model, continuation: c), key: key, priority: priority, now: now) {
                     case .queued(let t):
@@ -124,7 +124,7 @@ public final class MeshQueue: Sendable {
     /// in the queue's order. Returns the model of the one let go, nil if none.
     @discardableResult
     public func pump(canStart: (String) -> Bool) -> String? {
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         var verdicts: [String: Bool] = [:]
         let next = state.withLock { s -> Entry? in
             guard let (_, e, waited) = s.queue.dequeue(now: now, where: { e in

@@ -97,7 +97,7 @@ public final class SplitHead: SplitLaunching, Sendable {
 
     /// What the planner decides for `model` headed here, from the mesh as this node sees it now.
     public func plan(_ model: SplitModel, excluding: Set<String> = []) -> SplitDecision {
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         let backingOff = state.withLock { $0.backoff.active(now: now) }.union(excluding)
         let hops = state.withLock { $0.hops }
         let peers = mesh.peersForRouting().map { (state: $0.state, hopSeconds: hops[$0.state.id]) }
@@ -293,7 +293,7 @@ public final class SplitHead: SplitLaunching, Sendable {
         let headHasDevice = mesh.localState().vramTotalBytes > 0
         let launch = SplitLaunch(id: id, plan: plan, arguments: SplitView.arguments(plan: plan, endpoints: endpoints, layers: layers,
                                                                                      headHasDevice: headHasDevice))
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         state.withLock { s in
             s.active[id] = Active(launch: launch, engineID: engineID, startedNanos: now, phase: "loading", endpoints: endpoints,
                                   relays: handles, paths: paths)
@@ -360,7 +360,7 @@ public final class SplitHead: SplitLaunching, Sendable {
     }
 
     public func splitEnded(_ launch: SplitLaunch, failure: String?) async {
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         let active = state.withLock { s -> Active? in
             guard let a = s.active.removeValue(forKey: launch.id) else { return nil }
             if failure != nil || !a.blamed.isEmpty {
@@ -398,7 +398,7 @@ public final class SplitHead: SplitLaunching, Sendable {
 
     /// This node's splits as head, for `meshctl splits` (`speeds` gives an engine's decode tokens/s).
     public func statusJSON(decodeSpeed: (String) -> Double?) -> [JSON] {
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         let rows = state.withLock { s in s.active.values.sorted { $0.launch.id < $1.launch.id } }
         return rows.map { a in
             let p = a.launch.plan
@@ -418,7 +418,7 @@ public final class SplitHead: SplitLaunching, Sendable {
 
     /// Back-off and the last failure, for `meshctl splits`.
     public func backoffJSON() -> JSON {
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         return state.withLock { s in
             var out: [(String, JSON)] = [("started", .integer(s.started)), ("failed", .integer(s.failed)),
                                          ("backing_off", .object(s.backoff.active(now: now).sorted().map {

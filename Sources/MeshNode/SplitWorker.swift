@@ -71,7 +71,7 @@ public final class SplitWorker: Sendable {
         let step: Step = state.withLock { s in
             if s.shutDown { return .done(.failure(LeaseError(.disabled, "this node is shutting down"))) }
             let wasHeld = s.table.leases[r.split] != nil
-            switch s.table.request(r, now: clock.nowNanos(), enabled: settings.enabled, build: advert?.build,
+            switch s.table.request(r, now: clock.monotonicNanos(), enabled: settings.enabled, build: advert?.build,
                                    rpcServer: (advert?.rpcServer ?? false) && binary != nil, offerBytes: offerBytes()) {
             case .failure(let e):
                 return .done(.failure(e))
@@ -124,7 +124,7 @@ public final class SplitWorker: Sendable {
 
     public func renew(split: String) -> Result<Granted, LeaseError> {
         state.withLock { s in
-            s.table.renew(split: split, now: clock.nowNanos()).flatMap { lease in
+            s.table.renew(split: split, now: clock.monotonicNanos()).flatMap { lease in
                 guard let server = s.servers[split] else {
                     return .failure(LeaseError(.busy, "the rpc-server of split \(split) is starting; ask again"))
                 }
@@ -157,7 +157,7 @@ public final class SplitWorker: Sendable {
     /// One pass of `run()`.
     func sweep() async {
         let (expired, dead) = state.withLock { s -> ([(Lease, RPCServerProcess?)], [String]) in
-            let gone = s.table.expire(now: clock.nowNanos()).map { ($0, s.servers.removeValue(forKey: $0.split)) }
+            let gone = s.table.expire(now: clock.monotonicNanos()).map { ($0, s.servers.removeValue(forKey: $0.split)) }
             let dead = s.servers.filter { $0.value.exited }.map(\.key)
             return (gone, dead)
         }
@@ -193,7 +193,7 @@ public final class SplitWorker: Sendable {
 
     /// Leases held now, for `meshctl splits`.
     public func statusJSON() -> JSON {
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         let rows = state.withLock { s in
             s.table.leases.values.sorted { $0.split < $1.split }.map { l -> JSON in
                 ["split": .string(l.split), "role": "worker", "head": .string(l.head), "model": .string(l.model),

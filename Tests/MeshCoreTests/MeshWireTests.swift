@@ -130,6 +130,41 @@ import Testing
         #expect(t.entries["b"]?.lastHeardNanos == 2)
     }
 
+    /// A restarted meshd (another instance) at the same endpoint is taken even with a lower `seq`
+    /// (its wall clock may now be behind the old process's), and its loads apply from then on.
+    @Test func aNewInstanceIsTakenWhateverItsSeq() {
+        var t = PeerTable(heartbeatMs: 1000, deadAfterMissed: 3)
+        var old = state("b", seq: 5_000, models: ["old"])
+        old.instance = "i1"
+        t.update(old, nowNanos: 1)
+        t.apply(NodeLoad(node: "b", seq: 6_000, instance: "i1", engines: []), nowNanos: 2)
+        var restarted = state("b", seq: 100, models: ["new"])
+        restarted.instance = "i2"
+        let changed = t.update(restarted, nowNanos: 3)
+        #expect(changed)
+        #expect(t.entries["b"]?.state.modelNames == ["new"] && t.entries["b"]?.state.instance == "i2")
+        // Its own older state is still only a sign of life.
+        var older = restarted
+        older.seq = 99
+        older.engines[0].models = []
+        let changed2 = t.update(older, nowNanos: 4)
+        #expect(!changed2 && t.entries["b"]?.state.modelNames == ["new"] && t.entries["b"]?.lastHeardNanos == 4)
+        // Its load, numbered from its own clock, applies (the old instance's load seq is not kept).
+        let applied = t.apply(NodeLoad(node: "b", seq: 101, instance: "i2", engines: []), nowNanos: 5)
+        #expect(applied)
+    }
+
+    /// `step` sets only the wall clock, as NTP does; `advance` moves both.
+    @Test func manualClockStepsTheWallClockAlone() {
+        let clock = ManualClock(nanos: 1_000_000_000_000)
+        clock.step(seconds: -100)
+        #expect(clock.nowNanos() == 900_000_000_000 && clock.monotonicNanos() == 1_000_000_000_000)
+        clock.advance(seconds: 1)
+        #expect(clock.nowNanos() == 901_000_000_000 && clock.monotonicNanos() == 1_001_000_000_000)
+        clock.step(seconds: 3600)
+        #expect(clock.monotonicNanos() == 1_001_000_000_000)
+    }
+
     @Test func loadUpdatesTheEnginesOfTheStateHeld() throws {
         var t = PeerTable(heartbeatMs: 1000, deadAfterMissed: 3)
         var s = state("b", seq: 10, models: ["m"])

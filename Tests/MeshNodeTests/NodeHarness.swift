@@ -159,13 +159,14 @@ struct TestNodeError: Error, CustomStringConvertible {
 
 /// Two nodes on one mesh secret that see each other (`b` dials `a`), each with its engines.
 func meshPair(_ a: String, _ aEngines: [FakeEngine], _ b: String, _ bEngines: [FakeEngine],
+              clockA: any WallClock = SystemWallClock(), clockB: any WallClock = SystemWallClock(),
               configureA: (inout MeshdConfig) throws -> Void = { _ in },
               configureB: (inout MeshdConfig) throws -> Void = { _ in }) async throws -> (TestNode, TestNode) {
     let secret = MeshSecret.generate()
-    let na = try await TestNode.start(a, engines: aEngines, secret: secret, configure: configureA)
+    let na = try await TestNode.start(a, engines: aEngines, secret: secret, clock: clockA, configure: configureA)
     let nb: TestNode
     do {
-        nb = try await TestNode.start(b, engines: bEngines, secret: secret, peers: [na], configure: configureB)
+        nb = try await TestNode.start(b, engines: bEngines, secret: secret, peers: [na], clock: clockB, configure: configureB)
     } catch {
         await na.stop()
         throw error

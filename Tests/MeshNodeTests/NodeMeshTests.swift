@@ -137,6 +137,35 @@ import Testing
         await engine.close()
     }
 
+    /// The wall clock set forward on one node and back on the other (NTP, a board without an RTC,
+    /// a resumed VM): liveness is measured on the monotonic clock, so no peer is expired for it and
+    /// a forward in flight goes on; and the state a node sends after its clock went back is still
+    /// newer than the last one, so its peers see the change.
+    @Test func aStepOfTheWallClockNeitherExpiresPeersNorHidesANodesChanges() async throws {
+        let engine = try await FakeEngine(mode: .held)
+        let clockA = ManualClock(), clockB = ManualClock()
+        let (a, b) = try await meshPair("wa", [], "wb", [engine], clockA: clockA, clockB: clockB,
+                                        configureA: { $0.mesh.deadAfterMissed = 3 }, configureB: { $0.mesh.deadAfterMissed = 3 })
+        let inFlight = Task { await a.chat(.openai, stream: true) }
+        #expect(await eventually { engine.open == 1 })
+        clockA.step(seconds: 60)
+        clockB.step(seconds: -3600)
+        // Thirty of wa's heartbeat ticks, ten times the 300 ms expiry, pass.
+        try await Task.sleep(for: .seconds(1))
+        #expect(a.node.mesh?.recentlyDown().isEmpty == true && b.node.mesh?.recentlyDown().isEmpty == true)
+        #expect(a.node.mesh?.peers().map(\.state.id) == ["wb"])
+        engine.release(1)
+        let done = await inFlight.value
+        #expect(done.status == 200 && done.header("X-Meshd-Node") == "wb" && done.text.hasSuffix("data: [DONE]\n\n"))
+        #expect(!done.text.contains("error"))
+        // wb drains itself with its clock an hour back: wa sees it.
+        #expect(await b.admin(.POST, "/v1/drain").status == 200)
+        #expect(await eventually(timeout: .seconds(5)) { a.node.mesh?.peers().first?.state.draining == true })
+        await b.stop()
+        await a.stop()
+        await engine.close()
+    }
+
     @Test func onShutdownARequestInFlightFinishesAndNewConnectionsAreRefused() async throws {
         let engine = try await FakeEngine(mode: .held)
         let n = try await TestNode.start("d3", engines: [engine])

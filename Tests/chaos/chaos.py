@@ -43,10 +43,12 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
+import datetime
 import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -554,10 +556,44 @@ def check_requests(records: list[Req], faults: list[Fault], rep: Report) -> None
 
 
 T0 = 0.0
+# time.time() at T0: meshd's log lines carry wall-clock seconds.
+T0_WALL = 0.0
+LOG_LEVELS = (" notice ", " warning ", " error ", " critical ")
+
+
+def log_excerpt(mesh: ChaosMesh, hosts: list[str], a: float, b: float, limit: int = 12) -> list[str]:
+    """Lines of notice level and above that `hosts`' meshd logged from 4 s before monotonic time `a` to 1 s
+    after `b`: what a violation's host saw, in the report and so in CI's output."""
+    lo, hi = T0_WALL + (a - T0) - 4, T0_WALL + (b - T0) + 1
+    out: list[str] = []
+    for h in dict.fromkeys(x for x in hosts if x in HOSTS):
+        for line in mesh.log(h, "meshd").splitlines():
+            try:
+                t = datetime.datetime.strptime(line[:24], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            except ValueError:
+                continue
+            if lo - 1 < t < hi + 1 and any(k in line for k in LOG_LEVELS):
+                out.append(f"{h}: {line[11:19]} {line[25:].replace(' meshd:', '', 1)[:260]}")
+    return out[-limit:]
+
+
+def attach_logs(mesh: ChaosMesh, records: list[Req], rep: Report) -> None:
+    """Each violation of invariants 1 and 2 names its request (#i); add what the hosts involved logged."""
+    by_i = {r.i: r for r in records}
+    for key in list(rep.violations):
+        if not key.startswith(("1 ", "2 ")):
+            continue
+        lines = []
+        for v in rep.violations[key]:
+            lines.append(v)
+            r = by_i.get(int(v[1:].split(" ", 1)[0])) if v.startswith("#") else None
+            if r:
+                lines += [f"    {x}" for x in log_excerpt(mesh, [r.host, r.served_by], r.t0, r.t1)]
+        rep.violations[key] = lines
 
 
 def run(bed: Bed, bins: MeshBinaries, seed: int, duration: float, out: Path | None = None) -> Report:
-    global T0
+    global T0, T0_WALL
     rng = random.Random(seed)
     rep = Report(seed, duration)
     setup0 = time.monotonic()
@@ -568,13 +604,15 @@ def run(bed: Bed, bins: MeshBinaries, seed: int, duration: float, out: Path | No
     procs_before = mesh.processes()
     rss_start = {h: round(mesh.rss_mib(h) or 0.0, 1) for h in HOSTS}
 
-    T0 = time.monotonic()
+    T0, T0_WALL = time.monotonic(), time.time()
     until = T0 + duration
     load, driver = Load(mesh, random.Random(rng.randrange(1 << 30)), until), Driver(mesh, random.Random(rng.randrange(1 << 30)), until)
     spent_max, reserved_max, samples, rss_max = 0.0, 0.0, 0, {h: 0.0 for h in HOSTS}
     load.start()
     driver.thread.start()
     next_sample = 0.0
+    # Steps of the wall clock against the monotonic one (NTP, a paused VM): meshd must not care.
+    offset, clock_steps = time.time() - time.monotonic(), []
     while time.monotonic() < until or driver.thread.is_alive():
         if time.monotonic() > until + 60:
             driver.errors.append("the driver did not finish within 60 s of the end")
@@ -583,6 +621,9 @@ def run(bed: Bed, bins: MeshBinaries, seed: int, duration: float, out: Path | No
             time.sleep(0.05)
             continue
         next_sample = time.monotonic() + 1.0
+        if abs((o := time.time() - time.monotonic()) - offset) > 0.5:
+            clock_steps.append(f"+{time.monotonic() - T0:.1f}s: {o - offset:+.1f}s")
+            offset = o
         try:
             b = mesh.budget()
             spent_max = max(spent_max, b["daily"]["spent_usd"])
@@ -604,7 +645,13 @@ def run(bed: Bed, bins: MeshBinaries, seed: int, duration: float, out: Path | No
     rep.figures["fault_list"] = [f"+{f.t_start - T0:.1f}s {f.kind} {f.host} {f.duration:.1f}s" for f in driver.faults]
     rep.figures["requests"] = len(load.records)
 
+    rep.figures["wall_clock_steps"] = clock_steps
     check_requests(load.records, driver.faults, rep)
+    attach_logs(mesh, load.records, rep)
+    if clock_steps:
+        for key in rep.violations:
+            if rep.violations[key]:
+                rep.violations[key].append(f"(the wall clock stepped meanwhile: {', '.join(clock_steps)})")
 
     # 3. budget
     b: dict[str, Any] = {}
@@ -647,7 +694,12 @@ def run(bed: Bed, bins: MeshBinaries, seed: int, duration: float, out: Path | No
 
     if out:
         out.write_text(json.dumps({"report": asdict(rep), "requests": [asdict(r) for r in load.records],
-                                   "faults": [asdict(f) for f in driver.faults], "t0": T0}, default=str, indent=1))
+                                   "faults": [asdict(f) for f in driver.faults], "t0": T0, "t0_wall": T0_WALL},
+                                  default=str, indent=1))
+        # Every host's logs beside it, for a failure to be read after the bed is gone.
+        for h in HOSTS:
+            for f in bed.dir(h).glob("*.log"):
+                shutil.copyfile(f, out.parent / f"{h}-{f.name}")
     return rep
 
 

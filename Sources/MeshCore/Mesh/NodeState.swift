@@ -131,16 +131,20 @@ public struct PeerTable: Sendable {
         expiryNanos = UInt64(max(1, heartbeatMs)) * UInt64(max(1, deadAfterMissed)) * 1_000_000
     }
 
-    /// Records a state; returns true when it is new or changed what routing sees.
+    /// Records a state; returns true when it is new or changed what routing sees. An older state
+    /// (lower `seq`) of the same process only counts as a sign of life; another process at that
+    /// endpoint (a restarted meshd, whose clock may now be behind) is taken whatever its `seq`.
+    /// `nowNanos` is monotonic, as for `expire`.
     @discardableResult
     public mutating func update(_ s: NodeState, nowNanos: UInt64) -> Bool {
         if var e = entries[s.id] {
             let changed = s.seq != e.state.seq || e.state != s
-            if s.seq < e.state.seq && e.state.meshEndpoint == s.meshEndpoint {
+            if s.seq < e.state.seq && e.state.meshEndpoint == s.meshEndpoint && s.instance == e.state.instance {
                 e.lastHeardNanos = nowNanos
                 entries[s.id] = e
                 return false
             }
+            if s.instance != e.state.instance { e.loadSeq = 0 }
             e.state = s
             e.lastHeardNanos = nowNanos
             entries[s.id] = e
