@@ -96,6 +96,8 @@ enum Schema {
         .int(["http", "body_timeout_ms"], \.http.bodyTimeoutMs, min: 100),
         .int(["http", "idle_timeout_ms"], \.http.idleTimeoutMs, min: 100),
         .int(["http", "max_connections"], \.http.maxConnections, min: 0),
+        .int(["http", "max_connections_per_client"], \.http.maxConnectionsPerClient, min: 0),
+        .int(["http", "min_body_bytes_per_second"], \.http.minBodyBytesPerSecond, min: 0),
         .optionalString(["http", "tls", "cert_file"], \.http.tls.certFile, check: Check.path),
         .optionalString(["http", "tls", "key_file"], \.http.tls.keyFile, check: Check.path),
 

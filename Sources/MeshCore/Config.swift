@@ -39,6 +39,18 @@ public struct HostPort: Sendable, Hashable, Codable, CustomStringConvertible {
         let parts = h.split(separator: ".", omittingEmptySubsequences: false)
         return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
     }
+
+    /// Whether `ip` (an address as a socket reports it) is loopback: 127.0.0.0/8, ::1, or
+    /// 127.0.0.0/8 mapped into IPv6.
+    public static func isLoopbackAddress(_ ip: String) -> Bool {
+        var s = Substring(ip)
+        if s.hasPrefix("[") && s.hasSuffix("]") { s = s.dropFirst().dropLast() }
+        if s == "::1" || s == "0:0:0:0:0:0:0:1" { return true }
+        let lower = s.lowercased()
+        if lower.hasPrefix("::ffff:") { s = Substring(lower.dropFirst(7)) }
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
 }
 
 /// How clients authenticate to the HTTP API.
@@ -71,6 +83,11 @@ public struct HTTPConfig: Sendable, Hashable, Codable {
     public var idleTimeoutMs: Int = 75_000
     /// Most HTTP connections open at once (more are refused with 503); 0: no cap.
     public var maxConnections: Int = 4096
+    /// Most HTTP connections one client address (loopback aside) holds at once (more get 429); 0: no cap.
+    public var maxConnectionsPerClient: Int = 256
+    /// Bytes a second a request body must average (it gets `body_timeout_ms` plus a second per
+    /// this many bytes in all); 0: only the gap between bytes is bounded.
+    public var minBodyBytesPerSecond: Int = 500
     /// Serve HTTPS (both set) instead of HTTP.
     public var tls = TLSFiles()
     public init() {}
@@ -308,7 +325,8 @@ extension HTTPConfig: CustomStringConvertible, CustomReflectable {
     public var description: String {
         "HTTPConfig(listen: \(listen), apiKeys: \(apiKeys.count) redacted, adminKeys: \(adminKeys.count) redacted, auth: \(auth.rawValue), maxBodyBytes: \(maxBodyBytes), "
             + "threads: \(threads), shutdownGraceSeconds: \(shutdownGraceSeconds), headerTimeoutMs: \(headerTimeoutMs), "
-            + "bodyTimeoutMs: \(bodyTimeoutMs), idleTimeoutMs: \(idleTimeoutMs), maxConnections: \(maxConnections), tls: \(tls.enabled))"
+            + "bodyTimeoutMs: \(bodyTimeoutMs), idleTimeoutMs: \(idleTimeoutMs), maxConnections: \(maxConnections), "
+            + "maxConnectionsPerClient: \(maxConnectionsPerClient), minBodyBytesPerSecond: \(minBodyBytesPerSecond), tls: \(tls.enabled))"
     }
 
     public var customMirror: Mirror {
@@ -316,6 +334,7 @@ extension HTTPConfig: CustomStringConvertible, CustomReflectable {
             "listen": listen, "apiKeys": "\(apiKeys.count) redacted", "adminKeys": "\(adminKeys.count) redacted", "auth": auth, "maxBodyBytes": maxBodyBytes,
             "threads": threads, "shutdownGraceSeconds": shutdownGraceSeconds, "headerTimeoutMs": headerTimeoutMs,
             "bodyTimeoutMs": bodyTimeoutMs, "idleTimeoutMs": idleTimeoutMs, "maxConnections": maxConnections,
+            "maxConnectionsPerClient": maxConnectionsPerClient, "minBodyBytesPerSecond": minBodyBytesPerSecond,
         ])
     }
 }

@@ -121,13 +121,24 @@ public struct HTTPServerConfiguration: Sendable {
     public var idleTimeout: Duration
     /// Most connections served at once; connections over it get a 503 and are closed. 0: no cap.
     public var maxConnections: Int
+    /// Most connections one client address holds at once; more get a 429 and are closed, so one
+    /// machine cannot take every slot of `maxConnections`. 0: no cap.
+    public var maxConnectionsPerClient: Int
+    /// Loopback clients (this machine, e.g. a front end next to meshd) are not held to
+    /// `maxConnectionsPerClient`.
+    public var perClientCapExemptsLoopback: Bool = true
+    /// A request body must come at this many bytes a second on average: besides `bodyTimeout`
+    /// between bytes, the whole body gets `bodyTimeout` plus one second per this many bytes
+    /// received, so a client trickling a byte now and then cannot hold a connection. 0: no bound.
+    public var minBodyBytesPerSecond: Int
     /// Serve HTTPS with this identity (nil: plain HTTP). The head timeout runs from the accept,
     /// so a client that stalls in the handshake is cut off like one that stalls in its head.
     public var tls: HTTPServerTLS?
 
     public init(host: String, port: Int, maxBodyBytes: Int = 8 << 20, extraHeaders: [(String, String)] = [],
                 headerTimeout: Duration = .seconds(10), bodyTimeout: Duration = .seconds(10),
-                idleTimeout: Duration = .seconds(75), maxConnections: Int = 4096) {
+                idleTimeout: Duration = .seconds(75), maxConnections: Int = 4096, maxConnectionsPerClient: Int = 256,
+                minBodyBytesPerSecond: Int = 500) {
         self.host = host
         self.port = port
         self.unixSocketPath = nil
@@ -137,6 +148,8 @@ public struct HTTPServerConfiguration: Sendable {
         self.bodyTimeout = bodyTimeout
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
+        self.maxConnectionsPerClient = maxConnectionsPerClient
+        self.minBodyBytesPerSecond = minBodyBytesPerSecond
     }
 }
 
@@ -154,11 +167,14 @@ public final class HTTPServer: Sendable {
     private let state = Mutex(State())
     private let inFlightCount = Atomic<Int>(0)
     private let refusedCount = Atomic<Int>(0)
+    private let refusedPerClientCount = Atomic<Int>(0)
     private let timedOutCount = Atomic<Int>(0)
 
     private struct State {
         var serverChannel: (any Channel)?
         var connections: [ObjectIdentifier: HTTPConnectionHandler] = [:]
+        /// Connections open per client address (those held to `maxConnectionsPerClient`).
+        var perClient: [String: Int] = [:]
         var shuttingDown = false
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
     }
@@ -178,6 +194,9 @@ public final class HTTPServer: Sendable {
 
     /// Connections refused because `maxConnections` were open.
     public var refusedConnections: Int { refusedCount.load(ordering: .relaxed) }
+
+    /// Connections refused because their client address held `maxConnectionsPerClient` already.
+    public var refusedPerClientConnections: Int { refusedPerClientCount.load(ordering: .relaxed) }
 
     /// Connections closed because a head, a body or an idle keep-alive connection timed out.
     public var timedOutConnections: Int { timedOutCount.load(ordering: .relaxed) }
@@ -242,31 +261,45 @@ public final class HTTPServer: Sendable {
         let handler = HTTPConnectionHandler(server: self, channel: channel)
         let key = ObjectIdentifier(handler)
         let cap = configuration.maxConnections
-        enum Admission { case accepted, shuttingDown, overCap }
+        let clientCap = configuration.maxConnectionsPerClient
+        // The client address this connection counts against (none: no per-client cap applies).
+        let client = clientCap > 0 ? channel.remoteAddress?.ipAddress.flatMap { ip in
+            configuration.perClientCapExemptsLoopback && HostPort.isLoopbackAddress(ip) ? nil : ip
+        } : nil
+        enum Admission { case accepted, shuttingDown, overCap, overClientCap }
         let admission = state.withLock { st -> Admission in
             if st.shuttingDown { return .shuttingDown }
             if cap > 0 && st.connections.count >= cap { return .overCap }
+            if let client, st.perClient[client, default: 0] >= clientCap { return .overClientCap }
             st.connections[key] = handler
+            if let client { st.perClient[client, default: 0] += 1 }
             return .accepted
         }
+        let refusal: [UInt8]
         switch admission {
         case .accepted:
-            break
+            refusal = []
         case .shuttingDown:
             channel.close(promise: nil)
             return channel.eventLoop.makeSucceededVoidFuture()
         case .overCap:
             refusedCount.wrappingAdd(1, ordering: .relaxed)
-            // Refused rather than accepted and starved: a 503 the client can read, then close.
+            refusal = Self.tooManyConnections(cap: cap)
+        case .overClientCap:
+            refusedPerClientCount.wrappingAdd(1, ordering: .relaxed)
+            refusal = Self.tooManyConnectionsFromClient(client ?? "?", cap: clientCap)
+        }
+        if !refusal.isEmpty {
+            // Refused rather than accepted and starved: an answer the client can read, then close.
             do {
                 if let tls = configuration.tls { try channel.pipeline.syncOperations.addHandler(tls.handler()) }
-                try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler(response: Self.tooManyConnections(cap: cap)))
+                try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler(response: refusal))
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {
                 return channel.eventLoop.makeFailedFuture(error)
             }
         }
-        channel.closeFuture.whenComplete { _ in self.connectionClosed(key) }
+        channel.closeFuture.whenComplete { _ in self.connectionClosed(key, client: client) }
         do {
             if let tls = configuration.tls { try channel.pipeline.syncOperations.addHandler(tls.handler()) }
             // Sees (decrypted) bytes before the HTTP decoder: the first byte of a request ends the idle phase.
@@ -289,9 +322,18 @@ public final class HTTPServer: Sendable {
         return Array((head + body).utf8)
     }
 
-    private func connectionClosed(_ key: ObjectIdentifier) {
+    /// The whole response sent to a connection over `maxConnectionsPerClient`.
+    static func tooManyConnectionsFromClient(_ client: String, cap: Int) -> [UInt8] {
+        let body = #"{"error":{"message":"too many connections from \#(client) (cap \#(cap), http.max_connections_per_client)","type":"rate_limit_error","param":null,"code":"too_many_connections_from_client"}}"#
+        let head = "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
+            + "Connection: close\r\nRetry-After: 1\r\n\r\n"
+        return Array((head + body).utf8)
+    }
+
+    private func connectionClosed(_ key: ObjectIdentifier, client: String?) {
         let waiters = state.withLock { st -> [CheckedContinuation<Void, Never>] in
             st.connections.removeValue(forKey: key)
+            if let client, let n = st.perClient[client] { st.perClient[client] = n > 1 ? n - 1 : nil }
             guard st.connections.isEmpty, !st.drainWaiters.isEmpty else { return [] }
             defer { st.drainWaiters = [] }
             return st.drainWaiters
@@ -352,6 +394,11 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private let headerTimeout: TimeAmount
     private let bodyTimeout: TimeAmount
     private let idleTimeout: TimeAmount
+    /// 0: no bound on the whole body's time; else bytes a second it must average.
+    private let minBodyRate: Int
+    /// When the current request's head arrived, and the body bytes received since.
+    private var bodyStarted = NIODeadline.uptimeNanoseconds(0)
+    private var bodyReceived = 0
     /// The shortest timeout: the timer never sleeps longer, so a deadline set later (always at
     /// least this far ahead) is never earlier than the pending check and needs no rescheduling.
     private let timerStep: TimeAmount
@@ -375,6 +422,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         self.headerTimeout = TimeAmount(server.configuration.headerTimeout)
         self.bodyTimeout = TimeAmount(server.configuration.bodyTimeout)
         self.idleTimeout = TimeAmount(server.configuration.idleTimeout)
+        self.minBodyRate = max(0, server.configuration.minBodyBytesPerSecond)
         self.timerStep = max(.milliseconds(1), min(headerTimeout, bodyTimeout, idleTimeout))
     }
 
@@ -528,7 +576,9 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             tooLarge = false
             busy = true
             idle = false
-            setDeadline(.body, .now() + bodyTimeout)
+            bodyStarted = .now()
+            bodyReceived = 0
+            setDeadline(.body, bodyStarted + bodyTimeout)
             if !remoteFetched {
                 remoteFetched = true
                 remoteAddress = context.channel.remoteAddress
@@ -542,8 +592,16 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
                 context.writeAndFlush(wrapOutboundOut(.head(interim)), promise: nil)
             }
         case .body(var chunk):
-            // Not `setDeadline`: a check is pending since the head (cheapest per chunk).
-            deadline = .now() + bodyTimeout
+            // Not `setDeadline`: a check is pending since the head (cheapest per chunk). The next
+            // byte within bodyTimeout, and the whole body at minBodyRate (plus bodyTimeout).
+            let gap = NIODeadline.now() + bodyTimeout
+            if minBodyRate > 0 {
+                bodyReceived += chunk.readableBytes
+                let earned = TimeAmount.nanoseconds(Int64(min(bodyReceived, Int.max / 1_000_000_000)) * 1_000_000_000 / Int64(minBodyRate))
+                deadline = min(gap, bodyStarted + bodyTimeout + earned)
+            } else {
+                deadline = gap
+            }
             guard head != nil, !tooLarge else { return }
             if var b = body {
                 body = nil

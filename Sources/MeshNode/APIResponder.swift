@@ -213,7 +213,10 @@ public struct APIResponder: HTTPResponder {
                 # HELP meshd_http_connections_refused_total Client HTTP connections refused with 503 because http.max_connections were open.
                 # TYPE meshd_http_connections_refused_total counter
                 meshd_http_connections_refused_total \(server.refusedConnections)
-                # HELP meshd_http_connections_timed_out_total Client HTTP connections closed for a slow head or body, or idle keep-alive.
+                # HELP meshd_http_connections_refused_per_client_total Client HTTP connections refused with 429 because their address held http.max_connections_per_client.
+                # TYPE meshd_http_connections_refused_per_client_total counter
+                meshd_http_connections_refused_per_client_total \(server.refusedPerClientConnections)
+                # HELP meshd_http_connections_timed_out_total Client HTTP connections closed for a slow head or body (a stall, or a body under http.min_body_bytes_per_second), or idle keep-alive.
                 # TYPE meshd_http_connections_timed_out_total counter
                 meshd_http_connections_timed_out_total \(server.timedOutConnections)
 

@@ -251,7 +251,9 @@ public final class MeshdNode: Service, Sendable {
                                          headerTimeout: .milliseconds(config.http.headerTimeoutMs),
                                          bodyTimeout: .milliseconds(config.http.bodyTimeoutMs),
                                          idleTimeout: .milliseconds(config.http.idleTimeoutMs),
-                                         maxConnections: config.http.maxConnections)
+                                         maxConnections: config.http.maxConnections,
+                                         maxConnectionsPerClient: config.http.maxConnectionsPerClient,
+                                         minBodyBytesPerSecond: config.http.minBodyBytesPerSecond)
         if let cert = config.http.tls.certFile, let key = config.http.tls.keyFile {
             do {
                 hc.tls = try HTTPServerTLS(certFile: cert, keyFile: key)

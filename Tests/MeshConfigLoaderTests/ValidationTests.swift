@@ -186,6 +186,12 @@ import Testing
         let http = try mustLoad("http: { header_timeout_ms: 100, body_timeout_ms: 250, idle_timeout_ms: 5000, max_connections: 0 }").config.http
         #expect(http.headerTimeoutMs == 100 && http.bodyTimeoutMs == 250 && http.idleTimeoutMs == 5000 && http.maxConnections == 0)
         expectSingleError("http: { max_connections: -1 }", key: "http.max_connections", reasonContains: "must be at least 0")
+        let slow = try mustLoad("http: { max_connections_per_client: 0, min_body_bytes_per_second: 2000 }").config.http
+        #expect(slow.maxConnectionsPerClient == 0 && slow.minBodyBytesPerSecond == 2000)
+        #expect(MeshdConfig(nodeName: "n").http.maxConnectionsPerClient == 256 && MeshdConfig(nodeName: "n").http.minBodyBytesPerSecond == 500)
+        for key in ["max_connections_per_client", "min_body_bytes_per_second"] {
+            expectSingleError("http: { \(key): -1 }", key: "http.\(key)", reasonContains: "must be at least 0")
+        }
     }
 
     @Test func maxBodyBytesAtLeast1024() throws {

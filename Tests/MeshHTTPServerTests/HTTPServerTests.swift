@@ -659,7 +659,11 @@ struct HTTPServerTests {
     }
 
     @Test func stalledBodyIsClosedAfterBodyTimeout() async throws {
-        try await withServer(configure: { $0.bodyTimeout = .milliseconds(600) }) { server in
+        // The gap between body bytes alone (the average rate is trickledBodyIsCutByTheMinimumRate's).
+        try await withServer(configure: {
+            $0.bodyTimeout = .milliseconds(600)
+            $0.minBodyBytesPerSecond = 0
+        }) { server in
             let c = try server.connect()
             let started = now()
             try await c.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
@@ -800,6 +804,80 @@ struct HTTPServerTests {
         }
     }
 
+    @Test func oneClientAddressOverItsCapGets429WhileOthersAreServed() async throws {
+        try await withServer(configure: {
+            $0.maxConnectionsPerClient = 2
+            $0.perClientCapExemptsLoopback = false
+        }) { server in
+            let a1 = try server.connect(from: "127.0.0.2"), a2 = try server.connect(from: "127.0.0.2")
+            try await eventually("2 connections open") { server.server.openConnections == 2 }
+            let a3 = try server.connect(from: "127.0.0.2")
+            let refused = try await a3.readResponse()
+            #expect(refused.status == 429 && refused.closes && refused.header("retry-after") == "1")
+            #expect(refused.json?["error"]?["code"]?.stringValue == "too_many_connections_from_client")
+            #expect(refused.json?["error"]?["message"]?.stringValue?.contains("from 127.0.0.2 (cap 2, http.max_connections_per_client)") == true)
+            try await a3.readToEOF(timeout: .seconds(3))
+            // Another client address is served meanwhile.
+            let b = try server.connect(from: "127.0.0.3")
+            try await b.send("GET /echo/b HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try await b.readResponse().status == 200)
+            #expect(server.server.refusedPerClientConnections == 1 && server.server.refusedConnections == 0)
+            // The address gets a slot again once one of its connections closes.
+            a1.close()
+            try await eventually("a slot of 127.0.0.2 freed") { server.server.openConnections == 2 }
+            let a4 = try server.connect(from: "127.0.0.2")
+            try await a4.send("GET /echo/a4 HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try await a4.readResponse().status == 200)
+            try await a2.send("GET /echo/a2 HTTP/1.1\r\nHost: t\r\n\r\n")
+            #expect(try await a2.readResponse().status == 200)
+            #expect(server.server.refusedPerClientConnections == 1)
+        }
+    }
+
+    @Test func loopbackClientsAreNotHeldToThePerClientCapByDefault() async throws {
+        try await withServer(configure: { $0.maxConnectionsPerClient = 1 }) { server in
+            let clients = try (0..<3).map { _ in try server.connect() } + [try server.connect(from: "127.0.0.2")]
+            for (i, c) in clients.enumerated() {
+                try await c.send("GET /echo/\(i) HTTP/1.1\r\nHost: t\r\n\r\n")
+                #expect(try await c.readResponse().status == 200)
+            }
+            #expect(server.server.refusedPerClientConnections == 0)
+        }
+    }
+
+    /// A body trickled a byte every 150 ms never stalls for `bodyTimeout` (600 ms), but at ~7
+    /// bytes a second it is under `minBodyBytesPerSecond` (100): cut after about 0.6 s + what its
+    /// bytes earned. Without the rate bound the same trickle is still open after 2 s.
+    @Test(arguments: [100, 0])
+    func trickledBodyIsCutByTheMinimumRate(minRate: Int) async throws {
+        try await withServer(configure: {
+            $0.bodyTimeout = .milliseconds(600)
+            $0.minBodyBytesPerSecond = minRate
+        }) { server in
+            let c = try server.connect()
+            let started = now()
+            try await c.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+            var sent = 0
+            while seconds(now() - started) < 2.0 {
+                try c.pump()
+                if c.eof { break }
+                try? await c.send("x")
+                sent += 1
+                try await Task.sleep(for: .milliseconds(150))
+            }
+            let took = seconds(now() - started)
+            if minRate > 0 {
+                #expect(c.eof, "a body trickled at \(Double(sent) / took) bytes/s still open after \(took) s")
+                #expect(took >= 0.55 && took < 1.9, "cut after \(took) s")
+                #expect(server.server.timedOutConnections == 1)
+            } else {
+                #expect(!c.eof && sent >= 10)
+                #expect(server.server.timedOutConnections == 0)
+            }
+            #expect(server.calls.value == 0)
+        }
+    }
+
     // MARK: unix socket
 
     @Test func unixSocketListener() async throws {
@@ -867,6 +945,7 @@ struct HTTPServerTests {
         #expect(c.bodyTimeout == .seconds(10))
         #expect(c.idleTimeout == .seconds(75))
         #expect(c.maxConnections == 4096)
+        #expect(c.maxConnectionsPerClient == 256 && c.perClientCapExemptsLoopback && c.minBodyBytesPerSecond == 500)
     }
 }
 

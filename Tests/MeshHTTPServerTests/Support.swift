@@ -174,8 +174,8 @@ final class TestServer: Sendable {
         try await withTimeout("run() to return after shutdown", .seconds(10)) { try await task.value }
     }
 
-    func connect(receiveBuffer: Int? = nil) throws -> RawClient {
-        try RawClient.connectTCP(port: port, receiveBuffer: receiveBuffer)
+    func connect(receiveBuffer: Int? = nil, from source: String? = nil) throws -> RawClient {
+        try RawClient.connectTCP(port: port, receiveBuffer: receiveBuffer, source: source)
     }
 }
 
@@ -212,26 +212,35 @@ final class RawClient {
     private init(fd: Int32) { self.fd = fd }
     deinit { close() }
 
-    static func connectTCP(port: Int, receiveBuffer: Int? = nil) throws -> RawClient {
+    /// Connects to 127.0.0.1:`port`; from the loopback address `source` when given (another
+    /// client address on this machine: 127.0.0.2, 127.0.0.3, ...).
+    static func connectTCP(port: Int, receiveBuffer: Int? = nil, source: String? = nil) throws -> RawClient {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw SocketFailure(call: "socket", code: errno) }
         if let size = receiveBuffer {
             var v = Int32(size)
             _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, socklen_t(MemoryLayout<Int32>.size))
         }
+        if let source { try ipv4(fd, "bind", source, port: 0, Glibc.bind) }
+        try ipv4(fd, "connect", "127.0.0.1", port: port, Glibc.connect)
+        return try RawClient(fd: fd).nonBlocking()
+    }
+
+    /// `call` (bind or connect) of `fd` with an IPv4 address; closes `fd` when it fails.
+    private static func ipv4(_ fd: Int32, _ name: String, _ host: String, port: Int,
+                             _ call: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) throws {
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port)).bigEndian
-        addr.sin_addr = in_addr(s_addr: inet_addr("127.0.0.1"))
+        addr.sin_addr = in_addr(s_addr: inet_addr(host))
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         if rc != 0 {
             let e = errno
             Glibc.close(fd)
-            throw SocketFailure(call: "connect", code: e)
+            throw SocketFailure(call: name, code: e)
         }
-        return try RawClient(fd: fd).nonBlocking()
     }
 
     static func connectUnix(path: String) throws -> RawClient {

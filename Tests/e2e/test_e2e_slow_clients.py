@@ -226,3 +226,36 @@ def test_connections_over_the_cap_get_503(start_sim, start_meshd) -> None:
     finally:
         for s in idle:
             s.close()
+
+
+def test_a_trickled_body_is_cut_by_the_minimum_rate(start_sim, start_meshd) -> None:
+    """A slow POST: one body byte every 0.4 s never stalls for http.body_timeout_ms (1 s), but at
+    2.5 bytes a second it is far under http.min_body_bytes_per_second (default 500): the server
+    closes it about 1 s after its head, while another client is answered."""
+    sim = start_sim("--models", MODEL, "--gen-tps", 0)
+    m = start_meshd([{"kind": "openai", "url": sim.url}], http={"body_timeout_ms": 1000})
+    chat_ok(m)
+    before = metric(m, "meshd_http_connections_timed_out_total")
+    s = socket.create_connection(("127.0.0.1", m.port), timeout=5)
+    try:
+        t0 = time.monotonic()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{")
+        s.setblocking(False)
+        closed_after = None
+        for _ in range(25):  # bounded: 25 x 0.4 s
+            time.sleep(0.4)
+            if server_closed(s):
+                closed_after = time.monotonic() - t0
+                break
+            try:
+                s.send(b" ")
+            except OSError:
+                closed_after = time.monotonic() - t0
+                break
+        chat_ok(m)
+    finally:
+        s.close()
+    assert closed_after is not None, "a body trickled at 2.5 bytes/s was still open after 10 s"
+    assert 0.9 <= closed_after <= 4, f"closed {closed_after:.2f}s after its head"
+    assert metric(m, "meshd_http_connections_timed_out_total") == before + 1

@@ -10,15 +10,7 @@ public enum DashboardAccess {
 
     /// Whether `ip` (as the socket reports it) is a loopback address: 127.0.0.0/8, ::1, or
     /// 127.0.0.0/8 mapped into IPv6.
-    public static func isLoopback(_ ip: String) -> Bool {
-        var s = Substring(ip)
-        if s.hasPrefix("[") && s.hasSuffix("]") { s = s.dropFirst().dropLast() }
-        if s == "::1" || s == "0:0:0:0:0:0:0:1" { return true }
-        let lower = s.lowercased()
-        if lower.hasPrefix("::ffff:") { s = Substring(lower.dropFirst(7)) }
-        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
-    }
+    public static func isLoopback(_ ip: String) -> Bool { HostPort.isLoopbackAddress(ip) }
 
     /// The key an `Authorization` header presents: a Bearer token, or a Basic password.
     public static func presentedKey(_ authorization: String?) -> [UInt8]? {
