@@ -4,7 +4,9 @@ import MeshNet
 import Synchronization
 
 /// Per-key limits on this node (`limits`): the pure ``RateLimiter`` behind a lock, with the
-/// node's clock and the mesh to tell peers what changed.
+/// node's clock and the mesh to tell peers what changed. Windows run on the monotonic clock (a
+/// step of the wall clock neither forgets nor freezes a minute of use); peers exchange ages, not
+/// times, so their clocks need not agree.
 public final class KeyLimiter: Sendable {
     private let limiter: Mutex<RateLimiter>
     private let config: Mutex<LimitsConfig>
@@ -30,9 +32,9 @@ public final class KeyLimiter: Sendable {
             report: { [self] keys in
                 // Nothing counted and nothing to count: peers need not hear from us.
                 guard limits.enabled || limiter.withLock({ $0.countsLocally }) else { return nil }
-                return limiter.withLock { $0.report(keys: keys, nowNanos: clock.nowNanos()) }
+                return limiter.withLock { $0.report(keys: keys, nowNanos: clock.monotonicNanos()) }
             },
-            received: { [self] r in limiter.withLock { _ = $0.receive(r, nowNanos: clock.nowNanos()) } },
+            received: { [self] r in limiter.withLock { _ = $0.receive(r, nowNanos: clock.monotonicNanos()) } },
             peerLost: { [self] node in limiter.withLock { $0.peerLost(node) } }))
         changed.withLock { $0 = { [weak mesh] keys in mesh?.broadcastKeyUsage(keys: keys) } }
     }
@@ -41,7 +43,7 @@ public final class KeyLimiter: Sendable {
     func admit(key: String, model: String, estimatedTokens: Int) -> LimitDecision? {
         let l = config.withLock { $0.limits(for: key) }
         guard !l.isEmpty else { return nil }
-        let d = limiter.withLock { $0.admit(key: key, model: model, limits: l, estimatedTokens: estimatedTokens, nowNanos: clock.nowNanos()) }
+        let d = limiter.withLock { $0.admit(key: key, model: model, limits: l, estimatedTokens: estimatedTokens, nowNanos: clock.monotonicNanos()) }
         if case .admitted = d { tell(key) }
         return d
     }
@@ -54,7 +56,7 @@ public final class KeyLimiter: Sendable {
     /// Counts the tokens of a request this node answered for `key` (when any limit applies to it).
     func settle(key: String, tokens: Int) {
         guard tokens > 0, config.withLock({ !$0.limits(for: key).isEmpty }) else { return }
-        limiter.withLock { $0.settle(key: key, tokens: tokens, nowNanos: clock.nowNanos()) }
+        limiter.withLock { $0.settle(key: key, tokens: tokens, nowNanos: clock.monotonicNanos()) }
         tell(key)
     }
 
@@ -71,7 +73,7 @@ public final class KeyLimiter: Sendable {
     /// Every configured key and every key used lately (the anonymous key `""` included when it is).
     public func view() -> [KeyView] {
         let c = config.withLock { $0 }
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         return limiter.withLock { l in
             var keys = Set(c.perKey.keys).union(l.activeKeys(nowNanos: now)).union(l.refused.keys)
             if !c.defaultLimits.isEmpty, keys.isEmpty { keys.insert("") }

@@ -47,13 +47,16 @@ func llamaFixtures() throws -> (binary: String, model: String) {
         #expect(e.status.phase == .idle)
         await e.start()
         var delays: [Duration] = []
-        let grew = await eventually(timeout: .seconds(10)) {
+        // Generous: a CI run spawning processes under the whole parallel suite saw three restarts in 10 s.
+        let grew = await eventually(timeout: .seconds(30)) {
             let s = e.status
             if s.phase == .restarting, let d = s.nextRestartDelay, delays.last != d { delays.append(d) }
             return delays.count >= 4
         }
         #expect(grew, "restart delays seen: \(delays)")
         #expect(Array(delays.prefix(4)) == [.milliseconds(50), .milliseconds(100), .milliseconds(200), .milliseconds(400)])
+        // Read while it waits to restart (at 400 ms, the longest wait), not while it starts again.
+        _ = await eventually(timeout: .seconds(10)) { e.status.phase == .restarting }
         let snap = await e.refresh()
         #expect(!snap.healthy)
         let detail = snap.healthDetail ?? ""
