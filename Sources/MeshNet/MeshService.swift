@@ -153,13 +153,20 @@ public final class MeshService: Sendable {
     func isNameConflict(_ s: inout State, id: String, endpoint: String, instance: String?, now: UInt64) -> Bool {
         guard let instance else { return false }
         let isOwn = id == configuration.nodeID
+        let key = "\(id)@\(endpoint)"
         if isOwn {
             guard instance != self.instance else { return false }
-        } else {
-            guard let holder = s.peers.entries[id]?.state, let held = holder.instance, held != instance,
+        } else if let holder = s.peers.entries[id]?.state {
+            guard let held = holder.instance, held != instance,
                   Self.normalize(holder.meshEndpoint) != Self.normalize(endpoint) else { return false }
+        } else {
+            // The holder is down (a restart, a reboot): a machine already found using its name must
+            // not take the name over in the gap, or the holder coming back at its endpoint would be
+            // the one ignored. Only one seen conflicting: a node that moved to a new address is not.
+            guard let down = s.recentlyDown[id]?.0, Self.normalize(down.meshEndpoint) != Self.normalize(endpoint),
+                  s.nameConflicts[key] != nil else { return false }
+            return true
         }
-        let key = "\(id)@\(endpoint)"
         if s.nameConflicts[key] == nil {
             s.nameConflicts[key] = NameConflict(name: id, endpoint: endpoint, isOwnName: isOwn, sinceNanos: now)
             if s.nameConflicts.count > 64, let oldest = s.nameConflicts.min(by: { $0.value.sinceNanos < $1.value.sinceNanos }) {

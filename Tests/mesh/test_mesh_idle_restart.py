@@ -9,8 +9,12 @@ from meshd_e2e import ProcessPool, wait_until
 from mesh_helpers import MeshBinaries, MeshNode, chat, sim_entry, start_sim
 
 IDLE_SECONDS = 5.0
-# Total CPU of the three meshd processes over the idle window, as a share of one core.
+# Total CPU of the three meshd processes over the idle window, as a share of one core: the lower of
+# two windows, since noise only adds (a CI run, with the hypervisor stealing time from the 2 cores,
+# charged three times the quiet figure of ~3 % to the same idle work). A regression that does work
+# while idle (a busy loop, a fast timer) shows in both.
 IDLE_CPU_LIMIT = 0.05
+IDLE_WINDOWS = 2
 
 
 def test_idle_mesh_cpu(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
@@ -25,18 +29,21 @@ def test_idle_mesh_cpu(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) ->
         n.wait_sees({"A": "up", "B": "up", "C": "up"})
     time.sleep(1.5)  # start-up work done
     nodes = (a, b, c)
-    cpu0 = [n.cpu_seconds() for n in nodes]
-    t0 = time.monotonic()
-    time.sleep(IDLE_SECONDS)
-    cpu1 = [n.cpu_seconds() for n in nodes]
-    wall = time.monotonic() - t0
-    used = [y - x for x, y in zip(cpu0, cpu1)]
-    share = sum(used) / wall
-    per = ", ".join(f"{n.name} {u * 1000:.0f} ms" for n, u in zip(nodes, used))
-    print(f"\n[mesh] idle 3-node mesh: {sum(used) * 1000:.0f} ms CPU in {wall:.1f} s = {share * 100:.2f}% of one core ({per})")
-    # Still a mesh after the idle window.
+    windows: list[tuple[float, str]] = []
+    for _ in range(IDLE_WINDOWS):
+        cpu0 = [n.cpu_seconds() for n in nodes]
+        t0 = time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        cpu1 = [n.cpu_seconds() for n in nodes]
+        wall = time.monotonic() - t0
+        used = [y - x for x, y in zip(cpu0, cpu1)]
+        per = ", ".join(f"{n.name} {u * 1000:.0f} ms" for n, u in zip(nodes, used))
+        windows.append((sum(used) / wall, per))
+        print(f"\n[mesh] idle 3-node mesh: {sum(used) * 1000:.0f} ms CPU in {wall:.1f} s = {windows[-1][0] * 100:.2f}% of one core ({per})")
+    share, per = min(windows)
+    # Still a mesh after the idle windows.
     assert {k: v["state"] for k, v in a.nodes().items()} == {"A": "up", "B": "up", "C": "up"}
-    assert share < IDLE_CPU_LIMIT, f"idle mesh used {share * 100:.1f}% of a core ({per})"
+    assert share < IDLE_CPU_LIMIT, f"idle mesh used {share * 100:.1f}% of a core at least ({per}; windows {windows})"
 
 
 def test_peer_restart(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
