@@ -324,7 +324,7 @@ public final class HTTPServer: Sendable {
 
     /// The whole response sent to a connection over `maxConnectionsPerClient`.
     static func tooManyConnectionsFromClient(_ client: String, cap: Int) -> [UInt8] {
-        let body = #"{"error":{"message":"too many connections from \#(client) (cap \#(cap), http.max_connections_per_client)","type":"rate_limit_error","param":null,"code":"too_many_connections_from_client"}}"#
+        let body = #"{"error":{"message":"too many connections from \#(client) (cap \#(cap), http.max_connections_per_client)","type":"requests","param":null,"code":"too_many_connections_from_client"}}"#
         let head = "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
             + "Connection: close\r\nRetry-After: 1\r\n\r\n"
         return Array((head + body).utf8)

@@ -815,6 +815,7 @@ struct HTTPServerTests {
             let refused = try await a3.readResponse()
             #expect(refused.status == 429 && refused.closes && refused.header("retry-after") == "1")
             #expect(refused.json?["error"]?["code"]?.stringValue == "too_many_connections_from_client")
+            #expect(refused.json?["error"]?["type"]?.stringValue == "requests")  // OpenAI's type for a request-count limit
             #expect(refused.json?["error"]?["message"]?.stringValue?.contains("from 127.0.0.2 (cap 2, http.max_connections_per_client)") == true)
             try await a3.readToEOF(timeout: .seconds(3))
             // Another client address is served meanwhile.
