@@ -29,6 +29,8 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "CAvahi", pkgConfig: "avahi-client", providers: [.apt(["libavahi-client-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // The Swift runtime's global-executor hook, found by the linker (a static runtime hides it from dlsym).
+        .target(name: "CSwiftHooks"),
 
         // MARK: pure core: no I/O
         .target(name: "MeshCore", swiftSettings: strict),
@@ -91,7 +93,7 @@ let package = Package(
 
         // MARK: thin executables
         .executableTarget(name: "meshd", dependencies: [
-            "MeshNode", "MeshConfigLoader", "MeshCore",
+            "MeshNode", "MeshConfigLoader", "MeshCore", "CSwiftHooks",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

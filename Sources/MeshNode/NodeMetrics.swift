@@ -29,6 +29,13 @@ public final class NodeMetrics: Sendable {
         inFlight.record(0)
     }
 
+    /// Whether Swift tasks run on the node's event loops (meshd makes them Swift's global executor
+    /// at start): 1, or 0 when they stay on the default pool, where every request and streamed
+    /// chunk costs more thread hand-offs. `meshd_tasks_on_event_loops`.
+    public func recordTasksOnEventLoops(_ on: Bool) {
+        CoreMetrics.Gauge(label: "meshd_tasks_on_event_loops", dimensions: [], factory: factory).record(on ? 1 : 0)
+    }
+
     /// A request started.
     public func begin() {
         let n = inFlightCount.withLock { $0 += 1; return $0 }

@@ -267,6 +267,11 @@ def test_metrics(start_sim: Callable[..., SimEngine], start_meshd: Callable[...,
     inflight = metric_lines(text, "meshd_requests_in_flight")
     assert inflight and value(inflight[0]) == 0
 
+    # Swift tasks run on the event loops that own the connections (meshd installs the runtime's
+    # global-executor hook itself, which also works with a statically linked Swift runtime).
+    on_loops = metric_lines(text, "meshd_tasks_on_event_loops")
+    assert on_loops and value(on_loops[0]) == 1, text
+
 
 # MARK: admin socket
 

@@ -67,11 +67,16 @@ struct Meshd: AsyncParsableCommand {
         // request does not bounce between the NIO loop and the cooperative pool (measured: the
         // thread hand-offs dominated meshd's per-request cost on 2 cores).
         NIOSingletons.groupLoopCountSuggestion = max(1, loaded.config.http.threads)
-        let takeover = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-        logger.debug("executor", metadata: ["nio_global_executor": "\(takeover)"])
+        let takeover = EventLoopExecutor.install()
+        if takeover {
+            logger.debug("executor", metadata: ["nio_global_executor": "true"])
+        } else {
+            logger.warning("Swift tasks stay on the default thread pool (another global executor hook is installed): each request and streamed chunk costs more thread hand-offs")
+        }
         let node: MeshdNode
         do {
             node = try MeshdNode(config: loaded.config, logger: logger, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+            node.metrics.recordTasksOnEventLoops(takeover)
         } catch let error as ConfigLoadError {
             // The prices file is configuration too: same message shape and exit status.
             FileHandle.standardError.write(Data("meshd: configuration error\n\(error.description)\n".utf8))
