@@ -8,11 +8,13 @@
 #    with one thread (epoll on the upstream socket, writes to the client on the same thread) and
 #    with two (a reader thread hands each chunk to a writer thread through an eventfd, as meshd's
 #    curl thread hands chunks to the NIO event loop that owns the client's connection).
-# 2. Paced streams: meshd-sim-engine at TPS tokens/s; CPU per relayed chunk of nginx and meshd.
+# 2. Paced streams: meshd-sim-engine at TPS tokens/s; CPU per relayed chunk of nginx and meshd
+#    (meshd as configured by default, and meshd-each: http.stream_coalesce_ms 0, every chunk read
+#    and relayed as it comes).
 # 3. Static backend: nginx answering a fixed chat completion (benches/nginx.conf.in); wrk with
 #    CONNS connections through nginx-as-proxy and through meshd: requests/s, CPU per request.
 # 4. llama-server using every core (-t $(nproc)), tiny model: streamed tokens/s direct, through
-#    nginx and through meshd (LLAMA=0 skips it).
+#    nginx and through meshd and meshd-each (LLAMA=0 skips it).
 # Every comparison runs its targets in ABBA order within one run (benches/relay_cost.py).
 #
 # Env: TPS [400]; TOKENS [400]; ROUNDS [6]; CONCURRENT [32] streams at once in part 2's second
@@ -58,13 +60,14 @@ start_nginx() {  # start_nginx NAME TEMPLATE UPSTREAM -> NGX_PORT, NGX_PID
   wait_http "http://127.0.0.1:$NGX_PORT/v1/models" || die "nginx ($1) did not start: $(cat "$dir/logs/error.log")"
 }
 
-start_meshd() {  # start_meshd NAME ENGINE_URL MODEL -> M_PORT, M_PID
-  local dir="$WORK/meshd-$1" mesh_port i
+start_meshd() {  # start_meshd NAME ENGINE_URL MODEL [STREAM_COALESCE_MS] -> M_PORT, M_PID
+  local dir="$WORK/meshd-$1" mesh_port i coalesce=""
+  [ -n "${4:-}" ] && coalesce=", stream_coalesce_ms: $4"
   M_PORT="$(free_port)"; mesh_port="$(free_port)"; mkdir -p "$dir/state"
   cat >"$dir/meshd.yaml" <<YAML
 node: { name: bench }
 state_dir: "$dir/state"
-http: { listen: "127.0.0.1:$M_PORT" }
+http: { listen: "127.0.0.1:$M_PORT"$coalesce }
 admin: { socket: "$dir/meshd.sock" }
 engines:
   - { kind: openai, url: "$2" }
@@ -90,15 +93,18 @@ SIM_PORT="$(free_port)"
 PIDS+=($!)
 wait_http "http://127.0.0.1:$SIM_PORT/v1/models" || die "sim engine did not start: $(cat "$WORK/sim.log")"
 start_nginx sim "$HERE/nginx-proxy.conf.in" "127.0.0.1:$SIM_PORT"
+# meshd-each: the same meshd relaying every chunk as it comes (http.stream_coalesce_ms: 0).
+start_meshd sim-each "http://127.0.0.1:$SIM_PORT" sim 0
+E_PORT="$M_PORT"; E_PID="$M_PID"
 start_meshd sim "http://127.0.0.1:$SIM_PORT" sim
 python3 "$HERE/relay_cost.py" --model sim --rounds "$ROUNDS" --max-tokens "$TOKENS" --tag paced \
   --target "direct=http://127.0.0.1:$SIM_PORT" --target "nginx=http://127.0.0.1:$NGX_PORT=$NGX_PID" \
-  --target "meshd=http://127.0.0.1:$M_PORT=$M_PID" >>"$RAW"
+  --target "meshd=http://127.0.0.1:$M_PORT=$M_PID" --target "meshd-each=http://127.0.0.1:$E_PORT=$E_PID" >>"$RAW"
 log "2/4 the same with $CONCURRENT streams at once (a gateway relaying many streams)"
 python3 "$HERE/relay_cost.py" --model sim --rounds "$ROUNDS" --max-tokens "$TOKENS" --tag paced-many --concurrency "$CONCURRENT" \
   --target "direct=http://127.0.0.1:$SIM_PORT" --target "nginx=http://127.0.0.1:$NGX_PORT=$NGX_PID" \
-  --target "meshd=http://127.0.0.1:$M_PORT=$M_PID" >>"$RAW"
-kill "$M_PID" "$NGX_PID" 2>/dev/null || true
+  --target "meshd=http://127.0.0.1:$M_PORT=$M_PID" --target "meshd-each=http://127.0.0.1:$E_PORT=$E_PID" >>"$RAW"
+kill "$M_PID" "$E_PID" "$NGX_PID" 2>/dev/null || true
 
 log "3/4 static backend: wrk -c$CONNS, $ROUNDS rounds of ${SECS}s"
 start_nginx static "$HERE/nginx.conf.in" ""
@@ -120,10 +126,12 @@ if [ "$LLAMA" = 1 ]; then
   PIDS+=($!)
   wait_http "http://127.0.0.1:$L_PORT/health" || die "llama-server not healthy: $(tail -n 20 "$WORK/llama.log")"
   start_nginx llama "$HERE/nginx-proxy.conf.in" "127.0.0.1:$L_PORT"
+  start_meshd llama-each "http://127.0.0.1:$L_PORT" meshd-tiny 0
+  E_PORT="$M_PORT"; E_PID="$M_PID"
   start_meshd llama "http://127.0.0.1:$L_PORT" meshd-tiny
   python3 "$HERE/relay_cost.py" --model meshd-tiny --rounds "$((ROUNDS * 2))" --max-tokens 256 --tag llama \
     --target "direct=http://127.0.0.1:$L_PORT" --target "nginx=http://127.0.0.1:$NGX_PORT=$NGX_PID" \
-    --target "meshd=http://127.0.0.1:$M_PORT=$M_PID" >>"$RAW"
+    --target "meshd=http://127.0.0.1:$M_PORT=$M_PID" --target "meshd-each=http://127.0.0.1:$E_PORT=$E_PID" >>"$RAW"
 else
   log "4/4 llama-server skipped (LLAMA=0)"
 fi

@@ -35,13 +35,14 @@ for tag in ("paced", "paced-many", "llama"):
     rs = [r for r in rows["CHUNKJSON"] if r["tag"] == tag]
     if not rs:
         continue
-    for name in ("direct", "nginx", "meshd"):
+    for name in ("direct", "nginx", "meshd", "meshd-each"):
         mine = [r for r in rs if r["target"] == name]
         res[tag][name] = {"tok_s": med([r["tok_s"] for r in mine]),
                           "cpu_us_per_chunk": med([r.get("cpu_us_per_chunk") for r in mine]),
                           "sleeps_per_chunk": med([r.get("sleeps_per_chunk") for r in mine]),
                           "incomplete": sum(1 for r in mine if not r["done"])}
     res[tag]["meshd_over_direct_tok_s"] = per_round_ratio(rs, "meshd", "direct", "tok_s")
+    res[tag]["meshd_each_over_direct_tok_s"] = per_round_ratio(rs, "meshd-each", "direct", "tok_s")
     res[tag]["nginx_over_direct_tok_s"] = per_round_ratio(rs, "nginx", "direct", "tok_s")
 rs = rows["RPSJSON"]
 if rs:
@@ -81,14 +82,16 @@ Medians over rounds; ratios are taken within each round (ABBA order), then the m
 | C, 1 thread (epoll; read and write on one thread) | {floor[1]} | 1 |
 | C, 2 threads (hand-off through an eventfd) | {floor[2]} | 2 |
 | nginx reverse proxy (proxy_buffering off) | {g(p, 'nginx', 'cpu_us_per_chunk')} | {g(p, 'nginx', 'sleeps_per_chunk')} |
-| meshd | {g(p, 'meshd', 'cpu_us_per_chunk')} | {g(p, 'meshd', 'sleeps_per_chunk')} |
+| meshd (default: a fast stream read at most every `http.stream_coalesce_ms`, 5) | {g(p, 'meshd', 'cpu_us_per_chunk')} | {g(p, 'meshd', 'sleeps_per_chunk')} |
+| meshd, `stream_coalesce_ms: 0` (every chunk as it comes) | {g(p, 'meshd-each', 'cpu_us_per_chunk')} | {g(p, 'meshd-each', 'sleeps_per_chunk')} |
 
-Paced tokens/s: direct {g(p, 'direct', 'tok_s')}, nginx {g(p, 'nginx', 'tok_s')}, meshd {g(p, 'meshd', 'tok_s')}.
+Paced tokens/s: direct {g(p, 'direct', 'tok_s')}, nginx {g(p, 'nginx', 'tok_s')}, meshd {g(p, 'meshd', 'tok_s')}, meshd-each {g(p, 'meshd-each', 'tok_s')}.
 
 With many streams at once (see params: CONCURRENT), the wakes are shared by the chunks that arrive
 together: nginx {g(pm, 'nginx', 'cpu_us_per_chunk')} µs and {g(pm, 'nginx', 'sleeps_per_chunk')} sleeps per chunk,
-meshd {g(pm, 'meshd', 'cpu_us_per_chunk')} µs and {g(pm, 'meshd', 'sleeps_per_chunk')} sleeps per chunk
-(median tokens/s per stream: direct {g(pm, 'direct', 'tok_s')}, nginx {g(pm, 'nginx', 'tok_s')}, meshd {g(pm, 'meshd', 'tok_s')}).
+meshd {g(pm, 'meshd', 'cpu_us_per_chunk')} µs and {g(pm, 'meshd', 'sleeps_per_chunk')} sleeps per chunk,
+meshd-each {g(pm, 'meshd-each', 'cpu_us_per_chunk')} µs and {g(pm, 'meshd-each', 'sleeps_per_chunk')}
+(median tokens/s per stream: direct {g(pm, 'direct', 'tok_s')}, nginx {g(pm, 'nginx', 'tok_s')}, meshd {g(pm, 'meshd', 'tok_s')}, meshd-each {g(pm, 'meshd-each', 'tok_s')}).
 
 ## Static backend (non-streamed requests, wrk -c{g(s, 'conns')})
 
@@ -105,6 +108,7 @@ meshd {g(pm, 'meshd', 'cpu_us_per_chunk')} µs and {g(pm, 'meshd', 'sleeps_per_c
 | direct | {g(l, 'direct', 'tok_s')} | | | {g(l, 'direct', 'incomplete')} |
 | nginx | {g(l, 'nginx', 'tok_s')} | {g(l, 'nginx', 'cpu_us_per_chunk')} | {g(l, 'nginx_over_direct_tok_s')} | {g(l, 'nginx', 'incomplete')} |
 | meshd | {g(l, 'meshd', 'tok_s')} | {g(l, 'meshd', 'cpu_us_per_chunk')} | {g(l, 'meshd_over_direct_tok_s')} | {g(l, 'meshd', 'incomplete')} |
+| meshd, `stream_coalesce_ms: 0` | {g(l, 'meshd-each', 'tok_s')} | {g(l, 'meshd-each', 'cpu_us_per_chunk')} | {g(l, 'meshd_each_over_direct_tok_s')} | {g(l, 'meshd-each', 'incomplete')} |
 """
 open(os.path.join(out, "relay-cost.md"), "w").write(md)
 print(md)

@@ -98,6 +98,7 @@ enum Schema {
         .int(["http", "max_connections"], \.http.maxConnections, min: 0),
         .int(["http", "max_connections_per_client"], \.http.maxConnectionsPerClient, min: 0),
         .int(["http", "min_body_bytes_per_second"], \.http.minBodyBytesPerSecond, min: 0),
+        .int(["http", "stream_coalesce_ms"], \.http.streamCoalesceMs, min: 0, max: 100),
         .optionalString(["http", "tls", "cert_file"], \.http.tls.certFile, check: Check.path),
         .optionalString(["http", "tls", "key_file"], \.http.tls.keyFile, check: Check.path),
 

@@ -88,6 +88,10 @@ public struct HTTPConfig: Sendable, Hashable, Codable {
     /// Bytes a second a request body must average (it gets `body_timeout_ms` plus a second per
     /// this many bytes in all); 0: only the gap between bytes is bounded.
     public var minBodyBytesPerSecond: Int = 500
+    /// A streamed answer whose chunks come faster than one per half of this many milliseconds is
+    /// read from its engine at most once per this, and what came meanwhile is relayed together
+    /// (``ReadCoalescer``): fewer thread wakes per token; 0 relays every chunk as it comes.
+    public var streamCoalesceMs: Int = 5
     /// Serve HTTPS (both set) instead of HTTP.
     public var tls = TLSFiles()
     public init() {}
@@ -326,7 +330,7 @@ extension HTTPConfig: CustomStringConvertible, CustomReflectable {
         "HTTPConfig(listen: \(listen), apiKeys: \(apiKeys.count) redacted, adminKeys: \(adminKeys.count) redacted, auth: \(auth.rawValue), maxBodyBytes: \(maxBodyBytes), "
             + "threads: \(threads), shutdownGraceSeconds: \(shutdownGraceSeconds), headerTimeoutMs: \(headerTimeoutMs), "
             + "bodyTimeoutMs: \(bodyTimeoutMs), idleTimeoutMs: \(idleTimeoutMs), maxConnections: \(maxConnections), "
-            + "maxConnectionsPerClient: \(maxConnectionsPerClient), minBodyBytesPerSecond: \(minBodyBytesPerSecond), tls: \(tls.enabled))"
+            + "maxConnectionsPerClient: \(maxConnectionsPerClient), minBodyBytesPerSecond: \(minBodyBytesPerSecond), streamCoalesceMs: \(streamCoalesceMs), tls: \(tls.enabled))"
     }
 
     public var customMirror: Mirror {
@@ -335,6 +339,7 @@ extension HTTPConfig: CustomStringConvertible, CustomReflectable {
             "threads": threads, "shutdownGraceSeconds": shutdownGraceSeconds, "headerTimeoutMs": headerTimeoutMs,
             "bodyTimeoutMs": bodyTimeoutMs, "idleTimeoutMs": idleTimeoutMs, "maxConnections": maxConnections,
             "maxConnectionsPerClient": maxConnectionsPerClient, "minBodyBytesPerSecond": minBodyBytesPerSecond,
+            "streamCoalesceMs": streamCoalesceMs,
         ])
     }
 }

@@ -1,4 +1,5 @@
 import CCurl
+import MeshCore
 
 /// Loop-thread-only state of one transfer: the easy handle, its header list, timers and the head parser.
 ///
@@ -9,6 +10,7 @@ final class ActiveTransfer {
     let easy: UnsafeMutableRawPointer
     private let loop: CurlLoop
     private let pool: EasyHandlePool
+    private let deliveries: PendingDeliveries
     private var headerList: UnsafeMutablePointer<curl_slist>?
     private let errorBuffer: UnsafeMutablePointer<CChar>
     private var retainedSelf: UnsafeMutableRawPointer?
@@ -18,6 +20,12 @@ final class ActiveTransfer {
     private var lastActivity: ContinuousClock.Instant
     private var headReceived = false
     private var paused = false
+    /// Whether this transfer's reads may be spaced out (a streamed body, coalescing configured).
+    let coalesces: Bool
+    /// When to read this stream again (loop thread; see ``ReadCoalescer``).
+    var coalescer: ReadCoalescer
+    /// Body chunks accepted since the loop last asked (``takeChunkCount()``).
+    private var chunksSinceRead = 0
 
     // Head parser (final response only; 1xx blocks are skipped).
     private var parsedStatus = 0
@@ -29,6 +37,7 @@ final class ActiveTransfer {
         configuration: HTTPClientConfiguration,
         loop: CurlLoop,
         pool: EasyHandlePool,
+        deliveries: PendingDeliveries,
         now: ContinuousClock.Instant
     ) throws(HTTPClientError) {
         let firstByte = request.firstByteTimeout ?? configuration.firstByteTimeout
@@ -36,9 +45,13 @@ final class ActiveTransfer {
         self.state = state
         self.loop = loop
         self.pool = pool
+        self.deliveries = deliveries
         self.firstByteDeadline = firstByte > .zero ? now + firstByte : nil
         self.idleTimeout = idle > .zero ? idle : nil
         self.lastActivity = now
+        let window = configuration.streamCoalesce
+        self.coalesces = !state.collectWhole && window > .zero
+        self.coalescer = ReadCoalescer(windowNanos: coalesces ? window.meshNanoseconds : 0)
 
         let headerLines = try Self.headerLines(for: request)
         guard let easy = pool.take() else {
@@ -171,6 +184,12 @@ final class ActiveTransfer {
 
     // MARK: events (loop thread)
 
+    /// Body chunks accepted since the last call.
+    func takeChunkCount() -> Int {
+        defer { chunksSinceRead = 0 }
+        return chunksSinceRead
+    }
+
     func resume(now: ContinuousClock.Instant) {
         state.prepareResume()
         paused = false
@@ -265,6 +284,12 @@ final class ActiveTransfer {
         switch state.offer(bytes) {
         case .accepted:
             lastActivity = ContinuousClock.now
+            chunksSinceRead += 1
+            return bytes.count
+        case .acceptedWake:
+            lastActivity = ContinuousClock.now
+            chunksSinceRead += 1
+            deliveries.transfers.append(self)
             return bytes.count
         case .pause:
             paused = true
@@ -290,6 +315,20 @@ private func curlHeaderCallback(
     let transfer = Unmanaged<ActiveTransfer>.fromOpaque(userdata).takeUnretainedValue()
     let total = size * count
     return transfer.onHeaderLine(UnsafeRawBufferPointer(start: pointer, count: total)) ? total : 0
+}
+
+/// Transfers whose waiting consumer is to be woken once the loop is done with the current read
+/// (loop thread only): one read's chunks reach the consumer in one wake, not one per chunk.
+final class PendingDeliveries {
+    var transfers: [ActiveTransfer] = []
+
+    /// Wakes every consumer listed.
+    func flush() {
+        guard !transfers.isEmpty else { return }
+        let due = transfers
+        transfers.removeAll(keepingCapacity: true)
+        for transfer in due { transfer.state.wakeConsumer() }
+    }
 }
 
 /// Easy handles kept between transfers (loop thread only). A finished transfer's handle is reset

@@ -202,6 +202,7 @@ final class CurlLoopRunner {
     private var shuttingDown = false
     private let clock = ContinuousClock()
     private let pool: EasyHandlePool
+    private let deliveries = PendingDeliveries()
     private let epollFD: Int32
     /// When curl wants `curl_multi_socket_action(CURL_SOCKET_TIMEOUT)`; nil: no timer.
     private var curlTimer: ContinuousClock.Instant?
@@ -210,6 +211,14 @@ final class CurlLoopRunner {
     /// No transfer's own deadline (first byte, idle) falls before this: the scan over all transfers
     /// runs only then (deadlines move later with activity, never earlier, except on add or resume).
     private var nextDeadlineScan: ContinuousClock.Instant
+    /// Coalescing of fast streams' reads (``ReadCoalescer``); all empty when it is off.
+    /// The easy handle using each socket curl watches, and the events curl wants for it.
+    private var socketOwner: [Int32: UnsafeMutableRawPointer] = [:]
+    private var wantedEvents: [Int32: UInt32] = [:]
+    /// Sockets of fast streams left unread until then (their EPOLLIN interest is off).
+    private var snoozed: [Int32: ContinuousClock.Instant] = [:]
+    private let coalescing: Bool
+    private let start: ContinuousClock.Instant
 
     /// Longest single sleep when nothing is due.
     private static let maxPollMilliseconds = 1000
@@ -223,6 +232,8 @@ final class CurlLoopRunner {
         self.pool = EasyHandlePool(loop: loop)
         self.epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
         self.nextDeadlineScan = clock.now
+        self.coalescing = configuration.streamCoalesce > .zero
+        self.start = clock.now
     }
 
     func run() {
@@ -250,9 +261,11 @@ final class CurlLoopRunner {
                 // nothing: without this, that transfer would wait for the next socket event.
                 if timerCalls == calls { curlTimer = clock.now + .milliseconds(1) }
             }
+            if !snoozed.isEmpty { wakeSnoozed() }
             drainMessages()
             enforceDeadlines()
 
+            deliveries.flush()  // a resume (`curl_easy_pause`) may have delivered chunks
             let n = events.withUnsafeMutableBufferPointer { buf in
                 epoll_wait(epollFD, buf.baseAddress, Int32(Self.maxEvents), Int32(pollTimeoutMilliseconds()))
             }
@@ -273,7 +286,13 @@ final class CurlLoopRunner {
                     if ev & UInt32(EPOLLIN.rawValue) != 0 { mask |= CURL_CSELECT_IN }
                     if ev & UInt32(EPOLLOUT.rawValue) != 0 { mask |= CURL_CSELECT_OUT }
                     if ev & (UInt32(EPOLLERR.rawValue) | UInt32(EPOLLHUP.rawValue)) != 0 { mask |= CURL_CSELECT_ERR }
+                    if !snoozed.isEmpty, snoozed.removeValue(forKey: fd) != nil {
+                        // A snoozed socket hung up or became writable: read it now, as it is.
+                        watch(fd, events: wantedEvents[fd] ?? 0)
+                        mask |= CURL_CSELECT_IN
+                    }
                     action(fd, mask)
+                    if coalescing, mask & CURL_CSELECT_IN != 0 { considerSnooze(fd) }
                 }
                 drainMessages()
             }
@@ -310,15 +329,64 @@ final class CurlLoopRunner {
     }
 
     /// curl's socket callback: which sockets to watch for what.
-    fileprivate func socketChanged(_ fd: Int32, what: Int32) {
+    fileprivate func socketChanged(_ fd: Int32, easy: UnsafeMutableRawPointer?, what: Int32) {
         if what == CURL_POLL_REMOVE {
             _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, nil)  // EBADF/ENOENT: already closed, nothing to do
+            if coalescing {
+                socketOwner[fd] = nil
+                wantedEvents[fd] = nil
+                snoozed[fd] = nil
+            }
             return
         }
         var events: UInt32 = 0
         if what & CURL_POLL_IN != 0 { events |= UInt32(EPOLLIN.rawValue) }
         if what & CURL_POLL_OUT != 0 { events |= UInt32(EPOLLOUT.rawValue) }
+        if coalescing {
+            socketOwner[fd] = easy
+            wantedEvents[fd] = events
+            if snoozed[fd] != nil { events &= ~UInt32(EPOLLIN.rawValue) }
+        }
         watch(fd, events: events)
+    }
+
+    /// After a read of `fd`: if it belongs to a fast stream, leave it unread for a while.
+    private func considerSnooze(_ fd: Int32) {
+        guard let easy = socketOwner[fd] else { return }
+        var privatePointer: UnsafeMutableRawPointer?
+        _ = meshd_curl_easy_getinfo_ptr(easy, CURLINFO_PRIVATE, &privatePointer)
+        guard let privatePointer else { return }
+        let transfer = Unmanaged<ActiveTransfer>.fromOpaque(privatePointer).takeUnretainedValue()
+        guard transfer.coalesces else { return }
+        let now = clock.now
+        let chunks = transfer.takeChunkCount()
+        guard let until = transfer.coalescer.afterRead(nowNanos: (now - start).meshNanoseconds, chunks: chunks),
+              !transfer.state.isCompleted
+        else { return }
+        let untilInstant = start + .nanoseconds(Int64(clamping: until))
+        snoozed[fd] = untilInstant
+        watch(fd, events: (wantedEvents[fd] ?? 0) & ~UInt32(EPOLLIN.rawValue))
+    }
+
+    /// The handle is leaving the multi handle (it may be reused or freed): its sockets, which curl
+    /// may keep as cached connections, are no longer its, and none stays snoozed.
+    private func forgetSockets(of easy: UnsafeMutableRawPointer) {
+        for (fd, owner) in socketOwner where owner == easy {
+            socketOwner[fd] = nil
+            if snoozed.removeValue(forKey: fd) != nil { watch(fd, events: wantedEvents[fd] ?? 0) }
+        }
+    }
+
+    /// Reads the snoozed sockets whose time has come, and watches them again.
+    private func wakeSnoozed() {
+        let now = clock.now
+        let due = snoozed.filter { $0.value <= now }.map(\.key)
+        for fd in due {
+            snoozed[fd] = nil
+            watch(fd, events: wantedEvents[fd] ?? 0)
+            action(fd, CURL_CSELECT_IN)
+            considerSnooze(fd)
+        }
     }
 
     /// curl's timer callback: call `socket_action(CURL_SOCKET_TIMEOUT)` in `ms` (-1: never).
@@ -338,7 +406,8 @@ final class CurlLoopRunner {
             let transfer: ActiveTransfer
             do {
                 transfer = try ActiveTransfer(
-                    request: request, state: state, configuration: configuration, loop: loop, pool: pool, now: clock.now)
+                    request: request, state: state, configuration: configuration, loop: loop, pool: pool,
+                    deliveries: deliveries, now: clock.now)
             } catch {
                 state.fail(error)
                 return
@@ -367,11 +436,14 @@ final class CurlLoopRunner {
 
     /// Detaches the easy handle from the multi (closing a half-used connection) and frees everything.
     private func remove(_ transfer: ActiveTransfer) {
+        if coalescing { forgetSockets(of: transfer.easy) }
         _ = curl_multi_remove_handle(multi, transfer.easy)
         transfer.cleanup()
     }
 
+    /// Wakes the consumers of the chunks read so far, then ends the transfers curl says are done.
     private func drainMessages() {
+        deliveries.flush()
         var remaining: Int32 = 0
         while let message = curl_multi_info_read(multi, &remaining) {
             guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle else { continue }
@@ -419,6 +491,7 @@ final class CurlLoopRunner {
         let now = clock.now
         var nearest = nextDeadlineScan
         if let t = curlTimer, t < nearest { nearest = t }
+        for until in snoozed.values where until < nearest { nearest = until }
         if nearest <= now { return 0 }
         return min(Self.maxPollMilliseconds, (nearest - now).meshCeilMilliseconds)
     }
@@ -428,7 +501,7 @@ final class CurlLoopRunner {
 private func curlSocketCallback(_ easy: UnsafeMutableRawPointer?, _ fd: curl_socket_t, _ what: Int32,
                                 _ userp: UnsafeMutableRawPointer?, _ socketp: UnsafeMutableRawPointer?) -> Int32 {
     guard let userp else { return 0 }
-    Unmanaged<CurlLoopRunner>.fromOpaque(userp).takeUnretainedValue().socketChanged(fd, what: what)
+    Unmanaged<CurlLoopRunner>.fromOpaque(userp).takeUnretainedValue().socketChanged(fd, easy: easy, what: what)
     return 0
 }
 

@@ -14,6 +14,10 @@ public struct HTTPClientConfiguration: Sendable {
     /// Per-stream high watermark: once this many body bytes are buffered and not consumed, the transfer is
     /// paused until the consumer has drained below half of it.
     public var maxBufferedBytes: Int
+    /// A streamed body whose chunks come faster than one per half of this is read at most once per
+    /// this (``ReadCoalescer``): fewer thread wakes per chunk when an engine streams fast, at most this
+    /// much added to a chunk's latency. `.zero`: every chunk is read as it comes.
+    public var streamCoalesce: Duration
 
     /// Creates a configuration; every parameter has a production default.
     public init(
@@ -22,7 +26,8 @@ public struct HTTPClientConfiguration: Sendable {
         idleTimeout: Duration = .seconds(30),
         maxConnectionsPerHost: Int = 16,
         caFile: String? = nil,
-        maxBufferedBytes: Int = 1 << 20
+        maxBufferedBytes: Int = 1 << 20,
+        streamCoalesce: Duration = .zero
     ) {
         self.connectTimeout = connectTimeout
         self.firstByteTimeout = firstByteTimeout
@@ -30,6 +35,7 @@ public struct HTTPClientConfiguration: Sendable {
         self.maxConnectionsPerHost = maxConnectionsPerHost
         self.caFile = caFile
         self.maxBufferedBytes = maxBufferedBytes
+        self.streamCoalesce = streamCoalesce
     }
 }
 
@@ -123,6 +129,13 @@ public enum HTTPClientError: Error, Sendable, Equatable, CustomStringConvertible
 }
 
 extension Duration {
+    /// Nanoseconds, clamped to `0...UInt64.max` (for durations well under 584 years).
+    var meshNanoseconds: UInt64 {
+        if self <= .zero { return 0 }
+        let (seconds, attoseconds) = components
+        return UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
+    }
+
     /// Whole milliseconds, rounded up, clamped to `0...Int.max`.
     var meshCeilMilliseconds: Int {
         if self <= .zero { return 0 }

@@ -24,6 +24,16 @@ struct ChunkQueue {
         return chunk
     }
 
+    /// The queued chunks as one, up to `limit` bytes (or the first chunk alone, if larger): a relay
+    /// that woke once for several chunks writes them once.
+    mutating func popJoined(limit: Int = 64 * 1024) -> [UInt8]? {
+        guard var joined = popFirst() else { return nil }
+        while headIndex < storage.count, joined.count + storage[headIndex].count <= limit, let more = popFirst() {
+            joined += more
+        }
+        return joined
+    }
+
     mutating func removeAll() {
         storage = []
         headIndex = 0
@@ -42,6 +52,9 @@ final class TransferState: Sendable {
     /// Result of offering a body chunk from the write callback.
     enum OfferResult {
         case accepted
+        /// Accepted, and the consumer is waiting: wake it with ``wakeConsumer()`` once the loop is
+        /// done with this read (so the chunks one read brings reach it together, in one wake).
+        case acceptedWake
         case pause
         case reject
     }
@@ -56,6 +69,8 @@ final class TransferState: Sendable {
         var pauseCount = 0
         var paused = false
         var resumeQueued = false
+        /// ``OfferResult/acceptedWake`` was returned and ``wakeConsumer()`` has not run since.
+        var wakeQueued = false
         var outcome: Outcome?
 
         /// Whether the consumer has drained enough that a paused transfer should be resumed; marks it queued.
@@ -119,7 +134,9 @@ final class TransferState: Sendable {
         }
     }
 
-    /// Next body chunk, `nil` at the end of the body; throws the transfer's error.
+    /// The body bytes that have arrived since the last call (the chunks buffered by then, joined up
+    /// to 64 KiB),
+    /// `nil` at the end of the body; throws the transfer's error.
     func next() async throws -> [UInt8]? {
         if Task.isCancelled {
             cancel(.cancelled)
@@ -156,7 +173,7 @@ final class TransferState: Sendable {
 
     private func poll(installing continuation: CheckedContinuation<[UInt8]?, any Error>?) -> Poll {
         state.withLock { s in
-            if let chunk = s.chunks.popFirst() {
+            if let chunk = s.chunks.popJoined() {
                 s.bufferedBytes -= chunk.count
                 return .chunk(chunk, resume: s.takeResumeNeed(maxBufferedBytes: maxBufferedBytes))
             }
@@ -193,29 +210,40 @@ final class TransferState: Sendable {
     }
 
     /// Offers a body chunk; decides between accepting it, pausing the transfer, or aborting it.
+    /// A waiting consumer is not resumed here: the loop calls ``wakeConsumer()`` after the read.
     func offer(_ bytes: UnsafeRawBufferPointer) -> OfferResult {
         let count = bytes.count
         let collectWhole = self.collectWhole
-        let (result, waiter): (OfferResult, CheckedContinuation<[UInt8]?, any Error>?) = state.withLock { s in
-            guard s.outcome == nil else { return (.reject, nil) }
-            if let waiter = s.bodyContinuation {
-                s.bodyContinuation = nil
-                return (.accepted, waiter)
-            }
+        return state.withLock { s in
+            guard s.outcome == nil else { return .reject }
             if collectWhole {
-                guard s.bufferedBytes + count <= Self.maxWholeBodyBytes else { return (.reject, nil) }
+                guard s.bufferedBytes + count <= Self.maxWholeBodyBytes else { return .reject }
             } else if s.bufferedBytes > 0, s.bufferedBytes + count > maxBufferedBytes {
                 s.paused = true
                 s.pauseCount += 1
-                return (.pause, nil)
+                return .pause
             }
             s.chunks.append(Array(bytes))
             s.bufferedBytes += count
             s.peakBufferedBytes = max(s.peakBufferedBytes, s.bufferedBytes)
-            return (.accepted, nil)
+            guard s.bodyContinuation != nil, !s.wakeQueued else { return .accepted }
+            s.wakeQueued = true
+            return .acceptedWake
         }
-        waiter?.resume(returning: Array(bytes))
-        return result
+    }
+
+    /// Loop thread, after a read that returned ``OfferResult/acceptedWake``: hands the waiting
+    /// consumer everything buffered, in one resume.
+    func wakeConsumer() {
+        let (waiter, chunk, resume): (CheckedContinuation<[UInt8]?, any Error>?, [UInt8]?, Bool) = state.withLock { s in
+            s.wakeQueued = false
+            guard let waiter = s.bodyContinuation, let chunk = s.chunks.popJoined() else { return (nil, nil, false) }
+            s.bodyContinuation = nil
+            s.bufferedBytes -= chunk.count
+            return (waiter, chunk, s.takeResumeNeed(maxBufferedBytes: maxBufferedBytes))
+        }
+        if resume { loop.submit(.resume(self)) }
+        waiter?.resume(returning: chunk)
     }
 
     /// Called on the loop thread right before `curl_easy_pause(CONT)`.
@@ -226,30 +254,32 @@ final class TransferState: Sendable {
         }
     }
 
-    /// Marks the body complete.
+    /// Marks the body complete. A consumer still waiting gets what is buffered first, if anything.
     func finish() {
-        let (headWaiter, bodyWaiter, head) = state.withLock { s -> (CheckedContinuation<HTTPClientResponseHead, any Error>?, CheckedContinuation<[UInt8]?, any Error>?, HTTPClientResponseHead?) in
-            guard s.outcome == nil else { return (nil, nil, nil) }
+        let (headWaiter, bodyWaiter, head, last) = state.withLock { s -> (CheckedContinuation<HTTPClientResponseHead, any Error>?, CheckedContinuation<[UInt8]?, any Error>?, HTTPClientResponseHead?, [UInt8]?) in
+            guard s.outcome == nil else { return (nil, nil, nil, nil) }
             s.outcome = .finished
             defer {
                 s.headContinuation = nil
                 s.bodyContinuation = nil
             }
-            return (s.headContinuation, s.bodyContinuation, s.head)
+            let last = s.bodyContinuation == nil ? nil : s.chunks.popJoined()
+            if let last { s.bufferedBytes -= last.count }
+            return (s.headContinuation, s.bodyContinuation, s.head, last)
         }
         if let head, collectWhole {
             headWaiter?.resume(returning: head)
         } else {
             headWaiter?.resume(throwing: HTTPClientError.transport(code: -1, message: "transfer ended without a response head"))
         }
-        bodyWaiter?.resume(returning: nil)
+        bodyWaiter?.resume(returning: last)
     }
 
     /// Fails the transfer if it is still running; returns whether this call completed it.
     /// `.cancelled` and `.shutdown` drop already-buffered data; other errors are thrown after it is consumed.
     @discardableResult
     func fail(_ error: HTTPClientError) -> Bool {
-        let result: (CheckedContinuation<HTTPClientResponseHead, any Error>?, CheckedContinuation<[UInt8]?, any Error>?)? = state.withLock { s in
+        let result: (CheckedContinuation<HTTPClientResponseHead, any Error>?, CheckedContinuation<[UInt8]?, any Error>?, [UInt8]?)? = state.withLock { s in
             guard s.outcome == nil else { return nil }
             s.outcome = .failed(error)
             if error == .cancelled || error == .shutdown {
@@ -260,11 +290,18 @@ final class TransferState: Sendable {
                 s.headContinuation = nil
                 s.bodyContinuation = nil
             }
-            return (s.headContinuation, s.bodyContinuation)
+            // A consumer still waiting gets what is buffered first; the error comes on its next call.
+            let last = s.bodyContinuation == nil ? nil : s.chunks.popJoined()
+            if let last { s.bufferedBytes -= last.count }
+            return (s.headContinuation, s.bodyContinuation, last)
         }
-        guard let (headWaiter, bodyWaiter) = result else { return false }
+        guard let (headWaiter, bodyWaiter, last) = result else { return false }
         headWaiter?.resume(throwing: error)
-        bodyWaiter?.resume(throwing: error)
+        if let last {
+            bodyWaiter?.resume(returning: last)
+        } else {
+            bodyWaiter?.resume(throwing: error)
+        }
         return true
     }
 }

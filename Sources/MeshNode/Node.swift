@@ -104,7 +104,8 @@ public final class MeshdNode: Service, Sendable {
             idleTimeout: .milliseconds(config.timeouts.betweenChunksMs),
             // No per-host cap in libcurl: how many requests go to an engine at once is the engine
             // registry's decision (its slots or `max_concurrency`), and the rest wait in its queue.
-            maxConnectionsPerHost: 0))
+            maxConnectionsPerHost: 0,
+            streamCoalesce: .milliseconds(config.http.streamCoalesceMs)))
         engines = EngineRegistry(config: config, httpClient: client, logger: logger, clock: clock)
         metrics = NodeMetrics()
         if let eventLoopGroup {

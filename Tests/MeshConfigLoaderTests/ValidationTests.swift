@@ -192,6 +192,11 @@ import Testing
         for key in ["max_connections_per_client", "min_body_bytes_per_second"] {
             expectSingleError("http: { \(key): -1 }", key: "http.\(key)", reasonContains: "must be at least 0")
         }
+        #expect(MeshdConfig(nodeName: "n").http.streamCoalesceMs == 5)
+        #expect(try mustLoad("http: { stream_coalesce_ms: 0 }").config.http.streamCoalesceMs == 0)
+        for bad in [-1, 101] {
+            expectSingleError("http: { stream_coalesce_ms: \(bad) }", key: "http.stream_coalesce_ms", reasonContains: "\(bad) is out of range 0...100")
+        }
     }
 
     @Test func maxBodyBytesAtLeast1024() throws {

@@ -171,6 +171,95 @@ struct CurlHTTPClientTests {
         }
     }
 
+    /// The chunks one read brings reach a waiting consumer in one wake, joined, not one wake a
+    /// chunk (coalescing off: this is about the hand-off alone).
+    @Test func theChunksOfOneReadReachTheConsumerTogether() async throws {
+        let mailbox = WriterMailbox()
+        try await withServerAndClient(route: { _, writer in
+            writer.head(headers: [("content-type", "text/event-stream")])
+            mailbox.continuation.yield(writer)
+            return .manual
+        }) { server, client in
+            let response = try await client.stream(HTTPClientRequest(url: server.baseURL + "/stream"))
+            let writer = try #require(await mailbox.next())
+            var iterator = response.makeAsyncIterator()
+            let words = (0..<40).map { "w\($0);" }
+            let sender = Task {
+                try? await Task.sleep(for: .milliseconds(50))  // the consumer waits before the burst comes
+                writer.burst(words)
+            }
+            var received = try #require(try await iterator.next())
+            await sender.value
+            let firstCount = String(decoding: received, as: UTF8.self).split(separator: ";").count
+            writer.end()
+            while let more = try await iterator.next() { received += more }
+            #expect(String(decoding: received, as: UTF8.self) == words.joined())
+            // One segment, one read: the first wake carries (nearly) all of it, not one chunk.
+            #expect(firstCount >= 20, "the first delivery held \(firstCount) of \(words.count) chunks")
+            await expectNoLeaks(client)
+        }
+    }
+
+    /// A stream whose chunks come a millisecond apart is read in batches once its rate is known
+    /// (``ReadCoalescer``): far fewer deliveries than chunks, every byte in order, the first chunk
+    /// at once; the connection is reused afterwards, and a stream cancelled while its socket is
+    /// left unread frees everything.
+    @Test func aFastStreamIsReadInBatchesLosingNothing() async throws {
+        let mailbox = WriterMailbox()
+        let configuration = HTTPClientConfiguration(connectTimeout: .seconds(2), firstByteTimeout: .seconds(5), idleTimeout: .seconds(5),
+                                                    streamCoalesce: .milliseconds(40))
+        try await withServerAndClient(configuration: configuration, route: { request, writer in
+            if request.uri.hasPrefix("/echo") { return echoRoute(request, writer) }
+            writer.head(headers: [("content-type", "text/event-stream")])
+            mailbox.continuation.yield(writer)
+            return .manual
+        }) { server, client in
+            for cancelMidway in [false, true] {
+                let response = try await client.stream(HTTPClientRequest(url: server.baseURL + "/stream"))
+                let writer = try #require(await mailbox.next())
+                var iterator = response.makeAsyncIterator()
+                // The first chunk is never held (no rate is known yet).
+                writer.chunk("c0;")
+                let (got, waited) = try await measure { try await iterator.next() }
+                #expect(got == Array("c0;".utf8))
+                #expect(waited < .seconds(1))
+                let count = 150
+                let producer = Task {
+                    for i in 1..<count {
+                        writer.chunk("c\(i);")
+                        try? await Task.sleep(for: .milliseconds(1))
+                    }
+                    if !cancelMidway { writer.end() }
+                }
+                let expected = (1..<count).map { "c\($0);" }.joined()
+                var received: [UInt8] = []
+                var deliveries = 0
+                while let chunk = try await iterator.next() {
+                    received += chunk
+                    deliveries += 1
+                    if cancelMidway, deliveries == 2 {
+                        response.cancel()
+                        break
+                    }
+                }
+                await producer.value
+                if cancelMidway {
+                    await #expect(throws: HTTPClientError.cancelled) { _ = try await iterator.next() }
+                    await expectNoLeaks(client)
+                } else {
+                    #expect(String(decoding: received, as: UTF8.self) == expected)
+                    // ~150 ms of chunks in 40 ms batches; unbatched it would be one delivery a chunk.
+                    #expect(deliveries <= count / 4, "\(deliveries) deliveries for \(count - 1) chunks")
+                    await expectNoLeaks(client)
+                    // The cached connection still works (its socket is not left snoozed).
+                    let (head, body) = try await client.execute(HTTPClientRequest(method: "POST", url: server.baseURL + "/echo", body: Array("x".utf8)))
+                    #expect(head.status == 200 && body == Array("x".utf8))
+                    #expect(server.snapshot.connectionsAccepted == 1)
+                }
+            }
+        }
+    }
+
     @Test func sequentialRequestsReuseOneConnection() async throws {
         try await withServerAndClient { server, client in
             for i in 0..<20 {

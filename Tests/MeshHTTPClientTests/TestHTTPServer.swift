@@ -50,6 +50,17 @@ final class ResponseWriter: Sendable {
 
     func chunk(_ text: String) { chunk(Array(text.utf8)) }
 
+    /// Several body chunks written with one flush (they leave in one TCP segment on loopback).
+    func burst(_ texts: [String]) {
+        let channel = self.channel
+        channel.eventLoop.execute {
+            for text in texts {
+                channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: Array(text.utf8)))), promise: nil)
+            }
+            channel.flush()
+        }
+    }
+
     func end() { channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil) }
 
     func close() { channel.close(promise: nil) }
