@@ -91,6 +91,7 @@ public final class MeshService: Sendable {
         var inbound: [[UInt8]: String] = [:]
         var pending: [String: Pending] = [:]
         var served: [String: Served] = [:]
+        /// Peers gone lately: their last state and when (monotonic nanoseconds), kept 5 minutes.
         var recentlyDown: [String: (NodeState, UInt64)] = [:]
         var boundEndpoint: String = ""
         var rejectedFrames = 0
@@ -530,7 +531,7 @@ public final class MeshService: Sendable {
     /// Peers unheard for `heartbeatMs × deadAfterMissed` by the monotonic clock (a step of the
     /// wall clock, NTP setting the time, must not expire every peer at once).
     func expirePeers() {
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         let dead = state.withLock { s -> [String] in
             let before = s.peers.entries
             let ids = s.peers.expire(nowNanos: clock.monotonicNanos())
@@ -544,7 +545,7 @@ public final class MeshService: Sendable {
 
     /// Drops a peer: out of rotation, its pending forwards fail, requests it sent are cancelled.
     func peerLost(_ id: String, reason: String) {
-        let now = clock.nowNanos()
+        let now = clock.monotonicNanos()
         cacheSharing.hooks.withLock { $0 }?.forget(id)
         keyUsage.hooks.withLock { $0 }?.peerLost(id)
         let (pending, served) = state.withLock { s -> ([(String, Pending)], [Served]) in
@@ -554,7 +555,7 @@ public final class MeshService: Sendable {
             for k in p.keys { s.pending[k] = nil }
             let sv = s.served.filter { $0.value.node == id }
             for k in sv.keys { s.served[k] = nil }
-            // Wall times: one a step of the clock put ahead of now is kept, not subtracted from.
+            // Kept 5 minutes by the monotonic clock (a step of the wall clock neither keeps nor drops them).
             s.recentlyDown = s.recentlyDown.filter { $0.value.1 > now || now - $0.value.1 < 300_000_000_000 }
             return (Array(p), Array(sv.values))
         }
