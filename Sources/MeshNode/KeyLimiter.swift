@@ -60,7 +60,39 @@ public final class KeyLimiter: Sendable {
         tell(key)
     }
 
-    private func tell(_ key: String) { changed.withLock { $0 }?([key]) }
+    /// Keys changed since peers were last told, and whether a telling is scheduled.
+    private let unsent = Mutex<(keys: Set<String>, scheduled: Bool)>(([], false))
+
+    /// Changes within this long of the first go out together.
+    static let gatherChanges: Duration = .milliseconds(2)
+
+    /// Tells peers `key` changed, within ``gatherChanges``: the changes one request makes in a row
+    /// (its tokens settled, its place released; a request fast enough, its admission too) go out
+    /// as one message, not one each, and so do those of requests ending together.
+    private func tell(_ key: String) {
+        let schedule = unsent.withLock { u -> Bool in
+            u.keys.insert(key)
+            if u.scheduled { return false }
+            u.scheduled = true
+            return true
+        }
+        if schedule {
+            Task {
+                try? await Task.sleep(for: Self.gatherChanges)
+                self.flushChanges()
+            }
+        }
+    }
+
+    /// Sends what `tell` gathered.
+    private func flushChanges() {
+        let keys = unsent.withLock { u -> [String] in
+            u.scheduled = false
+            defer { u.keys = [] }
+            return u.keys.sorted()
+        }
+        if !keys.isEmpty { changed.withLock { $0 }?(keys) }
+    }
 
     /// One key's limits and use over the last minute, mesh-wide.
     public struct KeyView: Sendable {

@@ -50,3 +50,39 @@ import Testing
         await engine.close()
     }
 }
+
+/// How often a node tells its peers about a key's counts: the changes of a request made within a
+/// couple of milliseconds (admitted, tokens settled, place released) go out together, so a request
+/// costs each peer at most two messages (three before), fewer when requests end together.
+@Suite struct KeyUsageTrafficTests {
+    @Test func aRequestCostsItsPeersAtMostTwoKeyUsageMessages() async throws {
+        let engine = try await FakeEngine()
+        let limits = LimitsConfig(defaultLimits: KeyLimits(rpm: 1000), perKey: [:])
+        let (a, b) = try await meshPair("ku-a", [engine], "ku-b", [], configureA: { c in
+            c.limits = limits
+            c.mesh.heartbeatMs = 2000
+        }, configureB: { c in
+            c.limits = limits
+            c.mesh.heartbeatMs = 2000
+        })
+        #expect(await eventually { a.node.engines.snapshot().allSatisfy(\.healthy) })
+        #expect(await eventually { a.node.mesh?.peers().first?.state.acceptsKeyUsage == true })
+        let before = try #require(a.node.mesh?.keyUsageTraffic.sent)
+        let start = ContinuousClock.now
+        let requests = 10
+        for _ in 0..<requests {
+            #expect(await a.chat(.openai).status == 200)
+        }
+        try await Task.sleep(for: .milliseconds(50))  // the last request's message goes out
+        let elapsed = ContinuousClock.now - start
+        let sent = try #require(a.node.mesh?.keyUsageTraffic.sent) - before
+        // Heartbeats (every 2 s) add one each; a request added three before.
+        let heartbeats = Int(elapsed / .seconds(2)) + 1
+        #expect(sent >= 1 && sent <= 2 * requests + heartbeats, "\(sent) messages for \(requests) requests")
+        // b still counts every request a admitted (the messages carry what changed).
+        #expect(await eventually { b.node.limiter.view().first { $0.key == "" }?.used.requests == requests })
+        await b.stop()
+        await a.stop()
+        await engine.close()
+    }
+}
