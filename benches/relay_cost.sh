@@ -30,16 +30,8 @@ die() { log "ERROR: $*"; exit 1; }
 for tool in nginx wrk gcc curl python3; do
   command -v "$tool" >/dev/null || die "$tool missing (apt-get install nginx-light wrk gcc curl python3)"
 done
-WORK="$(mktemp -d /tmp/meshd-relay.XXXXXX)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+WORK_PREFIX=meshd-relay
+. "$HERE/bench_work.sh"
 wait_http() { local i; for i in $(seq 150); do curl -sf -o /dev/null --max-time 2 "$1" && return 0; sleep 0.2; done; return 1; }
 
 cd "$ROOT"

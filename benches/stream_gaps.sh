@@ -17,16 +17,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   swift build -c release --product meshd-sim-engine >&2
 fi
 BIN="$(swift build -c release --show-bin-path)"
-WORK="$(mktemp -d /tmp/meshd-gaps.XXXXXX)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+WORK_PREFIX=meshd-gaps
+. "$HERE/bench_work.sh"
 wait_model() { local i; for i in $(seq 150); do curl -sf --max-time 2 "$1/v1/models" | grep -q '"sim"' && return 0; sleep 0.2; done; return 1; }
 
 start_sim() {  # start_sim TPS -> SIM_PORT, SIM_PID
