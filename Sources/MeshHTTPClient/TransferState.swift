@@ -135,8 +135,7 @@ final class TransferState: Sendable {
     }
 
     /// The body bytes that have arrived since the last call (the chunks buffered by then, joined up
-    /// to 64 KiB),
-    /// `nil` at the end of the body; throws the transfer's error.
+    /// to 64 KiB), `nil` at the end of the body; throws the transfer's error.
     func next() async throws -> [UInt8]? {
         if Task.isCancelled {
             cancel(.cancelled)
