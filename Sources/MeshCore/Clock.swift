@@ -37,3 +37,11 @@ public final class ManualClock: WallClock {
     /// Sets the wall clock `seconds` forward (negative: back); the monotonic count does not move.
     public func step(seconds: Double) { value.withLock { $0.wallOffset &+= Int64(seconds * 1e9) } }
 }
+
+extension Duration {
+    /// Whole nanoseconds (traps past about 292 years, as `Int64` arithmetic does).
+    public var nanoseconds: Int64 {
+        let (s, a) = components
+        return s * 1_000_000_000 + a / 1_000_000_000
+    }
+}

@@ -51,7 +51,7 @@ final class ActiveTransfer {
         self.lastActivity = now
         let window = configuration.streamCoalesce
         self.coalesces = !state.collectWhole && window > .zero
-        self.coalescer = ReadCoalescer(windowNanos: coalesces ? window.meshNanoseconds : 0)
+        self.coalescer = ReadCoalescer(windowNanos: coalesces ? UInt64(max(0, window.nanoseconds)) : 0)
 
         let headerLines = try Self.headerLines(for: request)
         guard let easy = pool.take() else {

@@ -1,4 +1,5 @@
 import CCurl
+import MeshCore
 import Logging
 import Synchronization
 
@@ -360,7 +361,7 @@ final class CurlLoopRunner {
         guard transfer.coalesces else { return }
         let now = clock.now
         let chunks = transfer.takeChunkCount()
-        guard let until = transfer.coalescer.afterRead(nowNanos: (now - start).meshNanoseconds, chunks: chunks),
+        guard let until = transfer.coalescer.afterRead(nowNanos: UInt64(max(0, (now - start).nanoseconds)), chunks: chunks),
               !transfer.state.isCompleted
         else { return }
         let untilInstant = start + .nanoseconds(Int64(clamping: until))

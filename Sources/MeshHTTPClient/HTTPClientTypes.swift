@@ -129,13 +129,6 @@ public enum HTTPClientError: Error, Sendable, Equatable, CustomStringConvertible
 }
 
 extension Duration {
-    /// Nanoseconds, clamped to `0...UInt64.max` (for durations well under 584 years).
-    var meshNanoseconds: UInt64 {
-        if self <= .zero { return 0 }
-        let (seconds, attoseconds) = components
-        return UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
-    }
-
     /// Whole milliseconds, rounded up, clamped to `0...Int.max`.
     var meshCeilMilliseconds: Int {
         if self <= .zero { return 0 }

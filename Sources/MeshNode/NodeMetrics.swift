@@ -1,4 +1,5 @@
 import CoreMetrics
+import MeshCore
 import Metrics
 import Prometheus
 import Synchronization
@@ -116,12 +117,4 @@ public final class NodeMetrics: Sendable {
 
     /// A request's engine, node or provider failed before it answered, and it goes on to the next.
     public func failover() { failoverCount.withLock { $0 += 1 } }
-}
-
-extension Duration {
-    /// Whole nanoseconds (saturating).
-    public var nanoseconds: Int64 {
-        let (s, a) = components
-        return s * 1_000_000_000 + a / 1_000_000_000
-    }
 }
