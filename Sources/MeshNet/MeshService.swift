@@ -534,7 +534,7 @@ public final class MeshService: Sendable {
         let now = clock.monotonicNanos()
         let dead = state.withLock { s -> [String] in
             let before = s.peers.entries
-            let ids = s.peers.expire(nowNanos: clock.monotonicNanos())
+            let ids = s.peers.expire(nowNanos: now)
             // `expire` already dropped them, so `peerLost` cannot find their state: keep it here so
             // `meshctl nodes` shows them `down`, as it does for a closed connection.
             for id in ids { if let e = before[id] { s.recentlyDown[id] = (e.state, now) } }
