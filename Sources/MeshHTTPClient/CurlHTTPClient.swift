@@ -69,6 +69,8 @@ public final class CurlHTTPClient: Sendable {
     /// Easy handles in use by transfers (for leak checks in tests); reset ones kept for reuse do not count.
     package var loopThreadCPUTime: Duration { loop.threadCPUTime ?? .zero }
     package var liveEasyHandleCount: Int { loop.liveEasyHandles.load(ordering: .relaxed) }
+    /// Times the loop thread woke up (returned from `epoll_wait`).
+    package var loopWakeups: Int { loop.wakeups.load(ordering: .relaxed) }
     /// Per-transfer callback contexts currently alive (for leak checks in tests).
     package var liveTransferContextCount: Int { loop.liveContexts.load(ordering: .relaxed) }
 }

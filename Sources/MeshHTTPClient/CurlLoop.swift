@@ -53,6 +53,8 @@ final class CurlLoop: Sendable {
     let liveEasyHandles = Atomic<Int>(0)
     /// Per-transfer callback contexts alive (leak check for tests).
     let liveContexts = Atomic<Int>(0)
+    /// Times the loop thread has returned from `epoll_wait` (tests: an idle loop must sleep).
+    let wakeups = Atomic<Int>(0)
 
     /// Nil when the wakeup pipe cannot be made.
     init?() {
@@ -156,8 +158,21 @@ final class CurlLoop: Sendable {
 private func curlLoopThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
     guard let arg else { return nil }
     let runner = Unmanaged<CurlLoopRunner>.fromOpaque(arg).takeRetainedValue()
+    nameCurlThread()
     runner.run()
     return nil
+}
+
+/// Names the loop thread `meshd-curl` (`top -H`, `perf`, `/proc/<pid>/task/*/comm`). Without it,
+/// it inherits the name of whichever thread started the client, often one of libdispatch's
+/// (`com.apple.root.default-qos`). Glibc does not export `pthread_setname_np` to Swift.
+private func nameCurlThread() {
+    #if os(Linux)
+    let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    _ = write(fd, "meshd-curl", 10)
+    close(fd)
+    #endif
 }
 
 /// Creates the multi handle and starts the loop thread.
@@ -257,10 +272,13 @@ final class CurlLoopRunner {
                 curlTimer = nil
                 let calls = timerCalls
                 action(CURL_SOCKET_TIMEOUT, 0)
-                // curl calls the timer callback only when its earliest expiry changes. When we came
-                // a little early (its timeouts are whole milliseconds), nothing expired and it said
-                // nothing: without this, that transfer would wait for the next socket event.
-                if timerCalls == calls { curlTimer = clock.now + .milliseconds(1) }
+                // curl calls the timer callback only when it thinks its earliest expiry changed.
+                // When it said nothing, ask it when that is: we may have come a little early (its
+                // timeouts are whole milliseconds), or it may keep no timer at all. Not a blind retry
+                // in 1 ms: after a timer fired and curl went on with no timer and no word (seen after
+                // an engine poll's transfers), that polled every millisecond until the next event,
+                // up to ~1,000 wakes a second on an idle node.
+                if timerCalls == calls { curlTimer = nextCurlExpiry() }
             }
             if !snoozed.isEmpty { wakeSnoozed() }
             drainMessages()
@@ -270,6 +288,7 @@ final class CurlLoopRunner {
             let n = events.withUnsafeMutableBufferPointer { buf in
                 epoll_wait(epollFD, buf.baseAddress, Int32(Self.maxEvents), Int32(pollTimeoutMilliseconds()))
             }
+            loop.wakeups.add(1, ordering: .relaxed)
             if n == 0 && curlTimer == nil {
                 // Nothing happened for a whole poll period: let curl run its timers anyway.
                 action(CURL_SOCKET_TIMEOUT, 0)
@@ -486,6 +505,13 @@ final class CurlLoopRunner {
             active.removeValue(forKey: ObjectIdentifier(transfer.state))
             remove(transfer)
         }
+    }
+
+    /// When curl's earliest timer is due (`curl_multi_timeout`); at least 1 ms ahead, nil: none.
+    private func nextCurlExpiry() -> ContinuousClock.Instant? {
+        var ms = -1
+        guard curl_multi_timeout(multi, &ms) == CURLM_OK, ms >= 0 else { return nil }
+        return clock.now + .milliseconds(max(1, ms))
     }
 
     private func pollTimeoutMilliseconds() -> Int {

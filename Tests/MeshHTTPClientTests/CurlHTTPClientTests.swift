@@ -339,6 +339,46 @@ struct CurlHTTPClientTests {
         }
     }
 
+    /// While requests wait (one for its answer, one for a connection to the host, which curl
+    /// keeps no timer for), the loop sleeps. It used to poll every millisecond whenever curl's
+    /// timer fired and curl set no new one: up to ~1,000 wakes a second, until some other event.
+    @Test func aWaitingLoopSleeps() async throws {
+        let mailbox = WriterMailbox()
+        let configuration = HTTPClientConfiguration(connectTimeout: .seconds(2), firstByteTimeout: .seconds(5), idleTimeout: .seconds(5),
+                                                    maxConnectionsPerHost: 1)
+        try await withServerAndClient(configuration: configuration, route: { request, writer in
+            if request.uri.hasPrefix("/hold") {
+                mailbox.continuation.yield(writer)
+                return .manual
+            }
+            return echoRoute(request, writer)
+        }) { server, client in
+            _ = try await client.execute(HTTPClientRequest(url: server.baseURL + "/echo"))  // the connection to reuse
+            async let held = client.execute(HTTPClientRequest(url: server.baseURL + "/hold"))
+            let writer = try #require(await mailbox.next())
+            async let queued = client.execute(HTTPClientRequest(url: server.baseURL + "/echo?queued"))  // waits for the connection
+            try await Task.sleep(for: .milliseconds(20))
+            let before = client.loopWakeups
+            try await Task.sleep(for: .milliseconds(400))
+            let wakes = client.loopWakeups - before
+            writer.head()
+            writer.end()
+            #expect(try await held.0.status == 200)
+            #expect(try await queued.0.status == 200)
+            #expect(wakes <= 20, "the loop woke \(wakes) times in 400 ms")
+            await expectNoLeaks(client)
+        }
+    }
+
+    @Test func theLoopThreadIsNamed() async throws {
+        try await withServerAndClient { server, client in
+            _ = try await client.execute(HTTPClientRequest(url: server.baseURL + "/echo"))
+            let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
+            let names = tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
+            #expect(names.contains("meshd-curl\n"), "thread names: \(Set(names))")
+        }
+    }
+
     @Test func tlsFailureIsAConnectFailure() async throws {
         let configuration = HTTPClientConfiguration(caFile: "/nonexistent/meshd-test-ca.pem")
         try await withServerAndClient(configuration: configuration) { server, client in
