@@ -240,7 +240,7 @@ extension InferenceProxy {
             let recordCloud: @Sendable (Int, TokenUsage, UInt64?) -> Void = { status, usage, firstToken in
                 let cost = price.cost(promptTokens: usage.promptTokens, cachedPromptTokens: usage.cachedTokens ?? 0,
                                       completionTokens: usage.completionTokens)
-                record(tag, model: req.model, status: status, engine: c.provider, provider: c.provider,
+                self.record(tag, model: req.model, status: status, engine: c.provider, provider: c.provider,
                        route: c.provider == candidates.first?.provider ? why : "\(why); fell back to \(c.provider)", usage: usage,
                        firstTokenNanos: firstToken, costMicros: Int64(cost))
             }

@@ -70,7 +70,7 @@ public final class MeshQueue: Sendable {
     public func shouldQueue(model: String, startDelay: Double) -> Bool {
         guard settings.maxQueue > 0 else { return false }
         if startDelay * 1000 > Double(settings.queueAfterMs) { return true }
-        return state.withLock { s in s.queue.contains { ModelName.matches($0.model, model) } }
+        return state.withLock { s in !s.queue.isEmpty && s.queue.contains { ModelName.matches($0.model, model) } }
     }
 
     public var count: Int { state.withLock { $0.queue.count } }

@@ -178,18 +178,14 @@ public final class MeshdNode: Service, Sendable {
         let cloudSetup = CloudSetup(config: config.cloud, gateway: gateway)
         self.cloudSetup = cloudSetup
         current = Mutex(config)
-        var built = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
-                                   timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
-                                   cloud: cloudSetup,
-                                   routing: config.routing, cache: cacheShadows, queue: meshQueue)
-        built.usage = usage
         let responseCache = config.responseCache.enabled ? ResponseCacheService(settings: config.responseCache, clock: clock) : nil
-        built.responseCache = responseCache
         let limiter = KeyLimiter(node: config.nodeName, config: config.limits, clock: clock)
         if let mesh { limiter.attach(to: mesh) }
         self.limiter = limiter
-        built.limiter = limiter
-        let proxy = built
+        let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
+                                   timeouts: config.timeouts, logger: logger, mesh: mesh, localDraining: { draining.value },
+                                   cloud: cloudSetup, routing: config.routing, cache: cacheShadows, queue: meshQueue,
+                                   usage: usage, responseCache: responseCache, limiter: limiter)
         pumpQueue = { proxy.pumpQueue() }
         let connectionStats = HTTPConnectionStats()
         // Load for the heap trimmer: the client connections open and the requests they have in flight.
@@ -225,10 +221,11 @@ public final class MeshdNode: Service, Sendable {
                                 timeouts: config.timeouts)
         var responder = APIResponder(nodeName: config.nodeName, proxy: proxy, engines: engines, metrics: metrics,
                                      apiKeys: config.http.apiKeys, clock: clock, connections: connectionStats,
-                                     extraMetrics: { [splitHead, engines, mesh] in
+                                     extraMetrics: { [splitHead, engines, mesh, metrics] in
                                          SplitMetrics.render(splitHead, engines: engines.snapshot()) + alerts.metricsText()
                                              + CacheMetrics.render(cacheShadows, mesh: mesh) + QueueMetrics.render(meshQueue)
-                                             + (responseCache?.metricsText() ?? "") + heapTrim.metricsText() })
+                                             + (responseCache?.metricsText() ?? "") + heapTrim.metricsText()
+                                             + metrics.executorMetricsText() })
         responder.modelOps = modelOps
         var adminResponder = AdminResponder(nodeName: config.nodeName, engines: engines, clock: clock, proxy: proxy,
                                             mesh: mesh, draining: draining, httpListen: config.http.listen.description,

@@ -33,8 +33,21 @@ public final class NodeMetrics: Sendable {
     /// Whether Swift tasks run on the node's event loops (meshd makes them Swift's global executor
     /// at start): 1, or 0 when they stay on the default pool, where every request and streamed
     /// chunk costs more thread hand-offs. `meshd_tasks_on_event_loops`.
-    public func recordTasksOnEventLoops(_ on: Bool) {
+    /// - Parameter jobsRun: how many jobs the event loops have run for Swift's global executor
+    ///   (`meshd_executor_jobs_total`): each is a task starting, or resuming after it waited, or
+    ///   after it switched executors; per request, it tells whether tasks hop needlessly.
+    public func recordTasksOnEventLoops(_ on: Bool, jobsRun: (@Sendable () -> Int)? = nil) {
         CoreMetrics.Gauge(label: "meshd_tasks_on_event_loops", dimensions: [], factory: factory).record(on ? 1 : 0)
+        executorJobs.withLock { $0 = jobsRun }
+    }
+
+    private let executorJobs = Mutex<(@Sendable () -> Int)?>(nil)
+
+    /// `/metrics` lines of the executor (none when meshd did not say how many jobs ran).
+    public func executorMetricsText() -> String {
+        guard let jobs = executorJobs.withLock({ $0 }) else { return "" }
+        return "# HELP meshd_executor_jobs_total Swift jobs run on the event loops for the global executor.\n"
+            + "# TYPE meshd_executor_jobs_total counter\nmeshd_executor_jobs_total \(jobs())\n"
     }
 
     /// A request started.

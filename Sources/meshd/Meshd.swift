@@ -76,7 +76,7 @@ struct Meshd: AsyncParsableCommand {
         let node: MeshdNode
         do {
             node = try MeshdNode(config: loaded.config, logger: logger, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
-            node.metrics.recordTasksOnEventLoops(takeover)
+            node.metrics.recordTasksOnEventLoops(takeover, jobsRun: { EventLoopExecutor.jobsRun.load(ordering: .relaxed) })
         } catch let error as ConfigLoadError {
             // The prices file is configuration too: same message shape and exit status.
             FileHandle.standardError.write(Data("meshd: configuration error\n\(error.description)\n".utf8))
