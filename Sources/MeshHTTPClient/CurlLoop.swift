@@ -231,6 +231,9 @@ final class CurlLoopRunner {
     /// The easy handle using each socket curl watches, and the events curl wants for it.
     private var socketOwner: [Int32: UnsafeMutableRawPointer] = [:]
     private var wantedEvents: [Int32: UInt32] = [:]
+    /// The other way round: each easy handle's sockets (usually one), so a transfer's end costs
+    /// O(its sockets), not a scan of every socket (a thousand open streams: a thousand per end).
+    private var socketsOf: [UnsafeMutableRawPointer: [Int32]] = [:]
     /// Sockets of fast streams left unread until then (their EPOLLIN interest is off).
     private var snoozed: [Int32: ContinuousClock.Instant] = [:]
     private let coalescing: Bool
@@ -353,7 +356,7 @@ final class CurlLoopRunner {
         if what == CURL_POLL_REMOVE {
             _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, nil)  // EBADF/ENOENT: already closed, nothing to do
             if coalescing {
-                socketOwner[fd] = nil
+                setOwner(of: fd, to: nil)
                 wantedEvents[fd] = nil
                 snoozed[fd] = nil
             }
@@ -363,7 +366,7 @@ final class CurlLoopRunner {
         if what & CURL_POLL_IN != 0 { events |= UInt32(EPOLLIN.rawValue) }
         if what & CURL_POLL_OUT != 0 { events |= UInt32(EPOLLOUT.rawValue) }
         if coalescing {
-            socketOwner[fd] = easy
+            setOwner(of: fd, to: easy)
             wantedEvents[fd] = events
             if snoozed[fd] != nil { events &= ~UInt32(EPOLLIN.rawValue) }
         }
@@ -391,10 +394,23 @@ final class CurlLoopRunner {
     /// The handle is leaving the multi handle (it may be reused or freed): its sockets, which curl
     /// may keep as cached connections, are no longer its, and none stays snoozed.
     private func forgetSockets(of easy: UnsafeMutableRawPointer) {
-        for (fd, owner) in socketOwner where owner == easy {
+        guard let fds = socketsOf.removeValue(forKey: easy) else { return }
+        for fd in fds {
             socketOwner[fd] = nil
             if snoozed.removeValue(forKey: fd) != nil { watch(fd, events: wantedEvents[fd] ?? 0) }
         }
+    }
+
+    /// Records which easy handle uses `fd` (nil: none), in both maps.
+    private func setOwner(of fd: Int32, to easy: UnsafeMutableRawPointer?) {
+        let previous = socketOwner[fd]
+        guard previous != easy else { return }
+        if let previous {
+            socketsOf[previous]?.removeAll { $0 == fd }
+            if socketsOf[previous]?.isEmpty == true { socketsOf[previous] = nil }
+        }
+        socketOwner[fd] = easy
+        if let easy { socketsOf[easy, default: []].append(fd) }
     }
 
     /// Reads the snoozed sockets whose time has come, and watches them again.
