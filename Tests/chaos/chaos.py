@@ -392,6 +392,32 @@ class Load:
 # MARK: faults
 
 
+class ViewWatcher:
+    """After each repair, while no fault is in progress, polls every node's view until they are
+    equal, and records when: a repair that ends more than 5 s before the run does is timed then,
+    not when the run's end comes (which measured the wait for the end, not the mesh)."""
+
+    def __init__(self, mesh: ChaosMesh, driver: Driver, until: float) -> None:
+        self.mesh, self.driver, self.until = mesh, driver, until
+        self.equal_after: dict[float, float] = {}  # a repair's t_end: when the views were first equal after it
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="chaos-views", daemon=True)
+
+    def run(self) -> None:
+        while not self.stopped.is_set() and time.monotonic() < self.until + 60:
+            faults = list(self.driver.faults)
+            if faults and all(f.t_end > 0 for f in faults):
+                last = max(f.t_end for f in faults)
+                if last not in self.equal_after:
+                    try:
+                        equal = self.mesh.views_equal() is not None
+                    except Exception:  # noqa: BLE001 - a node still starting
+                        equal = False
+                    if equal and len(self.driver.faults) == len(faults):  # no fault began meanwhile
+                        self.equal_after[last] = time.monotonic()
+            self.stopped.wait(0.2)
+
+
 class Driver:
     """Seeded faults, one at a time, until `until`; every kind in turn (a shuffled order per round)."""
 
@@ -608,8 +634,10 @@ def run(bed: Bed, bins: MeshBinaries, seed: int, duration: float, out: Path | No
     until = T0 + duration
     load, driver = Load(mesh, random.Random(rng.randrange(1 << 30)), until), Driver(mesh, random.Random(rng.randrange(1 << 30)), until)
     spent_max, reserved_max, samples, rss_max = 0.0, 0.0, 0, {h: 0.0 for h in HOSTS}
+    watcher = ViewWatcher(mesh, driver, until)
     load.start()
     driver.thread.start()
+    watcher.thread.start()
     next_sample = 0.0
     # Steps of the wall clock against the monotonic one (NTP, a paused VM): meshd must not care.
     offset, clock_steps = time.time() - time.monotonic(), []
@@ -640,6 +668,10 @@ def run(bed: Bed, bins: MeshBinaries, seed: int, duration: float, out: Path | No
         view_after = time.monotonic() - last_repair
     except E2EError as e:
         driver.errors.append(str(e))
+    watcher.stopped.set()
+    watcher.thread.join(10)
+    if last_repair in watcher.equal_after:  # timed while the run went on
+        view_after = min(view_after if view_after is not None else float("inf"), watcher.equal_after[last_repair] - last_repair)
     drained = load.join(STREAM_TIMEOUT + 10)
     rep.figures["faults"] = {k: sum(f.kind == k for f in driver.faults) for k in FAULT_KINDS}
     rep.figures["fault_list"] = [f"+{f.t_start - T0:.1f}s {f.kind} {f.host} {f.duration:.1f}s" for f in driver.faults]
