@@ -6,6 +6,9 @@ import Synchronization
 
 /// Settings of the mesh service.
 public struct MeshServiceConfiguration: Sendable {
+    /// How the heartbeat loop waits between ticks (meshd: on its event loop's own timers, one
+    /// thread woken per tick instead of libdispatch's timer thread, a worker and the loop).
+    public var sleep: @Sendable (Duration) async -> Void = { try? await Task.sleep(for: $0) }
     public var nodeID: String
     public var listen: HostPort
     public var staticPeers: [HostPort]
@@ -523,7 +526,7 @@ public final class MeshService: Sendable {
             }
             expirePeers()
             expireStalledForwards()
-            try? await Task.sleep(for: tick)
+            await configuration.sleep(tick)
             sinceBeat += tick
         }
     }

@@ -11,9 +11,12 @@ final class HeapTrimmer: Sendable {
     let policy: HeapTrimPolicy
     let clock: any WallClock
     let load: @Sendable () -> Int
+    let sleep: @Sendable (Duration) async -> Void
     private let state = Mutex<(policy: HeapTrimPolicy.State, trims: Int)>((HeapTrimPolicy.State(), 0))
 
-    init(policy: HeapTrimPolicy = HeapTrimPolicy(), clock: any WallClock, load: @escaping @Sendable () -> Int) {
+    init(policy: HeapTrimPolicy = HeapTrimPolicy(), clock: any WallClock, load: @escaping @Sendable () -> Int,
+         sleep: @escaping @Sendable (Duration) async -> Void = { try? await Task.sleep(for: $0) }) {
+        self.sleep = sleep
         self.policy = policy
         self.clock = clock
         self.load = load
@@ -42,7 +45,7 @@ final class HeapTrimmer: Sendable {
 
     func run(logger: Logger) async {
         while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(1))
+            await sleep(.seconds(1))
             if check() { logger.debug("returned freed heap to the system after a burst") }
         }
     }

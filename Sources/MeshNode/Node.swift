@@ -141,7 +141,7 @@ public final class MeshdNode: Service, Sendable {
         let heads = SplitHeadRef()
         let mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
                                      hardware: hardware, gateway: gateway, llama: llama, offer: offer, splitWorker: splitWorker,
-                                     splitHead: heads)
+                                     splitHead: heads, sleep: LoopSleep.on(group.next()))
         self.mesh = mesh
         if let mesh, config.split.enabled, !engines.managedLlamaEngines.isEmpty {
             let engines = self.engines
@@ -189,7 +189,8 @@ public final class MeshdNode: Service, Sendable {
         pumpQueue = { proxy.pumpQueue() }
         let connectionStats = HTTPConnectionStats()
         // Load for the heap trimmer: the client connections open and the requests they have in flight.
-        let heapTrim = HeapTrimmer(clock: clock, load: { connectionStats.server.map { $0.openConnections + $0.inFlight } ?? 0 })
+        let heapTrim = HeapTrimmer(clock: clock, load: { connectionStats.server.map { $0.openConnections + $0.inFlight } ?? 0 },
+                                   sleep: LoopSleep.on(group.next()))
         self.heapTrim = heapTrim
         let copier: ModelCopier?
         if let mesh {
@@ -297,7 +298,8 @@ public final class MeshdNode: Service, Sendable {
     /// The mesh, if `mesh.secret_file` exists: without a secret the node runs standalone.
     static func makeMesh(config: MeshdConfig, logger: Logger, clock: any WallClock, engines: EngineRegistry,
                          draining: DrainFlag, hardware: HardwareMonitor, gateway: Gateway?, llama: LlamaInfo,
-                         offer: @escaping @Sendable () -> Int64, splitWorker: SplitWorker, splitHead: SplitHeadRef) throws -> MeshService? {
+                         offer: @escaping @Sendable () -> Int64, splitWorker: SplitWorker, splitHead: SplitHeadRef,
+                         sleep: @escaping @Sendable (Duration) async -> Void) throws -> MeshService? {
         let path = config.mesh.secretFile
         guard FileManager.default.fileExists(atPath: path) else {
             logger.notice("mesh disabled: no mesh secret", metadata: [
@@ -309,6 +311,7 @@ public final class MeshdNode: Service, Sendable {
                                           heartbeatMs: config.mesh.heartbeatMs, deadAfterMissed: config.mesh.deadAfterMissed,
                                           secret: secret)
         sc.trust = config.mesh.trust
+        sc.sleep = sleep
         sc.forwardIdleMs = config.timeouts.betweenChunksMs
         if config.mesh.trust == .keys {
             let pair = try TrustStore.loadOrCreateNodeKey(path: config.mesh.nodeKeyFile)
