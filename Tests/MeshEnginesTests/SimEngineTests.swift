@@ -10,7 +10,7 @@ import Testing
 /// Adapters against meshd-sim-engine subprocesses.
 @Suite(.serialized, .timeLimit(.minutes(1))) struct SimEngineTests {
     @Test func ollamaAdapter() async throws {
-        let sim = try SimEngine(models: "sim-small,sim-large,sim-embed", loaded: "sim-small")
+        let sim = try await SimEngine(models: "sim-small,sim-large,sim-embed", loaded: "sim-small")
         let client = try makeClient()
         defer { client.shutdown() }
         let a = OllamaAdapter(url: sim.url, transport: client)
@@ -29,7 +29,7 @@ import Testing
     }
 
     @Test func openAIAdapter() async throws {
-        let sim = try SimEngine(models: "sim-small,sim-large", loaded: "sim-small", extra: ["--slots", "3"])
+        let sim = try await SimEngine(models: "sim-small,sim-large", loaded: "sim-small", extra: ["--slots", "3"])
         let client = try makeClient()
         defer { client.shutdown() }
         let a = OpenAIAdapter(url: sim.url + "/v1", transport: client)
@@ -42,7 +42,7 @@ import Testing
     }
 
     @Test func killedEngineIsUnhealthyThenHealthyAgainOnTheSamePort() async throws {
-        var sim = try SimEngine()
+        var sim = try await SimEngine()
         let port = sim.port
         let client = try makeClient()
         defer { client.shutdown() }
@@ -57,7 +57,7 @@ import Testing
         #expect(!o.healthy && o.models.isEmpty && o.healthDetail?.contains("connection failed") == true, "\(o.healthDetail ?? "")")
         #expect(!p.healthy && p.healthDetail?.contains("connection failed") == true, "\(p.healthDetail ?? "")")
 
-        sim = try SimEngine(port: port)
+        sim = try await SimEngine(port: port)
         #expect(sim.port == port)
         #expect(await ollama.refresh().healthy)
         #expect(await openai.refresh().healthy)
@@ -65,7 +65,7 @@ import Testing
     }
 
     @Test func registryNoticesDeathAndReturnWithinTwoIntervals() async throws {
-        var sim = try SimEngine()
+        var sim = try await SimEngine()
         let port = sim.port
         let client = try makeClient()
         defer { client.shutdown() }
@@ -82,7 +82,7 @@ import Testing
         #expect(await next(&changes) { $0.allSatisfy { !$0.healthy } } != nil)
         #expect(ContinuousClock.now - t0 <= interval * 2 + .seconds(2))  // "within seconds"; slack for a loaded CI machine
 
-        sim = try SimEngine(port: port)
+        sim = try await SimEngine(port: port)
         let t1 = ContinuousClock.now
         #expect(await next(&changes) { $0.allSatisfy(\.healthy) } != nil)
         #expect(ContinuousClock.now - t1 <= interval * 2 + .seconds(2))  // "within seconds"; slack for a loaded CI machine

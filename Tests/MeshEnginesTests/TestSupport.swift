@@ -69,7 +69,7 @@ final class SimEngine: @unchecked Sendable {
     var url: String { "http://127.0.0.1:\(port)" }
 
     /// Starts the engine on `port` (0 = any) and waits until it has written its port file.
-    init(port: Int = 0, models: String = "sim-small,sim-large", loaded: String? = "sim-small", extra: [String] = []) throws {
+    init(port: Int = 0, models: String = "sim-small,sim-large", loaded: String? = "sim-small", extra: [String] = []) async throws {
         let bin = try simEngineBinary()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("meshd-engines-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -95,13 +95,14 @@ final class SimEngine: @unchecked Sendable {
                     return
                 }
                 if !p.isRunning { break }
-                usleep(20_000)
+                // Polls without holding a thread of the test pool (two on a 2-core machine).
+                try await Task.sleep(for: .milliseconds(20))
             }
             if p.isRunning { p.terminate() }
             p.waitUntilExit()
             lastError = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             // The port may still be held briefly after a kill: retry.
-            usleep(100_000)
+            try await Task.sleep(for: .milliseconds(100))
         }
         throw TestSetupError("meshd-sim-engine did not start: \(lastError)")
     }

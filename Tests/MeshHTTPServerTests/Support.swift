@@ -26,6 +26,11 @@ struct SocketFailure: Error, CustomStringConvertible {
 
 // MARK: - time
 
+/// How long a read or a wait may take before the test fails. Generous: on a 2-core CI machine
+/// the test pool's two threads can be busy with other suites for seconds, and a bound that only
+/// guards against a hang must not fail a test that was merely scheduled late.
+let defaultWait: Duration = .seconds(20)
+
 func now() -> ContinuousClock.Instant { ContinuousClock.now }
 
 func seconds(_ d: Duration) -> Double {
@@ -33,7 +38,7 @@ func seconds(_ d: Duration) -> Double {
 }
 
 /// Polls `condition` until it holds; throws after `timeout`.
-func eventually(_ what: String, timeout: Duration = .seconds(5), _ condition: () throws -> Bool) async throws {
+func eventually(_ what: String, timeout: Duration = defaultWait, _ condition: () throws -> Bool) async throws {
     let deadline = now() + timeout
     while try !condition() {
         if now() > deadline { throw TestFailure("timed out after \(timeout) waiting for \(what)") }
@@ -274,9 +279,9 @@ final class RawClient {
     /// Closes the write side only (the client sends FIN but can still read).
     func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
 
-    func send(_ text: String, timeout: Duration = .seconds(5)) async throws { try await send(Array(text.utf8), timeout: timeout) }
+    func send(_ text: String, timeout: Duration = defaultWait) async throws { try await send(Array(text.utf8), timeout: timeout) }
 
-    func send(_ bytes: [UInt8], timeout: Duration = .seconds(5)) async throws {
+    func send(_ bytes: [UInt8], timeout: Duration = defaultWait) async throws {
         let deadline = now() + timeout
         var offset = 0
         while offset < bytes.count {
@@ -327,7 +332,7 @@ final class RawClient {
     }
 
     /// Reads until `condition` holds; throws on timeout, or when the peer closed first.
-    func read(until what: String, timeout: Duration = .seconds(5), _ condition: (RawClient) throws -> Bool) async throws {
+    func read(until what: String, timeout: Duration = defaultWait, _ condition: (RawClient) throws -> Bool) async throws {
         let deadline = now() + timeout
         while true {
             try pump()
@@ -340,7 +345,7 @@ final class RawClient {
 
     /// Waits until the server closes the connection; returns what arrived before.
     @discardableResult
-    func readToEOF(timeout: Duration = .seconds(5)) async throws -> [UInt8] {
+    func readToEOF(timeout: Duration = defaultWait) async throws -> [UInt8] {
         let deadline = now() + timeout
         while true {
             try pump()
@@ -351,7 +356,7 @@ final class RawClient {
     }
 
     /// Reads and consumes one response (skipping nothing: a 100 Continue is a response too).
-    func readResponse(timeout: Duration = .seconds(5), forHEAD: Bool = false) async throws -> HTTPResponseMessage {
+    func readResponse(timeout: Duration = defaultWait, forHEAD: Bool = false) async throws -> HTTPResponseMessage {
         var result: (HTTPResponseMessage, Int)?
         let deadline = now() + timeout
         while true {

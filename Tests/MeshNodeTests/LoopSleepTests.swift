@@ -11,7 +11,9 @@ import Testing
         let clock = ContinuousClock()
         let took = await clock.measure { await sleep(.milliseconds(60)) }
         #expect(took >= .milliseconds(60))
-        #expect(took < .seconds(2))
+        // An upper bound only against a sleep that never ends: the test pool's threads (two on a
+        // 2-core CI machine) may be busy with other suites for seconds before this task resumes.
+        #expect(took < .seconds(30))
         try await group.shutdownGracefully()
     }
 
@@ -24,7 +26,7 @@ import Testing
         try await Task.sleep(for: .milliseconds(50))
         task.cancel()
         await task.value
-        #expect(clock.now - started < .seconds(5))
+        #expect(clock.now - started < .seconds(25))  // far below the 30 s sleep, with room for a busy test pool
         try await group.shutdownGracefully()
     }
 }

@@ -48,7 +48,7 @@ func startPair(_ a: String, _ b: String) async throws -> (MeshService, MeshServi
     return (na, nb)
 }
 
-func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: () -> Bool) async throws {
+func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
     while !condition() {
         guard ContinuousClock.now < deadline else { throw TestFailure("timed out waiting for: \(what)") }
@@ -236,7 +236,7 @@ func meanRoundTrip(_ c: BlockingClient, count: Int = 1000) async throws -> Doubl
 }
 
 /// The first failure reported on `failures` within `within`, if any.
-func firstFailure(_ failures: AsyncStream<TunnelFailure>, within: Duration = .seconds(5)) async -> TunnelFailure? {
+func firstFailure(_ failures: AsyncStream<TunnelFailure>, within: Duration = .seconds(20)) async -> TunnelFailure? {
     await withTaskGroup(of: TunnelFailure?.self) { g in
         g.addTask { for await f in failures { return f }; return nil }
         g.addTask { try? await Task.sleep(for: within); return nil }

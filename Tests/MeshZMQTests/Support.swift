@@ -28,7 +28,7 @@ final class EventRecorder: Sendable {
     var isFinished: Bool { store.finished.withLock { $0 } }
 
     /// The first recorded event matching `predicate`, waiting up to `timeout` for it.
-    func first(within timeout: Duration = .seconds(10), where predicate: (MeshSocketEvent) -> Bool) async -> MeshSocketEvent? {
+    func first(within timeout: Duration = .seconds(20), where predicate: (MeshSocketEvent) -> Bool) async -> MeshSocketEvent? {
         let deadline = ContinuousClock.now + timeout
         while true {
             if let hit = all.first(where: predicate) { return hit }
@@ -38,13 +38,13 @@ final class EventRecorder: Sendable {
     }
 
     /// The first message whose frames equal `frames`.
-    func message(_ frames: [[UInt8]], within timeout: Duration = .seconds(10)) async -> MeshMessage? {
+    func message(_ frames: [[UInt8]], within timeout: Duration = .seconds(20)) async -> MeshMessage? {
         let event = await first(within: timeout) { if case let .message(m) = $0 { m.frames == frames } else { false } }
         if case let .message(m) = event { return m }
         return nil
     }
 
-    func waitFinished(within timeout: Duration = .seconds(5)) async -> Bool {
+    func waitFinished(within timeout: Duration = .seconds(20)) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while !isFinished {
             if ContinuousClock.now >= deadline { return false }
