@@ -45,3 +45,8 @@ extension Duration {
         return s * 1_000_000_000 + a / 1_000_000_000
     }
 }
+
+/// A sleep, injected like the clock: `Task.sleep` in tests and by default, the event loop's own
+/// timers in meshd (`LoopSleep`), where `Task.sleep` would wake three threads per sleep. It
+/// returns early, without error, when the task is cancelled: callers check `Task.isCancelled`.
+public typealias Sleeper = @Sendable (Duration) async -> Void

@@ -56,6 +56,8 @@ public final class EngineRegistry: Sendable {
     private var adapters: [any EngineAdapter] { state.withLock { $0.adapters } }
     private let logger: Logger
     private let clock: any WallClock
+    /// Sleeps between polls (the event loop's timers in meshd).
+    private let sleep: Sleeper
     private let state: Mutex<State>
 
     /// Weight of a new sample in the smoothed speeds.
@@ -121,30 +123,34 @@ public final class EngineRegistry: Sendable {
     /// (then missing engines are logged once at info, not every poll).
     /// `clock` stamps slot reports: the node's clock, the one its cache shadows use.
     public convenience init(config: MeshdConfig, httpClient: any EngineHTTPTransport, logger: Logger,
-                            managedOptions: ManagedEngineOptions = .init(), clock: any WallClock = SystemWallClock()) {
+                            managedOptions: ManagedEngineOptions = .init(), clock: any WallClock = SystemWallClock(),
+                            sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
         self.init(engines: config.effectiveEngines, httpClient: httpClient, logger: logger,
                   pollInterval: .milliseconds(max(50, config.enginePoll.intervalMs)),
-                  autodetected: config.engines == nil, managedOptions: managedOptions, clock: clock)
+                  autodetected: config.engines == nil, managedOptions: managedOptions, clock: clock, sleep: sleep)
     }
 
     public convenience init(engines: [EngineConfig], httpClient: any EngineHTTPTransport, logger: Logger,
                             pollInterval: Duration = .seconds(1), autodetected: Bool = false,
-                            managedOptions: ManagedEngineOptions = .init(), clock: any WallClock = SystemWallClock()) {
+                            managedOptions: ManagedEngineOptions = .init(), clock: any WallClock = SystemWallClock(),
+                            sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
         let adapters = Self.makeAdapters(engines: engines, transport: httpClient, logger: logger,
                                          pollInterval: pollInterval, managedOptions: managedOptions)
         // makeAdapters makes one adapter per entry, in order.
         var limits: [String: Int] = [:]
         for (a, e) in zip(adapters, engines) { limits[a.id] = e.maxConcurrency }
         self.init(adapters: adapters, logger: logger, pollInterval: pollInterval, autodetected: autodetected,
-                  concurrencyLimits: limits, clock: clock)
+                  concurrencyLimits: limits, clock: clock, sleep: sleep)
     }
 
     /// A registry over ready-made adapters (tests, custom engines). Ids must be unique.
     /// `concurrencyLimits`: `engines[].max_concurrency` by engine id.
     public init(adapters: [any EngineAdapter], logger: Logger, pollInterval: Duration = .seconds(1), autodetected: Bool = false,
-                concurrencyLimits: [String: Int] = [:], clock: any WallClock = SystemWallClock()) {
+                concurrencyLimits: [String: Int] = [:], clock: any WallClock = SystemWallClock(),
+                sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
         self.logger = logger
         self.clock = clock
+        self.sleep = sleep
         self.pollInterval = pollInterval
         self.autodetected = autodetected
         var s = State()
@@ -250,9 +256,8 @@ public final class EngineRegistry: Sendable {
     private func pollLoop(_ adapter: any EngineAdapter) async {
         var next = ContinuousClock.now + pollInterval
         while !Task.isCancelled {
-            do {
-                try await Task.sleep(for: max(next - ContinuousClock.now, .milliseconds(10)))
-            } catch { return }
+            await sleep(max(next - ContinuousClock.now, .milliseconds(10)))
+            if Task.isCancelled { return }
             next = ContinuousClock.now + pollInterval
             await pollOnce(adapter)
         }

@@ -25,6 +25,8 @@ public final class ModelStore: Sendable {
     private let options: ManagedEngineOptions
     /// Memory the node offers for models besides what stored models hold now (nil: unknown).
     private let freeBytes: @Sendable (_ residentBytes: Int64) -> Int64?
+    /// Sleeps between ticks (the event loop's timers in meshd).
+    private let sleep: Sleeper
     private let state = Mutex(State())
 
     struct Entry {
@@ -51,7 +53,9 @@ public final class ModelStore: Sendable {
     ///     node's `hardware.offer_bytes` minus them, or its free memory); nil: not checked.
     public init(settings: ModelStoreSettings, stateDir: String, registry: EngineRegistry, transport: any EngineHTTPTransport,
                 logger: Logger, clock: any WallClock, binary: String?, options: ManagedEngineOptions = .init(),
-                freeBytes: @escaping @Sendable (_ residentBytes: Int64) -> Int64?) {
+                freeBytes: @escaping @Sendable (_ residentBytes: Int64) -> Int64?,
+                sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+        self.sleep = sleep
         self.settings = settings
         self.directory = settings.directory(stateDir: stateDir)
         self.registry = registry
@@ -102,7 +106,8 @@ public final class ModelStore: Sendable {
         let tick = Duration.milliseconds(250)
         var nextScan = ContinuousClock.now + .seconds(settings.rescanSeconds)
         while !Task.isCancelled {
-            do { try await Task.sleep(for: tick) } catch { return }
+            await sleep(tick)
+            if Task.isCancelled { return }
             await unloadExpired()
             if ContinuousClock.now >= nextScan {
                 await rescan()

@@ -53,7 +53,7 @@ public final class MeshService: Sendable {
     let state: Mutex<State>
     let stopped = Mutex(false)
     /// Byte tunnels to and from peers (MeshTunnels.swift).
-    let tunnelTable = MeshTunnelTable()
+    let tunnelTable: MeshTunnelTable
     let cacheSharing = MeshCacheSharing()
     let keyUsage = MeshKeyUsageSharing()
     /// The ZAP policy mirrored for secure relays (MeshRelayKeys.swift).
@@ -186,6 +186,7 @@ public final class MeshService: Sendable {
     public init(configuration: MeshServiceConfiguration, logger: Logger, clock: any WallClock,
                 localState: @escaping @Sendable () -> NodeState) throws {
         self.configuration = configuration
+        tunnelTable = MeshTunnelTable(sleep: configuration.sleep)
         self.logger = logger
         self.clock = clock
         self.localState = localState
@@ -429,7 +430,7 @@ public final class MeshService: Sendable {
         _ = loop.disconnect(peer: MeshPeerID(endpoint))
         let delay = Duration.milliseconds(min(30_000, 1000 << min(5, attempt - 1)))
         Task {
-            try? await Task.sleep(for: delay)
+            await self.configuration.sleep(delay)
             if !self.isStopped { await self.dial(endpoint) }
         }
     }

@@ -386,6 +386,10 @@ final class MeshTunnelTable: Sendable {
         var acceptor: (any MeshTunnelAcceptor)?
     }
     let tables = Mutex(Tables())
+    /// The service's sleep (`MeshServiceConfiguration.sleep`: the event loop's timers in meshd).
+    let sleep: @Sendable (Duration) async -> Void
+
+    init(sleep: @escaping @Sendable (Duration) async -> Void) { self.sleep = sleep }
     /// How often silence is checked: well under the silence limit, so it is detected on time.
     static let tick = Duration.milliseconds(50)
 
@@ -433,7 +437,7 @@ final class MeshTunnelTable: Sendable {
     /// Runs while there are tunnels; stops (and is restarted by `add`) when there are none.
     func runTicker() async {
         while true {
-            try? await Task.sleep(for: Self.tick)
+            await sleep(Self.tick)
             let tunnels = tables.withLock { s -> [MeshTunnel] in
                 let all = Array(s.opened.values) + Array(s.accepted.values)
                 if all.isEmpty { s.ticking = false }

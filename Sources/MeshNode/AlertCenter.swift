@@ -27,6 +27,7 @@ final class AlertCenter: Sendable {
     let webhook: String?
     let interval: Duration
     private let readings: @Sendable (UInt64) -> AlertReadings
+    private let sleep: Sleeper
     private let state: Mutex<State>
 
     struct State {
@@ -36,7 +37,9 @@ final class AlertCenter: Sendable {
     }
 
     init(nodeName: String, settings: AlertSettings, budgetWebhook: String?, clock: any WallClock, http: CurlHTTPClient, logger: Logger,
+         sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) },
          readings: @escaping @Sendable (UInt64) -> AlertReadings) {
+        self.sleep = sleep
         self.nodeName = nodeName
         self.logger = logger
         self.clock = clock
@@ -52,7 +55,8 @@ final class AlertCenter: Sendable {
     func start() {
         let task = Task { [self] in
             while !Task.isCancelled {
-                do { try await Task.sleep(for: interval) } catch { return }
+                await sleep(interval)
+                if Task.isCancelled { return }
                 look()
             }
         }

@@ -22,7 +22,11 @@ final class Dashboard: Sendable {
     static let recentLimit = 30
     static let peerTimeout: Duration = .seconds(1)
 
-    init(admin: AdminResponder, usage: UsageRecorder, mesh: MeshService?, clock: any WallClock) {
+    private let sleep: Sleeper
+
+    init(admin: AdminResponder, usage: UsageRecorder, mesh: MeshService?, clock: any WallClock,
+         sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+        self.sleep = sleep
         self.admin = admin
         self.usage = usage
         self.mesh = mesh
@@ -114,7 +118,7 @@ final class Dashboard: Sendable {
     /// While watched, measures the round trip of a mesh request to every peer every 2 s.
     func runHopProbe() async {
         while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(2))
+            await sleep(.seconds(2))
             guard let mesh, state.withLock({ $0.watchedUntil }) > clock.nowNanos() else { continue }
             let peers = mesh.peers().map(\.state.id)
             let measured = await withTaskGroup(of: (String, Double?).self) { group in

@@ -20,7 +20,10 @@ final class DiscoveryAgent: Sendable {
     /// Instance name → why it is not dialed (for status and doctor).
     let ignored = Mutex<[String: String]>([:])
 
-    init(mesh: MeshService, nodeID: String, httpPort: Int, logger: Logger) {
+    let sleep: Sleeper
+
+    init(mesh: MeshService, nodeID: String, httpPort: Int, logger: Logger, sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+        self.sleep = sleep
         self.mesh = mesh
         self.nodeID = nodeID
         self.httpPort = httpPort
@@ -62,7 +65,7 @@ final class DiscoveryAgent: Sendable {
             }
             group.addTask {
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: refresh)
+                    await self.sleep(refresh)
                     if let a = self.announcement() { self.avahi.update(a) }
                 }
             }

@@ -14,7 +14,10 @@ public final class KeyLimiter: Sendable {
     /// Tells peers a key's new counts (set once the mesh exists).
     private let changed = Mutex<(@Sendable ([String]?) -> Void)?>(nil)
 
-    public init(node: String, config: LimitsConfig, clock: any WallClock) {
+    private let sleep: Sleeper
+
+    public init(node: String, config: LimitsConfig, clock: any WallClock, sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+        self.sleep = sleep
         let instance = (0..<8).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.joined()
         limiter = Mutex(RateLimiter(node: node, instance: instance))
         self.config = Mutex(config)
@@ -78,7 +81,7 @@ public final class KeyLimiter: Sendable {
         }
         if schedule {
             Task {
-                try? await Task.sleep(for: Self.gatherChanges)
+                await sleep(Self.gatherChanges)
                 self.flushChanges()
             }
         }

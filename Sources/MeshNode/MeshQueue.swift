@@ -41,7 +41,11 @@ public final class MeshQueue: Sendable {
     public let arrivals: AsyncStream<Void>
     private let arrived: AsyncStream<Void>.Continuation
 
-    public init(settings: RoutingSettings, clock: any WallClock, maxWait: Duration = .seconds(120)) {
+    private let sleep: Sleeper
+
+    public init(settings: RoutingSettings, clock: any WallClock, maxWait: Duration = .seconds(120),
+                sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+        self.sleep = sleep
         self.settings = settings
         self.clock = clock
         self.maxWait = maxWait
@@ -55,7 +59,7 @@ public final class MeshQueue: Sendable {
         for await _ in arrivals {
             repeat {
                 pump()
-                try? await Task.sleep(for: interval)
+                await sleep(interval)
             } while count > 0 && !Task.isCancelled
             if Task.isCancelled { return }
         }
@@ -81,7 +85,7 @@ public final class MeshQueue: Sendable {
         // The ticket once queued; `cancelled` when the client left (maybe before it was queued).
         let holder = Mutex<(ticket: UInt64?, cancelled: Bool)>((nil, false))
         let timeout = Task { [maxWait] in
-            try? await Task.sleep(for: maxWait)
+            await sleep(maxWait)
             guard !Task.isCancelled, let t = holder.withLock({ $0.ticket }) else { return }
             self.end(ticket: t, with: .timedOut)
         }

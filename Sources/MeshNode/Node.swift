@@ -48,6 +48,8 @@ public final class MeshdNode: Service, Sendable {
     let admin: HTTPServer?
     let group: any EventLoopGroup
     let ownsGroup: Bool
+    /// Sleeps on the event loop's timers: every periodic task of the node uses it.
+    let sleep: Sleeper
     public let notifier: SystemdNotifier
     let clock: any WallClock
     /// The ZeroMQ mesh, when a mesh secret is configured.
@@ -106,8 +108,6 @@ public final class MeshdNode: Service, Sendable {
             // registry's decision (its slots or `max_concurrency`), and the rest wait in its queue.
             maxConnectionsPerHost: 0,
             streamCoalesce: .milliseconds(config.http.streamCoalesceMs)))
-        engines = EngineRegistry(config: config, httpClient: client, logger: logger, clock: clock)
-        metrics = NodeMetrics()
         if let eventLoopGroup {
             group = eventLoopGroup
             ownsGroup = false
@@ -115,9 +115,15 @@ public final class MeshdNode: Service, Sendable {
             group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.http.threads))
             ownsGroup = true
         }
+        // Every periodic task sleeps on the event loop's timers (see LoopSleep): an idle node
+        // then wakes the loop alone, not libdispatch's timer thread and a worker as well.
+        let sleep = LoopSleep.on(group.next())
+        self.sleep = sleep
+        engines = EngineRegistry(config: config, httpClient: client, logger: logger, clock: clock, sleep: sleep)
+        metrics = NodeMetrics()
         let draining = DrainFlag()
         self.draining = draining
-        hardware = Self.makeHardwareMonitor(config.hardware, logger: logger)
+        hardware = Self.makeHardwareMonitor(config.hardware, logger: logger, sleep: sleep)
         let gateway = config.cloud.providers.isEmpty ? nil : try Gateway(config: config, http: client, clock: clock, logger: logger)
         self.gateway = gateway
         let llama = LlamaInfo()
@@ -129,19 +135,19 @@ public final class MeshdNode: Service, Sendable {
         let splitWorker = SplitWorker(settings: config.split, clock: clock, llama: { llama.value }, offerBytes: offer,
                                       rpcBinary: { LlamaToolchain.rpcServerBinary(llamaServer: configuredLlama) },
                                       cacheDirectory: config.stateDir + "/rpc-cache", directHost: config.mesh.listen.host,
-                                      logger: logger)
+                                      logger: logger, sleep: sleep)
         self.splitWorker = splitWorker
         if config.models.enabled {
             modelStore = ModelStore(settings: config.models, stateDir: config.stateDir, registry: engines, transport: client,
                                     logger: logger, clock: clock, binary: config.llamaServerBinary,
-                                    freeBytes: Self.storeFreeBytes(hardware: hardwareMonitor, cap: offerCap))
+                                    freeBytes: Self.storeFreeBytes(hardware: hardwareMonitor, cap: offerCap), sleep: sleep)
         } else {
             modelStore = nil
         }
         let heads = SplitHeadRef()
         let mesh = try Self.makeMesh(config: config, logger: logger, clock: clock, engines: engines, draining: draining,
                                      hardware: hardware, gateway: gateway, llama: llama, offer: offer, splitWorker: splitWorker,
-                                     splitHead: heads, sleep: LoopSleep.on(group.next()))
+                                     splitHead: heads, sleep: sleep)
         self.mesh = mesh
         if let mesh, config.split.enabled, !engines.managedLlamaEngines.isEmpty {
             let engines = self.engines
@@ -160,12 +166,13 @@ public final class MeshdNode: Service, Sendable {
             splitWorker.setOnChange { mesh.broadcastState() }
         }
         if let mesh, config.discovery.mdns {
-            discovery = DiscoveryAgent(mesh: mesh, nodeID: config.nodeName, httpPort: config.http.listen.port, logger: logger)
+            discovery = DiscoveryAgent(mesh: mesh, nodeID: config.nodeName, httpPort: config.http.listen.port, logger: logger,
+                                       sleep: sleep)
         } else {
             discovery = nil
         }
         let cacheShadows = CacheShadows(clock: clock)
-        let meshQueue = MeshQueue(settings: config.routing, clock: clock)
+        let meshQueue = MeshQueue(settings: config.routing, clock: clock, sleep: sleep)
         self.meshQueue = meshQueue
         if config.routing.cacheDeltas { mesh?.setCacheHooks(cacheShadows.meshHooks(node: config.nodeName)) }
         let usageLog = config.audit.enabled
@@ -179,7 +186,7 @@ public final class MeshdNode: Service, Sendable {
         self.cloudSetup = cloudSetup
         current = Mutex(config)
         let responseCache = config.responseCache.enabled ? ResponseCacheService(settings: config.responseCache, clock: clock) : nil
-        let limiter = KeyLimiter(node: config.nodeName, config: config.limits, clock: clock)
+        let limiter = KeyLimiter(node: config.nodeName, config: config.limits, clock: clock, sleep: sleep)
         if let mesh { limiter.attach(to: mesh) }
         self.limiter = limiter
         let proxy = InferenceProxy(nodeName: config.nodeName, engines: engines, client: client, metrics: metrics, clock: clock,
@@ -190,7 +197,7 @@ public final class MeshdNode: Service, Sendable {
         let connectionStats = HTTPConnectionStats()
         // Load for the heap trimmer: the client connections open and the requests they have in flight.
         let heapTrim = HeapTrimmer(clock: clock, load: { connectionStats.server.map { $0.openConnections + $0.inFlight } ?? 0 },
-                                   sleep: LoopSleep.on(group.next()))
+                                   sleep: sleep)
         self.heapTrim = heapTrim
         let copier: ModelCopier?
         if let mesh {
@@ -204,7 +211,7 @@ public final class MeshdNode: Service, Sendable {
         }
         let metricsRef = metrics
         let alerts = AlertCenter(nodeName: config.nodeName, settings: config.alerts, budgetWebhook: config.budget.webhook, clock: clock,
-                                 http: client, logger: logger) { [gateway, mesh, splitHead] now in
+                                 http: client, logger: logger, sleep: sleep) { [gateway, mesh, splitHead] now in
             var r = AlertReadings(now: now)
             if let gw = gateway {
                 r.providersUnavailable = Set(gw.cloud.providers.map(\.name).filter { !gw.client.health.isAvailable($0, nowNanos: now) })
@@ -238,7 +245,7 @@ public final class MeshdNode: Service, Sendable {
         adminResponder.modelOps = modelStore == nil ? nil : modelOps
         adminResponder.alerts = alerts
         adminResponder.usage = usageReporter
-        let dashboard = Dashboard(admin: adminResponder, usage: usage, mesh: mesh, clock: clock)
+        let dashboard = Dashboard(admin: adminResponder, usage: usage, mesh: mesh, clock: clock, sleep: sleep)
         self.dashboard = dashboard
         responder.dashboard = dashboard
         responder.keys.set(apiKeys: config.http.apiKeys, adminKeys: config.http.adminKeys)
@@ -285,14 +292,17 @@ public final class MeshdNode: Service, Sendable {
     }
 
     /// The hardware probe the `hardware:` section describes, running tools as child processes.
-    static func makeHardwareMonitor(_ config: HardwareConfig, logger: Logger) -> HardwareMonitor {
+    static func makeHardwareMonitor(_ config: HardwareConfig, logger: Logger, sleep: @escaping Sleeper) -> HardwareMonitor {
         var options = HardwareProbeOptions()
         options.root = config.sysfsRoot
         options.nvidiaSMI = config.nvidiaSMI
         options.rocmSMI = config.rocmSMI
         let prober = HardwareProber(options: options, runner: ChildProcessCommandRunner())
         let seconds = min(max(config.refreshSeconds, 1), 3600)
-        return HardwareMonitor(prober: prober, interval: .milliseconds(Int64(seconds * 1000)), logger: logger)
+        return HardwareMonitor(prober: prober, interval: .milliseconds(Int64(seconds * 1000)), logger: logger) { d in
+            await sleep(d)
+            try Task.checkCancellation()
+        }
     }
 
     /// The mesh, if `mesh.secret_file` exists: without a secret the node runs standalone.
@@ -347,6 +357,7 @@ public final class MeshdNode: Service, Sendable {
     public let boundAddress = BoundAddress()
 
     public func run() async throws {
+        let sleep = self.sleep
         // Whether a managed model fits this node is decided when its engine starts: from measured memory.
         if splitHead != nil { _ = await hardware.refresh() }
         await engines.start()
@@ -412,7 +423,7 @@ public final class MeshdNode: Service, Sendable {
                 if let log = usage.log {
                     group.addTask {
                         while !Task.isCancelled {
-                            try? await Task.sleep(for: .seconds(3600))
+                            await sleep(.seconds(3600))
                             do { try log.expire() } catch { logger.warning("usage log retention failed", metadata: ["error": "\(error)"]) }
                         }
                     }
@@ -440,7 +451,7 @@ public final class MeshdNode: Service, Sendable {
                         for await _ in load {
                             pumpQueue()
                             mesh.broadcastLoad()
-                            try? await Task.sleep(for: .milliseconds(20))
+                            await sleep(.milliseconds(20))
                         }
                     }
                     group.addTask {
@@ -458,7 +469,7 @@ public final class MeshdNode: Service, Sendable {
                     group.addTask {
                         while !Task.isCancelled {
                             notifier.watchdog()
-                            try? await Task.sleep(for: interval)
+                            await sleep(interval)
                         }
                     }
                 }

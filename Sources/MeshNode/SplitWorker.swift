@@ -33,6 +33,10 @@ public final class SplitWorker: Sendable {
     /// The address an rpc-server listens on for `split.transport: direct` (the node's mesh address).
     private let directHost: String
     private let logger: Logger
+    private let sleep: Sleeper
+    /// Told when a lease is asked for: the expiry loop sleeps on it while there is nothing to expire.
+    private let leaseAsked: AsyncStream<Void>.Continuation
+    private let leasesAsked: AsyncStream<Void>
 
     /// - Parameters:
     ///   - offerBytes: memory this node offers now (free, capped by `hardware.offer_bytes`).
@@ -40,8 +44,11 @@ public final class SplitWorker: Sendable {
     ///   - cacheDirectory: the rpc-server's tensor cache (under `state_dir`).
     init(settings: SplitSettings, clock: any WallClock, llama: @escaping @Sendable () -> LlamaAdvert?,
          offerBytes: @escaping @Sendable () -> Int64, rpcBinary: @escaping @Sendable () -> String?,
-         cacheDirectory: String, directHost: String = "0.0.0.0", logger: Logger) {
+         cacheDirectory: String, directHost: String = "0.0.0.0", logger: Logger,
+         sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
         self.directHost = directHost
+        self.sleep = sleep
+        (leasesAsked, leaseAsked) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         self.settings = settings
         self.clock = clock
         self.llama = llama
@@ -81,6 +88,7 @@ public final class SplitWorker: Sendable {
                     return .done(.failure(LeaseError(.busy, "the rpc-server of split \(r.split) is starting; ask again")))
                 }
                 s.starting.insert(r.split)
+                leaseAsked.yield()
                 return .start(lease)
             }
         }
@@ -145,14 +153,24 @@ public final class SplitWorker: Sendable {
     }
 
     /// Expires leases that were not renewed, and ends those whose rpc-server died; every `interval`
-    /// until cancelled, then stops every rpc-server.
+    /// while there are any (a node without leases sleeps until one is asked for), until cancelled,
+    /// then stops every rpc-server.
     public func run(interval: Duration = .milliseconds(200)) async {
+        var asked = leasesAsked.makeAsyncIterator()
         while !Task.isCancelled {
             await sweep()
-            do { try await Task.sleep(for: interval) } catch { break }
+            if isIdle {
+                // A lease asked for since the check is buffered: `next` returns at once then.
+                if await asked.next() == nil { break }
+                continue
+            }
+            await sleep(interval)
         }
         await shutdown()
     }
+
+    /// No lease, no rpc-server running or starting: nothing for ``run(interval:)`` to sweep.
+    var isIdle: Bool { state.withLock { $0.table.leases.isEmpty && $0.servers.isEmpty && $0.starting.isEmpty } }
 
     /// One pass of `run()`.
     func sweep() async {

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshEngines
+import Synchronization
 import Testing
 @testable import MeshNode
 
@@ -21,12 +22,14 @@ import Testing
 
     let advert = LlamaAdvert(build: "b1-abc1234", rpcServer: true)
 
-    func worker(_ clock: ManualClock, binary: String?, offer: Int64 = 1 << 30, enabled: Bool = true) -> (SplitWorker, String) {
+    func worker(_ clock: ManualClock, binary: String?, offer: Int64 = 1 << 30, enabled: Bool = true,
+                sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) -> (SplitWorker, String) {
         var settings = SplitSettings()
         settings.enabled = enabled
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("meshd-split-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         let w = SplitWorker(settings: settings, clock: clock, llama: { [advert] in advert }, offerBytes: { offer },
-                            rpcBinary: { binary }, cacheDirectory: dir + "/rpc-cache", logger: nodeTestLogger)
+                            rpcBinary: { binary }, cacheDirectory: dir + "/rpc-cache", logger: nodeTestLogger,
+                            sleep: sleep)
         return (w, dir)
     }
 
@@ -96,5 +99,35 @@ import Testing
         guard case .failure(let e3) = await bad.lease(request()) else { Issue.record("granted"); return }
         #expect(e3.code == .noRPCServer && e3.message.contains("exited during start"))
         #expect(bad.statusJSON()["leases"]?.arrayValue?.isEmpty == true)
+    }
+
+    /// The expiry loop runs only while something can expire: a node that holds no lease (almost
+    /// every node, almost always) does not wake for it.
+    @Test func theExpiryLoopSleepsUntilALeaseIsAskedForAndAgainOnceItEnds() async throws {
+        let clock = ManualClock()
+        let sleeps = Mutex(0)
+        let (w, dir) = worker(clock, binary: try Self.rpcBinary()) { d in
+            sleeps.withLock { $0 += 1 }
+            try? await Task.sleep(for: d)
+        }
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let loop = Task { await w.run(interval: .milliseconds(20)) }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(sleeps.withLock { $0 } == 0, "the loop ran with no lease to expire")
+        let g = try await w.lease(request(ttl: 5)).get()
+        // Held: the loop sweeps every interval, and ends the lease once its ttl passes unrenewed.
+        for _ in 0..<500 where sleeps.withLock({ $0 }) < 3 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(sleeps.withLock { $0 } >= 3)
+        clock.advance(seconds: 6)
+        for _ in 0..<500 where RPCServerProcess.canConnect(port: g.port) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!RPCServerProcess.canConnect(port: g.port))
+        #expect(w.isIdle)
+        // Idle again: at most the sweep in progress when the lease ended still sleeps.
+        try await Task.sleep(for: .milliseconds(100))
+        let settled = sleeps.withLock { $0 }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(sleeps.withLock { $0 } == settled, "the loop kept waking after the lease ended")
+        loop.cancel()
+        await loop.value
     }
 }

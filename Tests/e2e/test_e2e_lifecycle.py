@@ -233,13 +233,23 @@ def test_metrics(start_sim: Callable[..., SimEngine], start_meshd: Callable[...,
                                          "options": {"num_predict": 2}}).status_code == 200
     assert m.post("/v1/chat/completions", json=chat_body("missing-model", False)).status_code == 404
 
-    r = m.get("/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    text = r.text
+    # A request is counted just after its last byte is written: the client can read /metrics first
+    # (seen under load), so wait for the four to be counted, then check everything in one reading.
+    def by_route(text: str) -> dict[tuple[str, str, str], float]:
+        return {(labels(x)["api"], labels(x)["model"], labels(x)["status"]): value(x)
+                for x in metric_lines(text, "meshd_requests_total")}
+    deadline = time.monotonic() + 10
+    while True:
+        r = m.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        text = r.text
+        if sum(by_route(text).values()) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
 
     totals = metric_lines(text, "meshd_requests_total")
     assert totals, text
-    by = {(labels(x)["api"], labels(x)["model"], labels(x)["status"]): value(x) for x in totals}
+    by = by_route(text)
     assert by.get(("openai", MODEL, "200")) == 2, by
     assert by.get(("ollama", MODEL, "200")) == 1, by
     # Unknown model names share one label: clients cannot grow the metric set without bound.

@@ -174,6 +174,19 @@ class MeshNode:
         # Fields 14 and 15 of stat(5); `fields` starts at field 3.
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def wakes(self) -> int:
+        """Times the meshd process's threads went to sleep and were woken so far: the sum of
+        `voluntary_ctxt_switches` over /proc/PID/task (threads that ended are not counted)."""
+        total = 0
+        for status in Path(f"/proc/{self.pid}/task").glob("*/status"):
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # the thread ended while read
+        return total
+
     # MARK: HTTP
 
     def client(self, **kw: Any) -> httpx.Client:

@@ -15,6 +15,11 @@ IDLE_SECONDS = 5.0
 # while idle (a busy loop, a fast timer) shows in both.
 IDLE_CPU_LIMIT = 0.05
 IDLE_WINDOWS = 2
+# Wakes per second of each idle node (its threads going to sleep and being woken), the mean of the
+# three, the lower of the windows. Each periodic task sleeps on the event loop's timers, which wakes
+# the loop alone; `Task.sleep` (Swift 6.3) would wake libdispatch's timer thread and a worker as
+# well. Measured 24-32 a node with the loop's timers, 77-79 with `Task.sleep` (1 s heartbeats and polls).
+IDLE_WAKES_LIMIT = 55
 
 
 def test_idle_mesh_cpu(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
@@ -30,20 +35,29 @@ def test_idle_mesh_cpu(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) ->
     time.sleep(1.5)  # start-up work done
     nodes = (a, b, c)
     windows: list[tuple[float, str]] = []
+    wake_windows: list[tuple[float, str]] = []
     for _ in range(IDLE_WINDOWS):
         cpu0 = [n.cpu_seconds() for n in nodes]
+        wakes0 = [n.wakes() for n in nodes]
         t0 = time.monotonic()
         time.sleep(IDLE_SECONDS)
         cpu1 = [n.cpu_seconds() for n in nodes]
+        wakes1 = [n.wakes() for n in nodes]
         wall = time.monotonic() - t0
         used = [y - x for x, y in zip(cpu0, cpu1)]
         per = ", ".join(f"{n.name} {u * 1000:.0f} ms" for n, u in zip(nodes, used))
         windows.append((sum(used) / wall, per))
-        print(f"\n[mesh] idle 3-node mesh: {sum(used) * 1000:.0f} ms CPU in {wall:.1f} s = {windows[-1][0] * 100:.2f}% of one core ({per})")
+        rates = [(y - x) / wall for x, y in zip(wakes0, wakes1)]
+        per_wakes = ", ".join(f"{n.name} {r:.1f}" for n, r in zip(nodes, rates))
+        wake_windows.append((sum(rates) / len(rates), per_wakes))
+        print(f"\n[mesh] idle 3-node mesh: {sum(used) * 1000:.0f} ms CPU in {wall:.1f} s = {windows[-1][0] * 100:.2f}% of one core ({per}); "
+              f"wakes a second {per_wakes}")
     share, per = min(windows)
+    wakes, per_wakes = min(wake_windows)
     # Still a mesh after the idle windows.
     assert {k: v["state"] for k, v in a.nodes().items()} == {"A": "up", "B": "up", "C": "up"}
     assert share < IDLE_CPU_LIMIT, f"idle mesh used {share * 100:.1f}% of a core at least ({per}; windows {windows})"
+    assert wakes < IDLE_WAKES_LIMIT, f"idle nodes woke {wakes:.1f} times a second each at least ({per_wakes}; windows {wake_windows})"
 
 
 def test_peer_restart(mpool: ProcessPool, mbins: MeshBinaries, secret: Path) -> None:
