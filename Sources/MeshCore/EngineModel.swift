@@ -132,8 +132,12 @@ public struct EngineSnapshot: Sendable, Hashable, Codable {
     /// What the engine last said of its slots in a quiet poll (llama-server `GET /slots`), to correct
     /// the node's shadow of its cache. This node's own business: not encoded (peers never see it).
     public var slotReport: SlotReport? = nil
+    /// The poll failed only because the engine answered too slowly (no response head, or a body
+    /// that stalled, within the poll's timeout): an engine busy serving, or a hung one. The node
+    /// tells them apart by its own requests there (``EngineRegistry``). Not encoded either.
+    public var pollTimedOut = false
 
-    /// Every field but ``slotReport``.
+    /// Every field but ``slotReport`` and ``pollTimedOut``.
     enum CodingKeys: String, CodingKey {
         case id, kind, url, healthy, healthDetail, models, load, speeds
     }

@@ -84,6 +84,11 @@ public final class EngineRegistry: Sendable {
         var activity: UInt64 = 0
         /// Slot reports taken from quiet polls, counted (their numbers).
         var slotReports: UInt64 = 0
+        /// Requests meshd sent here that the engine answered in full, counted: one answered while a
+        /// poll waited in vain shows an engine busy serving, not a hung one.
+        var answered: UInt64 = 0
+        /// Polls in a row that timed out while requests there were answered (kept in service).
+        var slowPolls = 0
     }
 
     struct State {
@@ -265,24 +270,43 @@ public final class EngineRegistry: Sendable {
 
     private func pollOnce(_ adapter: any EngineAdapter) async {
         let startedAt = ContinuousClock.now
-        let activity = state.withLock { $0.engines[adapter.id]?.activity ?? 0 }
+        let (activity, answered) = state.withLock { s in (s.engines[adapter.id]?.activity ?? 0, s.engines[adapter.id]?.answered ?? 0) }
         let polledAt = clock.nowNanos()
         let snap = await adapter.refresh()
-        apply(snap, pollStartedAt: startedAt, activity: activity, polledAt: polledAt)
+        apply(snap, pollStartedAt: startedAt, activity: activity, polledAt: polledAt, answered: answered)
+    }
+
+    /// Whether a failed poll leaves an engine in service: the poll failed only because the engine
+    /// answered too slowly, the engine was in service, and it answered one of meshd's own requests
+    /// in full while the poll waited. That is an engine busy serving (a llama-server or a vLLM with
+    /// hundreds of streams can take seconds to answer `/v1/models`), not a hung one: a hung engine
+    /// answers nothing, and the proxy's own timeouts mark it unhealthy.
+    static func keepsServing(after poll: EngineSnapshot, wasHealthy: Bool, answeredDuringPoll: Bool) -> Bool {
+        !poll.healthy && poll.pollTimedOut && wasHealthy && answeredDuringPoll
     }
 
     // MARK: state
 
     /// A poll's result. `activity` is the engine's count of request starts and ends when the poll
     /// began (unchanged: the poll was quiet); `polledAt` its start on `clock`.
-    private func apply(_ snap: EngineSnapshot, pollStartedAt: ContinuousClock.Instant, activity: UInt64, polledAt: UInt64) {
-        enum LogEvent { case none, up(Int), down(String, first: Bool), detail(String) }
+    private func apply(_ snap: EngineSnapshot, pollStartedAt: ContinuousClock.Instant, activity: UInt64, polledAt: UInt64,
+                       answered: UInt64 = 0) {
+        enum LogEvent { case none, up(Int), down(String, first: Bool), detail(String), slow(String, serving: Int) }
         var woken: [Waiter] = []
         var failed: [Waiter] = []
         var loadChanged: AsyncStream<Void>.Continuation?
         let (event, published): (LogEvent, [EngineSnapshot]?) = state.withLock { s in
             guard var e = s.engines[snap.id], !s.shutDown else { return (.none, nil) }
             let before = e.snapshot
+            if Self.keepsServing(after: snap, wasHealthy: before.healthy && e.loggedHealthy == true && e.mark == nil,
+                                 answeredDuringPoll: e.answered != answered) {
+                // Busy, not dead: what the last good poll said stands (models, slots, load).
+                e.slowPolls += 1
+                let first = e.slowPolls == 1
+                s.engines[snap.id] = e
+                return (first ? .slow(snap.healthDetail ?? "timed out", serving: e.open) : .none, nil)
+            }
+            e.slowPolls = 0
             e.snapshot = snap
             if var report = snap.slotReport {
                 // Only a quiet poll's report, numbered and stamped; else the last quiet one stays
@@ -340,6 +364,10 @@ public final class EngineRegistry: Sendable {
         case .detail(let d):
             meta["reason"] = "\(d)"
             logger.debug("engine still unhealthy", metadata: meta)
+        case .slow(let d, let serving):
+            meta["poll"] = "\(d)"
+            meta["open_requests"] = "\(serving)"
+            logger.notice("engine slow to answer its poll while it answers requests; kept in service", metadata: meta)
         }
         if let published { send(published) }
     }
@@ -632,7 +660,10 @@ public final class EngineRegistry: Sendable {
             }
             e.open = max(0, e.open - 1)
             e.activity &+= 1
-            if outcome.succeeded { e.speeds = Self.updated(e.speeds, with: outcome) }
+            if outcome.succeeded {
+                e.answered &+= 1
+                e.speeds = Self.updated(e.speeds, with: outcome)
+            }
             s.engines[engineID] = e
             return (s.loadWatcher, Self.admitWaiters(&s, engineID))
         }

@@ -19,6 +19,13 @@ extension CurlHTTPClient: EngineHTTPTransport {
 }
 
 /// Short human-readable text for a transport error, used in `healthDetail`.
+/// Whether a poll failed only by a slow answer (no head, or a stalled body, within its timeout),
+/// not a refused or reset connection or a bad answer.
+func isSlowAnswer(_ error: any Error) -> Bool {
+    guard let e = error as? HTTPClientError else { return false }
+    return e == .firstByteTimeout || e == .idleTimeout
+}
+
 func describeTransportError(_ error: any Error) -> String {
     if let e = error as? HTTPClientError {
         if case .connectFailed(let m) = e { return "connection failed: \(m)" }

@@ -633,6 +633,7 @@ public final class ManagedLlamaCppEngine: EngineAdapter {
         let now = state.withLock { $0.status }
         if now.phase != .running {
             snap.healthy = false
+            snap.pollTimedOut = false
             snap.models = []
             snap.healthDetail = now.detail ?? snap.healthDetail
         }

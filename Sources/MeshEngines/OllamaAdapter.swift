@@ -41,12 +41,14 @@ public final class OllamaAdapter: EngineAdapter {
         case .failure(let e):
             _ = await psResult
             snap.healthDetail = e.message
+            snap.pollTimedOut = e.slowAnswer
             return snap
         }
         switch await psResult {
         case .success(let j): ps = j
         case .failure(let e):
             snap.healthDetail = e.message
+            snap.pollTimedOut = e.slowAnswer
             return snap
         }
         snap.models = Self.models(tags: tags, ps: ps)
@@ -119,7 +121,7 @@ public final class OllamaAdapter: EngineAdapter {
                 return .failure(DetailError("GET \(path): \(error)"))
             }
         } catch {
-            return .failure(DetailError("GET \(path): \(describeTransportError(error))"))
+            return .failure(DetailError("GET \(path): \(describeTransportError(error))", slowAnswer: isSlowAnswer(error)))
         }
     }
 }

@@ -90,6 +90,7 @@ public final class OpenAIAdapter: EngineAdapter {
             case .failure(let e):
                 forgetMissing()
                 snap.healthDetail = e.message
+                snap.pollTimedOut = e.slowAnswer
                 return snap
             case .success((let status, let body)):
                 if status == 503 {
@@ -107,6 +108,7 @@ public final class OpenAIAdapter: EngineAdapter {
         case .failure(let e):
             forgetMissing()
             snap.healthDetail = e.message
+            snap.pollTimedOut = e.slowAnswer
             return snap
         case .success((let status, let body)):
             guard status == 200 else {
@@ -186,7 +188,7 @@ public final class OpenAIAdapter: EngineAdapter {
             let r = try await transport.get(base + path, headers: headers, timeout: timeout)
             return .success((r.status, r.body))
         } catch {
-            return .failure(DetailError("GET \(path): \(describeTransportError(error))"))
+            return .failure(DetailError("GET \(path): \(describeTransportError(error))", slowAnswer: isSlowAnswer(error)))
         }
     }
 
@@ -274,6 +276,11 @@ public final class OpenAIAdapter: EngineAdapter {
 /// An error that is just a message for a health detail.
 public struct DetailError: Error, Sendable, Hashable, CustomStringConvertible {
     public var message: String
-    public init(_ m: String) { message = m }
+    /// The engine answered too slowly (a poll's timeout), rather than refusing or failing.
+    public var slowAnswer = false
+    public init(_ m: String, slowAnswer: Bool = false) {
+        message = m
+        self.slowAnswer = slowAnswer
+    }
     public var description: String { message }
 }

@@ -37,10 +37,16 @@ import Testing
         let up = await a.refresh()
         #expect(up.healthy && up.load.running == 1 && up.load.slots == 2 && up.models[0].contextLength == 2048)
         #expect(a.missingEndpoints == ["/metrics"])
+        // Too slow to answer: a timed-out poll, which the registry weighs against its requests there.
+        t.slow = ["/v1/models"]
+        let slow = await a.refresh()
+        #expect(!slow.healthy && slow.pollTimedOut && slow.healthDetail == "GET /v1/models: timed out waiting for the response head")
+        t.slow = []
         // Unreachable: forgets what it learnt (the next server on this port may differ).
         t.refuse = true
         let down = await a.refresh()
         #expect(!down.healthy && down.healthDetail!.contains("connection failed"))
+        #expect(!down.pollTimedOut, "a refused connection is no slow answer")
         #expect(a.missingEndpoints.isEmpty)
     }
 
@@ -95,7 +101,12 @@ import Testing
         let s2 = await a.refresh()
         #expect(s2.healthy && s2.models.count == 1 && !s2.models[0].loaded)
         t.set("/api/tags", 500, #"{"error":"boom"}"#)
-        #expect(await a.refresh().healthDetail == "GET /api/tags returned HTTP 500: boom")
+        let s3 = await a.refresh()
+        #expect(s3.healthDetail == "GET /api/tags returned HTTP 500: boom" && !s3.pollTimedOut)
+        t.set("/api/tags", 200, #"{"models":[]}"#)
+        t.slow = ["/api/ps"]
+        let s4 = await a.refresh()
+        #expect(!s4.healthy && s4.pollTimedOut && s4.healthDetail == "GET /api/ps: timed out waiting for the response head")
     }
 }
 
@@ -183,6 +194,55 @@ func next(_ it: inout AsyncStream<[EngineSnapshot]>.AsyncIterator, _ predicate: 
         let wire = String(decoding: try JSONEncoder().encode(try #require(reg.snapshot("e"))), as: UTF8.self)
         #expect(!wire.contains("slotReport") && !wire.contains("polledAt") && wire.contains("\"speeds\""))
         #expect(try JSONDecoder().decode(EngineSnapshot.self, from: Data(wire.utf8)).slotReport == nil)
+        await reg.shutdown()
+    }
+
+    /// An engine serving hundreds of streams can take longer than the poll's timeout to answer
+    /// `/v1/models` (seen in CI: 1,000 streams to one engine, every new request refused with 503
+    /// for 5 s). A timed-out poll while the engine answers meshd's requests leaves it in service;
+    /// one while it answers nothing, or any other failure, takes it out.
+    @Test func aPollThatTimesOutWhileTheEngineAnswersRequestsLeavesItInService() async throws {
+        let a = ScriptedAdapter(id: "e", slots: 4)
+        let reg = EngineRegistry(adapters: [a], logger: testLogger, pollInterval: .seconds(30))
+        await reg.start()
+        #expect(reg.snapshot("e")?.healthy == true)
+        for _ in 0..<3 { reg.beginRequest("e") }
+        let answered = EngineRequestOutcome(succeeded: true, generatedTokens: 5, totalTime: .milliseconds(50))
+        // Busy: the poll times out, and a request there is answered meanwhile.
+        a.set(timedOut: true)
+        a.set(duringRefresh: { reg.endRequest("e", outcome: answered) })
+        await reg.refreshNow()
+        #expect(reg.snapshot("e")?.healthy == true)
+        #expect(reg.snapshot("e")?.models.map(\.name) == ["m1"], "what the last good poll said stands")
+        #expect(reg.snapshot("e")?.load.slots == 4)
+        // Hung: it times out and answers nothing meanwhile.
+        a.set(duringRefresh: nil)
+        await reg.refreshNow()
+        #expect(reg.snapshot("e")?.healthy == false)
+        // Out of service, it stays out while polls time out, whatever ends (it was not in service).
+        a.set(duringRefresh: { reg.endRequest("e", outcome: answered) })
+        await reg.refreshNow()
+        #expect(reg.snapshot("e")?.healthy == false)
+        // Back once a poll answers; a request that failed during a timed-out poll is no sign of life.
+        a.set(timedOut: false)
+        a.set(duringRefresh: nil)
+        await reg.refreshNow()
+        #expect(reg.snapshot("e")?.healthy == true)
+        reg.beginRequest("e")
+        a.set(timedOut: true)
+        a.set(duringRefresh: { reg.endRequest("e", outcome: .failed) })
+        await reg.refreshNow()
+        #expect(reg.snapshot("e")?.healthy == false)
+        // A failure that is not a slow answer (refused, an error status) takes it out even while
+        // requests are answered.
+        a.set(timedOut: false)
+        a.set(duringRefresh: nil)
+        await reg.refreshNow()
+        reg.beginRequest("e")
+        a.set(healthy: false)
+        a.set(duringRefresh: { reg.endRequest("e", outcome: answered) })
+        await reg.refreshNow()
+        #expect(reg.snapshot("e")?.healthy == false)
         await reg.shutdown()
     }
 

@@ -126,6 +126,8 @@ final class FakeTransport: EngineHTTPTransport, @unchecked Sendable {
     private var routes: [String: (Int, String)] = [:]
     private var calls: [(String, [(String, String)])] = []
     var refuse = false
+    /// Paths that time out (no response head within the timeout).
+    var slow: Set<String> = []
 
     func set(_ path: String, _ status: Int, _ body: String) {
         lock.withLock { routes[path] = (status, body) }
@@ -141,11 +143,12 @@ final class FakeTransport: EngineHTTPTransport, @unchecked Sendable {
         guard let r = url.range(of: "://") else { throw TestSetupError("bad url") }
         let rest = url[r.upperBound...]
         let path = rest.firstIndex(of: "/").map { String(rest[$0...]) } ?? "/"
-        let (route, refused): ((Int, String)?, Bool) = lock.withLock {
+        let (route, refused, timedOut): ((Int, String)?, Bool, Bool) = lock.withLock {
             calls.append((path, headers))
-            return (routes[path], refuse)
+            return (routes[path], refuse, slow.contains(path))
         }
         if refused { throw HTTPClientError.connectFailed("Connection refused") }
+        if timedOut { throw HTTPClientError.firstByteTimeout }
         guard let route else { return (404, Array("not found".utf8)) }
         return (route.0, Array(route.1.utf8))
     }
@@ -162,6 +165,7 @@ final class ScriptedAdapter: EngineAdapter, @unchecked Sendable {
     private var slots: Int?
     private var slotReport: SlotReport?
     private var duringRefresh: (@Sendable () -> Void)?
+    private var timedOut = false
     private(set) var refreshes = 0
 
     init(id: String, slots: Int? = nil) {
@@ -170,6 +174,9 @@ final class ScriptedAdapter: EngineAdapter, @unchecked Sendable {
     }
 
     func set(slots: Int?) { lock.withLock { self.slots = slots } }
+
+    /// Whether the next polls time out (no answer within the poll's timeout), as a busy or a hung engine's do.
+    func set(timedOut: Bool) { lock.withLock { self.timedOut = timedOut } }
 
     /// The slot report the next polls return.
     func set(slotReport: SlotReport?) { lock.withLock { self.slotReport = slotReport } }
@@ -193,6 +200,11 @@ final class ScriptedAdapter: EngineAdapter, @unchecked Sendable {
                                       models: healthy ? models.map { ModelInfo(name: $0, loaded: true) } : [],
                                       load: EngineLoad(slots: slots))
             snap.slotReport = slotReport
+            if timedOut {
+                snap = EngineSnapshot(id: id, kind: kind, url: baseURL, healthy: false,
+                                      healthDetail: "GET /v1/models: timed out waiting for the response head")
+                snap.pollTimedOut = true
+            }
             return snap
         }
     }
