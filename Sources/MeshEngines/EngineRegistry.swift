@@ -129,7 +129,7 @@ public final class EngineRegistry: Sendable {
     /// `clock` stamps slot reports: the node's clock, the one its cache shadows use.
     public convenience init(config: MeshdConfig, httpClient: any EngineHTTPTransport, logger: Logger,
                             managedOptions: ManagedEngineOptions = .init(), clock: any WallClock = SystemWallClock(),
-                            sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+                            sleep: @escaping Sleeper = taskSleep) {
         self.init(engines: config.effectiveEngines, httpClient: httpClient, logger: logger,
                   pollInterval: .milliseconds(max(50, config.enginePoll.intervalMs)),
                   autodetected: config.engines == nil, managedOptions: managedOptions, clock: clock, sleep: sleep)
@@ -138,7 +138,7 @@ public final class EngineRegistry: Sendable {
     public convenience init(engines: [EngineConfig], httpClient: any EngineHTTPTransport, logger: Logger,
                             pollInterval: Duration = .seconds(1), autodetected: Bool = false,
                             managedOptions: ManagedEngineOptions = .init(), clock: any WallClock = SystemWallClock(),
-                            sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+                            sleep: @escaping Sleeper = taskSleep) {
         let adapters = Self.makeAdapters(engines: engines, transport: httpClient, logger: logger,
                                          pollInterval: pollInterval, managedOptions: managedOptions)
         // makeAdapters makes one adapter per entry, in order.
@@ -152,7 +152,7 @@ public final class EngineRegistry: Sendable {
     /// `concurrencyLimits`: `engines[].max_concurrency` by engine id.
     public init(adapters: [any EngineAdapter], logger: Logger, pollInterval: Duration = .seconds(1), autodetected: Bool = false,
                 concurrencyLimits: [String: Int] = [:], clock: any WallClock = SystemWallClock(),
-                sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+                sleep: @escaping Sleeper = taskSleep) {
         self.logger = logger
         self.clock = clock
         self.sleep = sleep

@@ -54,7 +54,7 @@ public final class ModelStore: Sendable {
     public init(settings: ModelStoreSettings, stateDir: String, registry: EngineRegistry, transport: any EngineHTTPTransport,
                 logger: Logger, clock: any WallClock, binary: String?, options: ManagedEngineOptions = .init(),
                 freeBytes: @escaping @Sendable (_ residentBytes: Int64) -> Int64?,
-                sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+                sleep: @escaping Sleeper = taskSleep) {
         self.sleep = sleep
         self.settings = settings
         self.directory = settings.directory(stateDir: stateDir)

@@ -20,3 +20,7 @@ public struct SystemWallClock: WallClock {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }
+
+/// `Task.sleep` as a ``Sleeper``, returning early without error when the task is cancelled: the
+/// default where none is injected (tests). meshd injects the event loop's timers instead.
+public let taskSleep: Sleeper = { try? await Task.sleep(for: $0) }

@@ -1,5 +1,6 @@
 import Logging
 import MeshCore
+import MeshEngines
 import MeshHTTPClient
 import Synchronization
 
@@ -37,7 +38,7 @@ final class AlertCenter: Sendable {
     }
 
     init(nodeName: String, settings: AlertSettings, budgetWebhook: String?, clock: any WallClock, http: CurlHTTPClient, logger: Logger,
-         sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) },
+         sleep: @escaping Sleeper = taskSleep,
          readings: @escaping @Sendable (UInt64) -> AlertReadings) {
         self.sleep = sleep
         self.nodeName = nodeName

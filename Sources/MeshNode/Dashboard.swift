@@ -1,5 +1,6 @@
 import Foundation
 import MeshCore
+import MeshEngines
 import MeshNet
 import Synchronization
 
@@ -25,7 +26,7 @@ final class Dashboard: Sendable {
     private let sleep: Sleeper
 
     init(admin: AdminResponder, usage: UsageRecorder, mesh: MeshService?, clock: any WallClock,
-         sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+         sleep: @escaping Sleeper = taskSleep) {
         self.sleep = sleep
         self.admin = admin
         self.usage = usage

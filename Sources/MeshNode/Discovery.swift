@@ -1,5 +1,6 @@
 import Logging
 import MeshCore
+import MeshEngines
 import MeshDiscovery
 import MeshNet
 import Synchronization
@@ -22,7 +23,7 @@ final class DiscoveryAgent: Sendable {
 
     let sleep: Sleeper
 
-    init(mesh: MeshService, nodeID: String, httpPort: Int, logger: Logger, sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+    init(mesh: MeshService, nodeID: String, httpPort: Int, logger: Logger, sleep: @escaping Sleeper = taskSleep) {
         self.sleep = sleep
         self.mesh = mesh
         self.nodeID = nodeID

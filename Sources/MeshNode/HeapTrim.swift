@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Logging
 import MeshCore
+import MeshEngines
 import Synchronization
 
 /// Returns the heap a burst of connections or streams freed to the system (``HeapTrimPolicy``):
@@ -11,11 +12,11 @@ final class HeapTrimmer: Sendable {
     let policy: HeapTrimPolicy
     let clock: any WallClock
     let load: @Sendable () -> Int
-    let sleep: @Sendable (Duration) async -> Void
+    let sleep: Sleeper
     private let state = Mutex<(policy: HeapTrimPolicy.State, trims: Int)>((HeapTrimPolicy.State(), 0))
 
     init(policy: HeapTrimPolicy = HeapTrimPolicy(), clock: any WallClock, load: @escaping @Sendable () -> Int,
-         sleep: @escaping @Sendable (Duration) async -> Void = { try? await Task.sleep(for: $0) }) {
+         sleep: @escaping Sleeper = taskSleep) {
         self.sleep = sleep
         self.policy = policy
         self.clock = clock

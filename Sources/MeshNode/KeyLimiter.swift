@@ -1,4 +1,5 @@
 import MeshCore
+import MeshEngines
 import MeshHTTPServer
 import MeshNet
 import Synchronization
@@ -16,7 +17,7 @@ public final class KeyLimiter: Sendable {
 
     private let sleep: Sleeper
 
-    public init(node: String, config: LimitsConfig, clock: any WallClock, sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+    public init(node: String, config: LimitsConfig, clock: any WallClock, sleep: @escaping Sleeper = taskSleep) {
         self.sleep = sleep
         let instance = (0..<8).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.joined()
         limiter = Mutex(RateLimiter(node: node, instance: instance))

@@ -1,4 +1,5 @@
 import MeshCore
+import MeshEngines
 import Synchronization
 
 /// The deciding node's queue (late binding): a request that no engine in the mesh could start
@@ -44,7 +45,7 @@ public final class MeshQueue: Sendable {
     private let sleep: Sleeper
 
     public init(settings: RoutingSettings, clock: any WallClock, maxWait: Duration = .seconds(120),
-                sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+                sleep: @escaping Sleeper = taskSleep) {
         self.sleep = sleep
         self.settings = settings
         self.clock = clock

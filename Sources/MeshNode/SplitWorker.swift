@@ -34,9 +34,9 @@ public final class SplitWorker: Sendable {
     private let directHost: String
     private let logger: Logger
     private let sleep: Sleeper
-    /// Told when a lease is asked for: the expiry loop sleeps on it while there is nothing to expire.
-    private let leaseAsked: AsyncStream<Void>.Continuation
-    private let leasesAsked: AsyncStream<Void>
+    /// A lease was asked for: the expiry loop waits for this while there is nothing to expire.
+    private let leaseRequests: AsyncStream<Void>
+    private let wakeSweeper: AsyncStream<Void>.Continuation
 
     /// - Parameters:
     ///   - offerBytes: memory this node offers now (free, capped by `hardware.offer_bytes`).
@@ -45,10 +45,10 @@ public final class SplitWorker: Sendable {
     init(settings: SplitSettings, clock: any WallClock, llama: @escaping @Sendable () -> LlamaAdvert?,
          offerBytes: @escaping @Sendable () -> Int64, rpcBinary: @escaping @Sendable () -> String?,
          cacheDirectory: String, directHost: String = "0.0.0.0", logger: Logger,
-         sleep: @escaping Sleeper = { try? await Task.sleep(for: $0) }) {
+         sleep: @escaping Sleeper = taskSleep) {
         self.directHost = directHost
         self.sleep = sleep
-        (leasesAsked, leaseAsked) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        (leaseRequests, wakeSweeper) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         self.settings = settings
         self.clock = clock
         self.llama = llama
@@ -88,7 +88,7 @@ public final class SplitWorker: Sendable {
                     return .done(.failure(LeaseError(.busy, "the rpc-server of split \(r.split) is starting; ask again")))
                 }
                 s.starting.insert(r.split)
-                leaseAsked.yield()
+                wakeSweeper.yield()
                 return .start(lease)
             }
         }
@@ -156,7 +156,7 @@ public final class SplitWorker: Sendable {
     /// while there are any (a node without leases sleeps until one is asked for), until cancelled,
     /// then stops every rpc-server.
     public func run(interval: Duration = .milliseconds(200)) async {
-        var asked = leasesAsked.makeAsyncIterator()
+        var asked = leaseRequests.makeAsyncIterator()
         while !Task.isCancelled {
             await sweep()
             if isIdle {
