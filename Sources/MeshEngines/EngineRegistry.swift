@@ -288,9 +288,10 @@ public final class EngineRegistry: Sendable {
     // MARK: state
 
     /// A poll's result. `activity` is the engine's count of request starts and ends when the poll
-    /// began (unchanged: the poll was quiet); `polledAt` its start on `clock`.
+    /// began (unchanged: the poll was quiet); `polledAt` its start on `clock`; `answered` its count
+    /// of requests answered in full then (moved: the engine served while the poll waited).
     private func apply(_ snap: EngineSnapshot, pollStartedAt: ContinuousClock.Instant, activity: UInt64, polledAt: UInt64,
-                       answered: UInt64 = 0) {
+                       answered: UInt64) {
         enum LogEvent { case none, up(Int), down(String, first: Bool), detail(String), slow(String, serving: Int) }
         var woken: [Waiter] = []
         var failed: [Waiter] = []

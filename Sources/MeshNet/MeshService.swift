@@ -8,7 +8,7 @@ import Synchronization
 public struct MeshServiceConfiguration: Sendable {
     /// How the heartbeat loop waits between ticks (meshd: on its event loop's own timers, one
     /// thread woken per tick instead of libdispatch's timer thread, a worker and the loop).
-    public var sleep: @Sendable (Duration) async -> Void = { try? await Task.sleep(for: $0) }
+    public var sleep: Sleeper = { try? await Task.sleep(for: $0) }
     public var nodeID: String
     public var listen: HostPort
     public var staticPeers: [HostPort]

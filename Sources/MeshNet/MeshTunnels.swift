@@ -387,9 +387,9 @@ final class MeshTunnelTable: Sendable {
     }
     let tables = Mutex(Tables())
     /// The service's sleep (`MeshServiceConfiguration.sleep`: the event loop's timers in meshd).
-    let sleep: @Sendable (Duration) async -> Void
+    let sleep: Sleeper
 
-    init(sleep: @escaping @Sendable (Duration) async -> Void) { self.sleep = sleep }
+    init(sleep: @escaping Sleeper) { self.sleep = sleep }
     /// How often silence is checked: well under the silence limit, so it is detected on time.
     static let tick = Duration.milliseconds(50)
 

@@ -1,3 +1,4 @@
+import MeshCore
 import NIOCore
 
 /// Sleeping on an event loop's own timers. `Task.sleep` (Swift 6.3) arms libdispatch's timer
@@ -9,7 +10,7 @@ package enum LoopSleep {
     /// The loop must outlive the sleeping tasks: a future's callbacks run on its loop, so a sleep on
     /// a loop already shut down never returns. meshd's loops are NIO's singleton (never shut
     /// down); a node with a group of its own shuts it down only after its tasks have ended.
-    package static func on(_ loop: any EventLoop) -> @Sendable (Duration) async -> Void {
+    package static func on(_ loop: any EventLoop) -> Sleeper {
         { duration in
             let nanos = max(0, duration.nanoseconds)
             let scheduled = loop.scheduleTask(in: .nanoseconds(nanos)) {}
