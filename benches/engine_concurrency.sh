@@ -13,8 +13,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 cd "$ROOT"
-for p in meshd meshd-sim-engine meshctl; do swift build -c release --product "$p" 2>&1 | grep -vE '^warning: prohibited flag' | tail -1; done
-RB="$(swift build -c release --show-bin-path)"
+for p in meshd meshd-sim-engine meshctl; do swift build -c release --static-swift-stdlib --product "$p" 2>&1 | grep -vE '^warning: prohibited flag' | tail -1; done
+RB="$(swift build -c release --static-swift-stdlib --show-bin-path)"
 PY="$(tools/e2e-venv.sh)"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT

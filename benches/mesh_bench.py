@@ -216,10 +216,10 @@ def build(work: Path) -> tuple[dict, float]:
         for product in ("meshd", "meshctl", "meshd-sim-engine"):
             logf = work / f"build-{product}.log"
             for attempt in (1, 2, 3):
-                log(f"swift build -c release --product {product} (attempt {attempt}; SwiftPM may wait for another build's lock)")
+                log(f"swift build -c release --static-swift-stdlib --product {product} (attempt {attempt}; SwiftPM may wait for another build's lock)")
                 with open(logf, "wb") as f:
                     try:
-                        rc = subprocess.run(["swift", "build", "-c", "release", "--product", product], cwd=ROOT,
+                        rc = subprocess.run(["swift", "build", "-c", "release", "--static-swift-stdlib", "--product", product], cwd=ROOT,
                                             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             timeout=1200).returncode
                     except subprocess.TimeoutExpired:
@@ -230,7 +230,7 @@ def build(work: Path) -> tuple[dict, float]:
                 if attempt == 3:
                     raise BenchError(f"release build of {product} failed; see {logf}")
                 time.sleep(30)
-    bin_dir = Path(subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, capture_output=True,
+    bin_dir = Path(subprocess.run(["swift", "build", "-c", "release", "--static-swift-stdlib", "--show-bin-path"], cwd=ROOT, capture_output=True,
                                   text=True, timeout=120).stdout.strip())
     # Private copies: a concurrent build of the shared tree cannot swap the binaries mid-run.
     into = work / "bin"

@@ -8,8 +8,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 cd "$ROOT"
 if [ -z "${MESHD_BIN:-}" ] || [ -z "${SIM_ENGINE_BIN:-}" ]; then
-  swift build -c release --product meshd >&2 && swift build -c release --product meshd-sim-engine >&2
-  BIN="$(swift build -c release --show-bin-path)"
+  swift build -c release --static-swift-stdlib --product meshd >&2 && swift build -c release --static-swift-stdlib --product meshd-sim-engine >&2
+  BIN="$(swift build -c release --static-swift-stdlib --show-bin-path)"
   MESHD_BIN="$BIN/meshd"; SIM_ENGINE_BIN="$BIN/meshd-sim-engine"
 fi
 exec python3 "$HERE/queue_fairness.py" --meshd "$MESHD_BIN" --sim "$SIM_ENGINE_BIN"

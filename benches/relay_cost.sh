@@ -36,10 +36,10 @@ wait_http() { local i; for i in $(seq 150); do curl -sf -o /dev/null --max-time 
 
 cd "$ROOT"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  swift build -c release --product meshd >&2
-  swift build -c release --product meshd-sim-engine >&2
+  swift build -c release --static-swift-stdlib --product meshd >&2
+  swift build -c release --static-swift-stdlib --product meshd-sim-engine >&2
 fi
-BIN="$(swift build -c release --show-bin-path)"
+BIN="$(swift build -c release --static-swift-stdlib --show-bin-path)"
 gcc -O2 -Wall -o "$WORK/relay_floor" "$HERE/relay_floor.c" -lpthread
 RAW="$WORK/raw.jsonl"; : >"$RAW"
 

@@ -109,8 +109,8 @@ if [ "$SKIP_BUILD" != 1 ]; then
   for product in meshd meshd-sim-engine; do
     ok=0
     for attempt in 1 2 3; do
-      log "swift build -c release --product $product (attempt $attempt; SwiftPM may wait for another build's lock)"
-      if swift build -c release --product "$product" >"$WORK/build-$product.log" 2>&1; then ok=1; break; fi
+      log "swift build -c release --static-swift-stdlib --product $product (attempt $attempt; SwiftPM may wait for another build's lock)"
+      if swift build -c release --static-swift-stdlib --product "$product" >"$WORK/build-$product.log" 2>&1; then ok=1; break; fi
       log "build failed (tail below); the tree may be mid-edit by someone else, retrying in 30 s"
       tail -n 15 "$WORK/build-$product.log" >&2
       sleep 30
@@ -118,7 +118,7 @@ if [ "$SKIP_BUILD" != 1 ]; then
     [ "$ok" = 1 ] || die "release build of $product failed; see $WORK/build-$product.log"
   done
 fi
-BIN="$(swift build -c release --show-bin-path)"
+BIN="$(swift build -c release --static-swift-stdlib --show-bin-path)"
 MESHD="$BIN/meshd"
 SIM="$BIN/meshd-sim-engine"
 [ -x "$MESHD" ] && [ -x "$SIM" ] || die "release binaries missing in $BIN"

@@ -13,10 +13,10 @@ TPS_LIST="${TPS_LIST:-1000 100}"
 OUT="${OUT_DIR:-$HERE}/stream-gaps.md"
 cd "$ROOT"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  swift build -c release --product meshd >&2
-  swift build -c release --product meshd-sim-engine >&2
+  swift build -c release --static-swift-stdlib --product meshd >&2
+  swift build -c release --static-swift-stdlib --product meshd-sim-engine >&2
 fi
-BIN="$(swift build -c release --show-bin-path)"
+BIN="$(swift build -c release --static-swift-stdlib --show-bin-path)"
 WORK_PREFIX=meshd-gaps
 . "$HERE/bench_work.sh"
 wait_model() { local i; for i in $(seq 150); do curl -sf --max-time 2 "$1/v1/models" | grep -q '"sim"' && return 0; sleep 0.2; done; return 1; }

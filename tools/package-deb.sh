@@ -140,6 +140,11 @@ depends="$(cd "$WORK" && dpkg-shlibdeps -O "${shlib_targets[@]/#/-e}" 2>"$WORK/s
   die "dpkg-shlibdeps failed: $(cat "$WORK/shlibdeps.err")"
 depends="$(sed -n 's/^shlibs:Depends=//p' <<<"$depends")"
 [ -n "$depends" ] || die "dpkg-shlibdeps found no dependencies: $(cat "$WORK/shlibdeps.err")"
+# A release build packs its relative relocations (Package.swift's shippedLink), which only glibc
+# 2.36's loader reads; dpkg-shlibdeps goes by the symbols used and misses that version need.
+if readelf -V "$PKG/usr/bin/meshd" "$PKG/usr/bin/meshctl" | grep 'GLIBC_ABI_DT_RELR' >/dev/null; then
+  depends="$(sed -E 's/libc6 \(>= 2\.([0-9]|[12][0-9]|3[0-5])(\.[0-9]+)?\)/libc6 (>= 2.36)/' <<<"$depends")"
+fi
 # deb-systemd-helper and deb-systemd-invoke, used by the maintainer scripts.
 depends="$depends, init-system-helpers (>= 1.52)"
 installed_size="$(du -sk --exclude=DEBIAN "$PKG" | cut -f1)"

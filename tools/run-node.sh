@@ -2,7 +2,7 @@
 # Sets up and runs one meshd node in the foreground (Ctrl-C stops it).
 #   tools/run-node.sh [CONFIG.yaml]
 # - installs the system libraries meshd links (libzmq, libavahi-client, libcurl) if missing,
-# - builds meshd and meshctl (release),
+# - builds meshd and meshctl (release, the Swift runtime linked in, as the Debian package is),
 # - uses CONFIG, else /etc/meshd/meshd.yaml, else: if Ollama (127.0.0.1:11434) or a llama-server
 #   (127.0.0.1:8080) answers, meshd's built-in defaults serve them; if neither does, it builds
 #   llama.cpp and a tiny random-weight model and lets meshd manage a llama-server for it, so the
@@ -17,9 +17,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 echo "building meshd (release)..." >&2
-swift build -c release --product meshd 2>&1 | grep -vE '^warning: prohibited flag' >&2
-swift build -c release --product meshctl 2>&1 | grep -vE '^warning: prohibited flag' >&2
-BIN="$(swift build -c release --show-bin-path)"
+swift build -c release --static-swift-stdlib --product meshd 2>&1 | grep -vE '^warning: prohibited flag' >&2
+swift build -c release --static-swift-stdlib --product meshctl 2>&1 | grep -vE '^warning: prohibited flag' >&2
+BIN="$(swift build -c release --static-swift-stdlib --show-bin-path)"
 
 CONFIG="${1:-}"
 if [ -z "$CONFIG" ] && [ -f /etc/meshd/meshd.yaml ]; then CONFIG=/etc/meshd/meshd.yaml; fi

@@ -500,7 +500,12 @@ public final class MeshService: Sendable {
 
     func heartbeatLoop() async {
         let interval = Duration.milliseconds(max(50, configuration.heartbeatMs))
+        // A tenth of the heartbeat while forwards are waiting on peers (their stalls are checked
+        // each tick); a quarter otherwise, when only peer expiry needs the tick: an idle node
+        // wakes 4 times a second for it instead of 10.
         let tick = Duration.milliseconds(max(20, configuration.heartbeatMs / 10))
+        let idleTick = max(tick, Duration.milliseconds(configuration.heartbeatMs / 4))
+        var step = tick
         var sinceBeat = Duration.zero
         let monotonic = ContinuousClock()
         var lastTick = monotonic.now
@@ -508,7 +513,7 @@ public final class MeshService: Sendable {
             // If this loop itself was held up (a CPU-heavy request on the executor, a suspended
             // process), peers' silence is our own: credit them the stall instead of expiring them.
             let now = monotonic.now
-            let late = now - lastTick - tick
+            let late = now - lastTick - step
             lastTick = now
             if late > interval {
                 let heard = clock.monotonicNanos()
@@ -527,8 +532,9 @@ public final class MeshService: Sendable {
             }
             expirePeers()
             expireStalledForwards()
-            await configuration.sleep(tick)
-            sinceBeat += tick
+            step = state.withLock { $0.pending.isEmpty } ? idleTick : tick
+            await configuration.sleep(step)
+            sinceBeat += step
         }
     }
 
