@@ -106,7 +106,10 @@ public final class ModelStore: Sendable {
         let tick = Duration.milliseconds(250)
         var nextScan = ContinuousClock.now + .seconds(settings.rescanSeconds)
         while !Task.isCancelled {
-            await sleep(tick)
+            // With no stored model there is nothing to unload, only the next rescan to wait for:
+            // an engine-only node wakes once a second for the store, not four times.
+            let idle = state.withLock { $0.entries.isEmpty }
+            await sleep(idle ? min(.seconds(1), max(nextScan - ContinuousClock.now, tick)) : tick)
             if Task.isCancelled { return }
             await unloadExpired()
             if ContinuousClock.now >= nextScan {
