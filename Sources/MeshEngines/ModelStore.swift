@@ -107,7 +107,8 @@ public final class ModelStore: Sendable {
         var nextScan = ContinuousClock.now + .seconds(settings.rescanSeconds)
         while !Task.isCancelled {
             // With no stored model there is nothing to unload, only the next rescan to wait for:
-            // an engine-only node wakes once a second for the store, not four times.
+            // an engine-only node wakes once a second for the store, not four times. Not longer:
+            // a model copy that lands rescans at once, and its keep-alive counts from then.
             let idle = state.withLock { $0.entries.isEmpty }
             await sleep(idle ? min(.seconds(1), max(nextScan - ContinuousClock.now, tick)) : tick)
             if Task.isCancelled { return }
